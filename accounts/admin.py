@@ -1,0 +1,15 @@
+from django.contrib import admin
+
+from .models import ApiKey
+
+
+@admin.register(ApiKey)
+class ApiKeyAdmin(admin.ModelAdmin):
+    list_display = ("prefix", "user", "name", "created_at", "last_used_at", "revoked_at")
+    list_filter = ("revoked_at",)
+    search_fields = ("prefix", "name", "user__username")
+    readonly_fields = ("prefix", "key_hash", "created_at", "last_used_at")
+
+    def has_add_permission(self, request) -> bool:
+        # A key made in the admin would never be shown to anyone; use `manage.py create_api_key`.
+        return False

@@ -1,0 +1,30 @@
+from django.contrib.auth.models import User
+from rest_framework.authentication import BaseAuthentication
+from rest_framework.exceptions import AuthenticationFailed
+from rest_framework.request import Request
+
+from .models import ApiKey
+from .services import authenticate_key
+
+
+class ApiKeyAuthentication(BaseAuthentication):
+    """`Authorization: Bearer KEY`, or the original platform's `x-api-key: KEY` header."""
+
+    def authenticate(self, request: Request) -> tuple[User, ApiKey] | None:
+        raw_key = request.headers.get("x-api-key", "")
+        authorization = request.headers.get("Authorization", "")
+        if not raw_key and authorization:
+            scheme, _, token = authorization.partition(" ")
+            if scheme.lower() != "bearer" or not token.strip():
+                raise AuthenticationFailed("Malformed Authorization header; use 'Bearer KEY'.", code="bad_api_key")
+            raw_key = token.strip()
+        if not raw_key:
+            return None
+        api_key = authenticate_key(raw_key)
+        if api_key is None:
+            raise AuthenticationFailed("Invalid or revoked API key.", code="bad_api_key")
+        return api_key.user, api_key
+
+    def authenticate_header(self, request: Request) -> str:
+        # Makes DRF answer 401 (not 403) when no key is given.
+        return 'Bearer realm="api"'

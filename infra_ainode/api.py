@@ -1,0 +1,35 @@
+"""One error shape for the whole API, and the default pagination.
+
+Every error answers `{"detail": "...", "code": "..."}`; validation errors keep DRF's field shape and add
+`code: "invalid"`. Services raise `infra_ainode.errors.DomainError`s; nobody hand-builds an error Response.
+"""
+from typing import Any
+
+from rest_framework.exceptions import APIException, ValidationError
+from rest_framework.pagination import PageNumberPagination
+from rest_framework.response import Response
+from rest_framework.views import exception_handler as drf_exception_handler
+
+from .errors import DomainError
+
+
+class Pagination(PageNumberPagination):
+    page_size_query_param = "page_size"
+    max_page_size = 500
+
+
+def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
+    if isinstance(exc, DomainError):
+        return Response({"detail": exc.detail, "code": exc.code, **exc.extra}, status=exc.status)
+    response = drf_exception_handler(exc, context)
+    if response is None:
+        return None
+    if isinstance(exc, ValidationError):
+        data = response.data if isinstance(response.data, dict) else {"non_field_errors": response.data}
+        response.data = {"detail": "Invalid input.", "code": "invalid", "errors": data}
+        return response
+    if isinstance(exc, APIException):
+        codes = exc.get_codes()
+        code = codes if isinstance(codes, str) else "error"
+        response.data = {"detail": str(exc.detail), "code": code}
+    return response

@@ -1,0 +1,74 @@
+import base64
+import binascii
+from typing import Any
+
+from rest_framework import serializers
+
+from ..models import Function, Job
+from ..results import execution_result
+
+
+class FunctionSerializer(serializers.ModelSerializer):
+    """A function as users see it. Code comes in as `code` (text of main.py), `codeBase64` (a zip or main.py) or a
+    multipart `file`; it never goes out."""
+
+    functionId = serializers.UUIDField(source="id", read_only=True)
+    memoryMb = serializers.IntegerField(source="memory_mb", required=False, min_value=1)
+    timeoutSeconds = serializers.IntegerField(source="timeout_seconds", required=False, min_value=1)
+    defaultModel = serializers.CharField(source="default_model", required=False, allow_blank=True, max_length=200)
+    env = serializers.DictField(child=serializers.CharField(allow_blank=True, max_length=4096), required=False)
+    code = serializers.CharField(write_only=True, required=False, trim_whitespace=False)
+    codeBase64 = serializers.CharField(write_only=True, required=False)
+    file = serializers.FileField(write_only=True, required=False)
+    files = serializers.SerializerMethodField()
+    sha256 = serializers.SerializerMethodField()
+    createdAt = serializers.DateTimeField(source="created_at", read_only=True)
+    updatedAt = serializers.DateTimeField(source="updated_at", read_only=True)
+
+    class Meta:
+        model = Function
+        fields = ["functionId", "name", "version", "memoryMb", "timeoutSeconds", "env", "defaultModel", "code",
+                  "codeBase64", "file", "files", "sha256", "createdAt", "updatedAt"]
+        read_only_fields = ["version"]
+
+    def get_files(self, function: Function) -> list[str]:
+        return function.current_version.files
+
+    def get_sha256(self, function: Function) -> str:
+        return function.current_version.sha256
+
+    def code_upload(self) -> tuple[bytes, str] | None:
+        """The uploaded code as (bytes, file name), or None when this request carries none."""
+        data = self.validated_data
+        if "file" in data:
+            upload = data["file"]
+            return upload.read(), upload.name or "main.py"
+        if "codeBase64" in data:
+            try:
+                return base64.b64decode(data["codeBase64"], validate=True), "upload"
+            except (binascii.Error, ValueError):
+                raise serializers.ValidationError({"codeBase64": ["Not valid base64."]}) from None
+        if "code" in data:
+            return data["code"].encode(), "main.py"
+        return None
+
+    def service_fields(self) -> dict[str, Any]:
+        names = {"memory_mb": "memory_mb", "timeout_seconds": "timeout_seconds", "env": "env",
+                 "default_model": "default_model"}
+        return {target: self.validated_data[source] for source, target in names.items()
+                if source in self.validated_data}
+
+
+class RunSerializer(serializers.Serializer):
+    functionId = serializers.CharField(max_length=100)
+    modelId = serializers.CharField(required=False, allow_blank=True, allow_null=True, max_length=10_000)
+    inputData = serializers.JSONField(required=False, allow_null=True)
+
+
+class JobSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = Job
+        fields = ["id"]
+
+    def to_representation(self, job: Job) -> dict[str, Any]:
+        return execution_result(job)

@@ -1,0 +1,275 @@
+"""The only module that speaks to the Docker engine.
+
+`DockerBackend.run` starts one hardened container from a `ContainerSpec`, streams its output (capped), enforces
+the wall-clock timeout and cancellation, samples memory, and always removes the container. Every failure of the
+engine surfaces as our own `ContainerError`, never as a docker-py or requests exception.
+"""
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+import docker
+import requests
+from docker.errors import DockerException, ImageNotFound, NotFound
+
+logger = logging.getLogger(__name__)
+
+JOB_LABEL = "infra-ainode.job-id"
+POLL_SECONDS = 0.1
+
+
+class ContainerError(Exception):
+    """The engine could not run the container. `code` is a job error code."""
+
+    def __init__(self, message: str, *, code: str = "executor_unavailable"):
+        super().__init__(message)
+        self.code = code
+
+
+@dataclass(frozen=True)
+class ContainerSpec:
+    job_id: str
+    image: str
+    command: list[str]
+    env: dict[str, str]
+    binds: dict[str, dict[str, str]]
+    tmpfs: dict[str, str]
+    memory_bytes: int
+    nano_cpus: int
+    pids_limit: int
+    user: str
+    timeout_seconds: float
+    output_limit_bytes: int
+    working_dir: str = "/job"
+
+
+@dataclass
+class ContainerOutcome:
+    container_id: str
+    exit_code: int | None = None
+    oom_killed: bool = False
+    timed_out: bool = False
+    cancelled: bool = False
+    stdout: bytes = b""
+    stderr: bytes = b""
+    stdout_truncated: bool = False
+    stderr_truncated: bool = False
+    duration_ms: int = 0
+    peak_memory_bytes: int | None = None
+
+
+@dataclass
+class _CappedStream:
+    limit: int
+    data: bytearray = field(default_factory=bytearray)
+    total: int = 0
+
+    def add(self, chunk: bytes | None) -> None:
+        if not chunk:
+            return
+        self.total += len(chunk)
+        room = self.limit - len(self.data)
+        if room > 0:
+            self.data += chunk[:room]
+
+    @property
+    def truncated(self) -> bool:
+        return self.total > len(self.data)
+
+
+class DockerBackend:
+    def __init__(self, client: docker.DockerClient | None = None, *, base_url: str | None = None):
+        self._client = client
+        self._base_url = base_url
+
+    @property
+    def client(self) -> docker.DockerClient:
+        if self._client is None:
+            try:
+                if self._base_url:
+                    self._client = docker.DockerClient(base_url=self._base_url, timeout=30)
+                else:
+                    self._client = docker.from_env(timeout=30)
+            except DockerException as exc:
+                raise ContainerError(f"Docker engine unavailable: {exc}") from None
+        return self._client
+
+    def run(self, spec: ContainerSpec, *, should_cancel: Callable[[], bool] = lambda: False,
+            on_started: Callable[[str], None] = lambda container_id: None) -> ContainerOutcome:
+        """Run `spec` to its end; raises ContainerError when the engine fails before the script could run."""
+        container = self._create(spec)
+        outcome = ContainerOutcome(container_id=container.id)
+        try:
+            stdout, stderr = _CappedStream(spec.output_limit_bytes), _CappedStream(spec.output_limit_bytes)
+            reader = self._start_reader(container, stdout, stderr)
+            try:
+                container.start()
+            except (DockerException, requests.RequestException) as exc:
+                raise ContainerError(f"Docker could not start the job container: {exc}") from None
+            on_started(container.id)
+            self._wait(container, spec, outcome, should_cancel)
+            reader.join(timeout=10)
+            outcome.stdout, outcome.stderr = bytes(stdout.data), bytes(stderr.data)
+            outcome.stdout_truncated, outcome.stderr_truncated = stdout.truncated, stderr.truncated
+            return outcome
+        finally:
+            self._remove(container)
+
+    def remove_job_containers(self, job_id: str | None = None) -> int:
+        """Remove containers that a dead worker left behind (all job containers, or one job's)."""
+        label = f"{JOB_LABEL}={job_id}" if job_id else JOB_LABEL
+        try:
+            containers = self.client.containers.list(all=True, filters={"label": label})
+        except (DockerException, requests.RequestException) as exc:
+            raise ContainerError(f"Docker engine unavailable: {exc}") from None
+        for container in containers:
+            self._remove(container)
+        return len(containers)
+
+    def _create(self, spec: ContainerSpec):
+        try:
+            return self.client.containers.create(
+                image=spec.image,
+                command=spec.command,
+                name=f"ainode-job-{spec.job_id}",
+                environment=spec.env,
+                labels={JOB_LABEL: spec.job_id},
+                working_dir=spec.working_dir,
+                user=spec.user,
+                # The hardening: no network at all (the gateway socket is the only door), nothing writable but
+                # the tmpfs areas, no capabilities, no privilege gain, bounded processes, memory and CPU.
+                network_mode="none",
+                read_only=True,
+                tmpfs=spec.tmpfs,
+                volumes=spec.binds,
+                cap_drop=["ALL"],
+                security_opt=["no-new-privileges:true"],
+                pids_limit=spec.pids_limit,
+                mem_limit=spec.memory_bytes,
+                memswap_limit=spec.memory_bytes,
+                nano_cpus=spec.nano_cpus,
+                ipc_mode="none",
+                init=True,
+                stdin_open=False,
+                tty=False,
+                # Output is streamed and capped by us; the engine must not keep its own unbounded copy on disk.
+                log_config={"type": "none"},
+            )
+        except ImageNotFound:
+            raise ContainerError(
+                f"Runtime image {spec.image} is missing; build it with scripts/build-runtime-image.sh.",
+                code="runtime_image_missing",
+            ) from None
+        except (DockerException, requests.RequestException) as exc:
+            raise ContainerError(f"Docker engine unavailable: {exc}") from None
+
+    def _start_reader(self, container, stdout: _CappedStream, stderr: _CappedStream) -> threading.Thread:
+        # Attach before start so that not one byte of output is missed.
+        try:
+            frames: Iterator = container.attach(stdout=True, stderr=True, stream=True, demux=True, logs=False)
+        except (DockerException, requests.RequestException) as exc:
+            raise ContainerError(f"Docker could not attach to the job container: {exc}") from None
+
+        def pump() -> None:
+            try:
+                for out, err in frames:
+                    stdout.add(out)
+                    stderr.add(err)
+            except Exception:  # the stream ends abruptly when the container is killed; what we have is kept
+                logger.debug("output stream of %s ended early", container.id, exc_info=True)
+
+        reader = threading.Thread(target=pump, name=f"output-{container.id[:12]}", daemon=True)
+        reader.start()
+        return reader
+
+    def _wait(self, container, spec: ContainerSpec, outcome: ContainerOutcome,
+              should_cancel: Callable[[], bool]) -> None:
+        deadline = time.monotonic() + spec.timeout_seconds
+        memory = _MemorySampler(container.id)
+        while True:
+            state = self._state(container)
+            memory.sample()
+            if state.get("Status") in ("exited", "dead"):
+                break
+            if should_cancel():
+                outcome.cancelled = True
+                self._kill(container)
+            elif time.monotonic() >= deadline:
+                outcome.timed_out = True
+                self._kill(container)
+            else:
+                time.sleep(POLL_SECONDS)
+        outcome.exit_code = int(state.get("ExitCode", -1))
+        outcome.oom_killed = bool(state.get("OOMKilled"))
+        outcome.duration_ms = _duration_ms(state)
+        outcome.peak_memory_bytes = memory.peak
+
+    def _state(self, container) -> dict:
+        try:
+            container.reload()
+        except (DockerException, requests.RequestException) as exc:
+            raise ContainerError(f"Lost the Docker engine while the job ran: {exc}") from None
+        return container.attrs.get("State", {})
+
+    def _kill(self, container) -> None:
+        try:
+            container.kill()
+        except NotFound:
+            pass
+        except DockerException as exc:
+            # The container may have exited between the poll and the kill: "is not running" is harmless.
+            logger.info("kill of %s: %s", container.id, exc)
+
+    def _remove(self, container) -> None:
+        try:
+            container.remove(force=True)
+        except NotFound:
+            pass
+        except (DockerException, requests.RequestException) as exc:
+            logger.warning("could not remove container %s: %s", container.id, exc)
+
+
+class _MemorySampler:
+    """Tracks a container's peak memory from its cgroup while it runs (cgroup v1 or v2).
+
+    The cgroup disappears when the container stops, so the figure is the last sample; the worker also takes the
+    peak that the runtime reports from inside, whichever is larger.
+    """
+
+    def __init__(self, container_id: str):
+        candidates = [
+            Path(f"/sys/fs/cgroup/memory/docker/{container_id}/memory.max_usage_in_bytes"),
+            Path(f"/sys/fs/cgroup/system.slice/docker-{container_id}.scope/memory.peak"),
+            Path(f"/sys/fs/cgroup/docker/{container_id}/memory.peak"),
+        ]
+        self._paths = candidates
+        self.peak: int | None = None
+
+    def sample(self) -> None:
+        for path in self._paths:
+            try:
+                value = int(path.read_text())
+            except (OSError, ValueError):
+                continue
+            self.peak = max(self.peak or 0, value)
+            self._paths = [path]
+            return
+
+
+def _duration_ms(state: dict) -> int:
+    try:
+        started = _parse_docker_time(state["StartedAt"])
+        finished = _parse_docker_time(state["FinishedAt"])
+    except (KeyError, ValueError):
+        return 0
+    return max(0, int((finished - started).total_seconds() * 1000))
+
+
+def _parse_docker_time(value: str) -> datetime:
+    # Docker gives nanoseconds ("2026-11-26T08:10:24.158000342Z"); Python parses at most microseconds.
+    head, _, fraction = value.rstrip("Z").partition(".")
+    return datetime.fromisoformat(f"{head}.{(fraction + '000000')[:6]}+00:00")

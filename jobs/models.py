@@ -1,0 +1,153 @@
+import uuid
+from typing import Any
+
+from django.conf import settings
+from django.db import models
+from django.db.models import Q
+from django.utils import timezone
+
+
+class Function(models.Model):
+    """A user's deployed script. Its code lives in immutable `FunctionVersion`s; updating code adds a version.
+
+    Deleting a function hides it (`deleted_at`) but keeps its rows, because its jobs stay billable.
+    """
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="functions")
+    name = models.CharField(max_length=100)
+    memory_mb = models.PositiveIntegerField()
+    timeout_seconds = models.PositiveIntegerField()
+    env = models.JSONField(default=dict, blank=True)
+    default_model = models.CharField(max_length=200, blank=True)
+    version = models.PositiveIntegerField(default=0, help_text="The current version's number.")
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+    deleted_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["owner", "name"], condition=Q(deleted_at__isnull=True), name="unique_live_function_name"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.name} v{self.version}"
+
+    @property
+    def current_version(self) -> "FunctionVersion":
+        return self.versions.get(number=self.version)
+
+
+class FunctionVersion(models.Model):
+    """One immutable upload of a function's code: a normalised zip holding main.py and its modules."""
+
+    function = models.ForeignKey(Function, on_delete=models.PROTECT, related_name="versions")
+    number = models.PositiveIntegerField()
+    archive = models.BinaryField()
+    sha256 = models.CharField(max_length=64)
+    files = models.JSONField(default=list)
+    unpacked_bytes = models.PositiveBigIntegerField()
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["function", "-number"]
+        constraints = [models.UniqueConstraint(fields=["function", "number"], name="unique_function_version")]
+
+    def __str__(self) -> str:
+        return f"{self.function.name} v{self.number}"
+
+
+class JobStatus(models.TextChoices):
+    """A job's life. Legal moves (anything else is refused by `JobQuerySet.move`):
+
+        queued ──> running ──> succeeded
+          │           ├──────> failed
+          │           ├──────> timed_out
+          │           └──────> cancelled
+          ├──> cancelled
+          └──> failed        (it could not be started: no executor, or its worker vanished)
+    """
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    TIMED_OUT = "timed_out"
+    CANCELLED = "cancelled"
+
+
+TERMINAL = (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.TIMED_OUT, JobStatus.CANCELLED)
+
+TRANSITIONS: dict[str, tuple[str, ...]] = {
+    JobStatus.QUEUED: (JobStatus.RUNNING, JobStatus.CANCELLED, JobStatus.FAILED),
+    JobStatus.RUNNING: (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.TIMED_OUT, JobStatus.CANCELLED),
+}
+
+
+class JobQuerySet(models.QuerySet):
+    def move(self, pk: uuid.UUID, to: str, **fields: Any) -> bool:
+        """Move job `pk` to status `to` with one conditional UPDATE; True when this call made the move.
+
+        The UPDATE only matches a row whose current status may legally move to `to`, so two workers (or a worker
+        and a cancel) racing on one job cannot both win, and a finished job never changes again.
+        """
+        sources = [status for status, targets in TRANSITIONS.items() if to in targets]
+        if not sources:
+            raise ValueError(f"no status may move to {to!r}")
+        return self.filter(pk=pk, status__in=sources).update(status=to, **fields) == 1
+
+
+class Job(models.Model):
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="jobs")
+    function = models.ForeignKey(Function, on_delete=models.PROTECT, related_name="jobs")
+    function_version = models.ForeignKey(FunctionVersion, on_delete=models.PROTECT, related_name="jobs")
+    model_id = models.CharField(max_length=200)
+    node = models.CharField(max_length=100, blank=True)
+    queue = models.CharField(max_length=100)
+    input_data = models.JSONField(null=True, blank=True)
+    memory_mb = models.PositiveIntegerField()
+    timeout_seconds = models.PositiveIntegerField()
+
+    status = models.CharField(max_length=16, choices=JobStatus.choices, default=JobStatus.QUEUED, db_index=True)
+    error_code = models.CharField(max_length=64, blank=True)
+    error_message = models.TextField(blank=True)
+    exit_code = models.IntegerField(null=True, blank=True)
+    stdout = models.TextField(blank=True)
+    stderr = models.TextField(blank=True)
+    stdout_truncated = models.BooleanField(default=False)
+    stderr_truncated = models.BooleanField(default=False)
+    result = models.JSONField(null=True, blank=True)
+
+    worker_id = models.CharField(max_length=200, blank=True)
+    container_id = models.CharField(max_length=80, blank=True)
+    deliveries = models.PositiveIntegerField(default=0, help_text="How many times the broker delivered this job.")
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    duration_ms = models.PositiveIntegerField(null=True, blank=True)
+    peak_memory_bytes = models.PositiveBigIntegerField(null=True, blank=True)
+
+    prompt_tokens = models.PositiveBigIntegerField(default=0)
+    completion_tokens = models.PositiveBigIntegerField(default=0)
+    llm_calls = models.PositiveIntegerField(default=0)
+
+    objects = JobQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-created_at"]
+        indexes = [models.Index(fields=["owner", "-created_at"])]
+
+    def __str__(self) -> str:
+        return f"job {self.id} ({self.status})"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.status in TERMINAL
+
+    @property
+    def llm_token_count(self) -> int:
+        return self.prompt_tokens + self.completion_tokens

@@ -1,0 +1,104 @@
+"""A job's execution result: its one JSON shape, its copy in Redis, and waiting for it.
+
+The Job row is the source of truth. When REDIS_URL is set, a finished job is also written to `result:{jobId}`
+(with a TTL) and published on `job:{jobId}`, so that a synchronous request wakes at once instead of polling.
+"""
+import json
+import logging
+import time
+from typing import Any
+
+from django.conf import settings
+
+from .models import Job
+
+logger = logging.getLogger(__name__)
+
+
+def execution_result(job: Job) -> dict[str, Any]:
+    """The execution result contract (names kept from the original platform)."""
+    return {
+        "requestId": str(job.id),
+        "jobId": str(job.id),
+        "functionId": str(job.function_id),
+        "functionVersion": job.function_version.number,
+        "modelId": job.model_id,
+        "node": job.node,
+        "workerId": job.worker_id,
+        "status": job.status,
+        "errorCode": job.error_code,
+        "errorMessage": job.error_message,
+        "exitCode": job.exit_code,
+        "stdout": job.stdout,
+        "stderr": job.stderr,
+        "stdoutTruncated": job.stdout_truncated,
+        "stderrTruncated": job.stderr_truncated,
+        "result": job.result,
+        "durationMs": job.duration_ms,
+        "peakMemoryBytes": job.peak_memory_bytes,
+        "llm_token_count": job.llm_token_count,
+        "promptTokens": job.prompt_tokens,
+        "completionTokens": job.completion_tokens,
+        "llmCalls": job.llm_calls,
+        "createdAt": job.created_at.isoformat(),
+        "startedAt": job.started_at.isoformat() if job.started_at else None,
+        "finishedAt": job.finished_at.isoformat() if job.finished_at else None,
+    }
+
+
+def _redis():
+    if not settings.REDIS_URL:
+        return None
+    import redis
+
+    return redis.Redis.from_url(settings.REDIS_URL, socket_timeout=5, socket_connect_timeout=2)
+
+
+def channel(job_id: Any) -> str:
+    return f"job:{job_id}"
+
+
+def publish(job: Job) -> None:
+    """Copy a finished job's result to Redis. Redis is a convenience: its failure never fails the job."""
+    client = _redis()
+    if client is None:
+        return
+    payload = json.dumps(execution_result(job))
+    try:
+        client.set(f"result:{job.id}", payload, ex=settings.RESULT_TTL_SECONDS)
+        client.publish(channel(job.id), payload)
+    except Exception as exc:  # redis-py raises many types; none of them may lose the job's result
+        logger.warning("job %s: could not publish the result to Redis: %s", job.id, exc)
+
+
+def wait_for_job(job_id: Any, timeout: float) -> Job:
+    """Wait up to `timeout` seconds for the job to finish; returns the job as it then is.
+
+    With Redis, it subscribes before reading the row, so a result that lands between the read and the
+    subscription cannot be missed; without Redis, it polls the row.
+    """
+    deadline = time.monotonic() + timeout
+    client = _redis()
+    pubsub = None
+    if client is not None:
+        try:
+            pubsub = client.pubsub(ignore_subscribe_messages=True)
+            pubsub.subscribe(channel(job_id))
+        except Exception as exc:
+            logger.warning("job %s: Redis unavailable, polling the database: %s", job_id, exc)
+            pubsub = None
+    try:
+        while True:
+            job = Job.objects.select_related("function_version").get(pk=job_id)
+            remaining = deadline - time.monotonic()
+            if job.is_terminal or remaining <= 0:
+                return job
+            if pubsub is not None:
+                # A message means "look again"; the row is still what we answer from. The 1 s bound re-reads
+                # the row now and then in case a publish was lost.
+                pubsub.get_message(timeout=min(remaining, 1.0))
+            else:
+                time.sleep(min(remaining, 0.1))
+    finally:
+        if pubsub is not None:
+            pubsub.close()

@@ -1,0 +1,204 @@
+"""Runs one job: claim, prepare, run, collect, finalize, and always clean up. Orchestration only.
+
+Redelivery safety: the claim is a conditional UPDATE (queued -> running), so a message delivered twice starts
+at most one container. A delivery that finds its job still `running` long past its timeout means the worker
+that held it died: the job is failed as `worker_lost` (it is not run again, since its script may already have
+spent tokens).
+"""
+import json
+import logging
+import os
+import shutil
+import time
+import uuid
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from django.conf import settings
+from django.db.models import F
+from django.utils import timezone
+
+from . import results
+from .code_archive import extract_archive
+from .docker_backend import ContainerError, ContainerOutcome, ContainerSpec, DockerBackend
+from .exits import interpret_exit
+from .gateway import JobGateway, ResultReport
+from .models import Job, JobStatus
+
+logger = logging.getLogger(__name__)
+
+SDK_DIR = Path(__file__).resolve().parent.parent / "sdk"
+CONTAINER_CODE_DIR = "/job/code"
+CONTAINER_SDK_DIR = "/opt/ainode"
+CONTAINER_SOCKET_DIR = "/run/ainode"
+CONTAINER_OUTPUT_DIR = "/job/out"
+CONTAINER_INPUT_FILE = "/job/input/payload.json"
+RUNTIME_USER = "10001:10001"
+# How long past its timeout a `running` job may stay before a later delivery declares its worker lost.
+WORKER_LOST_GRACE = timedelta(seconds=60)
+CANCEL_CHECK_SECONDS = 0.5
+RESERVED_ENV = {"JOB_ID", "FUNCTION_ID", "LLM_MODEL", "AI_ENDPOINT", "OUTPUT_DIR", "PAYLOAD", "PAYLOAD_FILE",
+                "PYTHONPATH", "CODE_DIR", "JOB_GATEWAY", "HOME"}
+
+
+def run_job(job_id: str | uuid.UUID, *, backend: DockerBackend | None = None) -> None:
+    Job.objects.filter(pk=job_id).update(deliveries=F("deliveries") + 1)
+    if not Job.objects.move(job_id, JobStatus.RUNNING, started_at=timezone.now(), worker_id=settings.WORKER_ID):
+        _handle_unclaimed(job_id)
+        return
+    job = Job.objects.select_related("function_version").get(pk=job_id)
+    logger.info("job %s: claimed by %s", job.id, settings.WORKER_ID)
+    backend = backend or DockerBackend(base_url=settings.DOCKER_HOST or None)
+    workdir = settings.JOB_WORK_ROOT / str(job.id)
+    gateway: JobGateway | None = None
+    try:
+        _prepare_workdir(job, workdir)
+        gateway = JobGateway(job_id=str(job.id), socket_dir=str(workdir / "run"),
+                             result_limit=settings.JOB_RESULT_MAX_BYTES).start()
+        outcome = backend.run(
+            _container_spec(job, workdir),
+            should_cancel=_cancel_checker(job.id),
+            on_started=lambda container_id: Job.objects.filter(pk=job.id).update(container_id=container_id),
+        )
+        _finalize(job, outcome, gateway.report)
+    except ContainerError as exc:
+        logger.error("job %s: executor failed: %s", job.id, exc)
+        _fail(job, exc.code, str(exc))
+    except Exception as exc:
+        logger.exception("job %s: internal error", job.id)
+        _fail(job, "internal_error", f"The worker failed while running the job: {exc}")
+    finally:
+        if gateway is not None:
+            gateway.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+        job.refresh_from_db()
+        results.publish(job)
+        logger.info("job %s: %s (%s)", job.id, job.status, job.error_code or "ok")
+
+
+def _handle_unclaimed(job_id: str | uuid.UUID) -> None:
+    job = Job.objects.filter(pk=job_id).first()
+    if job is None:
+        logger.warning("job %s: delivered but does not exist; dropped", job_id)
+        return
+    if job.status == JobStatus.RUNNING and job.started_at is not None:
+        lost_after = job.started_at + timedelta(seconds=job.timeout_seconds) + WORKER_LOST_GRACE
+        if timezone.now() > lost_after:
+            _fail(job, "worker_lost", "The worker running this job stopped before it finished.")
+            results.publish(Job.objects.select_related("function_version").get(pk=job.pk))
+            return
+    logger.info("job %s: delivered again while %s; not run twice", job.id, job.status)
+
+
+def _prepare_workdir(job: Job, workdir: Path) -> None:
+    """Lay out the job's code, input and socket folders, readable (not writable) by the container's user."""
+    code_dir, input_dir, run_dir = workdir / "code", workdir / "input", workdir / "run"
+    for folder in (workdir, code_dir, input_dir, run_dir):
+        folder.mkdir(parents=True, exist_ok=True)
+        folder.chmod(0o755)
+    extract_archive(bytes(job.function_version.archive), str(code_dir))
+    for root, dirs, files in os.walk(code_dir):
+        for name in dirs:
+            os.chmod(os.path.join(root, name), 0o755)
+        for name in files:
+            os.chmod(os.path.join(root, name), 0o644)
+    payload = json.dumps(job.input_data)
+    if len(payload.encode()) > settings.JOB_PAYLOAD_ENV_MAX_BYTES:
+        (input_dir / "payload.json").write_text(payload, encoding="utf-8")
+        (input_dir / "payload.json").chmod(0o644)
+
+
+def _container_spec(job: Job, workdir: Path) -> ContainerSpec:
+    env = {key: str(value) for key, value in (job.function.env or {}).items() if key not in RESERVED_ENV}
+    env.update({
+        "JOB_ID": str(job.id),
+        "FUNCTION_ID": str(job.function_id),
+        "LLM_MODEL": job.model_id,
+        "AI_ENDPOINT": f"unix://{CONTAINER_SOCKET_DIR}/gateway.sock",
+        "JOB_GATEWAY": f"unix://{CONTAINER_SOCKET_DIR}/gateway.sock",
+        "OUTPUT_DIR": CONTAINER_OUTPUT_DIR,
+        "CODE_DIR": CONTAINER_CODE_DIR,
+        "PYTHONPATH": CONTAINER_SDK_DIR,
+        "HOME": "/tmp",
+    })
+    binds = {
+        str(workdir / "code"): {"bind": CONTAINER_CODE_DIR, "mode": "ro"},
+        str(SDK_DIR): {"bind": CONTAINER_SDK_DIR, "mode": "ro"},
+        str(workdir / "run"): {"bind": CONTAINER_SOCKET_DIR, "mode": "rw"},
+    }
+    if (workdir / "input" / "payload.json").exists():
+        env["PAYLOAD_FILE"] = CONTAINER_INPUT_FILE
+        binds[str(workdir / "input")] = {"bind": "/job/input", "mode": "ro"}
+    else:
+        env["PAYLOAD"] = json.dumps(job.input_data)
+    tmpfs_size = f"size={settings.JOB_TMPFS_MB}m,mode=1777,noexec,nosuid,nodev"
+    return ContainerSpec(
+        job_id=str(job.id),
+        image=settings.JOB_RUNTIME_IMAGE,
+        command=["python3", "-B", f"{CONTAINER_SDK_DIR}/runner.py"],
+        env=env,
+        binds=binds,
+        tmpfs={"/tmp": tmpfs_size, CONTAINER_OUTPUT_DIR: tmpfs_size},
+        memory_bytes=job.memory_mb * 1024 * 1024,
+        nano_cpus=int(settings.JOB_CPUS * 1_000_000_000),
+        pids_limit=settings.JOB_PIDS_LIMIT,
+        user=RUNTIME_USER,
+        timeout_seconds=job.timeout_seconds,
+        output_limit_bytes=settings.JOB_OUTPUT_LIMIT_BYTES,
+    )
+
+
+def _cancel_checker(job_id: uuid.UUID):
+    last_check = 0.0
+
+    def should_cancel() -> bool:
+        nonlocal last_check
+        if time.monotonic() - last_check < CANCEL_CHECK_SECONDS:
+            return False
+        last_check = time.monotonic()
+        return Job.objects.filter(pk=job_id, status=JobStatus.CANCELLED).exists()
+
+    return should_cancel
+
+
+def _text(data: bytes) -> str:
+    # PostgreSQL text cannot hold NUL characters; a hostile script's output may be full of them.
+    return data.decode("utf-8", errors="replace").replace("\x00", "\ufffd")
+
+
+def _finalize(job: Job, outcome: ContainerOutcome, report: ResultReport) -> None:
+    script_error = ""
+    if report.error:
+        script_error = f"{report.error.get('type', 'Error')}: {report.error.get('message', '')}"
+    verdict = interpret_exit(
+        exit_code=outcome.exit_code, oom_killed=outcome.oom_killed, timed_out=outcome.timed_out,
+        cancelled=outcome.cancelled, timeout_seconds=job.timeout_seconds, memory_mb=job.memory_mb,
+        script_error=script_error,
+    )
+    status, error_code, message = verdict.status, verdict.error_code, verdict.message
+    if status == JobStatus.SUCCEEDED and report.rejected_code:
+        status, error_code = JobStatus.FAILED, report.rejected_code
+        message = f"The result is larger than {settings.JOB_RESULT_MAX_BYTES} bytes."
+    peaks = [p for p in (outcome.peak_memory_bytes, report.peak_memory_bytes) if p]
+    fields: dict[str, Any] = {
+        "exit_code": outcome.exit_code,
+        "stdout": _text(outcome.stdout),
+        "stderr": _text(outcome.stderr),
+        "stdout_truncated": outcome.stdout_truncated,
+        "stderr_truncated": outcome.stderr_truncated,
+        "result": report.result if status == JobStatus.SUCCEEDED else None,
+        "duration_ms": outcome.duration_ms,
+        "peak_memory_bytes": max(peaks) if peaks else None,
+        "container_id": outcome.container_id,
+        "finished_at": timezone.now(),
+    }
+    if not Job.objects.move(job.pk, status, error_code=error_code, error_message=message, **fields):
+        # Cancelled by a user while it ran: the status stays, the output is still kept for them to read.
+        fields.pop("finished_at")
+        Job.objects.filter(pk=job.pk).update(**fields)
+
+
+def _fail(job: Job, error_code: str, message: str) -> None:
+    Job.objects.move(job.pk, JobStatus.FAILED, error_code=error_code, error_message=message,
+                     finished_at=timezone.now())
