@@ -112,6 +112,8 @@ DATABASES = {
 if DATABASES["default"]["ENGINE"].endswith("sqlite3"):
     # Web and worker processes share the file: wait for a lock instead of failing at once.
     DATABASES["default"].setdefault("OPTIONS", {})["timeout"] = 20
+    # Tests run the worker in another process, which must open the same database file as the test run.
+    DATABASES["default"]["TEST"] = {"NAME": str(VAR_DIR / "test.sqlite3")}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 LANGUAGE_CODE = "en-us"
@@ -223,7 +225,10 @@ AI_NODE_URL = env_str("AI_NODE_URL", "http://127.0.0.1:8090")
 AI_NODE_KIND = env_str("AI_NODE_KIND", "openai")
 AI_NODE_TIMEOUT = env_int("AI_NODE_TIMEOUT", 2000, minimum=1)
 DEFAULT_MODEL_ID = env_str("DEFAULT_MODEL_ID", "smollm2:135m")
+AI_NODES = env_str("AI_NODES", "")
 
-# Tests run the worker in another process, which must open the same database as the test run.
-DATABASES["default"]["TEST"] = {"NAME": str(VAR_DIR / "test.sqlite3")} if DATABASES["default"]["ENGINE"].endswith(
-    "sqlite3") else {}
+# Model calls from jobs: the longest a call may take, and the most tokens one call may generate.
+AI_CALL_TIMEOUT = env_int("AI_CALL_TIMEOUT", 120, minimum=1)
+AI_MAX_OUTPUT_TOKENS = env_int("AI_MAX_OUTPUT_TOKENS", 2048, minimum=1)
+GATEWAY_MAX_BODY_BYTES = env_int("GATEWAY_MAX_BODY_BYTES", 1024 * 1024, minimum=1024)
+GATEWAY_MAX_CONCURRENT_CALLS = env_int("GATEWAY_MAX_CONCURRENT_CALLS", 4, minimum=1)

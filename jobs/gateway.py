@@ -1,17 +1,27 @@
 """The per-job gateway: an HTTP server on a Unix socket, the job container's only door to the outside.
 
-The worker starts one for each job and mounts its folder into the container. The runtime posts the job's result
-here; the model routes (metering) are served here too. Everything a request body may hold is bounded, and a
-request the gateway does not know gets 404, so a hostile script learns nothing and reaches nothing else.
+The worker starts one for each job and mounts its folder into the container. It serves:
+- the model APIs (Ollama's and OpenAI's, whatever the node's kind), forwarding only the models the job may use to
+  the node each is routed to, capping each call's output to the job's budget, and writing one ledger row per call
+  with the token counts taken from the node's own answer;
+- `/_job/usage` (the running totals) and `/_job/result` (the runtime's report of the script's end).
+Everything a request body may hold is bounded, node management is refused, and an unknown route gets 404, so a
+hostile script reaches nothing else and cannot change what it is billed.
 """
 import json
 import logging
 import os
 import socketserver
 import threading
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler
 from typing import Any
+
+from models_catalog.nodes import Completion, NodeError, client_for
+
+from . import llm_wire
+from .metering import BudgetExhausted, Meter, prompt_bound, record_call
 
 logger = logging.getLogger(__name__)
 
@@ -27,6 +37,29 @@ class ResultReport:
     error: dict[str, Any] | None = None
     peak_memory_bytes: int | None = None
     rejected_code: str = ""
+
+
+@dataclass(frozen=True)
+class ModelRoute:
+    """Where one model the job may call is served."""
+
+    model_id: str
+    node: str
+    kind: str
+    url: str
+
+
+@dataclass
+class GatewayConfig:
+    job_id: str
+    default_model: str
+    routes: dict[str, ModelRoute] = field(default_factory=dict)
+    budget: int | None = None
+    max_output_tokens: int = 2048
+    call_timeout: float = 120.0
+    max_body_bytes: int = 1024 * 1024
+    max_concurrent_calls: int = 4
+    result_limit: int = 1024 * 1024
 
 
 class GatewayRequestError(Exception):
@@ -55,14 +88,18 @@ class _Handler(BaseHTTPRequestHandler):
     def _dispatch(self, method: str) -> None:
         gateway = self.server.gateway
         try:
-            route = gateway.routes.get((method, self.path.split("?", 1)[0]))
+            path = self.path.split("?", 1)[0]
+            if path in llm_wire.FORBIDDEN_ROUTES or path.startswith("/api/blobs/"):
+                raise GatewayRequestError(403, "route_forbidden", f"{path} is not available to jobs.")
+            route = gateway.routes.get((method, path))
             if route is None:
-                raise GatewayRequestError(404, "not_found", f"No route {method} {self.path}.")
-            status, body = route(self)
+                raise GatewayRequestError(404, "not_found", f"No route {method} {path}.")
+            answer = route(self)
         except GatewayRequestError as exc:
-            status, body = exc.status, {"error": exc.detail, "code": exc.code}
+            answer = exc.status, {"error": exc.detail, "code": exc.code}
             self.close_connection = True
-        self.send_json(status, body)
+        if answer is not None:  # a streamed answer has been written already
+            self.send_json(*answer)
 
     def read_json(self, limit: int) -> Any:
         """The request's JSON body; refuses bodies over `limit` bytes before reading them."""
@@ -76,6 +113,31 @@ class _Handler(BaseHTTPRequestHandler):
             return json.loads(self.rfile.read(length))
         except (ValueError, UnicodeDecodeError):
             raise GatewayRequestError(400, "malformed_json", "The body is not valid JSON.") from None
+
+    stream_started = False
+
+    def start_stream(self, content_type: str) -> bool:
+        """Begin a streamed answer (the connection's end marks the body's end); False when the script hung up."""
+        self.stream_started = True
+        try:
+            self.send_response(200)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Cache-Control", "no-cache")
+            self.send_header("Connection", "close")
+            self.end_headers()
+            self.wfile.flush()
+            return True
+        except OSError:
+            return False
+
+    def write_frame(self, data: bytes) -> bool:
+        """Write one frame of a stream; False when the script has hung up."""
+        try:
+            self.wfile.write(data)
+            self.wfile.flush()
+            return True
+        except OSError:
+            return False
 
     def send_json(self, status: int, body: Any) -> None:
         data = json.dumps(body).encode()
@@ -95,13 +157,23 @@ class _Handler(BaseHTTPRequestHandler):
 class JobGateway:
     """Serves one job. `start()` binds the socket; `stop()` closes it; `report` holds the posted result."""
 
-    def __init__(self, *, job_id: str, socket_dir: str, result_limit: int):
-        self.job_id = job_id
+    def __init__(self, config: GatewayConfig, *, socket_dir: str):
+        self.config = config
+        self.job_id = config.job_id
         self.socket_path = os.path.join(socket_dir, SOCKET_NAME)
-        self.result_limit = result_limit
         self.report = ResultReport()
+        self.meter = Meter(budget=config.budget, max_output_tokens=config.max_output_tokens)
         self._lock = threading.Lock()
-        self.routes = {("POST", "/_job/result"): self._post_result}
+        self._calls = threading.BoundedSemaphore(config.max_concurrent_calls)
+        self.routes = {
+            ("POST", "/_job/result"): self._post_result,
+            ("GET", "/_job/usage"): lambda request: (200, self.meter.snapshot()),
+            ("GET", "/api/tags"): lambda request: (200, llm_wire.ollama_tags(sorted(config.routes))),
+            ("GET", "/v1/models"): lambda request: (200, llm_wire.openai_models(sorted(config.routes))),
+            ("GET", "/api/version"): lambda request: (200, {"version": "0.0.0-infra-ainode-gateway"}),
+        }
+        for path in llm_wire.ROUTES:
+            self.routes[("POST", path)] = self._model_call
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
 
@@ -129,7 +201,7 @@ class JobGateway:
 
     def _post_result(self, request: _Handler) -> tuple[int, dict[str, Any]]:
         try:
-            body = request.read_json(self.result_limit)
+            body = request.read_json(self.config.result_limit)
         except GatewayRequestError as exc:
             if exc.code == "body_too_large":
                 self.report.rejected_code = "result_too_large"
@@ -146,3 +218,87 @@ class JobGateway:
             peak = body.get("peakMemoryBytes")
             self.report.peak_memory_bytes = peak if isinstance(peak, int) and peak > 0 else None
         return 200, {"ok": True}
+
+    # --- model calls -------------------------------------------------------------------------------------------
+
+    def _model_call(self, request: _Handler) -> tuple[int, Any] | None:
+        path = request.path.split("?", 1)[0]
+        try:
+            call = llm_wire.parse_request(path, request.read_json(self.config.max_body_bytes),
+                                          default_model=self.config.default_model)
+        except llm_wire.WireError as exc:
+            raise GatewayRequestError(400, "invalid_request", str(exc)) from None
+        route = self.config.routes.get(call.model)
+        if route is None:
+            raise GatewayRequestError(
+                403, "model_not_allowed",
+                f"This job may not use model {call.model[:200]!r}; allowed: {', '.join(sorted(self.config.routes))}.",
+            )
+        # Bounding the calls in flight keeps one script from flooding the node (and holding many reservations).
+        if not self._calls.acquire(timeout=self.config.call_timeout):
+            raise GatewayRequestError(429, "too_many_calls", "Too many model calls in flight for this job.")
+        try:
+            try:
+                reservation = self.meter.reserve(prompt_tokens_bound=prompt_bound(call.prompt_texts()),
+                                                 requested=call.options.get("max_tokens"))
+            except BudgetExhausted as exc:
+                raise GatewayRequestError(402, "budget_exhausted", str(exc)) from None
+            options = {**call.options, "max_tokens": reservation.max_tokens}
+            client = client_for(route.kind, route.url, self.config.call_timeout)
+            started = time.monotonic()
+            completion: Completion | None = None
+            error: NodeError | None = None
+            try:
+                if call.stream:
+                    completion = self._stream(request, call, client, options)
+                    answer = None
+                else:
+                    completion = (client.generate(call.model, call.prompt, **options) if call.op == llm_wire.GENERATE
+                                  else client.chat(call.model, call.messages, **options))
+                    answer = (200, llm_wire.render(call, completion))
+            except NodeError as exc:
+                error = exc
+                answer = (502 if exc.code != "model_not_found" else 404, {"error": str(exc), "code": exc.code})
+                if request.stream_started:
+                    answer = None  # the error was written into the stream
+            finally:
+                # No completion means the node reported no counts: recorded as unknown, and the reservation stays
+                # spent so that the budget holds even then.
+                usage = completion.usage if completion else None
+                self.meter.settle(reservation, usage)
+                record_call(
+                    job_id=self.job_id, model_id=call.model, node=route.node, endpoint=path, streamed=call.stream,
+                    usage=usage,
+                    max_tokens=reservation.max_tokens, done_reason=completion.done_reason if completion else None,
+                    duration_ms=round((time.monotonic() - started) * 1000),
+                    node_duration_ms=completion.total_duration_ms if completion else None,
+                    error_code=error.code if error else "", error_message=str(error) if error else "",
+                )
+            return answer
+        finally:
+            self._calls.release()
+
+    def _stream(self, request: _Handler, call: llm_wire.LLMRequest, client, options: dict[str, Any]) -> Completion:
+        """Relay a streamed answer. If the script hangs up half way, the node's stream is still read to its end:
+        the node generates those tokens either way, and only its final event says how many there were."""
+        frames = llm_wire.StreamRenderer(call)
+        events = (client.stream_generate(call.model, call.prompt, **options) if call.op == llm_wire.GENERATE
+                  else client.stream_chat(call.model, call.messages, **options))
+        request.close_connection = True
+        listening = True
+        try:
+            for event in events:
+                if listening and not request.stream_started:
+                    listening = request.start_stream(frames.content_type)
+                if isinstance(event, Completion):
+                    if listening:
+                        request.write_frame(frames.final(event))
+                    return event
+                if listening:
+                    listening = request.write_frame(frames.chunk(event))
+        except NodeError as exc:
+            if request.stream_started:
+                request.write_frame(frames.error(exc.code, str(exc)))
+            raise
+        raise NodeError("node_bad_response", "The node's stream ended without its final event.")
+

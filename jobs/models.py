@@ -20,6 +20,12 @@ class Function(models.Model):
     timeout_seconds = models.PositiveIntegerField()
     env = models.JSONField(default=dict, blank=True)
     default_model = models.CharField(max_length=200, blank=True)
+    allowed_models = models.JSONField(
+        default=list, blank=True, help_text="Models the script may call besides the job's own modelId."
+    )
+    token_budget = models.PositiveBigIntegerField(
+        null=True, blank=True, help_text="Most tokens (prompt + completion) one job of this function may spend."
+    )
     version = models.PositiveIntegerField(default=0, help_text="The current version's number.")
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
@@ -131,9 +137,14 @@ class Job(models.Model):
     duration_ms = models.PositiveIntegerField(null=True, blank=True)
     peak_memory_bytes = models.PositiveBigIntegerField(null=True, blank=True)
 
+    # Totals of the job's LLMCall rows (the ledger), kept here so lists and results need no aggregate.
+    token_budget = models.PositiveBigIntegerField(null=True, blank=True)
     prompt_tokens = models.PositiveBigIntegerField(default=0)
     completion_tokens = models.PositiveBigIntegerField(default=0)
     llm_calls = models.PositiveIntegerField(default=0)
+    unmetered_calls = models.PositiveIntegerField(
+        default=0, help_text="Calls whose token counts the node did not report (not billed as zero: unknown)."
+    )
 
     objects = JobQuerySet.as_manager()
 
@@ -150,4 +161,47 @@ class Job(models.Model):
 
     @property
     def llm_token_count(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
+class LLMCallStatus(models.TextChoices):
+    OK = "ok"
+    ERROR = "error"
+
+
+class LLMCall(models.Model):
+    """One model call made by a job's script through its gateway: the billing ledger.
+
+    Written only by the worker side (the gateway). Token counts are what the node itself reported; None means
+    the node did not report them, which is not the same as zero.
+    """
+
+    job = models.ForeignKey(Job, on_delete=models.PROTECT, related_name="calls")
+    model_id = models.CharField(max_length=200)
+    node = models.CharField(max_length=100)
+    endpoint = models.CharField(max_length=60, help_text="The API route the script called, e.g. /api/chat.")
+    streamed = models.BooleanField(default=False)
+    status = models.CharField(max_length=8, choices=LLMCallStatus.choices)
+    prompt_tokens = models.PositiveIntegerField(null=True, blank=True)
+    completion_tokens = models.PositiveIntegerField(null=True, blank=True)
+    max_tokens_granted = models.PositiveIntegerField(null=True, blank=True)
+    done_reason = models.CharField(max_length=40, blank=True)
+    duration_ms = models.PositiveIntegerField(help_text="As the gateway measured it, request to last byte.")
+    node_duration_ms = models.PositiveIntegerField(null=True, blank=True, help_text="As the node reported it.")
+    error_code = models.CharField(max_length=64, blank=True)
+    error_message = models.TextField(blank=True)
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        verbose_name = "LLM call"
+        indexes = [models.Index(fields=["job", "created_at"])]
+
+    def __str__(self) -> str:
+        return f"{self.model_id} call of job {self.job_id}"
+
+    @property
+    def total_tokens(self) -> int | None:
+        if self.prompt_tokens is None or self.completion_tokens is None:
+            return None
         return self.prompt_tokens + self.completion_tokens

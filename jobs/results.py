@@ -40,6 +40,8 @@ def execution_result(job: Job) -> dict[str, Any]:
         "promptTokens": job.prompt_tokens,
         "completionTokens": job.completion_tokens,
         "llmCalls": job.llm_calls,
+        "unmeteredCalls": job.unmetered_calls,
+        "tokenBudget": job.token_budget,
         "createdAt": job.created_at.isoformat(),
         "startedAt": job.started_at.isoformat() if job.started_at else None,
         "finishedAt": job.finished_at.isoformat() if job.finished_at else None,

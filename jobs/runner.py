@@ -19,11 +19,14 @@ from django.conf import settings
 from django.db.models import F
 from django.utils import timezone
 
+from models_catalog.services import node_named, route_model
+
 from . import results
 from .code_archive import extract_archive
 from .docker_backend import ContainerError, ContainerOutcome, ContainerSpec, DockerBackend
 from .exits import interpret_exit
-from .gateway import JobGateway, ResultReport
+from .gateway import GatewayConfig, JobGateway, ModelRoute, ResultReport
+from .metering import ledger_totals
 from .models import Job, JobStatus
 
 logger = logging.getLogger(__name__)
@@ -54,8 +57,7 @@ def run_job(job_id: str | uuid.UUID, *, backend: DockerBackend | None = None) ->
     gateway: JobGateway | None = None
     try:
         _prepare_workdir(job, workdir)
-        gateway = JobGateway(job_id=str(job.id), socket_dir=str(workdir / "run"),
-                             result_limit=settings.JOB_RESULT_MAX_BYTES).start()
+        gateway = JobGateway(_gateway_config(job), socket_dir=str(workdir / "run")).start()
         outcome = backend.run(
             _container_spec(job, workdir),
             should_cancel=_cancel_checker(job.id),
@@ -149,6 +151,24 @@ def _container_spec(job: Job, workdir: Path) -> ContainerSpec:
     )
 
 
+def _gateway_config(job: Job) -> GatewayConfig:
+    """What the job's gateway allows: the job's model on the node it was routed to, and the function's other
+    allowed models on theirs."""
+    routes: dict[str, ModelRoute] = {}
+    own_node = node_named(job.node) or route_model(job.model_id)
+    routes[job.model_id] = ModelRoute(job.model_id, own_node.name, own_node.kind, own_node.url)
+    for model_id in job.function.allowed_models or []:
+        if model_id not in routes:
+            node = route_model(model_id)
+            routes[model_id] = ModelRoute(model_id, node.name, node.kind, node.url)
+    return GatewayConfig(
+        job_id=str(job.id), default_model=job.model_id, routes=routes, budget=job.token_budget,
+        max_output_tokens=settings.AI_MAX_OUTPUT_TOKENS, call_timeout=settings.AI_CALL_TIMEOUT,
+        max_body_bytes=settings.GATEWAY_MAX_BODY_BYTES, max_concurrent_calls=settings.GATEWAY_MAX_CONCURRENT_CALLS,
+        result_limit=settings.JOB_RESULT_MAX_BYTES,
+    )
+
+
 def _cancel_checker(job_id: uuid.UUID):
     last_check = 0.0
 
@@ -192,6 +212,8 @@ def _finalize(job: Job, outcome: ContainerOutcome, report: ResultReport) -> None
         "peak_memory_bytes": max(peaks) if peaks else None,
         "container_id": outcome.container_id,
         "finished_at": timezone.now(),
+        # The ledger is the truth; the running totals kept during the job must agree with it.
+        **ledger_totals(str(job.pk)),
     }
     if not Job.objects.move(job.pk, status, error_code=error_code, error_message=message, **fields):
         # Cancelled by a user while it ran: the status stays, the output is still kept for them to read.

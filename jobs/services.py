@@ -12,6 +12,8 @@ from django.utils import timezone
 
 from infra_ainode.errors import Conflict, DomainError, NotFound, TooLarge
 
+from models_catalog.services import route_model
+
 from .code_archive import build_archive
 from .models import Function, FunctionVersion, Job, JobStatus
 
@@ -25,7 +27,8 @@ ENV_NAME_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
 
 def deploy_function(*, owner: User, name: str, code: bytes, filename: str = "main.py",
                     memory_mb: int | None = None, timeout_seconds: int | None = None,
-                    env: dict[str, str] | None = None, default_model: str = "") -> Function:
+                    env: dict[str, str] | None = None, default_model: str = "",
+                    allowed_models: list[str] | None = None, token_budget: int | None = None) -> Function:
     """Create a function with its first version. Raises DomainError on bad code or limits."""
     archive = build_archive(code, filename)
     if Function.objects.filter(owner=owner, name=name, deleted_at__isnull=True).exists():
@@ -35,6 +38,7 @@ def deploy_function(*, owner: User, name: str, code: bytes, filename: str = "mai
             owner=owner, name=name, version=1,
             memory_mb=_memory(memory_mb), timeout_seconds=_timeout(timeout_seconds),
             env=_env(env or {}), default_model=_model_id(default_model) if default_model else "",
+            allowed_models=[_model_id(m) for m in allowed_models or []], token_budget=_budget(token_budget),
         )
         FunctionVersion.objects.create(
             function=function, number=1, archive=archive.data, sha256=archive.sha256,
@@ -45,7 +49,9 @@ def deploy_function(*, owner: User, name: str, code: bytes, filename: str = "mai
 
 def update_function(*, function: Function, code: bytes | None = None, filename: str = "main.py",
                     memory_mb: int | None = None, timeout_seconds: int | None = None,
-                    env: dict[str, str] | None = None, default_model: str | None = None) -> Function:
+                    env: dict[str, str] | None = None, default_model: str | None = None,
+                    allowed_models: list[str] | None = None, token_budget: int | None = None,
+                    clear_token_budget: bool = False) -> Function:
     """Change a function's settings; new code becomes a new version. Jobs already queued keep their version."""
     archive = build_archive(code, filename) if code is not None else None
     with transaction.atomic():
@@ -58,6 +64,10 @@ def update_function(*, function: Function, code: bytes | None = None, filename: 
             function.env = _env(env)
         if default_model is not None:
             function.default_model = _model_id(default_model) if default_model else ""
+        if allowed_models is not None:
+            function.allowed_models = [_model_id(m) for m in allowed_models]
+        if token_budget is not None or clear_token_budget:
+            function.token_budget = _budget(token_budget)
         if archive is not None:
             function.version += 1
             FunctionVersion.objects.create(
@@ -113,6 +123,12 @@ def _env(env: dict[str, Any]) -> dict[str, str]:
     return {str(name): str(value) for name, value in env.items()}
 
 
+def _budget(value: int | None) -> int | None:
+    if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+        raise DomainError("tokenBudget must be a positive integer.", code="invalid_token_budget")
+    return value
+
+
 def _model_id(model_id: str) -> str:
     if not isinstance(model_id, str) or not MODEL_ID_PATTERN.match(model_id):
         raise DomainError("modelId must be 1-200 characters of letters, digits and . _ : / @ + -.",
@@ -122,7 +138,8 @@ def _model_id(model_id: str) -> str:
 
 # --- jobs -----------------------------------------------------------------------------------------------------
 
-def submit_job(*, owner: User, function: Function, model_id: str | None, input_data: Any) -> Job:
+def submit_job(*, owner: User, function: Function, model_id: str | None, input_data: Any,
+               token_budget: int | None = None) -> Job:
     """Record a queued job and enqueue it once the row is committed.
 
     Raises TooLarge (input_too_large) and DomainError (invalid_model_id). If the broker refuses the message,
@@ -133,11 +150,13 @@ def submit_job(*, owner: User, function: Function, model_id: str | None, input_d
         raise TooLarge(f"inputData is {payload_size} bytes; the limit is {settings.JOB_INPUT_MAX_BYTES}.",
                        code="input_too_large")
     model = _model_id(model_id or function.default_model or settings.DEFAULT_MODEL_ID)
+    node = route_model(model)
+    budgets = [b for b in (_budget(token_budget), function.token_budget) if b is not None]
     with transaction.atomic():
         job = Job.objects.create(
             owner=owner, function=function, function_version=function.current_version, model_id=model,
-            queue=settings.JOB_QUEUE, input_data=input_data, memory_mb=function.memory_mb,
-            timeout_seconds=function.timeout_seconds,
+            node=node.name, queue=node.queue, input_data=input_data, memory_mb=function.memory_mb,
+            timeout_seconds=function.timeout_seconds, token_budget=min(budgets) if budgets else None,
         )
         transaction.on_commit(lambda: _enqueue(job))
     return job

@@ -16,6 +16,9 @@ class FunctionSerializer(serializers.ModelSerializer):
     memoryMb = serializers.IntegerField(source="memory_mb", required=False, min_value=1)
     timeoutSeconds = serializers.IntegerField(source="timeout_seconds", required=False, min_value=1)
     defaultModel = serializers.CharField(source="default_model", required=False, allow_blank=True, max_length=200)
+    allowedModels = serializers.ListField(source="allowed_models", child=serializers.CharField(max_length=200),
+                                          required=False, max_length=50)
+    tokenBudget = serializers.IntegerField(source="token_budget", required=False, allow_null=True, min_value=1)
     env = serializers.DictField(child=serializers.CharField(allow_blank=True, max_length=4096), required=False)
     code = serializers.CharField(write_only=True, required=False, trim_whitespace=False)
     codeBase64 = serializers.CharField(write_only=True, required=False)
@@ -27,7 +30,7 @@ class FunctionSerializer(serializers.ModelSerializer):
 
     class Meta:
         model = Function
-        fields = ["functionId", "name", "version", "memoryMb", "timeoutSeconds", "env", "defaultModel", "code",
+        fields = ["functionId", "name", "version", "memoryMb", "timeoutSeconds", "env", "defaultModel", "allowedModels", "tokenBudget", "code",
                   "codeBase64", "file", "files", "sha256", "createdAt", "updatedAt"]
         read_only_fields = ["version"]
 
@@ -53,16 +56,15 @@ class FunctionSerializer(serializers.ModelSerializer):
         return None
 
     def service_fields(self) -> dict[str, Any]:
-        names = {"memory_mb": "memory_mb", "timeout_seconds": "timeout_seconds", "env": "env",
-                 "default_model": "default_model"}
-        return {target: self.validated_data[source] for source, target in names.items()
-                if source in self.validated_data}
+        names = ("memory_mb", "timeout_seconds", "env", "default_model", "allowed_models", "token_budget")
+        return {name: self.validated_data[name] for name in names if name in self.validated_data}
 
 
 class RunSerializer(serializers.Serializer):
     functionId = serializers.CharField(max_length=100)
     modelId = serializers.CharField(required=False, allow_blank=True, allow_null=True, max_length=10_000)
     inputData = serializers.JSONField(required=False, allow_null=True)
+    tokenBudget = serializers.IntegerField(required=False, allow_null=True, min_value=1)
 
 
 class JobSerializer(serializers.ModelSerializer):

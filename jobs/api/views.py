@@ -42,8 +42,11 @@ class FunctionViewSet(viewsets.ModelViewSet):
         serializer = self.get_serializer(function, data=request.data, partial=True)
         serializer.is_valid(raise_exception=True)
         code, filename = serializer.code_upload() or (None, "main.py")
-        function = services.update_function(function=function, code=code, filename=filename,
-                                            **serializer.service_fields())
+        fields = serializer.service_fields()
+        function = services.update_function(
+            function=function, code=code, filename=filename,
+            clear_token_budget="token_budget" in fields and fields["token_budget"] is None, **fields,
+        )
         return Response(self.get_serializer(function).data)
 
     def destroy(self, request: Request, *args, **kwargs) -> Response:
@@ -87,7 +90,7 @@ def run(request: Request) -> Response:
     data = serializer.validated_data
     function = services.get_function(owner=request.user, function_id=data["functionId"])
     job = services.submit_job(owner=request.user, function=function, model_id=data.get("modelId"),
-                              input_data=data.get("inputData"))
+                              input_data=data.get("inputData"), token_budget=data.get("tokenBudget"))
     if request.headers.get("x-async", "").lower() != "true":
         job = wait_for_job(job.pk, settings.RUN_SYNC_TIMEOUT)
         if job.is_terminal:

@@ -1,0 +1,481 @@
+"""Clients for AI nodes: the only module that speaks HTTP to them.
+
+Two kinds of node sit behind one interface, `NodeClient`:
+
+- `OllamaClient`: an Ollama server (`/api/tags`, `/api/ps`, `/api/show`, `/api/generate`, `/api/chat`,
+  NDJSON streaming).
+- `OpenAIClient`: any OpenAI-compatible server such as llama.cpp's or vLLM's (`/v1/models`,
+  `/v1/chat/completions`, `/v1/completions`, SSE streaming with `stream_options.include_usage`).
+
+Token counts always come from the node's own answer (`Usage`), never from counting here: they are what the
+operator bills. Every failure is a `NodeError` with a stable `.code`; no library exception leaks out.
+Standard library only, and nothing from Django: callers pass the URL and timeout.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import logging
+import socket
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+logger = logging.getLogger(__name__)
+
+# The option names callers use, whatever the node's kind; each client maps them to its own API.
+COMMON_OPTIONS = frozenset({"max_tokens", "temperature", "seed", "top_p", "top_k", "stop"})
+_OLLAMA_OPTION_NAMES = {"max_tokens": "num_predict"}
+# Picks the text out of one answer, stream event or choice.
+_TextOf = Callable[[dict[str, Any]], Any]
+
+
+class NodeError(Exception):
+    """A call to an AI node failed.
+
+    `code` is one of: node_unreachable, node_timeout, node_bad_response, node_http_error, model_not_found.
+    `status` is the HTTP status when the node answered with one.
+    """
+
+    def __init__(self, code: str, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.status = status
+
+    def __str__(self) -> str:
+        return f"{self.code}: {self.args[0]}"
+
+
+@dataclass(frozen=True)
+class NodeModel:
+    id: str
+    name: str
+    size: int | None
+    family: str
+    parameter_size: str
+    quantization: str
+    loaded: bool
+
+
+@dataclass(frozen=True)
+class Usage:
+    """Token counts as the node reported them; None when it did not report one."""
+
+    prompt_tokens: int | None
+    completion_tokens: int | None
+
+
+@dataclass(frozen=True)
+class Completion:
+    text: str
+    model: str
+    usage: Usage
+    done_reason: str | None
+    total_duration_ms: float | None  # as the node measured it; None when it does not say
+    raw: dict[str, Any]  # the node's answer (for a stream, its last event)
+
+
+def format_parameter_size(n_params: int) -> str:
+    """134_515_008 -> "135M", 1_235_814_400 -> "1.2B", as Ollama's listings write it."""
+    if n_params >= 1_000_000_000:
+        return f"{n_params / 1e9:.1f}B"
+    if n_params >= 1_000_000:
+        return f"{round(n_params / 1e6)}M"
+    return str(n_params)
+
+
+class NodeClient(ABC):
+    """One AI node. `timeout` (seconds) bounds the connection and every wait for bytes from the node.
+
+    It is not a deadline for the whole answer: a stream may last longer while tokens keep coming. Calls are
+    not retried here; the caller decides. Streams open the connection on the first `next()`, so their errors
+    surface there. Unknown options raise ValueError (a caller's mistake, not the node's).
+    """
+
+    kind: str
+
+    def __init__(self, url: str, timeout: float) -> None:
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"not an http(s) URL: {url!r}")
+        self.url = url.rstrip("/")
+        self.timeout = timeout
+        self._parts = parts
+
+    @abstractmethod
+    def list_models(self) -> list[NodeModel]: ...
+
+    @abstractmethod
+    def generate(self, model: str, prompt: str, **options: Any) -> Completion: ...
+
+    @abstractmethod
+    def chat(self, model: str, messages: list[dict[str, Any]], **options: Any) -> Completion: ...
+
+    @abstractmethod
+    def stream_generate(self, model: str, prompt: str, **options: Any) -> Iterator[str | Completion]:
+        """Yield text pieces as they come, then one final Completion carrying the whole text and usage."""
+
+    @abstractmethod
+    def stream_chat(self, model: str, messages: list[dict[str, Any]], **options: Any) -> Iterator[str | Completion]:
+        """Yield text pieces as they come, then one final Completion carrying the whole text and usage."""
+
+    @abstractmethod
+    def health(self) -> bool:
+        """True when the node answers its health route; never raises."""
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(url={self.url!r}, timeout={self.timeout})"
+
+    # --- HTTP plumbing shared by both kinds -----------------------------------------------------------------
+
+    def _open(self, method: str, path: str, payload: dict[str, Any] | None = None) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse]:
+        """Send one request; return (connection, response) once the status is known to be 2xx.
+
+        The caller must close the connection, which closes the response with it.
+        """
+        conn_class = http.client.HTTPSConnection if self._parts.scheme == "https" else http.client.HTTPConnection
+        conn = conn_class(self._parts.hostname, self._parts.port, timeout=self.timeout)
+        body = None if payload is None else json.dumps(payload).encode()
+        headers = {"Accept": "application/json", "Content-Type": "application/json"}
+        try:
+            conn.request(method, self._parts.path.rstrip("/") + path, body=body, headers=headers)
+            resp = conn.getresponse()
+            if resp.status >= 400:
+                text = resp.read(64 * 1024).decode("utf-8", errors="replace")
+                raise self._status_error(resp.status, text, path)
+        except (OSError, http.client.HTTPException) as exc:
+            conn.close()
+            raise self._transport_error(exc, path) from exc
+        except NodeError:
+            conn.close()
+            raise
+        return conn, resp
+
+    def _json(self, method: str, path: str, payload: dict[str, Any] | None = None) -> dict[str, Any]:
+        conn, resp = self._open(method, path, payload)
+        try:
+            data = json.loads(resp.read())
+        except ValueError as exc:
+            raise NodeError("node_bad_response", f"{self.url}{path} sent invalid JSON") from exc
+        except (OSError, http.client.HTTPException) as exc:
+            raise self._transport_error(exc, path) from exc
+        finally:
+            conn.close()
+        if not isinstance(data, dict):
+            raise NodeError("node_bad_response", f"{self.url}{path} sent JSON that is not an object")
+        return data
+
+    def _lines(self, path: str, payload: dict[str, Any]) -> Iterator[bytes]:
+        """The non-empty lines of a streamed answer; the connection closes when the generator does."""
+        conn, resp = self._open("POST", path, payload)
+        try:
+            while True:
+                try:
+                    line = resp.readline()
+                except (OSError, http.client.HTTPException) as exc:
+                    raise self._transport_error(exc, path) from exc
+                if not line:
+                    return
+                if line.strip():
+                    yield line.strip()
+        finally:
+            conn.close()
+
+    def _transport_error(self, exc: BaseException, path: str) -> NodeError:
+        where = f"{self.url}{path}"
+        # Order matters: socket.timeout is an OSError, and RemoteDisconnected is both an HTTPException and
+        # a ConnectionResetError.
+        if isinstance(exc, (TimeoutError, socket.timeout)):
+            return NodeError("node_timeout", f"{where} did not answer within {self.timeout} s")
+        if isinstance(exc, http.client.HTTPException):
+            return NodeError("node_bad_response", f"{where} broke the HTTP exchange: {exc!r}")
+        return NodeError("node_unreachable", f"{where} is unreachable: {exc}")
+
+    def _status_error(self, status: int | None, text: str, path: str) -> NodeError:
+        message = _error_message(text)
+        lowered = message.lower()
+        if status in (400, 404) and "model" in lowered and ("not found" in lowered or "does not exist" in lowered):
+            return NodeError("model_not_found", message, status)
+        return NodeError("node_http_error", f"{self.url}{path} answered HTTP {status or 200}: {message}", status)
+
+
+def _error_message(text: str) -> str:
+    """The message inside an error body: Ollama's {"error": "..."}, OpenAI's {"error": {"message": ...}}."""
+    try:
+        error = json.loads(text).get("error")
+    except (ValueError, AttributeError):
+        return text.strip()[:500]
+    if isinstance(error, dict):
+        error = error.get("message")
+    return str(error or text.strip()[:500])
+
+
+def _check_options(options: dict[str, Any]) -> dict[str, Any]:
+    unknown = set(options) - COMMON_OPTIONS
+    if unknown:
+        raise ValueError(f"unknown options {sorted(unknown)}; allowed: {sorted(COMMON_OPTIONS)}")
+    return {k: v for k, v in options.items() if v is not None}
+
+
+def _int_or_none(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+# --- Ollama -------------------------------------------------------------------------------------------------
+
+
+class OllamaClient(NodeClient):
+    kind = "ollama"
+
+    def list_models(self) -> list[NodeModel]:
+        tags = self._json("GET", "/api/tags").get("models")
+        if not isinstance(tags, list):
+            raise NodeError("node_bad_response", f"{self.url}/api/tags has no model list")
+        loaded = self._loaded_names()
+        models = []
+        for entry in tags:
+            details = entry.get("details") or {}
+            model_id = entry.get("model") or entry.get("name") or ""
+            models.append(NodeModel(
+                id=model_id,
+                name=entry.get("name") or model_id,
+                size=_int_or_none(entry.get("size")),
+                family=details.get("family") or "",
+                parameter_size=details.get("parameter_size") or "",
+                quantization=details.get("quantization_level") or "",
+                loaded=model_id in loaded,
+            ))
+        return models
+
+    def _loaded_names(self) -> set[str]:
+        # /api/ps only says which models sit in memory: a node without it still lists its models.
+        try:
+            running = self._json("GET", "/api/ps").get("models") or []
+        except NodeError as exc:
+            if exc.code != "node_http_error":
+                raise
+            return set()
+        return {m.get("model") or m.get("name") for m in running if isinstance(m, dict)}
+
+    def generate(self, model: str, prompt: str, **options: Any) -> Completion:
+        data = self._json("POST", "/api/generate", self._payload(model, options, prompt=prompt, stream=False))
+        return self._completion(data, data.get("response"), model)
+
+    def chat(self, model: str, messages: list[dict[str, Any]], **options: Any) -> Completion:
+        data = self._json("POST", "/api/chat", self._payload(model, options, messages=messages, stream=False))
+        return self._completion(data, (data.get("message") or {}).get("content"), model)
+
+    def stream_generate(self, model: str, prompt: str, **options: Any) -> Iterator[str | Completion]:
+        payload = self._payload(model, options, prompt=prompt, stream=True)
+        yield from self._stream("/api/generate", payload, lambda event: event.get("response"))
+
+    def stream_chat(self, model: str, messages: list[dict[str, Any]], **options: Any) -> Iterator[str | Completion]:
+        payload = self._payload(model, options, messages=messages, stream=True)
+        yield from self._stream("/api/chat", payload, lambda event: (event.get("message") or {}).get("content"))
+
+    def health(self) -> bool:
+        try:
+            self._open("GET", "/")[0].close()
+        except NodeError:
+            return False
+        return True
+
+    @staticmethod
+    def _payload(model: str, options: dict[str, Any], **fields: Any) -> dict[str, Any]:
+        mapped = {_OLLAMA_OPTION_NAMES.get(k, k): v for k, v in _check_options(options).items()}
+        return {"model": model, **fields, "options": mapped}
+
+    def _stream(self, path: str, payload: dict[str, Any], text_of: _TextOf) -> Iterator[str | Completion]:
+        pieces: list[str] = []
+        for line in self._lines(path, payload):
+            try:
+                event = json.loads(line)
+            except ValueError as exc:
+                raise NodeError("node_bad_response", f"{self.url}{path} sent an invalid NDJSON line") from exc
+            if not isinstance(event, dict):
+                raise NodeError("node_bad_response", f"{self.url}{path} sent a stream line that is not an object")
+            if "error" in event:  # Ollama reports failures after the stream began as an error line
+                raise self._status_error(None, json.dumps(event), path)
+            if text := text_of(event):
+                pieces.append(text)
+                yield text
+            if event.get("done"):
+                yield self._completion(event, "".join(pieces), payload["model"])
+                return
+        raise NodeError("node_bad_response", f"{self.url}{path} ended the stream before done")
+
+    def _completion(self, data: dict[str, Any], text: Any, model: str) -> Completion:
+        if not isinstance(text, str) or data.get("done") is False:
+            raise NodeError("node_bad_response", f"{self.url} sent an answer without text")
+        total_ns = _int_or_none(data.get("total_duration"))
+        return Completion(
+            text=text,
+            model=data.get("model") or model,
+            # Some Ollama versions omit prompt_eval_count when the whole prompt came from their cache.
+            usage=Usage(_int_or_none(data.get("prompt_eval_count")), _int_or_none(data.get("eval_count"))),
+            done_reason=data.get("done_reason"),
+            total_duration_ms=None if total_ns is None else total_ns / 1e6,
+            raw=data,
+        )
+
+
+# --- OpenAI-compatible --------------------------------------------------------------------------------------
+
+
+class OpenAIClient(NodeClient):
+    kind = "openai"
+
+    def __init__(self, url: str, timeout: float) -> None:
+        super().__init__(url, timeout)
+        # Names this node serves (ids and aliases), learnt from /v1/models. llama.cpp answers a request for
+        # any model name with the one model it holds, so we check the name ourselves before each call.
+        self._known: frozenset[str] = frozenset()
+
+    def _model_entries(self) -> list[dict[str, Any]]:
+        data = self._json("GET", "/v1/models").get("data")
+        if not isinstance(data, list):
+            raise NodeError("node_bad_response", f"{self.url}/v1/models has no data list")
+        entries = [e for e in data if isinstance(e, dict) and isinstance(e.get("id"), str)]
+        self._known = frozenset(e["id"] for e in entries) | {a for e in entries for a in e.get("aliases") or []}
+        return entries
+
+    def list_models(self) -> list[NodeModel]:
+        models = []
+        for entry in self._model_entries():
+            meta = entry.get("meta") or {}  # llama.cpp's extension; vLLM gives none of this
+            n_params = _int_or_none(meta.get("n_params"))
+            status = entry.get("status")  # llama.cpp's router mode says which models are in memory
+            models.append(NodeModel(
+                id=entry["id"],
+                name=entry["id"],
+                size=_int_or_none(meta.get("size")),
+                family="",
+                parameter_size=format_parameter_size(n_params) if n_params else "",
+                quantization=str(meta.get("ftype") or ""),
+                loaded=status.get("value") == "loaded" if isinstance(status, dict) else True,
+            ))
+        return models
+
+    def _require_model(self, model: str) -> None:
+        if model in self._known:
+            return
+        self._model_entries()  # the node may have gained the model since we last looked
+        if model not in self._known:
+            raise NodeError("model_not_found", f"model '{model}' not found on {self.url}", 404)
+
+    def generate(self, model: str, prompt: str, **options: Any) -> Completion:
+        payload = self._payload(model, options, prompt=prompt)
+        self._require_model(model)
+        data = self._json("POST", "/v1/completions", payload)
+        return self._completion(data, lambda choice: choice.get("text"), model)
+
+    def chat(self, model: str, messages: list[dict[str, Any]], **options: Any) -> Completion:
+        payload = self._payload(model, options, messages=messages)
+        self._require_model(model)
+        data = self._json("POST", "/v1/chat/completions", payload)
+        return self._completion(data, lambda choice: (choice.get("message") or {}).get("content"), model)
+
+    def stream_generate(self, model: str, prompt: str, **options: Any) -> Iterator[str | Completion]:
+        payload = self._payload(model, options, prompt=prompt, stream=True)
+        self._require_model(model)
+        yield from self._stream("/v1/completions", payload, lambda choice: choice.get("text"))
+
+    def stream_chat(self, model: str, messages: list[dict[str, Any]], **options: Any) -> Iterator[str | Completion]:
+        payload = self._payload(model, options, messages=messages, stream=True)
+        self._require_model(model)
+        yield from self._stream("/v1/chat/completions", payload, lambda c: (c.get("delta") or {}).get("content"))
+
+    def health(self) -> bool:
+        for path in ("/health", "/v1/models"):  # not every OpenAI-compatible server has /health
+            try:
+                self._open("GET", path)[0].close()
+                return True
+            except NodeError as exc:
+                if exc.code != "node_http_error":
+                    return False
+        return False
+
+    @staticmethod
+    def _payload(model: str, options: dict[str, Any], stream: bool = False, **fields: Any) -> dict[str, Any]:
+        payload = {"model": model, **fields, **_check_options(options)}
+        if stream:
+            # Without include_usage an OpenAI stream carries no token counts at all, and we bill by them.
+            payload.update(stream=True, stream_options={"include_usage": True})
+        return payload
+
+    def _stream(self, path: str, payload: dict[str, Any], text_of: _TextOf) -> Iterator[str | Completion]:
+        pieces: list[str] = []
+        last: dict[str, Any] = {}
+        finish: str | None = None
+        usage: dict[str, Any] | None = None
+        for line in self._lines(path, payload):
+            if line.startswith(b"error:"):  # llama.cpp's way to fail after the stream began
+                raise self._status_error(None, line[6:].decode("utf-8", errors="replace"), path)
+            if not line.startswith(b"data:"):
+                continue  # SSE comments and keep-alive pings
+            data = line[5:].strip()
+            if data == b"[DONE]":
+                break
+            try:
+                event = json.loads(data)
+            except ValueError as exc:
+                raise NodeError("node_bad_response", f"{self.url}{path} sent an invalid SSE event") from exc
+            if not isinstance(event, dict):
+                raise NodeError("node_bad_response", f"{self.url}{path} sent an event that is not an object")
+            if "error" in event:
+                raise self._status_error(None, data.decode("utf-8", errors="replace"), path)
+            last = event
+            # Usage arrives in a last event with no choices on llama.cpp's chat route, and inside the
+            # finishing event on its completions route: take it wherever it appears.
+            usage = event.get("usage") or usage
+            for choice in event.get("choices") or []:
+                finish = choice.get("finish_reason") or finish
+                if text := text_of(choice):
+                    pieces.append(text)
+                    yield text
+        if not last or (finish is None and usage is None):
+            raise NodeError("node_bad_response", f"{self.url}{path} ended the stream before finishing")
+        final = {**last, "usage": usage} if usage else last
+        yield self._completion_from(final, "".join(pieces), finish, payload["model"])
+
+    def _completion(self, data: dict[str, Any], text_of: _TextOf, model: str) -> Completion:
+        choices = data.get("choices")
+        if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
+            raise NodeError("node_bad_response", f"{self.url} sent an answer without choices")
+        text = text_of(choices[0])
+        if text is None:
+            text = ""  # a model may legitimately answer nothing (an immediate end of sequence)
+        if not isinstance(text, str):
+            raise NodeError("node_bad_response", f"{self.url} sent an answer without text")
+        return self._completion_from(data, text, choices[0].get("finish_reason"), model)
+
+    @staticmethod
+    def _completion_from(data: dict[str, Any], text: str, finish: str | None, model: str) -> Completion:
+        usage = data.get("usage") or {}
+        timings = data.get("timings") or {}  # llama.cpp's extension: how long the prompt and generation took
+        total_ms = None
+        if "prompt_ms" in timings or "predicted_ms" in timings:
+            total_ms = float(timings.get("prompt_ms") or 0) + float(timings.get("predicted_ms") or 0)
+        return Completion(
+            text=text,
+            model=data.get("model") or model,
+            usage=Usage(_int_or_none(usage.get("prompt_tokens")), _int_or_none(usage.get("completion_tokens"))),
+            done_reason=finish,
+            total_duration_ms=total_ms,
+            raw=data,
+        )
+
+
+_CLIENTS: dict[str, type[NodeClient]] = {"ollama": OllamaClient, "openai": OpenAIClient}
+
+
+def client_for(kind: str, url: str, timeout: float) -> NodeClient:
+    """The client for a node of this kind ("ollama" or "openai"); ValueError for another kind."""
+    try:
+        client_class = _CLIENTS[kind]
+    except KeyError:
+        raise ValueError(f"unknown AI node kind {kind!r}; expected one of {sorted(_CLIENTS)}") from None
+    return client_class(url, timeout)
