@@ -5,6 +5,8 @@ Every error answers `{"detail": "...", "code": "..."}`; validation errors keep D
 """
 from typing import Any
 
+from django.http import HttpRequest, JsonResponse
+
 from rest_framework.exceptions import APIException, ValidationError
 from rest_framework.pagination import PageNumberPagination
 from rest_framework.response import Response
@@ -33,3 +35,12 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
         code = codes if isinstance(codes, str) else "error"
         response.data = {"detail": str(exc.detail), "code": code}
     return response
+
+
+def not_found(request: HttpRequest, exception: Exception | None = None) -> JsonResponse:
+    """Unknown routes answer in the API's error shape, not with an HTML page."""
+    return JsonResponse({"detail": f"No route {request.path}.", "code": "not_found"}, status=404)
+
+
+def server_error(request: HttpRequest) -> JsonResponse:
+    return JsonResponse({"detail": "Internal server error.", "code": "internal_error"}, status=500)

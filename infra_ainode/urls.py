@@ -11,3 +11,6 @@ urlpatterns = [
     path("status/<str:job_id>", StatusView.as_view(), name="status"),
     path("deploy", FunctionViewSet.as_view({"post": "create"}), name="deploy"),
 ]
+
+handler404 = "infra_ainode.api.not_found"
+handler500 = "infra_ainode.api.server_error"

@@ -1,0 +1,217 @@
+#!/usr/bin/env bash
+# Build the job runtime image (Debian bookworm + python3, user runner 10001).
+#
+#   scripts/build-runtime-image.sh [--force] [--offline] [IMAGE]
+#
+# IMAGE defaults to $JOB_RUNTIME_IMAGE, then infra-ainode-runtime:bookworm-1.
+# If the image already exists this does nothing, unless --force.
+#
+# Where a registry answers, runtime/Dockerfile is built with `docker build`.
+# Our machines have none, so the usual path is offline: a minbase Debian root
+# made with debootstrap from the apt mirror, then `docker import`.
+# --offline skips the registry attempt.
+set -euo pipefail
+# Functions below run inside $(...); without this, bash drops -e there.
+shopt -s inherit_errexit
+
+REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+SUITE=bookworm
+RUNNER_UID=10001
+FORCE=0
+OFFLINE=0
+IMAGE=""
+
+usage() { sed -n '2,12s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"; }
+
+while (($#)); do
+  case "$1" in
+    --force) FORCE=1 ;;
+    --offline) OFFLINE=1 ;;
+    -h|--help) usage; exit 0 ;;
+    -*) echo "unknown option: $1" >&2; usage >&2; exit 2 ;;
+    *) IMAGE="$1" ;;
+  esac
+  shift
+done
+IMAGE="${IMAGE:-${JOB_RUNTIME_IMAGE:-infra-ainode-runtime:bookworm-1}}"
+
+log() { printf '[build-runtime-image +%ss] %s\n' "$SECONDS" "$*"; }
+
+if [[ $FORCE -eq 0 ]] && docker image inspect "$IMAGE" >/dev/null 2>&1; then
+  log "$IMAGE already exists; nothing to do (use --force to rebuild)"
+  exit 0
+fi
+
+# Print the first mirror URI that apt uses for SUITE (argument 1), reading both
+# one-line .list files and deb822 .sources files. Prints nothing if none.
+apt_mirror_for() {
+  local suite="$1" f
+  for f in /etc/apt/sources.list /etc/apt/sources.list.d/*.list; do
+    [[ -r $f ]] || continue
+    # deb [options] URI SUITE COMPONENTS...
+    awk -v s="$suite" '$1 == "deb" {
+        i = 2; if ($i ~ /^\[/) { while ($i !~ /\]$/) i++; i++ }
+        if ($(i + 1) == s) { print $i; exit }
+      }' "$f"
+  done
+  for f in /etc/apt/sources.list.d/*.sources; do
+    [[ -r $f ]] || continue
+    # One stanza per paragraph; skip disabled ones and deb-src-only ones.
+    awk -v s="$suite" 'BEGIN { RS = "" } {
+        types = ""; uri = ""; suites = ""; enabled = "yes"
+        n = split($0, lines, "\n")
+        for (j = 1; j <= n; j++) {
+          l = lines[j]; if (l ~ /^#/) continue
+          k = tolower(l); sub(/:.*/, "", k); v = l; sub(/^[^:]*:[ \t]*/, "", v)
+          if (k == "types") types = v
+          else if (k == "uris") { split(v, u, /[ \t]+/); uri = u[1] }
+          else if (k == "suites") suites = v
+          else if (k == "enabled") enabled = tolower(v)
+        }
+        if (enabled != "no" && (" " types " ") ~ / deb / && (" " suites " ") ~ (" " s " ")) { print uri; exit }
+      }' "$f"
+  done
+}
+
+# True when runtime/Dockerfile can be built the normal way: the base image is
+# here or can be pulled. A missing registry fails in well under a second; a
+# slow one is given 60 s before we fall back.
+can_docker_build() {
+  [[ $OFFLINE -eq 0 ]] || return 1
+  docker image inspect debian:bookworm-slim >/dev/null 2>&1 && return 0
+  timeout 60 docker pull -q debian:bookworm-slim >/dev/null 2>&1
+}
+
+WORK=""
+cleanup() {
+  [[ -n $WORK && -d $WORK ]] || return 0
+  # debootstrap mounts /proc and /sys inside the root; if it was interrupted
+  # they may still be mounted, and rm must never walk into them.
+  local m
+  awk -v w="$WORK" 'index($2, w) == 1 { print $2 }' /proc/mounts | sort -r |
+    while read -r m; do umount -l "$m" 2>/dev/null || true; done
+  rm -rf --one-file-system "$WORK"
+}
+trap cleanup EXIT
+# Make Ctrl-C and kill run the cleanup too.
+trap 'exit 130' INT TERM HUP
+
+# Build with runtime/Dockerfile; prints the image id.
+build_with_dockerfile() {
+  docker build --pull=false --iidfile "$WORK/iid" "$REPO_ROOT/runtime" >&2
+  cat "$WORK/iid"
+}
+
+# Build offline with debootstrap + docker import; prints the image id.
+build_with_debootstrap() {
+  local root="$WORK/rootfs" mirror security
+  mirror="$(apt_mirror_for "$SUITE" | head -n1)"
+  mirror="${DEBIAN_MIRROR:-${mirror:-http://deb.debian.org/debian}}"
+  security="$(apt_mirror_for "$SUITE-security" | head -n1)"
+
+  log "debootstrap $SUITE from $mirror (takes a few minutes)" >&2
+  debootstrap --variant=minbase --include=python3 "$SUITE" "$root" "$mirror" \
+    >"$WORK/debootstrap.log" 2>&1 || {
+      tail -n 30 "$WORK/debootstrap.log" >&2
+      [[ -f $root/debootstrap/debootstrap.log ]] && tail -n 30 "$root/debootstrap/debootstrap.log" >&2
+      return 1
+    }
+  log "debootstrap done" >&2
+
+  # debootstrap installs from the release suite only; the Dockerfile path gets
+  # -updates and -security fixes, so give the offline image the same. This
+  # image runs untrusted code. A failure here only warns: the release-suite
+  # root is still a working image.
+  {
+    echo "deb $mirror $SUITE main"
+    echo "deb $mirror $SUITE-updates main"
+    if [[ -n $security ]]; then echo "deb $security $SUITE-security main"; fi
+  } >"$root/etc/apt/sources.list"
+  cp /etc/resolv.conf "$root/etc/resolv.conf"
+  if chroot "$root" env DEBIAN_FRONTEND=noninteractive sh -c \
+       'apt-get -qq update && apt-get -qq -y upgrade' >"$WORK/upgrade.log" 2>&1; then
+    log "applied $SUITE-updates/-security: $(grep -c '^Setting up' "$WORK/upgrade.log" || true) package(s)" >&2
+  else
+    log "warning: upgrade from $SUITE-updates/-security failed; image has $SUITE release packages only" >&2
+    tail -n 10 "$WORK/upgrade.log" >&2
+  fi
+
+  # The job user. Written directly rather than with useradd, so nothing else
+  # in the root (lastlog, home skeleton) changes.
+  echo "runner:x:$RUNNER_UID:$RUNNER_UID:job runner:/job:/usr/sbin/nologin" >>"$root/etc/passwd"
+  echo "runner:x:$RUNNER_UID:" >>"$root/etc/group"
+  [[ -f $root/etc/shadow ]] && echo "runner:!:19000::::::" >>"$root/etc/shadow"
+  [[ -f $root/etc/gshadow ]] && echo "runner:!::" >>"$root/etc/gshadow"
+  install -d -o "$RUNNER_UID" -g "$RUNNER_UID" -m 0755 "$root/job"
+
+  # Keep it small. Docs, man pages and translations are never read in a job;
+  # the dpkg excludes keep them out of anything installed on top later (the
+  # same trick as Debian's slim images). C.UTF-8 is built into glibc.
+  rm -rf "$root"/var/cache/apt/* "$root"/var/lib/apt/lists/* \
+         "$root"/usr/share/doc/* "$root"/usr/share/man/* "$root"/usr/share/info/* \
+         "$root"/usr/share/locale/* "$root"/usr/share/lintian "$root"/usr/share/linda \
+         "$root"/var/cache/debconf/*-old "$root"/var/lib/dpkg/*-old \
+         "$root"/var/log/* "$root"/debootstrap
+  cat >"$root/etc/dpkg/dpkg.cfg.d/01-infra-ainode-slim" <<'EOF'
+path-exclude /usr/share/doc/*
+path-include /usr/share/doc/*/copyright
+path-exclude /usr/share/man/*
+path-exclude /usr/share/info/*
+path-exclude /usr/share/locale/*
+EOF
+  # Docker supplies these at run time; do not bake in the build host's.
+  : >"$root/etc/resolv.conf"
+  : >"$root/etc/hostname"
+  [[ -f $root/etc/machine-id ]] && : >"$root/etc/machine-id"
+
+  log "importing into docker" >&2
+  # Numeric owners: the host's user names must not leak into the image's.
+  # /dev, /proc and /sys are provided by the container runtime.
+  tar -C "$root" --numeric-owner --exclude='./dev/*' --exclude='./proc/*' --exclude='./sys/*' -c . |
+    docker import \
+      --change "USER $RUNNER_UID:$RUNNER_UID" \
+      --change 'WORKDIR /job' \
+      --change 'ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 LANG=C.UTF-8' \
+      --change 'CMD ["python3"]' \
+      --message "infra-ainode runtime: debootstrap $SUITE minbase + python3" \
+      - | sed 's/^sha256://'
+}
+
+# Both checks run with no network, as jobs do.
+verify() {
+  local image="$1" out uid
+  out="$(docker run --rm --network none "$image" \
+           python3 -c 'import json,http.client,socket,ssl; print("ok")')"
+  [[ $out == ok ]] || { echo "verify: python3 check printed '$out'" >&2; return 1; }
+  uid="$(docker run --rm --network none "$image" id -u)"
+  [[ $uid == "$RUNNER_UID" ]] || { echo "verify: id -u is '$uid', want $RUNNER_UID" >&2; return 1; }
+}
+
+START=$SECONDS
+WORK="$(mktemp -d /var/tmp/infra-ainode-runtime.XXXXXX)"
+
+# Build untagged and tag only after verifying, so that a broken build is never
+# taken for a finished one by the idempotency check on the next run.
+IID=""
+if can_docker_build; then
+  log "base image available; building $REPO_ROOT/runtime/Dockerfile"
+  IID="$(build_with_dockerfile)" || { log "docker build failed; falling back to debootstrap"; IID=""; }
+else
+  log "no registry reachable (docker pull debian:bookworm-slim failed); building offline"
+fi
+[[ -n $IID ]] || IID="$(build_with_debootstrap)"
+
+log "verifying $IID"
+if ! verify "$IID"; then
+  docker image rm "$IID" >/dev/null 2>&1 || true
+  log "verification failed; image removed"
+  exit 1
+fi
+OLD_IID="$(docker image inspect -f '{{.Id}}' "$IMAGE" 2>/dev/null || true)"
+docker tag "$IID" "$IMAGE"
+# After --force the previous build would linger as an untagged image; drop it
+# unless something still uses it (docker refuses, and that is fine).
+if [[ -n $OLD_IID && $OLD_IID != *"$IID"* ]]; then
+  docker image rm "$OLD_IID" >/dev/null 2>&1 || true
+fi
+log "built $IMAGE ($(docker image inspect -f '{{.Size}}' "$IMAGE" | awk '{ printf "%.1f MB", $1 / 1e6 }')) in $((SECONDS - START)) s"
