@@ -29,6 +29,8 @@ logger = logging.getLogger(__name__)
 # The option names callers use, whatever the node's kind; each client maps them to its own API.
 COMMON_OPTIONS = frozenset({"max_tokens", "temperature", "seed", "top_p", "top_k", "stop"})
 _OLLAMA_OPTION_NAMES = {"max_tokens": "num_predict"}
+_Connection = http.client.HTTPConnection
+_Response = http.client.HTTPResponse
 # Picks the text out of one answer, stream event or choice.
 _TextOf = Callable[[dict[str, Any]], Any]
 
@@ -99,11 +101,13 @@ class NodeClient(ABC):
 
     def __init__(self, url: str, timeout: float) -> None:
         parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
+        host = parts.hostname
+        if parts.scheme not in ("http", "https") or not host:
             raise ValueError(f"not an http(s) URL: {url!r}")
         self.url = url.rstrip("/")
         self.timeout = timeout
         self._parts = parts
+        self._host: str = host
 
     @abstractmethod
     def list_models(self) -> list[NodeModel]: ...
@@ -131,13 +135,13 @@ class NodeClient(ABC):
 
     # --- HTTP plumbing shared by both kinds -----------------------------------------------------------------
 
-    def _open(self, method: str, path: str, payload: dict[str, Any] | None = None) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse]:
+    def _open(self, method: str, path: str, payload: dict[str, Any] | None = None) -> tuple[_Connection, _Response]:
         """Send one request; return (connection, response) once the status is known to be 2xx.
 
         The caller must close the connection, which closes the response with it.
         """
         conn_class = http.client.HTTPSConnection if self._parts.scheme == "https" else http.client.HTTPConnection
-        conn = conn_class(self._parts.hostname, self._parts.port, timeout=self.timeout)
+        conn = conn_class(self._host, self._parts.port, timeout=self.timeout)
         body = None if payload is None else json.dumps(payload).encode()
         headers = {"Accept": "application/json", "Content-Type": "application/json"}
         try:
@@ -199,7 +203,8 @@ class NodeClient(ABC):
         lowered = message.lower()
         if status in (400, 404) and "model" in lowered and ("not found" in lowered or "does not exist" in lowered):
             return NodeError("model_not_found", message, status)
-        return NodeError("node_http_error", f"{self.url}{path} answered HTTP {status or 200}: {message}", status)
+        how = f"answered HTTP {status}" if status else "reported an error inside its stream"
+        return NodeError("node_http_error", f"{self.url}{path} {how}: {message}", status)
 
 
 def _error_message(text: str) -> str:
@@ -236,7 +241,7 @@ class OllamaClient(NodeClient):
             raise NodeError("node_bad_response", f"{self.url}/api/tags has no model list")
         loaded = self._loaded_names()
         models = []
-        for entry in tags:
+        for entry in (e for e in tags if isinstance(e, dict)):
             details = entry.get("details") or {}
             model_id = entry.get("model") or entry.get("name") or ""
             models.append(NodeModel(
@@ -258,7 +263,7 @@ class OllamaClient(NodeClient):
             if exc.code != "node_http_error":
                 raise
             return set()
-        return {m.get("model") or m.get("name") for m in running if isinstance(m, dict)}
+        return {str(m.get("model") or m.get("name")) for m in running if isinstance(m, dict)}
 
     def generate(self, model: str, prompt: str, **options: Any) -> Completion:
         data = self._json("POST", "/api/generate", self._payload(model, options, prompt=prompt, stream=False))
@@ -266,7 +271,9 @@ class OllamaClient(NodeClient):
 
     def chat(self, model: str, messages: list[dict[str, Any]], **options: Any) -> Completion:
         data = self._json("POST", "/api/chat", self._payload(model, options, messages=messages, stream=False))
-        return self._completion(data, (data.get("message") or {}).get("content"), model)
+        message = data.get("message")
+        # A message without content (say, only tool calls) is an empty answer; no message at all is not one.
+        return self._completion(data, message.get("content") or "" if isinstance(message, dict) else None, model)
 
     def stream_generate(self, model: str, prompt: str, **options: Any) -> Iterator[str | Completion]:
         payload = self._payload(model, options, prompt=prompt, stream=True)
