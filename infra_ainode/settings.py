@@ -212,6 +212,8 @@ JOB_PIDS_LIMIT = env_int("JOB_PIDS_LIMIT", 64, minimum=4)
 JOB_TMPFS_MB = env_int("JOB_TMPFS_MB", 64, minimum=1)
 JOB_OUTPUT_LIMIT_BYTES = env_int("JOB_OUTPUT_LIMIT_BYTES", 1024 * 1024, minimum=1024)
 JOB_RESULT_MAX_BYTES = env_int("JOB_RESULT_MAX_BYTES", 1024 * 1024, minimum=1024)
+# How long past its timeout a `running` job may stay before it is declared lost (its worker died).
+JOB_LOST_GRACE_SECONDS = env_int("JOB_LOST_GRACE_SECONDS", 60, minimum=0)
 JOB_RUNTIME_IMAGE = env_str("JOB_RUNTIME_IMAGE", "infra-ainode-runtime:bookworm-1")
 # Host folder for each job's code and sockets; it is bind-mounted into the job container, so it must be a path
 # the Docker engine sees (the worker and the engine share a host).

@@ -38,8 +38,6 @@ CONTAINER_SOCKET_DIR = "/run/ainode"
 CONTAINER_OUTPUT_DIR = "/job/out"
 CONTAINER_INPUT_FILE = "/job/input/payload.json"
 RUNTIME_USER = "10001:10001"
-# How long past its timeout a `running` job may stay before a later delivery declares its worker lost.
-WORKER_LOST_GRACE = timedelta(seconds=60)
 CANCEL_CHECK_SECONDS = 0.5
 RESERVED_ENV = {"JOB_ID", "FUNCTION_ID", "LLM_MODEL", "AI_ENDPOINT", "OUTPUT_DIR", "PAYLOAD", "PAYLOAD_FILE",
                 "PYTHONPATH", "CODE_DIR", "JOB_GATEWAY", "HOME"}
@@ -83,14 +81,45 @@ def _handle_unclaimed(job_id: str | uuid.UUID) -> None:
     job = Job.objects.filter(pk=job_id).first()
     if job is None:
         logger.warning("job %s: delivered but does not exist; dropped", job_id)
+    elif _is_lost(job):
+        _declare_lost(job, backend=None)
+    else:
+        logger.info("job %s: delivered again while %s; not run twice", job.id, job.status)
+
+
+def recover_lost_jobs(*, backend: DockerBackend | None = None) -> int:
+    """Fail the jobs whose worker vanished (still `running` long past their timeout) and remove their containers.
+
+    Runs when a worker starts and periodically: a broker that does not redeliver (the filesystem transport) would
+    otherwise leave such a job `running` forever. Returns how many jobs it failed.
+    """
+    running = Job.objects.filter(status=JobStatus.RUNNING, started_at__lt=timezone.now() - _lost_grace())
+    lost = [job for job in running.only("id", "status", "started_at", "timeout_seconds") if _is_lost(job)]
+    for job in lost:
+        _declare_lost(job, backend=backend)
+    return len(lost)
+
+
+def _lost_grace() -> timedelta:
+    return timedelta(seconds=settings.JOB_LOST_GRACE_SECONDS)
+
+
+def _is_lost(job: Job) -> bool:
+    if job.status != JobStatus.RUNNING or job.started_at is None:
+        return False
+    return timezone.now() > job.started_at + timedelta(seconds=job.timeout_seconds) + _lost_grace()
+
+
+def _declare_lost(job: Job, *, backend: DockerBackend | None) -> None:
+    if not Job.objects.move(job.pk, JobStatus.FAILED, error_code="worker_lost", finished_at=timezone.now(),
+                            error_message="The worker running this job stopped before it finished."):
         return
-    if job.status == JobStatus.RUNNING and job.started_at is not None:
-        lost_after = job.started_at + timedelta(seconds=job.timeout_seconds) + WORKER_LOST_GRACE
-        if timezone.now() > lost_after:
-            _fail(job, "worker_lost", "The worker running this job stopped before it finished.")
-            results.publish(Job.objects.select_related("function_version").get(pk=job.pk))
-            return
-    logger.info("job %s: delivered again while %s; not run twice", job.id, job.status)
+    logger.warning("job %s: its worker was lost; failed", job.pk)
+    try:
+        (backend or DockerBackend(base_url=settings.DOCKER_HOST or None)).remove_job_containers(str(job.pk))
+    except ContainerError as exc:
+        logger.warning("job %s: could not remove its container: %s", job.pk, exc)
+    results.publish(Job.objects.select_related("function_version").get(pk=job.pk))
 
 
 def _prepare_workdir(job: Job, workdir: Path) -> None:

@@ -1,8 +1,19 @@
 from celery import shared_task
+from celery.signals import worker_ready
 
-from .runner import run_job
+from .runner import recover_lost_jobs, run_job
 
 
 @shared_task(name="jobs.run_job", acks_late=True, reject_on_worker_lost=True, ignore_result=True)
 def run_job_task(job_id: str) -> None:
     run_job(job_id)
+
+
+@shared_task(name="jobs.recover_lost_jobs", ignore_result=True)
+def recover_lost_jobs_task() -> None:
+    recover_lost_jobs()
+
+
+@worker_ready.connect
+def _recover_on_start(**kwargs: object) -> None:
+    recover_lost_jobs()
