@@ -2,14 +2,20 @@ from django.contrib import admin
 from django.urls import include, path
 
 from jobs.api.views import FunctionViewSet, RunView, StatusView
+from models_catalog.api.views import ModelListView
 
 urlpatterns = [
+    # The operator's usage dashboard and export (billing), before the admin's own catch-all routes.
+    path("admin/usage/", include("billing.urls")),
     path("admin/", admin.site.urls),
     path("api/v1/", include("jobs.api.urls")),
+    path("api/v1/", include("billing.api.urls")),
+    path("api/v1/", include("models_catalog.api.urls")),
     # The original platform's routes, kept for its clients.
     path("run", RunView.as_view(), name="run"),
     path("status/<str:job_id>", StatusView.as_view(), name="status"),
     path("deploy", FunctionViewSet.as_view({"post": "create"}), name="deploy"),
+    path("models", ModelListView.as_view(), name="models"),
 ]
 
 handler404 = "infra_ainode.api.not_found"
