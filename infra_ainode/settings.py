@@ -72,6 +72,7 @@ INSTALLED_APPS = [
     "accounts",
     "models_catalog",
     "jobs",
+    "billing",
 ]
 
 MIDDLEWARE = [
@@ -188,6 +189,7 @@ CELERY_RESULT_BACKEND = None
 CELERY_TASK_IGNORE_RESULT = True
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
 
 # ---------------------------------------------------------------------------------------------------------
 # Results: the Job row is the source of truth; Redis (optional) carries result:{jobId} and a notification.
@@ -229,9 +231,34 @@ AI_NODE_KIND = env_str("AI_NODE_KIND", "openai")
 AI_NODE_TIMEOUT = env_int("AI_NODE_TIMEOUT", 2000, minimum=1)
 DEFAULT_MODEL_ID = env_str("DEFAULT_MODEL_ID", "smollm2:135m")
 AI_NODES = env_str("AI_NODES", "")
+# Seconds between catalogue syncs (Celery beat, task models_catalog.sync_models); 0 turns the schedule off.
+MODEL_SYNC_INTERVAL = env_int("MODEL_SYNC_INTERVAL", 60, minimum=0)
+# Periodic work, run by `celery beat` (or a worker started with -B): keep the catalogue fresh, and fail the
+# jobs whose worker vanished. A run that waited longer than one interval in the queue is stale: the next replaces it.
+CELERY_BEAT_SCHEDULE = {
+    "recover-lost-jobs": {
+        "task": "jobs.recover_lost_jobs",
+        "schedule": 60.0,
+        "options": {"queue": JOB_QUEUE, "routing_key": JOB_QUEUE, "expires": 60},
+    },
+}
+if MODEL_SYNC_INTERVAL:
+    CELERY_BEAT_SCHEDULE["sync-models"] = {
+        "task": "models_catalog.sync_models",
+        "schedule": float(MODEL_SYNC_INTERVAL),
+        "options": {"queue": JOB_QUEUE, "routing_key": JOB_QUEUE, "expires": MODEL_SYNC_INTERVAL},
+    }
 
 # Model calls from jobs: the longest a call may take, and the most tokens one call may generate.
 AI_CALL_TIMEOUT = env_int("AI_CALL_TIMEOUT", 120, minimum=1)
 AI_MAX_OUTPUT_TOKENS = env_int("AI_MAX_OUTPUT_TOKENS", 2048, minimum=1)
 GATEWAY_MAX_BODY_BYTES = env_int("GATEWAY_MAX_BODY_BYTES", 1024 * 1024, minimum=1024)
 GATEWAY_MAX_CONCURRENT_CALLS = env_int("GATEWAY_MAX_CONCURRENT_CALLS", 4, minimum=1)
+
+# ---------------------------------------------------------------------------------------------------------
+# Billing: prices are ModelPrice rows (admin); a call's cost is fixed in this currency when it is recorded.
+# ---------------------------------------------------------------------------------------------------------
+BILLING_CURRENCY = env_str("BILLING_CURRENCY", "USD")
+if not (len(BILLING_CURRENCY) == 3 and BILLING_CURRENCY.isascii() and BILLING_CURRENCY.isalpha()
+        and BILLING_CURRENCY.isupper()):
+    raise ImproperlyConfigured(f"BILLING_CURRENCY must be a three-letter ISO 4217 code, got {BILLING_CURRENCY!r}")

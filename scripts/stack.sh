@@ -38,7 +38,7 @@ case "${1:-}" in
 start)
     $PY manage.py migrate --noinput -v0
     start_one worker .venv/bin/celery -A infra_ainode worker -Q "${JOB_QUEUE:-jobs}" -c "${WORKER_CONCURRENCY:-2}" \
-        -l info --without-gossip --without-mingle
+        -l info --without-gossip --without-mingle -B
     start_one web $PY manage.py runserver "127.0.0.1:$WEB_PORT" --noreload
     for _ in $(seq 1 60); do
         curl -s -o /dev/null "http://127.0.0.1:$WEB_PORT/api/v1/" && break
