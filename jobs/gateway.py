@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler
 from typing import Any
 
+from django.db import connections
+
 from models_catalog.nodes import Completion, NodeError, client_for
 
 from . import llm_wire
@@ -62,6 +64,17 @@ class GatewayConfig:
     result_limit: int = 1024 * 1024
 
 
+def _status_for(error: NodeError) -> int:
+    """The status a script gets for a node's failure. A node that refused the request itself (4xx: a prompt longer
+    than its context, say) answers 400, which clients do not retry: the same call would only be refused, and
+    billed as an unknown call, again. Everything else is the node's trouble (502), worth a retry."""
+    if error.code == "model_not_found":
+        return 404
+    if error.status is not None and 400 <= error.status < 500 and error.status != 429:
+        return 400
+    return 502
+
+
 class GatewayRequestError(Exception):
     def __init__(self, status: int, code: str, detail: str):
         super().__init__(detail)
@@ -69,8 +82,40 @@ class GatewayRequestError(Exception):
 
 
 class _Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
+    """Counts the connections being served, from their accept to their end, so that `stop` can wait for them."""
+
     daemon_threads = True
+    # A script's threads may connect all at once; socketserver's default backlog of 5 refuses the rest (EAGAIN).
+    request_queue_size = 128
     gateway: "JobGateway"
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.active = 0
+        self.idle = threading.Condition()
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        with self.idle:
+            self.active += 1
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._served()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            # Each request has a thread of its own, and Django a connection per thread: close the ones this request
+            # opened (to write the ledger), or every model call would leave a database session behind.
+            connections.close_all()
+            self._served()
+
+    def _served(self) -> None:
+        with self.idle:
+            self.active -= 1
+            self.idle.notify_all()
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -85,8 +130,27 @@ class _Handler(BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         self._dispatch("POST")
 
+    # Ollama deletes a model with DELETE /api/delete and pushes blobs with HEAD/POST: every method goes through
+    # _dispatch, so that node management is refused as route_forbidden whatever the method.
+    def do_DELETE(self) -> None:
+        self._dispatch("DELETE")
+
+    def do_PUT(self) -> None:
+        self._dispatch("PUT")
+
+    def do_PATCH(self) -> None:
+        self._dispatch("PATCH")
+
+    def do_HEAD(self) -> None:
+        self._dispatch("HEAD")
+
+    def do_OPTIONS(self) -> None:
+        self._dispatch("OPTIONS")
+
     def _dispatch(self, method: str) -> None:
         gateway = self.server.gateway
+        # One handler serves every request of a kept-alive connection: per-request state starts afresh.
+        self.body_read, self.stream_started, self.listening = False, False, True
         try:
             path = self.path.split("?", 1)[0]
             if path in llm_wire.FORBIDDEN_ROUTES or path.startswith("/api/blobs/"):
@@ -98,8 +162,11 @@ class _Handler(BaseHTTPRequestHandler):
         except GatewayRequestError as exc:
             answer = exc.status, {"error": exc.detail, "code": exc.code}
             self.close_connection = True
+            self._discard_body(gateway.config.max_body_bytes)
         if answer is not None:  # a streamed answer has been written already
             self.send_json(*answer)
+
+    body_read = False
 
     def read_json(self, limit: int) -> Any:
         """The request's JSON body; refuses bodies over `limit` bytes before reading them."""
@@ -109,12 +176,27 @@ class _Handler(BaseHTTPRequestHandler):
             raise GatewayRequestError(411, "length_required", "Content-Length is required.") from None
         if length < 0 or length > limit:
             raise GatewayRequestError(413, "body_too_large", f"Body larger than {limit} bytes.")
+        self.body_read = True
         try:
             return json.loads(self.rfile.read(length))
         except (ValueError, UnicodeDecodeError):
             raise GatewayRequestError(400, "malformed_json", "The body is not valid JSON.") from None
 
+    def _discard_body(self, limit: int) -> None:
+        """Read and drop a refused request's body when it is small: a client still sending it would otherwise hit
+        a broken pipe instead of reading why it was refused. A large body is not read: the refusal closes on it."""
+        if self.body_read:
+            return
+        try:
+            length = int(self.headers.get("Content-Length", "0"))
+        except ValueError:
+            return
+        if 0 < length <= limit:
+            self.body_read = True
+            self.rfile.read(length)
+
     stream_started = False
+    listening = True  # False once the script has hung up on a stream
 
     def start_stream(self, content_type: str) -> bool:
         """Begin a streamed answer (the connection's end marks the body's end); False when the script hung up."""
@@ -145,7 +227,8 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
-        self.wfile.write(data)
+        if self.command != "HEAD":
+            self.wfile.write(data)
 
     def address_string(self) -> str:
         return "job-container"
@@ -189,9 +272,18 @@ class JobGateway:
         self._thread.start()
         return self
 
-    def stop(self) -> None:
+    def stop(self, drain_timeout: float | None = None) -> None:
+        """Stop accepting, wait (at most `drain_timeout`, default the call timeout) for the requests being served,
+        then close. Once the job's container has gone, the only requests left are model calls whose node is still
+        answering (a script may hang up on a stream and exit): waiting puts them on the ledger before the job's
+        totals are written. Idempotent."""
         if self._server is not None:
             self._server.shutdown()
+            timeout = self.config.call_timeout if drain_timeout is None else drain_timeout
+            with self._server.idle:
+                if not self._server.idle.wait_for(lambda: self._server.active == 0, timeout):
+                    logger.warning("job %s: %d gateway requests still running after %.0f s; they are recorded "
+                                   "when they end", self.job_id, self._server.active, timeout)
             self._server.server_close()
             self._server = None
         try:
@@ -245,12 +337,13 @@ class JobGateway:
                 raise GatewayRequestError(402, "budget_exhausted", str(exc)) from None
             options = {**call.options, "max_tokens": reservation.max_tokens}
             client = client_for(route.kind, route.url, self.config.call_timeout)
+            frames = llm_wire.StreamRenderer(call) if call.stream else None
             started = time.monotonic()
             completion: Completion | None = None
             error: NodeError | None = None
             try:
-                if call.stream:
-                    completion = self._stream(request, call, client, options)
+                if frames is not None:
+                    completion = self._stream(request, call, client, options, frames)
                     answer = None
                 else:
                     completion = (client.generate(call.model, call.prompt, **options) if call.op == llm_wire.GENERATE
@@ -258,9 +351,9 @@ class JobGateway:
                     answer = (200, llm_wire.render(call, completion))
             except NodeError as exc:
                 error = exc
-                answer = (502 if exc.code != "model_not_found" else 404, {"error": str(exc), "code": exc.code})
+                answer = (_status_for(exc), {"error": str(exc), "code": exc.code})
                 if request.stream_started:
-                    answer = None  # the error was written into the stream
+                    answer = None  # the error goes into the stream, below
             finally:
                 # No completion means the node reported no counts: recorded as unknown, and the reservation stays
                 # spent so that the budget holds even then.
@@ -274,31 +367,28 @@ class JobGateway:
                     node_duration_ms=completion.total_duration_ms if completion else None,
                     error_code=error.code if error else "", error_message=str(error) if error else "",
                 )
+            # A stream's last frame goes out only once the call is on the ledger: a script that reads it and then
+            # asks usage(), or exits, must find the call counted.
+            if frames is not None and request.stream_started and request.listening:
+                request.write_frame(frames.final(completion) if completion is not None
+                                    else frames.error(error.code, str(error)))
             return answer
         finally:
             self._calls.release()
 
-    def _stream(self, request: _Handler, call: llm_wire.LLMRequest, client, options: dict[str, Any]) -> Completion:
-        """Relay a streamed answer. If the script hangs up half way, the node's stream is still read to its end:
-        the node generates those tokens either way, and only its final event says how many there were."""
-        frames = llm_wire.StreamRenderer(call)
+    def _stream(self, request: _Handler, call: llm_wire.LLMRequest, client, options: dict[str, Any],
+                frames: llm_wire.StreamRenderer) -> Completion:
+        """Relay a streamed answer's text; the caller writes its last frame. If the script hangs up half way, the
+        node's stream is still read to its end: the node generates those tokens either way, and only its final
+        event says how many there were."""
         events = (client.stream_generate(call.model, call.prompt, **options) if call.op == llm_wire.GENERATE
                   else client.stream_chat(call.model, call.messages, **options))
         request.close_connection = True
-        listening = True
-        try:
-            for event in events:
-                if listening and not request.stream_started:
-                    listening = request.start_stream(frames.content_type)
-                if isinstance(event, Completion):
-                    if listening:
-                        request.write_frame(frames.final(event))
-                    return event
-                if listening:
-                    listening = request.write_frame(frames.chunk(event))
-        except NodeError as exc:
-            if request.stream_started:
-                request.write_frame(frames.error(exc.code, str(exc)))
-            raise
+        for event in events:
+            if request.listening and not request.stream_started:
+                request.listening = request.start_stream(frames.content_type)
+            if isinstance(event, Completion):
+                return event
+            if request.listening:
+                request.listening = request.write_frame(frames.chunk(event))
         raise NodeError("node_bad_response", "The node's stream ended without its final event.")
-

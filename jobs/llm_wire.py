@@ -24,6 +24,9 @@ ROUTES: dict[str, tuple[str, str]] = {
 # Node management that a job must never reach, whatever the node's kind.
 FORBIDDEN_ROUTES = frozenset({"/api/pull", "/api/push", "/api/create", "/api/copy", "/api/delete", "/api/blobs"})
 
+# The roles both APIs define; short words that the per-message template allowance of the budget covers.
+ROLES = frozenset({"system", "developer", "user", "assistant", "tool"})
+
 _OLLAMA_OPTIONS = {"num_predict": "max_tokens", "temperature": "temperature", "seed": "seed", "top_p": "top_p",
                    "top_k": "top_k", "stop": "stop"}
 _OPENAI_OPTIONS = ("max_tokens", "temperature", "seed", "top_p", "top_k", "stop")
@@ -90,6 +93,10 @@ def _messages(value: Any) -> list[dict[str, str]]:
     for message in value:
         if not isinstance(message, dict) or not isinstance(message.get("role"), str):
             raise WireError("each message needs a role and a content.")
+        if message["role"] not in ROLES:
+            # The chat template writes the role into the prompt: a free-form role would be prompt text that the
+            # budget's bound (which counts contents) does not see.
+            raise WireError(f"a message's role must be one of {', '.join(sorted(ROLES))}.")
         content = message.get("content", "")
         if isinstance(content, list):  # OpenAI's content parts: keep the text parts
             content = "".join(p.get("text", "") for p in content if isinstance(p, dict))

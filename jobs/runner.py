@@ -19,6 +19,7 @@ from django.conf import settings
 from django.db.models import F
 from django.utils import timezone
 
+from infra_ainode.errors import DomainError
 from models_catalog.services import node_named, route_model
 
 from . import results
@@ -61,6 +62,9 @@ def run_job(job_id: str | uuid.UUID, *, backend: DockerBackend | None = None) ->
             should_cancel=_cancel_checker(job.id),
             on_started=lambda container_id: Job.objects.filter(pk=job.id).update(container_id=container_id),
         )
+        # Model calls may outlive the container (a script can hang up on a stream and exit): stopping the gateway
+        # waits for them, so that the ledger is complete before the job's totals are taken from it.
+        gateway.stop()
         _finalize(job, outcome, gateway.report)
     except ContainerError as exc:
         logger.error("job %s: executor failed: %s", job.id, exc)
@@ -188,7 +192,10 @@ def _gateway_config(job: Job) -> GatewayConfig:
     routes[job.model_id] = ModelRoute(job.model_id, own_node.name, own_node.kind, own_node.url)
     for model_id in job.function.allowed_models or []:
         if model_id not in routes:
-            node = route_model(model_id)
+            try:
+                node = route_model(model_id)
+            except DomainError:  # not served now: the gateway refuses calls to it as model_not_allowed
+                continue
             routes[model_id] = ModelRoute(model_id, node.name, node.kind, node.url)
     return GatewayConfig(
         job_id=str(job.id), default_model=job.model_id, routes=routes, budget=job.token_budget,

@@ -82,7 +82,8 @@ def _error(status: int, body: bytes) -> AIClientError:
 def _request(method: str, path: str, body: dict[str, Any] | None, *, timeout: float,
              stream: bool = False) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse]:
     """Send with retries (backoff with jitter) on connection errors, 429 and 5xx; POSTs too, since the gateway
-    refuses a call before the node starts it or meters whatever the node did."""
+    refuses a call before the node starts it or meters whatever the node did. A call that was sent and then
+    timed out is not sent again (it may still be running on the node): it raises code `timeout`."""
     data = None if body is None else json.dumps(body).encode()
     last_error: AIClientError | None = None
     for attempt in range(RETRIES + 1):
@@ -90,9 +91,19 @@ def _request(method: str, path: str, body: dict[str, Any] | None, *, timeout: fl
             time.sleep(min(8.0, 0.25 * 2 ** (attempt - 1)) * (0.5 + random.random()))
         connection, prefix = connect(_endpoint(), timeout)
         try:
+            connection.connect()
+        except OSError as exc:
+            connection.close()
+            last_error = AIClientError(f"Cannot reach the model gateway at {_endpoint()}: {exc}", code="unreachable")
+            continue
+        try:
             headers = {"Content-Type": "application/json", "Accept": "application/json"}
             connection.request(method, prefix + path, data, headers)
             response = connection.getresponse()
+        except TimeoutError:
+            connection.close()
+            # The call was sent and may be running on the node: sending it again could bill it twice.
+            raise AIClientError(f"The model gateway did not answer within {timeout} s.", code="timeout") from None
         except (OSError, http.client.HTTPException) as exc:
             connection.close()
             last_error = AIClientError(f"Cannot reach the model gateway at {_endpoint()}: {exc}", code="unreachable")
@@ -114,6 +125,10 @@ def _json(method: str, path: str, body: dict[str, Any] | None = None, timeout: f
         return json.loads(response.read())
     except ValueError as exc:
         raise AIClientError(f"The gateway sent invalid JSON: {exc}", code="bad_response") from None
+    except TimeoutError:
+        raise AIClientError(f"The answer stopped for {timeout} s.", code="timeout") from None
+    except (OSError, http.client.HTTPException) as exc:
+        raise AIClientError(f"The answer broke off: {exc}", code="unreachable") from None
     finally:
         connection.close()
 
@@ -121,10 +136,20 @@ def _json(method: str, path: str, body: dict[str, Any] | None = None, timeout: f
 def _lines(path: str, body: dict[str, Any], timeout: float) -> Iterator[dict[str, Any]]:
     connection, response = _request("POST", path, body, timeout=timeout, stream=True)
     try:
-        for line in response:
-            if not line.strip():
+        while True:
+            try:
+                line = response.readline()
+                event = json.loads(line) if line.strip() else None
+            except TimeoutError:
+                raise AIClientError(f"The stream was silent for {timeout} s.", code="timeout") from None
+            except (OSError, http.client.HTTPException) as exc:
+                raise AIClientError(f"The stream broke: {exc}", code="unreachable") from None
+            except ValueError:
+                raise AIClientError("The gateway sent an invalid stream line.", code="bad_response") from None
+            if not line:
+                raise AIClientError("The stream ended before its last event.", code="bad_response")
+            if event is None:
                 continue
-            event = json.loads(line)
             if "error" in event:
                 raise _error(502, line)
             yield event

@@ -1,0 +1,167 @@
+"""The per-job gateway's added latency per model call, against calling the node directly, in the same run.
+
+    .venv/bin/python bench/gateway_latency.py [--calls 30] [--max-tokens 2] [--node-url URL] [--kind openai|ollama]
+                                              [--database-url postgres://...]
+
+It starts the real `JobGateway` for a job row in a throw-away SQLite database (no container: the bench talks to
+the gateway's Unix socket itself), then makes the same small call (temperature 0, a few tokens) N times directly
+to the node and N times through the gateway, alternating the two so that both see the same node, non-streamed and
+streamed. Time is from sending the request to the answer's last byte. It prints figures only.
+
+The gateway writes each call's ledger row before it answers, so the database's commit time is part of what it adds.
+"""
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import logging
+import math
+import os
+import shutil
+import socket
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from urllib.parse import urlsplit
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+PROMPT = "Say hi."
+
+
+class _UnixConnection(http.client.HTTPConnection):
+    def __init__(self, path: str, timeout: float):
+        super().__init__("gateway", timeout=timeout)
+        self.socket_path = path
+
+    def connect(self) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(self.timeout)
+        self.sock.connect(self.socket_path)
+
+
+def _setup_django(workdir: str, database_url: str | None) -> None:
+    os.environ["DATABASE_URL"] = database_url or f"sqlite:///{workdir}/bench.sqlite3"
+    os.environ["VAR_DIR"] = workdir
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "infra_ainode.settings")
+    sys.path.insert(0, str(REPO_ROOT))
+    import django
+    from django.core.management import call_command
+
+    django.setup()
+    logging.disable(logging.INFO)  # figures only: no per-call log lines
+    call_command("migrate", verbosity=0)
+
+
+def _job_row(model: str) -> str:
+    """A running job, as the runner would have claimed it: the ledger rows need it."""
+    from django.contrib.auth.models import User
+
+    from jobs import services
+    from jobs.models import Job, JobStatus
+
+    owner = User.objects.create_user(username=f"bench-{uuid.uuid4().hex[:6]}")
+    function = services.deploy_function(owner=owner, name="bench", code=b"def handler(event, context):\n    pass\n")
+    job = Job.objects.create(owner=owner, function=function, function_version=function.current_version,
+                             model_id=model, node="bench", queue="jobs", memory_mb=function.memory_mb,
+                             timeout_seconds=function.timeout_seconds, status=JobStatus.RUNNING)
+    return str(job.pk)
+
+
+def _model_of(node_url: str, kind: str) -> str:
+    parts = urlsplit(node_url)
+    connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=10)
+    connection.request("GET", "/v1/models" if kind == "openai" else "/api/tags")
+    data = json.loads(connection.getresponse().read())
+    connection.close()
+    return data["data"][0]["id"] if kind == "openai" else data["models"][0]["model"]
+
+
+def _request(kind: str, model: str, max_tokens: int, stream: bool) -> tuple[str, bytes]:
+    """The node's own API call; through the gateway the same request goes to the same route."""
+    if kind == "openai":
+        body = {"model": model, "prompt": PROMPT, "max_tokens": max_tokens, "temperature": 0, "seed": 42,
+                "stream": stream}
+        if stream:
+            body["stream_options"] = {"include_usage": True}
+        return "/v1/completions", json.dumps(body).encode()
+    body = {"model": model, "prompt": PROMPT, "stream": stream,
+            "options": {"num_predict": max_tokens, "temperature": 0, "seed": 42}}
+    return "/api/generate", json.dumps(body).encode()
+
+
+def _timed(connect: Callable[[], http.client.HTTPConnection], path: str, body: bytes) -> float:
+    """Milliseconds from sending the request to the answer's last byte."""
+    connection = connect()
+    started = time.perf_counter()
+    connection.request("POST", path, body, {"Content-Type": "application/json"})
+    response = connection.getresponse()
+    while response.read(65536):
+        pass
+    elapsed = (time.perf_counter() - started) * 1000
+    connection.close()
+    if response.status != 200:
+        raise SystemExit(f"{path} answered HTTP {response.status}")
+    return elapsed
+
+
+def _p95(values: list[float]) -> float:
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(0.95 * len(ordered)) - 1)]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--calls", type=int, default=30)
+    parser.add_argument("--max-tokens", type=int, default=2)
+    parser.add_argument("--node-url", default=os.environ.get("AI_NODE_URL", "http://127.0.0.1:8090"))
+    parser.add_argument("--kind", choices=("openai", "ollama"), default=os.environ.get("AI_NODE_KIND", "openai"))
+    parser.add_argument("--database-url", help="an existing database to migrate and use for the ledger rows "
+                        "(default: a throw-away SQLite file)")
+    args = parser.parse_args()
+
+    workdir = tempfile.mkdtemp(prefix="bench-gw-")
+    _setup_django(workdir, args.database_url)
+    from jobs.gateway import GatewayConfig, JobGateway, ModelRoute
+
+    model = _model_of(args.node_url, args.kind)
+    job_id = _job_row(model)
+    config = GatewayConfig(job_id=job_id, default_model=model,
+                           routes={model: ModelRoute(model, "bench", args.kind, args.node_url)})
+    gateway = JobGateway(config, socket_dir=workdir).start()
+    node = urlsplit(args.node_url)
+    direct = lambda: http.client.HTTPConnection(node.hostname, node.port, timeout=120)  # noqa: E731
+    through = lambda: _UnixConnection(gateway.socket_path, 120)  # noqa: E731
+
+    from django.db import connection
+
+    print(f"node {args.node_url} (kind {args.kind}), model {model}, ledger on {connection.vendor}, "
+          f"{args.calls} calls of {args.max_tokens} tokens each way")
+    try:
+        for stream in (False, True):
+            path, body = _request(args.kind, model, args.max_tokens, stream)
+            for _ in range(3):  # warm the node's prompt cache and both paths
+                _timed(direct, path, body)
+                _timed(through, path, body)
+            times: dict[str, list[float]] = {"direct": [], "gateway": []}
+            for _ in range(args.calls):
+                times["direct"].append(_timed(direct, path, body))
+                times["gateway"].append(_timed(through, path, body))
+            label = "streamed" if stream else "non-streamed"
+            for way, values in times.items():
+                print(f"{label:13} {way:8} median {statistics.median(values):7.1f} ms   p95 {_p95(values):7.1f} ms")
+            d_med, g_med = statistics.median(times["direct"]), statistics.median(times["gateway"])
+            d_p95, g_p95 = _p95(times["direct"]), _p95(times["gateway"])
+            print(f"{label:13} added    median {g_med - d_med:+7.1f} ms   p95 {g_p95 - d_p95:+7.1f} ms   "
+                  f"ratio median {g_med / d_med:.2f}x   p95 {g_p95 / d_p95:.2f}x")
+    finally:
+        gateway.stop(drain_timeout=10)
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
