@@ -160,7 +160,7 @@ def _container_spec(job: Job, workdir: Path) -> ContainerSpec:
     binds = {
         str(workdir / "code"): {"bind": CONTAINER_CODE_DIR, "mode": "ro"},
         str(SDK_DIR): {"bind": CONTAINER_SDK_DIR, "mode": "ro"},
-        str(workdir / "run"): {"bind": CONTAINER_SOCKET_DIR, "mode": "rw"},
+        str(workdir / "run"): {"bind": CONTAINER_SOCKET_DIR, "mode": "ro"},
     }
     if (workdir / "input" / "payload.json").exists():
         env["PAYLOAD_FILE"] = CONTAINER_INPUT_FILE

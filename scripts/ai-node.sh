@@ -39,7 +39,7 @@ start() {
     fi
     mkdir -p "$ROOT/var/log" "$ROOT/var/run"
     cd "$ROOT"
-    nohup "$PY" scripts/ai_node.py "${PORTS[@]}" --threads "${AI_NODE_THREADS:-1}" \
+    setsid nohup "$PY" scripts/ai_node.py "${PORTS[@]}" --threads "${AI_NODE_THREADS:-1}" \
         --ctx "${AI_NODE_CTX:-2048}" --parallel "${AI_NODE_PARALLEL:-2}" >>"$LOG_FILE" 2>&1 </dev/null &
     local child=$!
     for ((i = 0; i < READY_TIMEOUT * 2; i++)); do

@@ -15,7 +15,7 @@ running() { [[ -f "var/run/$1.pid" ]] && kill -0 "$(cat "var/run/$1.pid")" 2>/de
 start_one() {  # name, command...
     local name=$1; shift
     if running "$name"; then echo "$name: already running (pid $(cat "var/run/$name.pid"))"; return; fi
-    nohup "$@" >>"var/log/$name.log" 2>&1 </dev/null &
+    setsid nohup "$@" >>"var/log/$name.log" 2>&1 </dev/null &
     echo $! >"var/run/$name.pid"
     echo "$name: started (pid $!, log var/log/$name.log)"
 }
