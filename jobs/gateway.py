@@ -326,6 +326,7 @@ class JobGateway:
                 403, "model_not_allowed",
                 f"This job may not use model {call.model[:200]!r}; allowed: {', '.join(sorted(self.config.routes))}.",
             )
+        call.model = route.model_id  # an alias the function allowed is forwarded (and billed) as its target
         # Bounding the calls in flight keeps one script from flooding the node (and holding many reservations).
         if not self._calls.acquire(timeout=self.config.call_timeout):
             raise GatewayRequestError(429, "too_many_calls", "Too many model calls in flight for this job.")

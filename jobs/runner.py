@@ -196,7 +196,7 @@ def _gateway_config(job: Job) -> GatewayConfig:
                 node = route_model(model_id)
             except DomainError:  # not served now: the gateway refuses calls to it as model_not_allowed
                 continue
-            routes[model_id] = ModelRoute(model_id, node.name, node.kind, node.url)
+            routes[model_id] = ModelRoute(node.model_id or model_id, node.name, node.kind, node.url)
     return GatewayConfig(
         job_id=str(job.id), default_model=job.model_id, routes=routes, budget=job.token_budget,
         max_output_tokens=settings.AI_MAX_OUTPUT_TOKENS, call_timeout=settings.AI_CALL_TIMEOUT,
