@@ -3,7 +3,10 @@ import os
 
 from celery import Celery
 
+from .filesystem_broker import install as _install_atomic_filesystem_broker
+
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "infra_ainode.settings")
+_install_atomic_filesystem_broker()
 
 app = Celery("infra_ainode")
 app.config_from_object("django.conf:settings", namespace="CELERY")

@@ -1,6 +1,20 @@
-from django.contrib import admin
+import json
+from typing import Any
 
-from .models import Function, FunctionVersion, Job
+from django.conf import settings
+from django.contrib import admin, messages
+from django.db.models import F, QuerySet
+from django.http import HttpRequest, StreamingHttpResponse
+from django.urls import reverse
+from django.utils.html import format_html, format_html_join
+from django.utils.safestring import SafeString
+
+from billing.formatting import count, money
+from billing.services import jobs_csv_lines
+from infra_ainode.errors import DomainError
+
+from . import services
+from .models import Function, FunctionVersion, Job, LLMCall
 
 
 class FunctionVersionInline(admin.TabularInline):
@@ -22,20 +36,158 @@ class FunctionAdmin(admin.ModelAdmin):
     inlines = [FunctionVersionInline]
 
 
+def _pre(text: str) -> SafeString:
+    return format_html('<pre style="white-space: pre-wrap; max-height: 30em; overflow: auto; margin: 0">{}</pre>', text)
+
+
+def _json(value: Any) -> SafeString:
+    return _pre(json.dumps(value, indent=2, ensure_ascii=False))
+
+
+class LLMCallInline(admin.TabularInline):
+    """The job's model calls, oldest first: its part of the billing ledger, read-only."""
+
+    model = LLMCall
+    fields = ("created_at", "model_id", "node", "endpoint", "streamed", "status", "prompt_tokens",
+              "completion_tokens", "cost", "duration_ms", "done_reason", "error_code")
+    readonly_fields = fields
+    ordering = ("created_at", "id")
+    extra = 0
+    can_delete = False
+    verbose_name_plural = "LLM calls"
+
+    def has_add_permission(self, request: HttpRequest, obj: Job | None = None) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Job | None = None) -> bool:
+        return False
+
+
 @admin.register(Job)
 class JobAdmin(admin.ModelAdmin):
-    list_display = ("id", "status", "function", "owner", "model_id", "prompt_tokens", "completion_tokens",
-                    "duration_ms", "worker_id", "created_at")
-    list_filter = ("status", "model_id", "created_at", "finished_at")
-    search_fields = ("id", "function__name", "owner__username", "model_id", "error_code")
+    list_display = ("short_id", "status", "function", "owner", "model_id", "tokens", "cost_shown", "duration",
+                    "worker_id", "created_at")
+    list_filter = ("status", "model_id", "node", "error_code", "created_at", "finished_at")
+    search_fields = ("id", "function__name", "owner__username", "model_id", "error_code", "worker_id")
     list_select_related = ("function", "owner")
     date_hierarchy = "created_at"
+    actions = ("cancel_jobs", "rerun_jobs", "export_csv")
+    inlines = [LLMCallInline]
     # Everything the worker writes is read-only: operators look, the worker decides.
-    readonly_fields = ("id", "owner", "function", "function_version", "model_id", "node", "queue", "input_data",
-                       "memory_mb", "timeout_seconds", "status", "error_code", "error_message", "exit_code",
-                       "stdout", "stderr", "stdout_truncated", "stderr_truncated", "result", "worker_id",
-                       "container_id", "deliveries", "created_at", "started_at", "finished_at", "duration_ms",
-                       "peak_memory_bytes", "prompt_tokens", "completion_tokens", "llm_calls")
+    fieldsets = (
+        (None, {"fields": ("id", "status", "owner", "function", "function_version", "model_id", "node", "queue",
+                           "worker_id", "container_id", "deliveries")}),
+        ("Input and result", {"fields": ("input_shown", "result_shown")}),
+        ("Output", {"fields": ("stdout_shown", "stdout_truncated", "stderr_shown", "stderr_truncated")}),
+        ("Error", {"fields": ("error_code", "error_message", "exit_code")}),
+        ("Resources", {"fields": ("memory_mb", "peak_memory", "timeout_seconds", "duration", "created_at",
+                                  "started_at", "finished_at")}),
+        ("Tokens and cost", {"fields": ("token_budget", "prompt_tokens", "completion_tokens", "llm_calls",
+                                        "unmetered_calls", "cost_shown", "uncosted_calls", "ledger_link")}),
+    )
+    readonly_fields = tuple(name for _, options in fieldsets for name in options["fields"])
 
-    def has_add_permission(self, request) -> bool:
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    @admin.display(description="job", ordering="id")
+    def short_id(self, job: Job) -> str:
+        return str(job.id)[:8]
+
+    @admin.display(description="tokens", ordering=F("prompt_tokens") + F("completion_tokens"))
+    def tokens(self, job: Job) -> str:
+        return count(job.llm_token_count)
+
+    @admin.display(description=f"cost ({settings.BILLING_CURRENCY})", ordering="cost")
+    def cost_shown(self, job: Job) -> str:
+        unknown = f" (+{count(job.uncosted_calls)} unknown)" if job.uncosted_calls else ""
+        return f"{money(job.cost)}{unknown}"
+
+    @admin.display(description="duration", ordering="duration_ms")
+    def duration(self, job: Job) -> str:
+        return "–" if job.duration_ms is None else f"{job.duration_ms / 1000:.2f} s"
+
+    @admin.display(description="peak memory")
+    def peak_memory(self, job: Job) -> str:
+        return "–" if job.peak_memory_bytes is None else f"{job.peak_memory_bytes / 2**20:.1f} MiB"
+
+    @admin.display(description="input")
+    def input_shown(self, job: Job) -> SafeString:
+        return _json(job.input_data)
+
+    @admin.display(description="result")
+    def result_shown(self, job: Job) -> SafeString:
+        return _json(job.result)
+
+    @admin.display(description="stdout")
+    def stdout_shown(self, job: Job) -> SafeString:
+        return _pre(job.stdout)
+
+    @admin.display(description="stderr")
+    def stderr_shown(self, job: Job) -> SafeString:
+        return _pre(job.stderr)
+
+    @admin.display(description="ledger")
+    def ledger_link(self, job: Job) -> SafeString:
+        url = reverse("admin:jobs_llmcall_changelist") + f"?job__id__exact={job.pk}"
+        return format_html('<a href="{}">the job\'s {} call(s) in the ledger</a>', url, count(job.llm_calls))
+
+    @admin.action(description="Cancel the selected jobs")
+    def cancel_jobs(self, request: HttpRequest, queryset: QuerySet[Job]) -> None:
+        cancelled = ended = 0
+        for job in queryset:
+            try:
+                services.cancel_job(job=job)
+                cancelled += 1
+            except DomainError:
+                ended += 1
+        self.message_user(request, f"Cancelled {cancelled} job(s).", messages.SUCCESS)
+        if ended:
+            self.message_user(request, f"{ended} job(s) had already ended and were left alone.", messages.WARNING)
+
+    @admin.action(description="Re-run the selected jobs as new jobs (same function, model and input)")
+    def rerun_jobs(self, request: HttpRequest, queryset: QuerySet[Job]) -> None:
+        new_jobs = []
+        for job in queryset.select_related("function", "owner"):
+            if job.function.deleted_at is not None:
+                self.message_user(request, f"Job {job.pk}: its function was deleted; not re-run.", messages.WARNING)
+                continue
+            try:
+                new_jobs.append(services.submit_job(owner=job.owner, function=job.function, model_id=job.model_id,
+                                                    input_data=job.input_data, token_budget=job.token_budget))
+            except DomainError as exc:
+                self.message_user(request, f"Job {job.pk}: not re-run: {exc.detail}", messages.ERROR)
+        if new_jobs:
+            links = format_html_join(", ", '<a href="{}">{}</a>', (
+                (reverse("admin:jobs_job_change", args=[job.pk]), str(job.pk)[:8]) for job in new_jobs))
+            self.message_user(request, format_html("Queued {} new job(s), with their functions' current code: {}",
+                                                   len(new_jobs), links), messages.SUCCESS)
+
+    @admin.action(description="Export the selected jobs as CSV (tokens and cost)")
+    def export_csv(self, request: HttpRequest, queryset: QuerySet[Job]) -> StreamingHttpResponse:
+        response = StreamingHttpResponse(jobs_csv_lines(queryset, currency=settings.BILLING_CURRENCY),
+                                         content_type="text/csv; charset=utf-8")
+        response["Content-Disposition"] = 'attachment; filename="jobs.csv"'
+        return response
+
+
+@admin.register(LLMCall)
+class LLMCallAdmin(admin.ModelAdmin):
+    """The billing ledger, read-only: rows are written by the gateway alone, and each cost is fixed."""
+
+    list_display = ("created_at", "job", "model_id", "node", "endpoint", "status", "prompt_tokens",
+                    "completion_tokens", "cost", "duration_ms", "error_code")
+    list_filter = ("status", "model_id", "node", "streamed", "created_at")
+    search_fields = ("model_id", "error_code", "node")
+    list_select_related = ("job",)
+    date_hierarchy = "created_at"
+    show_full_result_count = False
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: LLMCall | None = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: LLMCall | None = None) -> bool:
         return False

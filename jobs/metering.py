@@ -10,9 +10,11 @@ import logging
 import threading
 from dataclasses import dataclass
 
-from django.db import close_old_connections
+from django.db import close_old_connections, transaction
 from django.db.models import Count, F, Q, Sum
+from django.utils import timezone
 
+from billing.services import add_call_to_rollups, cost_of_call, job_cost_increments
 from models_catalog.nodes import Usage
 
 from .models import Job, LLMCall, LLMCallStatus
@@ -107,23 +109,31 @@ def record_call(*, job_id: str, model_id: str, node: str, endpoint: str, streame
     """
     close_old_connections()
     known = usage is not None and usage.prompt_tokens is not None and usage.completion_tokens is not None
-    call = LLMCall.objects.create(
-        job_id=job_id, model_id=model_id, node=node, endpoint=endpoint, streamed=streamed,
-        status=LLMCallStatus.ERROR if error_code else LLMCallStatus.OK,
-        prompt_tokens=usage.prompt_tokens if usage else None,
-        completion_tokens=usage.completion_tokens if usage else None,
-        max_tokens_granted=max_tokens, done_reason=done_reason or "", duration_ms=duration_ms,
-        node_duration_ms=round(node_duration_ms) if node_duration_ms is not None else None,
-        error_code=error_code, error_message=error_message[:2000],
-    )
-    if known:
-        Job.objects.filter(pk=job_id).update(
-            prompt_tokens=F("prompt_tokens") + usage.prompt_tokens,
-            completion_tokens=F("completion_tokens") + usage.completion_tokens,
-            llm_calls=F("llm_calls") + 1,
+    now = timezone.now()
+    # Priced before the transaction opens: on SQLite a transaction that reads before it writes can fail to get the
+    # write lock. The cost is fixed here, at the price in force now, and never recomputed.
+    cost = cost_of_call(model_id=model_id, prompt_tokens=usage.prompt_tokens if known else None,
+                        completion_tokens=usage.completion_tokens if known else None, at=now)
+    with transaction.atomic():  # the ledger row, the job's totals and the day's roll-up commit together
+        call = LLMCall.objects.create(
+            job_id=job_id, model_id=model_id, node=node, endpoint=endpoint, streamed=streamed,
+            status=LLMCallStatus.ERROR if error_code else LLMCallStatus.OK,
+            prompt_tokens=usage.prompt_tokens if usage else None,
+            completion_tokens=usage.completion_tokens if usage else None,
+            max_tokens_granted=max_tokens, done_reason=done_reason or "", duration_ms=duration_ms,
+            node_duration_ms=round(node_duration_ms) if node_duration_ms is not None else None,
+            error_code=error_code, error_message=error_message[:2000], cost=cost, created_at=now,
         )
-    else:
-        Job.objects.filter(pk=job_id).update(llm_calls=F("llm_calls") + 1, unmetered_calls=F("unmetered_calls") + 1)
+        if known:
+            Job.objects.filter(pk=job_id).update(
+                prompt_tokens=F("prompt_tokens") + usage.prompt_tokens,
+                completion_tokens=F("completion_tokens") + usage.completion_tokens,
+                llm_calls=F("llm_calls") + 1, **job_cost_increments(cost),
+            )
+        else:
+            Job.objects.filter(pk=job_id).update(llm_calls=F("llm_calls") + 1,
+                                                 unmetered_calls=F("unmetered_calls") + 1, **job_cost_increments(cost))
+        add_call_to_rollups(call)
     logger.info("job %s: %s call to %s on %s: %s prompt + %s completion tokens%s", job_id, endpoint, model_id, node,
                 call.prompt_tokens, call.completion_tokens, f" ({error_code})" if error_code else "")
     return call

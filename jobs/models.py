@@ -1,4 +1,5 @@
 import uuid
+from decimal import Decimal
 from typing import Any
 
 from django.conf import settings
@@ -145,6 +146,10 @@ class Job(models.Model):
     unmetered_calls = models.PositiveIntegerField(
         default=0, help_text="Calls whose token counts the node did not report (not billed as zero: unknown)."
     )
+    # The sum of the calls' costs that are known (each fixed when its call was recorded, see billing.services);
+    # `uncosted_calls` counts the calls left out because their tokens or their model's price were unknown.
+    cost = models.DecimalField(max_digits=24, decimal_places=10, default=Decimal(0))
+    uncosted_calls = models.PositiveIntegerField(default=0)
 
     objects = JobQuerySet.as_manager()
 
@@ -190,6 +195,11 @@ class LLMCall(models.Model):
     node_duration_ms = models.PositiveIntegerField(null=True, blank=True, help_text="As the node reported it.")
     error_code = models.CharField(max_length=64, blank=True)
     error_message = models.TextField(blank=True)
+    cost = models.DecimalField(
+        max_digits=24, decimal_places=10, null=True, blank=True,
+        help_text="Fixed when the call was recorded, at the price then in force; None when its tokens or its "
+                  "model's price were unknown (unknown is not zero).",
+    )
     created_at = models.DateTimeField(default=timezone.now, db_index=True)
 
     class Meta:

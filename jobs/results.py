@@ -41,6 +41,10 @@ def execution_result(job: Job) -> dict[str, Any]:
         "completionTokens": job.completion_tokens,
         "llmCalls": job.llm_calls,
         "unmeteredCalls": job.unmetered_calls,
+        # The sum of the calls' known costs, as a decimal string; uncostedCalls counts the calls it leaves out.
+        "cost": format(job.cost, "f"),
+        "uncostedCalls": job.uncosted_calls,
+        "currency": settings.BILLING_CURRENCY,
         "tokenBudget": job.token_budget,
         "createdAt": job.created_at.isoformat(),
         "startedAt": job.started_at.isoformat() if job.started_at else None,

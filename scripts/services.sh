@@ -3,7 +3,7 @@
 # 127.0.0.1. Safe to run again and again: whatever already answers is left alone.
 #
 #   scripts/services.sh all
-#   scripts/services.sh docker redis moto postgres   (any subset)
+#   scripts/services.sh docker redis moto postgres browser   (any subset)
 #
 # Settings (environment):
 #   REDIS_PORT        6379
@@ -25,7 +25,7 @@ PGPORT="${PGPORT:-5432}"
 PG_CLUSTER="${PG_CLUSTER:-main}"
 REQUIRE_POSTGRES="${REQUIRE_POSTGRES:-0}"
 HOST=127.0.0.1
-ALL_PARTS=(docker redis moto postgres)
+ALL_PARTS=(docker redis moto postgres browser)
 
 # Logs go to /var/log and pid files to /run when we may write there (root),
 # else to /tmp.
@@ -230,6 +230,23 @@ start_postgres() {
   echo "postgres: $did on $HOST:$PGPORT (psql -U postgres ok)"
 }
 
+# --- browser ----------------------------------------------------------------
+
+# Debian's Chromium and its WebDriver, for the tests that drive a real browser
+# (headless). Installed only when missing: apt is slow.
+start_browser() {
+  if [[ -x /usr/bin/chromium && -x /usr/bin/chromedriver ]]; then
+    echo "browser: chromium and chromedriver already installed"
+    return 0
+  fi
+  apt_install chromium chromium-driver
+  if [[ ! -x /usr/bin/chromium || ! -x /usr/bin/chromedriver ]]; then
+    echo "browser: chromium or chromedriver still missing after apt-get install" >&2
+    return 1
+  fi
+  echo "browser: installed chromium and chromium-driver"
+}
+
 # --- main -------------------------------------------------------------------
 
 main() {
@@ -241,7 +258,7 @@ main() {
   for part in "$@"; do
     case "$part" in
       all) parts+=("${ALL_PARTS[@]}") ;;
-      docker|redis|moto|postgres) parts+=("$part") ;;
+      docker|redis|moto|postgres|browser) parts+=("$part") ;;
       -h|--help) usage; return 0 ;;
       *) echo "unknown service: $part" >&2; usage >&2; return 2 ;;
     esac

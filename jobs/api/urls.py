@@ -2,7 +2,11 @@ from rest_framework.routers import DefaultRouter
 
 from .views import FunctionViewSet, JobViewSet
 
-router = DefaultRouter(trailing_slash="/?")
+router = DefaultRouter()
+# DRF reads its `trailing_slash` argument as a flag ("/?" became a required "/"); set the pattern itself so that
+# both /api/v1/jobs/ID and /api/v1/jobs/ID/ answer (APPEND_SLASH is off: an API client cannot follow a redirect
+# of a POST).
+router.trailing_slash = "/?"
 router.register("functions", FunctionViewSet, basename="function")
 router.register("jobs", JobViewSet, basename="job")
 

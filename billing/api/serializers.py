@@ -1,0 +1,38 @@
+from rest_framework import serializers
+
+from ..models import COST_DIGITS
+
+COST = {**COST_DIGITS, "coerce_to_string": True}
+
+
+class FiguresSerializer(serializers.Serializer):
+    """Usage figures (billing.services.Figures). `cost` is the sum of the known costs; `uncostedCalls` counts the
+    calls it leaves out, `unmeteredCalls` those whose tokens the node did not report."""
+
+    calls = serializers.IntegerField()
+    failedCalls = serializers.IntegerField(source="failed_calls")
+    unmeteredCalls = serializers.IntegerField(source="unmetered_calls")
+    uncostedCalls = serializers.IntegerField(source="uncosted_calls")
+    promptTokens = serializers.IntegerField(source="prompt_tokens")
+    completionTokens = serializers.IntegerField(source="completion_tokens")
+    totalTokens = serializers.IntegerField(source="total_tokens")
+    cost = serializers.DecimalField(**COST)
+    jobs = serializers.IntegerField()
+
+
+class UsageRowSerializer(serializers.Serializer):
+    """One group (billing.services.UsageRow): its key (only the fields of the chosen group_by) and its figures."""
+
+    day = serializers.DateField(source="key.day", required=False)
+    modelId = serializers.CharField(source="key.model_id", required=False)
+    functionId = serializers.UUIDField(source="key.function_id", required=False)
+    functionName = serializers.CharField(source="key.function_name", required=False)
+    calls = serializers.IntegerField(source="figures.calls")
+    failedCalls = serializers.IntegerField(source="figures.failed_calls")
+    unmeteredCalls = serializers.IntegerField(source="figures.unmetered_calls")
+    uncostedCalls = serializers.IntegerField(source="figures.uncosted_calls")
+    promptTokens = serializers.IntegerField(source="figures.prompt_tokens")
+    completionTokens = serializers.IntegerField(source="figures.completion_tokens")
+    totalTokens = serializers.IntegerField(source="figures.total_tokens")
+    cost = serializers.DecimalField(source="figures.cost", **COST)
+    jobs = serializers.IntegerField(source="figures.jobs")

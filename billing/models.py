@@ -1,0 +1,87 @@
+"""Prices of models, and the daily roll-ups of the LLMCall ledger that the dashboard and the usage API read.
+
+The ledger (`jobs.LLMCall`) stays the source of truth: every roll-up row is a sum of ledger rows, kept up to date
+as each call is recorded and rebuilt from the ledger by `manage.py rebuild_usage_rollups`.
+"""
+from decimal import Decimal
+
+from django.conf import settings
+from django.core.validators import MinValueValidator
+from django.db import models
+from django.utils import timezone
+
+# Prices carry 6 decimals per 1,000 tokens, so a call's cost (tokens x price / 1000) is exact with 9; costs keep
+# 10 and 24 digits in all, room for any total.
+PRICE_DIGITS = {"max_digits": 16, "decimal_places": 6}
+COST_DIGITS = {"max_digits": 24, "decimal_places": 10}
+COST_QUANTUM = Decimal("1e-10")
+
+
+class ModelPrice(models.Model):
+    """The price of one model from `effective_from` on, until a later row of the same model takes over.
+
+    A call is priced with the row in force at the moment it is recorded, and its cost is written on its ledger row
+    there and then: adding or editing a price never changes a bill already made. To change a price, add a row with
+    a later `effective_from`, which keeps the history readable.
+    """
+
+    model_id = models.CharField(max_length=200, help_text="As in the model catalogue and in jobs' modelId.")
+    price_per_1k_prompt = models.DecimalField(**PRICE_DIGITS, validators=[MinValueValidator(Decimal(0))],
+                                              help_text="Price of 1,000 prompt tokens, in BILLING_CURRENCY.")
+    price_per_1k_completion = models.DecimalField(**PRICE_DIGITS, validators=[MinValueValidator(Decimal(0))],
+                                                  help_text="Price of 1,000 completion tokens, in BILLING_CURRENCY.")
+    effective_from = models.DateTimeField(default=timezone.now)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["model_id", "-effective_from"]
+        constraints = [models.UniqueConstraint(fields=["model_id", "effective_from"], name="unique_model_price_start")]
+
+    def __str__(self) -> str:
+        return f"{self.model_id} from {self.effective_from:%Y-%m-%d %H:%M}"
+
+    def cost_of(self, *, prompt_tokens: int, completion_tokens: int) -> Decimal:
+        """What these tokens cost at this price: exact (prices have 6 decimals, so costs need at most 9)."""
+        cost = (prompt_tokens * self.price_per_1k_prompt + completion_tokens * self.price_per_1k_completion) / 1000
+        return cost.quantize(COST_QUANTUM)
+
+
+class UsageDaily(models.Model):
+    """The sums of one day's ledger rows of one (owner, function, model), and the jobs created that day with that
+    model: what the dashboard and usage API read.
+
+    Token sums cover the metered calls only (both counts reported); `unmetered_calls` says how many were not. `cost`
+    sums the calls whose cost is known; `uncosted_calls` says how many were left out (tokens or price unknown).
+    The day is the call's date in the server's TIME_ZONE.
+    """
+
+    day = models.DateField()
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
+    function = models.ForeignKey("jobs.Function", on_delete=models.PROTECT, related_name="+")
+    model_id = models.CharField(max_length=200)
+    calls = models.PositiveBigIntegerField(default=0)
+    failed_calls = models.PositiveBigIntegerField(default=0)
+    unmetered_calls = models.PositiveBigIntegerField(default=0)
+    uncosted_calls = models.PositiveBigIntegerField(default=0)
+    prompt_tokens = models.PositiveBigIntegerField(default=0)
+    completion_tokens = models.PositiveBigIntegerField(default=0)
+    cost = models.DecimalField(**COST_DIGITS, default=Decimal(0))
+    jobs = models.PositiveBigIntegerField(default=0, help_text="Jobs created that day whose modelId is this model.")
+
+    class Meta:
+        ordering = ["-day", "owner", "function", "model_id"]
+        verbose_name = "daily usage"
+        verbose_name_plural = "daily usage"
+        # The unique constraint's index (owner first) serves a user's own usage (the API) and lets the dashboard
+        # group by (owner, function, model) in index order, without sorting; the day index serves ranges of days.
+        constraints = [
+            models.UniqueConstraint(fields=["owner", "function", "model_id", "day"], name="unique_usage_daily")
+        ]
+        indexes = [models.Index(fields=["day"])]
+
+    def __str__(self) -> str:
+        return f"{self.day} {self.model_id} ({self.calls} calls)"
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens

@@ -1,0 +1,9 @@
+from django import template
+
+from billing import formatting
+
+register = template.Library()
+
+register.filter("count", formatting.count)
+register.filter("money", formatting.money)
+register.filter("percent", formatting.percent)

@@ -1,0 +1,293 @@
+"""Fixtures of the billing tests: prices, functions and jobs, model calls recorded through the gateway's own path
+(`jobs.metering.record_call`) at chosen moments, sums computed from the ledger by hand, and a reader of pages.
+
+Calls are recorded with the real code: record_call prices each call, writes its ledger row, bumps its job's totals
+and its day's roll-up. Only the clock it reads is set by the test, so that months of usage fit in one test.
+"""
+from __future__ import annotations
+
+import random
+from collections import defaultdict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta
+from datetime import timezone as dt_timezone
+from decimal import Decimal
+from html.parser import HTMLParser
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+CODE = b"def handler(event, context):\n    return event\n"
+# Prices per 1,000 tokens (prompt, completion), and when they change: from DAY0 on, then from PRICE_CHANGE on.
+DAY0 = datetime(2026, 3, 1, tzinfo=dt_timezone.utc)
+PRICE_CHANGE = datetime(2026, 5, 1, tzinfo=dt_timezone.utc)
+PRICES = {
+    "llama3.1:8b": [("0.050000", "0.080000"), ("0.040000", "0.060000")],
+    "qwen2.5:14b": [("0.100000", "0.150000"), ("0.120000", "0.180000")],
+    "mistral:7b": [("0.040000", "0.060000"), ("0.040000", "0.060000")],
+}
+UNPRICED_MODEL = "experimental:1b"
+FUNCTION_NAMES = ("summarise-tickets", "translate-docs", "classify-email", "draft-replies", "extract-invoices",
+                  "review-code", "tag-images", "answer-faq")
+MODELS = [*PRICES, UNPRICED_MODEL]
+
+
+@dataclass
+class Clock:
+    """The moment record_call takes as now."""
+
+    now: datetime = field(default_factory=lambda: DAY0)
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
+    from jobs import metering
+
+    clock = Clock()
+    # Only the metering module's clock: sessions, auto_now fields and everything else keep the real time.
+    monkeypatch.setattr(metering, "timezone", SimpleNamespace(now=lambda: clock.now))
+    return clock
+
+
+@pytest.fixture
+def set_price(db) -> Callable[..., Any]:
+    from billing.models import ModelPrice
+
+    def set_price(model_id: str, prompt: str, completion: str, *, since: datetime = DAY0 - timedelta(days=30)):
+        return ModelPrice.objects.create(model_id=model_id, price_per_1k_prompt=Decimal(prompt),
+                                         price_per_1k_completion=Decimal(completion), effective_from=since)
+
+    return set_price
+
+
+@pytest.fixture
+def usual_prices(set_price) -> None:
+    """PRICES: each model's first price from a month before DAY0, its second from PRICE_CHANGE; one model unpriced."""
+    for model_id, (first, second) in PRICES.items():
+        set_price(model_id, *first)
+        set_price(model_id, *second, since=PRICE_CHANGE)
+
+
+@pytest.fixture
+def make_function(db) -> Callable[..., Any]:
+    from jobs import services
+
+    def make_function(account: Any, name: str | None = None):
+        return services.deploy_function(owner=account.user, name=name or f"fn-{random.randrange(10**9)}", code=CODE)
+
+    return make_function
+
+
+@pytest.fixture
+def new_job(db) -> Callable[..., Any]:
+    """A Job row of `function` created at `at` (made directly: nothing is enqueued, no model is routed)."""
+    from jobs.models import Job
+
+    def new_job(function: Any, *, model_id: str = "llama3.1:8b", at: datetime = DAY0, **fields: Any):
+        return Job.objects.create(owner=function.owner, function=function, function_version=function.current_version,
+                                  model_id=model_id, queue="jobs", memory_mb=function.memory_mb,
+                                  timeout_seconds=function.timeout_seconds, created_at=at, **fields)
+
+    return new_job
+
+
+@pytest.fixture
+def record(transactional_db, clock: Clock) -> Callable[..., Any]:
+    """Record one model call of `job` at `at` through jobs.metering.record_call, as the gateway does.
+
+    `prompt=None` stands for a node that did not report its counts; `failed=True` for a call the node failed.
+    record_call closes a connection left in a transaction (the gateway's threads must not hold one), so tests that
+    record run on `transactional_db`, as the gateway's own tests do."""
+    from jobs.metering import record_call
+    from models_catalog.nodes import Usage
+
+    def record(job: Any, *, at: datetime | None = None, prompt: int | None = 100, completion: int | None = 50,
+               model_id: str | None = None, failed: bool = False):
+        clock.now = at or job.created_at
+        usage = None if prompt is None else Usage(prompt_tokens=prompt, completion_tokens=completion)
+        return record_call(job_id=job.pk, model_id=model_id or job.model_id, node="test-node",
+                           endpoint="/v1/chat/completions", streamed=False, usage=usage, max_tokens=256,
+                           done_reason="" if failed else "stop", duration_ms=42, node_duration_ms=40.0,
+                           error_code="node_error" if failed else "",
+                           error_message="the node answered 500" if failed else "")
+
+    return record
+
+
+@pytest.fixture
+def seed_usage(usual_prices, make_function, new_job, record) -> Callable[..., list[Any]]:
+    """Months of usage of `accounts`: two functions each, four models (one unpriced), a price change half way,
+    about four calls per job, some failed calls and some the node did not count. Returns the jobs."""
+
+    def seed_usage(accounts: Iterable[Any], *, calls: int = 400, days: int = 120, seed: int = 5) -> list[Any]:
+        rng = random.Random(seed)
+        names = iter(FUNCTION_NAMES)
+        functions = [make_function(account, next(names, None)) for account in accounts for _ in range(2)]
+        jobs, recorded = [], 0
+        while recorded < calls:
+            at = DAY0 + timedelta(seconds=rng.uniform(0, days * 86400))
+            job = new_job(rng.choice(functions), model_id=rng.choice(MODELS), at=at)
+            jobs.append(job)
+            for _ in range(min(rng.randint(0, 7), calls - recorded)):
+                at += timedelta(seconds=rng.uniform(1, 900))  # some calls land on the next day
+                failed = rng.random() < 0.08
+                counted = rng.random() > 0.06
+                record(job, at=at, failed=failed, prompt=rng.randint(1, 3000) if counted else None,
+                       completion=rng.randint(0, 900))
+                recorded += 1
+        return jobs
+
+    return seed_usage
+
+
+# --- sums computed from the ledger by hand ----------------------------------------------------------------------
+
+@dataclass
+class Sums:
+    """What a set of ledger rows and jobs adds up to, computed in Python from the rows themselves."""
+
+    calls: int = 0
+    failed_calls: int = 0
+    unmetered_calls: int = 0
+    uncosted_calls: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost: Decimal = Decimal(0)
+    jobs: int = 0
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+    def add_call(self, call: Any) -> None:
+        self.calls += 1
+        self.failed_calls += call.status == "error"
+        if call.prompt_tokens is None or call.completion_tokens is None:
+            self.unmetered_calls += 1
+        else:
+            self.prompt_tokens += call.prompt_tokens
+            self.completion_tokens += call.completion_tokens
+        if call.cost is None:
+            self.uncosted_calls += 1
+        else:
+            self.cost += call.cost
+
+
+def local_day(moment: datetime) -> date:
+    from django.utils import timezone
+
+    return timezone.localdate(moment)
+
+
+@pytest.fixture
+def ledger_sums() -> Callable[..., dict[Any, Sums]]:
+    """`ledger_sums(key, start=, end=)`: the ledger's rows and the jobs of days start..end summed by hand, grouped
+    by `key(day, owner_id, function_id, model_id)` (a call's model, a job's own model)."""
+    from jobs.models import Job, LLMCall
+
+    def ledger_sums(key: Callable[[date, int, Any, str], Any] = lambda *parts: "all", *,
+                    start: date | None = None, end: date | None = None) -> dict[Any, Sums]:
+        groups: dict[Any, Sums] = defaultdict(Sums)
+
+        def inside(day: date) -> bool:
+            return (start is None or day >= start) and (end is None or day <= end)
+
+        for call in LLMCall.objects.select_related("job"):
+            day = local_day(call.created_at)
+            if inside(day):
+                groups[key(day, call.job.owner_id, call.job.function_id, call.model_id)].add_call(call)
+        for job in Job.objects.all():
+            day = local_day(job.created_at)
+            if inside(day):
+                groups[key(day, job.owner_id, job.function_id, job.model_id)].jobs += 1
+        return dict(groups)
+
+    return ledger_sums
+
+
+@pytest.fixture
+def same_money() -> Callable[[Decimal, Decimal], bool]:
+    """Equal costs: exactly on PostgreSQL (numeric); on SQLite, whose decimals are stored as doubles, to 1e-7."""
+    from django.db import connection
+
+    def same_money(a: Decimal, b: Decimal) -> bool:
+        if connection.vendor == "postgresql":
+            return Decimal(a) == Decimal(b)
+        return abs(Decimal(a) - Decimal(b)) < Decimal("1e-7")
+
+    return same_money
+
+
+# --- reading pages ----------------------------------------------------------------------------------------------
+
+class _PageReader(HTMLParser):
+    """Collects the text of every element with an id, and of every cell of every table row with a data-key."""
+
+    VOID = {"br", "img", "input", "meta", "link", "hr", "area", "base", "col", "source", "wbr", "path", "rect",
+            "line"}
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.by_id: dict[str, str] = {}
+        self.rows: dict[str, dict[str, dict[str, str]]] = defaultdict(dict)
+        self._open: list[tuple[str, str | None, list[str]]] = []
+        self._table: list[str | None] = []
+        self._row: tuple[str, dict[str, str]] | None = None
+        self._cell: list[str] | None = None
+        self._cell_classes: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        attributes = dict(attrs)
+        if tag == "table":
+            self._table.append(attributes.get("id"))
+        if tag == "tr" and attributes.get("data-key") is not None and self._table and self._table[-1]:
+            self._row = (attributes["data-key"], {})
+            self.rows[self._table[-1]][attributes["data-key"]] = self._row[1]
+        if tag == "td" and self._row is not None:
+            self._cell, self._cell_classes = [], (attributes.get("class") or "").split()
+        if tag not in self.VOID:
+            self._open.append((tag, attributes.get("id"), []))
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "td" and self._row is not None and self._cell is not None:
+            text = " ".join("".join(self._cell).split())
+            for name in self._cell_classes or [f"cell{len(self._row[1])}"]:
+                self._row[1][name] = text
+            self._cell = None
+        if tag == "tr":
+            self._row = None
+        if tag == "table" and self._table:
+            self._table.pop()
+        while self._open:
+            open_tag, element_id, text = self._open.pop()
+            if element_id:
+                self.by_id[element_id] = " ".join("".join(text).split())
+            if self._open:
+                self._open[-1][2].extend(text)
+            if open_tag == tag:
+                break
+
+    def handle_data(self, data: str) -> None:
+        if self._open:
+            self._open[-1][2].append(data)
+        if self._cell is not None:
+            self._cell.append(data)
+
+
+@pytest.fixture
+def read_page() -> Callable[[str | bytes], _PageReader]:
+    def read_page(html: str | bytes) -> _PageReader:
+        reader = _PageReader()
+        reader.feed(html.decode() if isinstance(html, bytes) else html)
+        reader.close()
+        return reader
+
+    return read_page
+
+
+@pytest.fixture
+def day0() -> datetime:
+    """The first day of the seeded usage (a Sunday, 1 March 2026, UTC)."""
+    return DAY0
