@@ -142,15 +142,17 @@ def submit_job(*, owner: User, function: Function, model_id: str | None, input_d
                token_budget: int | None = None) -> Job:
     """Record a queued job and enqueue it once the row is committed.
 
-    Raises TooLarge (input_too_large) and DomainError (invalid_model_id). If the broker refuses the message,
-    the job is failed with `queue_unavailable` rather than left queued forever.
+    Raises TooLarge (input_too_large) and DomainError (invalid_model_id, unknown_model). If the broker refuses
+    the message, the job is failed with `queue_unavailable` rather than left queued forever.
     """
     payload_size = len(json.dumps(input_data).encode())
     if payload_size > settings.JOB_INPUT_MAX_BYTES:
         raise TooLarge(f"inputData is {payload_size} bytes; the limit is {settings.JOB_INPUT_MAX_BYTES}.",
                        code="input_too_large")
     model = _model_id(model_id or function.default_model or settings.DEFAULT_MODEL_ID)
+    # Raises unknown_model (400, with the available ids) for a model no enabled node serves now.
     node = route_model(model)
+    model = node.model_id or model  # an operator's alias runs, and is billed, as the model it stands for
     budgets = [b for b in (_budget(token_budget), function.token_budget) if b is not None]
     with transaction.atomic():
         job = Job.objects.create(

@@ -61,12 +61,17 @@ def peak_memory_bytes() -> int:
     return max(own, children) * 1024
 
 
-def report(result: Any, error: dict[str, Any] | None) -> None:
+def report(result: Any, error: dict[str, Any] | None) -> bool:
+    """Post the script's end to the gateway; False when the result is not JSON (reported as an error instead)."""
     endpoint = os.environ.get("JOB_GATEWAY", f"unix://{transport.DEFAULT_SOCKET}")
+    is_json = True
     try:
-        body = json.dumps({"result": result, "error": error, "peakMemoryBytes": peak_memory_bytes()}, default=str)
+        # No `default=`: a result that is not JSON (a set, an object, NaN) must fail the job, not turn into its repr.
+        body = json.dumps({"result": result, "error": error, "peakMemoryBytes": peak_memory_bytes()},
+                          allow_nan=False)
     except (TypeError, ValueError) as exc:
         print(f"[runtime] the result is not JSON: {exc}", file=sys.stderr)
+        is_json = False
         error = {"type": "ResultNotJSON", "message": str(exc)}
         body = json.dumps({"result": None, "error": error, "peakMemoryBytes": peak_memory_bytes()})
     try:
@@ -78,6 +83,7 @@ def report(result: Any, error: dict[str, Any] | None) -> None:
             print(f"[runtime] the result was refused: {answer.decode(errors='replace')}", file=sys.stderr)
     except OSError as exc:
         print(f"[runtime] could not report the result: {exc}", file=sys.stderr)
+    return is_json
 
 
 def main() -> int:
@@ -101,7 +107,8 @@ def main() -> int:
         error = {"type": type(exc).__name__, "message": str(exc)[:2000]}
         exit_code = 1
     sys.stdout.flush()
-    report(result, error)
+    if not report(result, error) and exit_code == 0:
+        exit_code = 1
     return exit_code
 
 
