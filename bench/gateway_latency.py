@@ -19,7 +19,6 @@ import logging
 import math
 import os
 import shutil
-import socket
 import statistics
 import sys
 import tempfile
@@ -31,17 +30,6 @@ from urllib.parse import urlsplit
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 PROMPT = "Say hi."
-
-
-class _UnixConnection(http.client.HTTPConnection):
-    def __init__(self, path: str, timeout: float):
-        super().__init__("gateway", timeout=timeout)
-        self.socket_path = path
-
-    def connect(self) -> None:
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.settimeout(self.timeout)
-        self.sock.connect(self.socket_path)
 
 
 def _setup_django(workdir: str, database_url: str | None) -> None:
@@ -135,7 +123,9 @@ def main() -> None:
     gateway = JobGateway(config, socket_dir=workdir).start()
     node = urlsplit(args.node_url)
     direct = lambda: http.client.HTTPConnection(node.hostname, node.port, timeout=120)  # noqa: E731
-    through = lambda: _UnixConnection(gateway.socket_path, 120)  # noqa: E731
+    from sdk.transport import UnixHTTPConnection
+
+    through = lambda: UnixHTTPConnection(gateway.socket_path, 120)  # noqa: E731
 
     from django.db import connection
 

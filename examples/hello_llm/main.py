@@ -1,6 +1,5 @@
 """The demo job: asks the job's model twice (generate and chat) and returns both answers with the metered usage."""
 import ai_client
-import sdk
 
 
 def handler(event, context):

@@ -100,5 +100,5 @@ def test_prices_are_edited_in_the_list(admin_client, set_price):
 
     html = admin_client.get("/admin/billing/modelprice/").content.decode()
 
-    assert f'name="form-0-price_per_1k_prompt" value="0.100000"' in html
+    assert 'name="form-0-price_per_1k_prompt" value="0.100000"' in html
     assert price.model_id in html

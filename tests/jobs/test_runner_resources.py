@@ -6,7 +6,6 @@ import time
 import pytest
 from django.db import connections
 
-from jobs.models import Job
 from jobs.runner import run_job
 from tests.conftest import job_containers, make_job, wait_for
 
