@@ -1,7 +1,7 @@
 """The ledger: one LLMCall row per model call, the job's totals as sums of its rows, unknown counts kept unknown,
 and a job delivered twice billed once.
 """
-from conftest import as_json
+from tests.conftest import as_json
 from jobs.metering import ledger_totals, prompt_bound
 from jobs.models import Job, LLMCall
 from jobs.runner import run_job

@@ -3,7 +3,7 @@ job's tokens never pass the budget, even when a script fires many calls at once.
 """
 import pytest
 
-from conftest import as_json
+from tests.conftest import as_json
 from jobs import services
 from jobs.metering import ledger_totals, prompt_bound
 from jobs.models import Job, LLMCall
