@@ -81,6 +81,10 @@ class GatewayRequestError(Exception):
         self.status, self.code, self.detail = status, code, detail
 
 
+def _refuse_constant(name: str) -> None:
+    raise ValueError(f"{name} is not valid JSON")
+
+
 class _Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
     """Counts the connections being served, from their accept to their end, so that `stop` can wait for them."""
 
@@ -178,7 +182,8 @@ class _Handler(BaseHTTPRequestHandler):
             raise GatewayRequestError(413, "body_too_large", f"Body larger than {limit} bytes.")
         self.body_read = True
         try:
-            return json.loads(self.rfile.read(length))
+            # NaN and Infinity are not JSON: PostgreSQL would refuse them and clients could not parse them back.
+            return json.loads(self.rfile.read(length), parse_constant=_refuse_constant)
         except (ValueError, UnicodeDecodeError):
             raise GatewayRequestError(400, "malformed_json", "The body is not valid JSON.") from None
 

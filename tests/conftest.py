@@ -444,7 +444,8 @@ class Worker:
 
 
 @pytest.fixture
-def worker(request: pytest.FixtureRequest, transactional_db, settings, tmp_path: Path) -> Iterator[Callable[..., Worker]]:
+def worker(request: pytest.FixtureRequest, transactional_db, settings,
+           tmp_path: Path) -> Iterator[Callable[..., Worker]]:
     """A factory of real Celery workers on the test database and the given broker; all stopped at the end.
 
     `worker(broker, REDIS_URL=..., ...)`: extra keyword arguments become the worker's environment variables.
@@ -473,9 +474,21 @@ def worker(request: pytest.FixtureRequest, transactional_db, settings, tmp_path:
     yield start
     for process in started:
         process.stop()
+    _remove_containers_of_this_tests_jobs()
     if _failed(request):
         for process in started:
             print(f"\n===== log of {process.worker_id} =====\n{process.log()}")
+
+
+def _remove_containers_of_this_tests_jobs() -> None:
+    """A worker killed (by the test, or after a failure) leaves its job's container behind; never let one outlive
+    the test."""
+    from jobs.docker_backend import DockerBackend
+    from jobs.models import Job
+
+    backend = DockerBackend()
+    for job_id in Job.objects.values_list("pk", flat=True):
+        backend.remove_job_containers(str(job_id))
 
 
 # --- Docker -----------------------------------------------------------------------------------------------------

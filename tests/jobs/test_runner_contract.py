@@ -182,7 +182,7 @@ def test_stdout_and_stderr_are_captured_apart(alice, job_work_root):
 
 def test_the_result_keeps_json_types(alice, job_work_root):
     value = {"int": 1, "float": 1.5, "bool": True, "none": None, "list": [1, "two"], "nested": {"k": "v"}}
-    code = f"def handler(event, context):\n    return {json.dumps(value).replace('true', 'True').replace('null', 'None')}\n"
+    code = f"import json\ndef handler(event, context):\n    return json.loads({json.dumps(json.dumps(value))})\n"
     job = run(make_job(alice, code))
     assert_succeeded(job)
     assert job.result == value

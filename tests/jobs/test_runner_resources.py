@@ -87,15 +87,19 @@ def test_cancelling_a_running_job_kills_its_container(alice, transactional_db, j
         job.refresh_from_db()
         return job.status == "running" and bool(job.container_id)
 
-    wait_for(running_in_its_container, timeout=30, message="the job to be running in a container")
-    time.sleep(0.5)  # let the script print before it is killed
-    cancelled_at = time.monotonic()
-    response = alice.client.post(f"/api/v1/jobs/{job.pk}/cancel")
-    assert response.status_code == 200, response.content
-    assert response.json()["status"] == "cancelled"
-
-    runner.join(20)
-    assert not runner.is_alive()
+    try:
+        wait_for(running_in_its_container, timeout=30, message="the job to be running in a container")
+        time.sleep(0.5)  # let the script print before it is killed
+        cancelled_at = time.monotonic()
+        response = alice.client.post(f"/api/v1/jobs/{job.pk}/cancel")
+        assert response.status_code == 200, response.content
+        assert response.json()["status"] == "cancelled"
+        runner.join(20)
+    finally:
+        if runner.is_alive():  # the test failed: do not leave the container running after this process ends
+            for container in job_containers(docker_client, job.pk):
+                container.remove(force=True)
+            runner.join(20)
     assert time.monotonic() - cancelled_at < 10  # killed, not left to sleep or time out
     job.refresh_from_db()
     assert job.status == "cancelled"
