@@ -140,10 +140,14 @@ def record_call(*, job_id: str, model_id: str, node: str, endpoint: str, streame
 
 
 def ledger_totals(job_id: str) -> dict[str, int]:
-    """The job's totals recomputed from its ledger rows: what the Job row must agree with."""
+    """The job's totals recomputed from its ledger rows: what the Job row must agree with.
+
+    Like `record_call`, it adds up only the calls whose two counts are both known; the others are unmetered.
+    """
+    unknown = Q(prompt_tokens__isnull=True) | Q(completion_tokens__isnull=True)
     totals = LLMCall.objects.filter(job_id=job_id).aggregate(
-        prompt=Sum("prompt_tokens"), completion=Sum("completion_tokens"), calls=Count("id"),
-        unmetered=Count("id", filter=Q(prompt_tokens__isnull=True) | Q(completion_tokens__isnull=True)),
+        prompt=Sum("prompt_tokens", filter=~unknown), completion=Sum("completion_tokens", filter=~unknown),
+        calls=Count("id"), unmetered=Count("id", filter=unknown),
     )
     return {
         "prompt_tokens": totals["prompt"] or 0,
