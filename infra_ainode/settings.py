@@ -219,7 +219,15 @@ JOB_LOST_GRACE_SECONDS = env_int("JOB_LOST_GRACE_SECONDS", 60, minimum=0)
 JOB_RUNTIME_IMAGE = env_str("JOB_RUNTIME_IMAGE", "infra-ainode-runtime:bookworm-1")
 # Host folder for each job's code and sockets; it is bind-mounted into the job container, so it must be a path
 # the Docker engine sees (the worker and the engine share a host).
-JOB_WORK_ROOT = Path(env_str("JOB_WORK_ROOT", str(VAR_DIR / "jobs")))
+# Each job's gateway socket is JOB_WORK_ROOT/<job uuid>/run/gateway.sock, and a Unix socket path holds at most
+# 107 bytes: the default moves to /tmp when the checkout's path is too deep, and a root set too long is refused.
+_SOCKET_TAIL = len("/00000000-0000-0000-0000-000000000000/run/gateway.sock")
+_default_work_root = VAR_DIR / "jobs"
+if len(str(_default_work_root).encode()) + _SOCKET_TAIL > 107:
+    _default_work_root = Path("/tmp/infra-ainode-jobs")
+JOB_WORK_ROOT = Path(env_str("JOB_WORK_ROOT", str(_default_work_root)))
+if len(str(JOB_WORK_ROOT).encode()) + _SOCKET_TAIL > 107:
+    raise ImproperlyConfigured(f"JOB_WORK_ROOT {JOB_WORK_ROOT} is too long for Unix socket paths; use a shorter one.")
 DOCKER_HOST = env_str("DOCKER_HOST", "")
 WORKER_ID = env_str("WORKER_ID", f"{socket.gethostname()}-{os.getpid()}")
 

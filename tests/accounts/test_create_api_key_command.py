@@ -34,6 +34,7 @@ def test_it_adds_a_key_to_an_existing_user(alice):
     assert key != alice.key
 
 
-def test_it_can_make_a_staff_user(db):
+def test_it_can_make_an_operator_with_full_admin_access(db):
     run_command("ops", "--staff")
-    assert User.objects.get(username="ops").is_staff
+    operator = User.objects.get(username="ops")
+    assert operator.is_staff and operator.is_superuser

@@ -10,10 +10,13 @@ class Command(BaseCommand):
     def add_arguments(self, parser) -> None:
         parser.add_argument("username")
         parser.add_argument("--name", default="", help="A label for the key.")
-        parser.add_argument("--staff", action="store_true", help="Make a new user staff (admin access).")
+        parser.add_argument("--staff", action="store_true",
+                            help="Make a new user an operator: staff with full access to the admin.")
 
     def handle(self, *args, username: str, name: str, staff: bool, **options) -> None:
-        user, created = User.objects.get_or_create(username=username, defaults={"is_staff": staff})
+        user, created = User.objects.get_or_create(
+            username=username, defaults={"is_staff": staff, "is_superuser": staff}
+        )
         _, raw_key = create_api_key(user=user, name=name)
         if created:
             self.stderr.write(f"created user {username}")
