@@ -4,10 +4,10 @@ import ai_client
 
 def handler(event, context):
     topic = (event or {}).get("topic", "the sea")
-    poem = ai_client.generate(f"Write one short line about {topic}.", temperature=0, seed=42, max_tokens=40)
+    poem = ai_client.generate(f"A short poem about {topic}:\n", temperature=0, seed=42, max_tokens=40)
     answer = ai_client.chat(
         [{"role": "user", "content": f"In a few words, what colour is {topic}?"}],
         temperature=0, seed=42, max_tokens=30,
     )
     print(f"job {context['jobId']} used model {context['modelId']}")
-    return {"line": poem.strip(), "colour": answer.strip(), "usage": ai_client.usage()}
+    return {"poem": poem.strip(), "colour": answer.strip(), "usage": ai_client.usage()}
