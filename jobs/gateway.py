@@ -336,51 +336,56 @@ class JobGateway:
         if not self._calls.acquire(timeout=self.config.call_timeout):
             raise GatewayRequestError(429, "too_many_calls", "Too many model calls in flight for this job.")
         try:
-            try:
-                reservation = self.meter.reserve(prompt_tokens_bound=prompt_bound(call.prompt_texts()),
-                                                 requested=call.options.get("max_tokens"))
-            except BudgetExhausted as exc:
-                raise GatewayRequestError(402, "budget_exhausted", str(exc)) from None
-            options = {**call.options, "max_tokens": reservation.max_tokens}
-            client = client_for(route.kind, route.url, self.config.call_timeout)
-            frames = llm_wire.StreamRenderer(call) if call.stream else None
-            started = time.monotonic()
-            completion: Completion | None = None
-            error: NodeError | None = None
-            try:
-                if frames is not None:
-                    completion = self._stream(request, call, client, options, frames)
-                    answer = None
-                else:
-                    completion = (client.generate(call.model, call.prompt, **options) if call.op == llm_wire.GENERATE
-                                  else client.chat(call.model, call.messages, **options))
-                    answer = (200, llm_wire.render(call, completion))
-            except NodeError as exc:
-                error = exc
-                answer = (_status_for(exc), {"error": str(exc), "code": exc.code})
-                if request.stream_started:
-                    answer = None  # the error goes into the stream, below
-            finally:
-                # No completion means the node reported no counts: recorded as unknown, and the reservation stays
-                # spent so that the budget holds even then.
-                usage = completion.usage if completion else None
-                self.meter.settle(reservation, usage)
-                record_call(
-                    job_id=self.job_id, model_id=call.model, node=route.node, endpoint=path, streamed=call.stream,
-                    usage=usage,
-                    max_tokens=reservation.max_tokens, done_reason=completion.done_reason if completion else None,
-                    duration_ms=round((time.monotonic() - started) * 1000),
-                    node_duration_ms=completion.total_duration_ms if completion else None,
-                    error_code=error.code if error else "", error_message=str(error) if error else "",
-                )
-            # A stream's last frame goes out only once the call is on the ledger: a script that reads it and then
-            # asks usage(), or exits, must find the call counted.
-            if frames is not None and request.stream_started and request.listening:
-                request.write_frame(frames.final(completion) if completion is not None
-                                    else frames.error(error.code, str(error)))
-            return answer
+            return self._metered_call(request, path, call, route)
         finally:
             self._calls.release()
+
+    def _metered_call(self, request: _Handler, path: str, call: llm_wire.LLMRequest,
+                      route: ModelRoute) -> tuple[int, Any] | None:
+        """Reserve budget, forward the call, and put it on the ledger whatever happened."""
+        try:
+            reservation = self.meter.reserve(prompt_tokens_bound=prompt_bound(call.prompt_texts()),
+                                             requested=call.options.get("max_tokens"))
+        except BudgetExhausted as exc:
+            raise GatewayRequestError(402, "budget_exhausted", str(exc)) from None
+        options = {**call.options, "max_tokens": reservation.max_tokens}
+        client = client_for(route.kind, route.url, self.config.call_timeout)
+        frames = llm_wire.StreamRenderer(call) if call.stream else None
+        started = time.monotonic()
+        completion: Completion | None = None
+        error: NodeError | None = None
+        try:
+            if frames is not None:
+                completion = self._stream(request, call, client, options, frames)
+            elif call.op == llm_wire.GENERATE:
+                completion = client.generate(call.model, call.prompt, **options)
+            else:
+                completion = client.chat(call.model, call.messages, **options)
+        except NodeError as exc:
+            error = exc
+        finally:
+            # No completion means the node reported no counts: recorded as unknown, and the reservation stays
+            # spent so that the budget holds even then.
+            usage = completion.usage if completion else None
+            self.meter.settle(reservation, usage)
+            record_call(
+                job_id=self.job_id, model_id=call.model, node=route.node, endpoint=path, streamed=call.stream,
+                usage=usage, max_tokens=reservation.max_tokens,
+                done_reason=completion.done_reason if completion else None,
+                duration_ms=round((time.monotonic() - started) * 1000),
+                node_duration_ms=completion.total_duration_ms if completion else None,
+                error_code=error.code if error else "", error_message=str(error) if error else "",
+            )
+        if frames is not None and request.stream_started:
+            # A stream's last frame goes out only once the call is on the ledger: a script that reads it and then
+            # asks usage(), or exits, must find the call counted.
+            if request.listening:
+                request.write_frame(frames.final(completion) if completion is not None
+                                    else frames.error(error.code, str(error)))
+            return None
+        if error is not None:
+            return _status_for(error), {"error": str(error), "code": error.code}
+        return 200, llm_wire.render(call, completion)
 
     def _stream(self, request: _Handler, call: llm_wire.LLMRequest, client, options: dict[str, Any],
                 frames: llm_wire.StreamRenderer) -> Completion:
