@@ -20,7 +20,7 @@ from django.db.models.functions import Coalesce, TruncDate
 from django.utils import timezone
 
 from infra_ainode.errors import DomainError
-from jobs.models import Job, LLMCall, LLMCallStatus
+from jobs.models import METERED, Job, LLMCall, LLMCallStatus
 
 from .models import COST_QUANTUM, ModelPrice, UsageDaily
 
@@ -87,7 +87,7 @@ def add_call_to_rollups(call: LLMCall) -> None:
     """Add one ledger row to its day's roll-up. Call it in the transaction that wrote `call`, so that the ledger
     and its roll-ups commit together."""
     owner_id, function_id = _job_owner_and_function(call.job_id)
-    metered = call.prompt_tokens is not None and call.completion_tokens is not None
+    metered = call.is_metered
     increments = {
         "calls": 1,
         "failed_calls": int(call.status == LLMCallStatus.ERROR),
@@ -108,7 +108,6 @@ def add_job_to_rollups(job: Job) -> None:
                     "function_id": job.function_id, "model_id": job.model_id}, {"jobs": 1})
 
 
-METERED = Q(prompt_tokens__isnull=False, completion_tokens__isnull=False)
 # Sums over ledger rows, named as Figures.from_sums reads them ("sum_" + the roll-up field).
 LEDGER_SUMS = {
     "sum_calls": Count("id"),

@@ -11,13 +11,13 @@ import threading
 from dataclasses import dataclass
 
 from django.db import close_old_connections, transaction
-from django.db.models import Count, F, Q, Sum
+from django.db.models import Count, F, Sum
 from django.utils import timezone
 
 from billing.services import add_call_to_rollups, cost_of_call, job_cost_increments
 from models_catalog.nodes import Usage
 
-from .models import Job, LLMCall, LLMCallStatus
+from .models import METERED, Job, LLMCall, LLMCallStatus
 
 logger = logging.getLogger(__name__)
 
@@ -78,7 +78,7 @@ class Meter:
         with self._lock:
             self._held -= reservation.held
             self.calls += 1
-            if usage is None or usage.prompt_tokens is None or usage.completion_tokens is None:
+            if usage is None or not usage.known:
                 self.unmetered_calls += 1
                 self._spent += reservation.held
                 return
@@ -108,7 +108,7 @@ def record_call(*, job_id: str, model_id: str, node: str, endpoint: str, streame
     Called from the gateway's request threads, which must not keep a database connection open after the job.
     """
     close_old_connections()
-    known = usage is not None and usage.prompt_tokens is not None and usage.completion_tokens is not None
+    known = usage is not None and usage.known
     now = timezone.now()
     # Priced before the transaction opens: on SQLite a transaction that reads before it writes can fail to get the
     # write lock. The cost is fixed here, at the price in force now, and never recomputed.
@@ -124,15 +124,13 @@ def record_call(*, job_id: str, model_id: str, node: str, endpoint: str, streame
             node_duration_ms=round(node_duration_ms) if node_duration_ms is not None else None,
             error_code=error_code, error_message=error_message[:2000], cost=cost, created_at=now,
         )
+        totals = {"llm_calls": F("llm_calls") + 1, **job_cost_increments(cost)}
         if known:
-            Job.objects.filter(pk=job_id).update(
-                prompt_tokens=F("prompt_tokens") + usage.prompt_tokens,
-                completion_tokens=F("completion_tokens") + usage.completion_tokens,
-                llm_calls=F("llm_calls") + 1, **job_cost_increments(cost),
-            )
+            totals.update(prompt_tokens=F("prompt_tokens") + usage.prompt_tokens,
+                          completion_tokens=F("completion_tokens") + usage.completion_tokens)
         else:
-            Job.objects.filter(pk=job_id).update(llm_calls=F("llm_calls") + 1,
-                                                 unmetered_calls=F("unmetered_calls") + 1, **job_cost_increments(cost))
+            totals["unmetered_calls"] = F("unmetered_calls") + 1
+        Job.objects.filter(pk=job_id).update(**totals)
         add_call_to_rollups(call)
     logger.info("job %s: %s call to %s on %s: %s prompt + %s completion tokens%s", job_id, endpoint, model_id, node,
                 call.prompt_tokens, call.completion_tokens, f" ({error_code})" if error_code else "")
@@ -144,10 +142,9 @@ def ledger_totals(job_id: str) -> dict[str, int]:
 
     Like `record_call`, it adds up only the calls whose two counts are both known; the others are unmetered.
     """
-    unknown = Q(prompt_tokens__isnull=True) | Q(completion_tokens__isnull=True)
     totals = LLMCall.objects.filter(job_id=job_id).aggregate(
-        prompt=Sum("prompt_tokens", filter=~unknown), completion=Sum("completion_tokens", filter=~unknown),
-        calls=Count("id"), unmetered=Count("id", filter=unknown),
+        prompt=Sum("prompt_tokens", filter=METERED), completion=Sum("completion_tokens", filter=METERED),
+        calls=Count("id"), unmetered=Count("id", filter=~METERED),
     )
     return {
         "prompt_tokens": totals["prompt"] or 0,

@@ -169,6 +169,10 @@ class Job(models.Model):
         return self.prompt_tokens + self.completion_tokens
 
 
+# A ledger row is metered when the node reported both of its counts; the others are unknown, never zero.
+METERED = Q(prompt_tokens__isnull=False, completion_tokens__isnull=False)
+
+
 class LLMCallStatus(models.TextChoices):
     OK = "ok"
     ERROR = "error"
@@ -211,7 +215,9 @@ class LLMCall(models.Model):
         return f"{self.model_id} call of job {self.job_id}"
 
     @property
+    def is_metered(self) -> bool:
+        return self.prompt_tokens is not None and self.completion_tokens is not None
+
+    @property
     def total_tokens(self) -> int | None:
-        if self.prompt_tokens is None or self.completion_tokens is None:
-            return None
-        return self.prompt_tokens + self.completion_tokens
+        return self.prompt_tokens + self.completion_tokens if self.is_metered else None

@@ -69,6 +69,11 @@ class Usage:
     prompt_tokens: int | None
     completion_tokens: int | None
 
+    @property
+    def known(self) -> bool:
+        """Both counts reported: only then is the call metered (and billable)."""
+        return self.prompt_tokens is not None and self.completion_tokens is not None
+
 
 @dataclass(frozen=True)
 class Completion:
