@@ -7,7 +7,7 @@ the CSV) adds up those fixed costs; nothing re-prices an old call.
 import csv
 import functools
 import logging
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, fields
 from datetime import date, datetime, time, timedelta
 from decimal import Decimal
@@ -235,10 +235,15 @@ def parse_range(*, start: str | None, end: str | None) -> DateRange:
     return span
 
 
+def range_from_query(query: Mapping[str, str]) -> DateRange:
+    """The range a request asks for with its `from` and `to` parameters (an empty one counts as absent); raises
+    as `parse_range` does."""
+    return parse_range(start=query.get("from") or None, end=query.get("to") or None)
+
+
 def jobs_in_range(span: DateRange, *, owner: User | None = None) -> QuerySet[Job]:
     """Jobs created in `span`; only `owner`'s when given."""
-    jobs = Job.objects.filter(created_at__gte=day_start(span.start),
-                              created_at__lt=day_start(span.end + timedelta(days=1)))
+    jobs = _in_days(Job.objects.all(), span.start, span.end)
     return jobs.filter(owner=owner) if owner is not None else jobs
 
 

@@ -9,6 +9,7 @@ from urllib.parse import urlencode
 from django.conf import settings
 from django.contrib import admin
 from django.core.exceptions import PermissionDenied
+from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
 from django.template.response import TemplateResponse
 
@@ -16,7 +17,9 @@ from infra_ainode.errors import DomainError
 
 from . import charts, formatting
 from .dashboard import Report, presets, usage_report
-from .services import DateRange, Figures, jobs_csv_lines, jobs_in_range, parse_range
+from jobs.models import Job
+
+from .services import DateRange, Figures, jobs_csv_lines, jobs_in_range, range_from_query
 
 VIEW_USAGE = "billing.view_usagedaily"
 PROMPT, COMPLETION = charts.Series("prompt", "#4c78a8"), charts.Series("completion", "#f58518")
@@ -89,7 +92,7 @@ def dashboard(request: HttpRequest) -> HttpResponse:
                "presets": [(label, _query(span)) for label, span in presets()], "table_limit": 25,
                "legends": {"tokens": [PROMPT, COMPLETION], "calls": [OK_CALLS, FAILED_CALLS]}}
     try:
-        span = parse_range(start=request.GET.get("from") or None, end=request.GET.get("to") or None)
+        span = range_from_query(request.GET)
     except DomainError as exc:
         context.update(error=exc.detail, error_code=exc.code, start=request.GET.get("from", ""),
                        end=request.GET.get("to", ""))
@@ -104,10 +107,15 @@ def jobs_csv(request: HttpRequest) -> HttpResponse:
     """Every user's jobs created in the range, with tokens and cost, as a CSV download."""
     _require(request, VIEW_USAGE, "jobs.view_job")
     try:
-        span = parse_range(start=request.GET.get("from") or None, end=request.GET.get("to") or None)
+        span = range_from_query(request.GET)
     except DomainError as exc:
         return HttpResponse(f"{exc.detail}\n", status=exc.status, content_type="text/plain")
-    response = StreamingHttpResponse(jobs_csv_lines(jobs_in_range(span), currency=settings.BILLING_CURRENCY),
+    return csv_download(jobs_in_range(span), span)
+
+
+def csv_download(jobs: QuerySet[Job], span: DateRange) -> StreamingHttpResponse:
+    """`jobs` as a streamed CSV attachment named after the range (the admin's export and the users' API)."""
+    response = StreamingHttpResponse(jobs_csv_lines(jobs, currency=settings.BILLING_CURRENCY),
                                      content_type="text/csv; charset=utf-8")
     response["Content-Disposition"] = f'attachment; filename="jobs-{span.start}-{span.end}.csv"'
     return response

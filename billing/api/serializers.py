@@ -1,3 +1,5 @@
+from typing import Any
+
 from rest_framework import serializers
 
 from ..models import COST_DIGITS
@@ -27,12 +29,7 @@ class UsageRowSerializer(serializers.Serializer):
     modelId = serializers.CharField(source="key.model_id", required=False)
     functionId = serializers.UUIDField(source="key.function_id", required=False)
     functionName = serializers.CharField(source="key.function_name", required=False)
-    calls = serializers.IntegerField(source="figures.calls")
-    failedCalls = serializers.IntegerField(source="figures.failed_calls")
-    unmeteredCalls = serializers.IntegerField(source="figures.unmetered_calls")
-    uncostedCalls = serializers.IntegerField(source="figures.uncosted_calls")
-    promptTokens = serializers.IntegerField(source="figures.prompt_tokens")
-    completionTokens = serializers.IntegerField(source="figures.completion_tokens")
-    totalTokens = serializers.IntegerField(source="figures.total_tokens")
-    cost = serializers.DecimalField(source="figures.cost", **COST)
-    jobs = serializers.IntegerField(source="figures.jobs")
+
+    def to_representation(self, row: Any) -> dict[str, Any]:
+        # The group's figures sit beside its key, in the same shape as the totals.
+        return {**super().to_representation(row), **FiguresSerializer(row.figures).data}

@@ -7,12 +7,8 @@ from rest_framework.views import APIView
 from infra_ainode.api import Pagination
 
 from .. import services
+from ..views import csv_download
 from .serializers import FiguresSerializer, UsageRowSerializer
-
-
-def _span(request: Request) -> services.DateRange:
-    return services.parse_range(start=request.query_params.get("from") or None,
-                                end=request.query_params.get("to") or None)
 
 
 class UsageView(APIView):
@@ -20,7 +16,7 @@ class UsageView(APIView):
     `group_by` = day (default), model or function: totals, and one paginated row per group."""
 
     def get(self, request: Request) -> Response:
-        span = _span(request)
+        span = services.range_from_query(request.query_params)
         group_by = request.query_params.get("group_by") or "day"
         totals, rows = services.user_usage(owner=request.user, span=span, group_by=group_by)
         paginator = Pagination()
@@ -40,9 +36,5 @@ class JobsCsvView(APIView):
         return super().perform_content_negotiation(request, force=True)
 
     def get(self, request: Request) -> StreamingHttpResponse:
-        span = _span(request)
-        lines = services.jobs_csv_lines(services.jobs_in_range(span, owner=request.user),
-                                        currency=settings.BILLING_CURRENCY)
-        response = StreamingHttpResponse(lines, content_type="text/csv; charset=utf-8")
-        response["Content-Disposition"] = f'attachment; filename="jobs-{span.start}-{span.end}.csv"'
-        return response
+        span = services.range_from_query(request.query_params)
+        return csv_download(services.jobs_in_range(span, owner=request.user), span)
