@@ -203,6 +203,18 @@ class NodeClient(ABC):
             return NodeError("node_bad_response", f"{where} broke the HTTP exchange: {exc!r}")
         return NodeError("node_unreachable", f"{where} is unreachable: {exc}")
 
+    def _stream_event(self, data: bytes, path: str, what: str) -> dict[str, Any]:
+        """One event of a streamed answer, decoded; NodeError when it is not a JSON object or reports an error."""
+        try:
+            event = json.loads(data)
+        except ValueError as exc:
+            raise NodeError("node_bad_response", f"{self.url}{path} sent an invalid {what}") from exc
+        if not isinstance(event, dict):
+            raise NodeError("node_bad_response", f"{self.url}{path} sent an {what} that is not an object")
+        if "error" in event:
+            raise self._status_error(None, data.decode("utf-8", errors="replace"), path)
+        return event
+
     def _status_error(self, status: int | None, text: str, path: str) -> NodeError:
         message = _error_message(text)
         lowered = message.lower()
@@ -303,14 +315,8 @@ class OllamaClient(NodeClient):
     def _stream(self, path: str, payload: dict[str, Any], text_of: _TextOf) -> Iterator[str | Completion]:
         pieces: list[str] = []
         for line in self._lines(path, payload):
-            try:
-                event = json.loads(line)
-            except ValueError as exc:
-                raise NodeError("node_bad_response", f"{self.url}{path} sent an invalid NDJSON line") from exc
-            if not isinstance(event, dict):
-                raise NodeError("node_bad_response", f"{self.url}{path} sent a stream line that is not an object")
-            if "error" in event:  # Ollama reports failures after the stream began as an error line
-                raise self._status_error(None, json.dumps(event), path)
+            # Ollama reports a failure after the stream began as an {"error": ...} line.
+            event = self._stream_event(line, path, "NDJSON line")
             if text := text_of(event):
                 pieces.append(text)
                 yield text
@@ -431,14 +437,7 @@ class OpenAIClient(NodeClient):
             data = line[5:].strip()
             if data == b"[DONE]":
                 break
-            try:
-                event = json.loads(data)
-            except ValueError as exc:
-                raise NodeError("node_bad_response", f"{self.url}{path} sent an invalid SSE event") from exc
-            if not isinstance(event, dict):
-                raise NodeError("node_bad_response", f"{self.url}{path} sent an event that is not an object")
-            if "error" in event:
-                raise self._status_error(None, data.decode("utf-8", errors="replace"), path)
+            event = self._stream_event(data, path, "SSE event")
             last = event
             # Usage arrives in a last event with no choices on llama.cpp's chat route, and inside the
             # finishing event on its completions route: take it wherever it appears.

@@ -30,7 +30,8 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # run as a plain script: find ollama_front beside us
+# Run as a plain script: find ollama_front beside us, and the node clients' module (standard library only) above.
+sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parent.parent)]
 
 from ollama_front import OllamaFront, describe_model  # noqa: E402
 

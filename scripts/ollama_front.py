@@ -33,6 +33,8 @@ from pathlib import Path
 from typing import Any, BinaryIO
 from urllib.parse import urlsplit
 
+from models_catalog.nodes import format_parameter_size
+
 logger = logging.getLogger(__name__)
 
 # The Ollama API level we imitate; some clients gate features on this version.
@@ -113,15 +115,6 @@ class ServedModel:
 
 def _with_tag(name: str) -> str:
     return name if ":" in name else f"{name}:latest"
-
-
-def format_parameter_size(n_params: int) -> str:
-    """134_515_008 -> "135M", 1_235_814_400 -> "1.2B": the short form Ollama's listings use."""
-    if n_params >= 1_000_000_000:
-        return f"{n_params / 1e9:.1f}B"
-    if n_params >= 1_000_000:
-        return f"{round(n_params / 1e6)}M"
-    return str(n_params)
 
 
 def describe_model(path: Path, name: str, upstream_meta: dict[str, Any], template: str) -> ServedModel:
