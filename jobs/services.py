@@ -12,14 +12,13 @@ from django.utils import timezone
 
 from infra_ainode.errors import Conflict, DomainError, NotFound, TooLarge
 
-from models_catalog.services import route_model
+from models_catalog.services import check_model_id, route_model
 
 from .code_archive import build_archive
 from .models import Function, FunctionVersion, Job, JobStatus
 
 logger = logging.getLogger(__name__)
 
-MODEL_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/@+-]{0,199}$")
 ENV_NAME_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
 
 
@@ -37,8 +36,8 @@ def deploy_function(*, owner: User, name: str, code: bytes, filename: str = "mai
         function = Function.objects.create(
             owner=owner, name=name, version=1,
             memory_mb=_memory(memory_mb), timeout_seconds=_timeout(timeout_seconds),
-            env=_env(env or {}), default_model=_model_id(default_model) if default_model else "",
-            allowed_models=[_model_id(m) for m in allowed_models or []], token_budget=_budget(token_budget),
+            env=_env(env or {}), default_model=check_model_id(default_model) if default_model else "",
+            allowed_models=[check_model_id(m) for m in allowed_models or []], token_budget=_budget(token_budget),
         )
         FunctionVersion.objects.create(
             function=function, number=1, archive=archive.data, sha256=archive.sha256,
@@ -63,9 +62,9 @@ def update_function(*, function: Function, code: bytes | None = None, filename: 
         if env is not None:
             function.env = _env(env)
         if default_model is not None:
-            function.default_model = _model_id(default_model) if default_model else ""
+            function.default_model = check_model_id(default_model) if default_model else ""
         if allowed_models is not None:
-            function.allowed_models = [_model_id(m) for m in allowed_models]
+            function.allowed_models = [check_model_id(m) for m in allowed_models]
         if token_budget is not None or clear_token_budget:
             function.token_budget = _budget(token_budget)
         if archive is not None:
@@ -129,13 +128,6 @@ def _budget(value: int | None) -> int | None:
     return value
 
 
-def _model_id(model_id: str) -> str:
-    if not isinstance(model_id, str) or not MODEL_ID_PATTERN.match(model_id):
-        raise DomainError("modelId must be 1-200 characters of letters, digits and . _ : / @ + -.",
-                          code="invalid_model_id")
-    return model_id
-
-
 # --- jobs -----------------------------------------------------------------------------------------------------
 
 def submit_job(*, owner: User, function: Function, model_id: str | None, input_data: Any,
@@ -149,8 +141,9 @@ def submit_job(*, owner: User, function: Function, model_id: str | None, input_d
     if payload_size > settings.JOB_INPUT_MAX_BYTES:
         raise TooLarge(f"inputData is {payload_size} bytes; the limit is {settings.JOB_INPUT_MAX_BYTES}.",
                        code="input_too_large")
-    model = _model_id(model_id or function.default_model or settings.DEFAULT_MODEL_ID)
-    # Raises unknown_model (400, with the available ids) for a model no enabled node serves now.
+    model = model_id or function.default_model or settings.DEFAULT_MODEL_ID
+    # Raises invalid_model_id for an id that cannot be one, and unknown_model (400, with the available ids) for a
+    # model no enabled node serves now.
     node = route_model(model)
     model = node.model_id or model  # an operator's alias runs, and is billed, as the model it stands for
     budgets = [b for b in (_budget(token_budget), function.token_budget) if b is not None]

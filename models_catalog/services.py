@@ -293,7 +293,7 @@ def route_model(model_id: str) -> NodeConfig:
     Raises DomainError `invalid_model_id` (400) for an id that cannot be a model id, and `unknown_model` (400,
     with `available`: the ids one may use) when the model is unknown, disabled or unavailable.
     """
-    model_id = _checked_model_id(model_id)
+    model_id = check_model_id(model_id)
     if not ModelCatalog.objects.real().exists():
         list_models(timeout_ms=settings.AI_NODE_TIMEOUT)
     target = _resolve_alias(model_id)
@@ -312,7 +312,8 @@ def available_model_ids() -> list[str]:
     return sorted(real | aliases)
 
 
-def _checked_model_id(model_id: object) -> str:
+def check_model_id(model_id: object) -> str:
+    """`model_id` if it can be a model id at all; DomainError `invalid_model_id` (400) otherwise."""
     if not isinstance(model_id, str) or not MODEL_ID_PATTERN.match(model_id):
         raise DomainError(f"modelId must be 1-{MODEL_ID_MAX_LENGTH} characters of letters, digits and "
                           f". _ : / @ + -, starting with a letter or digit.", code="invalid_model_id")
