@@ -155,8 +155,8 @@ class _Handler(BaseHTTPRequestHandler):
         gateway = self.server.gateway
         # One handler serves every request of a kept-alive connection: per-request state starts afresh.
         self.body_read, self.stream_started, self.listening = False, False, True
+        self.route_path = path = self.path.split("?", 1)[0]
         try:
-            path = self.path.split("?", 1)[0]
             if path in llm_wire.FORBIDDEN_ROUTES or path.startswith("/api/blobs/"):
                 raise GatewayRequestError(403, "route_forbidden", f"{path} is not available to jobs.")
             route = gateway.routes.get((method, path))
@@ -319,7 +319,7 @@ class JobGateway:
     # --- model calls -------------------------------------------------------------------------------------------
 
     def _model_call(self, request: _Handler) -> tuple[int, Any] | None:
-        path = request.path.split("?", 1)[0]
+        path = request.route_path
         try:
             call = llm_wire.parse_request(path, request.read_json(self.config.max_body_bytes),
                                           default_model=self.config.default_model)
