@@ -114,7 +114,7 @@ def main() -> None:
 
     workdir = tempfile.mkdtemp(prefix="bench-gw-")
     _setup_django(workdir, args.database_url)
-    from jobs.gateway import GatewayConfig, JobGateway, ModelRoute
+    from jobs.metering.gateway import GatewayConfig, JobGateway, ModelRoute
 
     model = _model_of(args.node_url, args.kind)
     job_id = _job_row(model)

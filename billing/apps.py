@@ -15,5 +15,5 @@ class BillingConfig(AppConfig):
 
     def ready(self) -> None:
         # Jobs are counted in the daily roll-ups as they are created, however they are created (jobs.services,
-        # the admin's re-run, tests). This is billing's only hook into jobs besides jobs.metering.record_call.
+        # the admin's re-run, tests). This is billing's only hook into jobs besides jobs.metering.ledger.record_call.
         post_save.connect(_count_new_job, sender="jobs.Job", dispatch_uid="billing.count_new_job")

@@ -19,7 +19,7 @@ from django.db.models import Count, DecimalField, F, Q, QuerySet, Sum, Value
 from django.db.models.functions import Coalesce, TruncDate
 from django.utils import timezone
 
-from infra_ainode.errors import DomainError
+from core.errors import DomainError
 from jobs.models import METERED, Job, LLMCall, LLMCallStatus
 
 from .models import COST_QUANTUM, ModelPrice, UsageDaily

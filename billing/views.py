@@ -13,7 +13,7 @@ from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
 from django.template.response import TemplateResponse
 
-from infra_ainode.errors import DomainError
+from core.errors import DomainError
 
 from . import charts, formatting
 from .dashboard import Report, presets, usage_report

@@ -18,5 +18,5 @@ urlpatterns = [
     path("models", ModelListView.as_view(), name="models"),
 ]
 
-handler404 = "infra_ainode.api.not_found"
-handler500 = "infra_ainode.api.server_error"
+handler404 = "core.api.not_found"
+handler500 = "core.api.server_error"

@@ -11,7 +11,7 @@ from django.utils.safestring import SafeString
 
 from billing.formatting import count, money
 from billing.services import jobs_csv_lines
-from infra_ainode.errors import DomainError
+from core.errors import DomainError
 
 from . import services
 from .models import Function, FunctionVersion, Job, LLMCall

@@ -14,7 +14,7 @@ from pathlib import PurePosixPath
 
 from django.conf import settings
 
-from infra_ainode.errors import DomainError, TooLarge
+from core.errors import DomainError, TooLarge
 
 ENTRY_POINT = "main.py"
 

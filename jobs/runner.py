@@ -19,15 +19,15 @@ from django.conf import settings
 from django.db.models import F
 from django.utils import timezone
 
-from infra_ainode.errors import DomainError
+from core.errors import DomainError
 from models_catalog.services import node_named, route_model
 
 from . import results
 from .code_archive import extract_archive
 from .docker_backend import ContainerError, ContainerOutcome, ContainerSpec, DockerBackend
 from .exits import interpret_exit
-from .gateway import GatewayConfig, JobGateway, ModelRoute, ResultReport
-from .metering import ledger_totals
+from .metering.gateway import GatewayConfig, JobGateway, ModelRoute, ResultReport
+from .metering.ledger import ledger_totals
 from .models import Job, JobStatus
 
 logger = logging.getLogger(__name__)

@@ -10,7 +10,7 @@ from django.contrib.auth.models import User
 from django.db import transaction
 from django.utils import timezone
 
-from infra_ainode.errors import Conflict, DomainError, NotFound, TooLarge
+from core.errors import Conflict, DomainError, NotFound, TooLarge
 
 from models_catalog.services import check_model_id, route_model
 

@@ -20,7 +20,7 @@ from django.db import transaction
 from django.db.models import Case, Count, QuerySet, Value, When
 from django.utils import timezone
 
-from infra_ainode.errors import DomainError
+from core.errors import DomainError
 
 from .models import AINode, ModelCatalog, ModelStatus, NodeKind, NodeSource
 from .nodes import NodeError, NodeModel, client_for

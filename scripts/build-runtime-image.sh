@@ -15,6 +15,8 @@ set -euo pipefail
 shopt -s inherit_errexit
 
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+# shellcheck source=scripts/lib.sh
+source "$REPO_ROOT/scripts/lib.sh"
 SUITE=bookworm
 RUNNER_UID=10001
 FORCE=0
@@ -109,6 +111,7 @@ build_with_debootstrap() {
   mirror="${DEBIAN_MIRROR:-${mirror:-http://deb.debian.org/debian}}"
   security="$(apt_mirror_for "$SUITE-security" | head -n1)"
 
+  need debootstrap debootstrap >&2
   log "debootstrap $SUITE from $mirror (takes a few minutes)" >&2
   debootstrap --variant=minbase --include=python3 "$SUITE" "$root" "$mirror" \
     >"$WORK/debootstrap.log" 2>&1 || {

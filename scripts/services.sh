@@ -25,6 +25,8 @@ PGPORT="${PGPORT:-5432}"
 PG_CLUSTER="${PG_CLUSTER:-main}"
 REQUIRE_POSTGRES="${REQUIRE_POSTGRES:-0}"
 HOST=127.0.0.1
+# shellcheck source=scripts/lib.sh
+source "$REPO_ROOT/scripts/lib.sh"
 ALL_PARTS=(docker redis moto postgres browser)
 
 # Logs go to /var/log and pid files to /run when we may write there (root),
@@ -48,23 +50,6 @@ wait_for() {
 # True when something accepts TCP connections on HOST:PORT.
 tcp_open() {
   timeout 2 bash -c "exec 3<>/dev/tcp/$HOST/$1" 2>/dev/null
-}
-
-# Install Debian packages. apt-get update runs only when apt does not know the
-# package yet (fresh machines ship without package lists), since it is slow.
-apt_install() {
-  if [[ $EUID -ne 0 ]]; then
-    echo "need root to apt-get install $*" >&2
-    return 1
-  fi
-  local pkg
-  for pkg in "$@"; do
-    if ! apt-cache policy "$pkg" 2>/dev/null | grep -q 'Candidate: [^(]'; then
-      apt-get update -qq
-      break
-    fi
-  done
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
 }
 
 # Start a daemon detached from this shell (own session, no terminal), so that

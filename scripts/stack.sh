@@ -6,6 +6,9 @@
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
+# shellcheck source=scripts/lib.sh
+source "$ROOT/scripts/lib.sh"
+need curl curl
 PY=.venv/bin/python
 WEB_PORT=${WEB_PORT:-8000}
 mkdir -p var/run var/log

@@ -4,7 +4,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from infra_ainode.api import Pagination
+from core.api import Pagination
 
 from .. import services
 from ..views import csv_download

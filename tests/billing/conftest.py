@@ -1,5 +1,5 @@
 """Fixtures of the billing tests: prices, functions and jobs, model calls recorded through the gateway's own path
-(`jobs.metering.record_call`) at chosen moments, sums computed from the ledger by hand, and a reader of pages.
+(`jobs.metering.ledger.record_call`) at chosen moments, sums computed from the ledger by hand, and a reader of pages.
 
 Calls are recorded with the real code: record_call prices each call, writes its ledger row, bumps its job's totals
 and its day's roll-up. Only the clock it reads is set by the test, so that months of usage fit in one test.
@@ -95,12 +95,12 @@ def new_job(db) -> Callable[..., Any]:
 
 @pytest.fixture
 def record(transactional_db, clock: Clock) -> Callable[..., Any]:
-    """Record one model call of `job` at `at` through jobs.metering.record_call, as the gateway does.
+    """Record one model call of `job` at `at` through jobs.metering.ledger.record_call, as the gateway does.
 
     `prompt=None` stands for a node that did not report its counts; `failed=True` for a call the node failed.
     record_call closes a connection left in a transaction (the gateway's threads must not hold one), so tests that
     record run on `transactional_db`, as the gateway's own tests do."""
-    from jobs.metering import record_call
+    from jobs.metering.ledger import record_call
     from models_catalog.nodes import Usage
 
     def record(job: Any, *, at: datetime | None = None, prompt: int | None = 100, completion: int | None = 50,

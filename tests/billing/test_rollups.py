@@ -97,7 +97,7 @@ def test_the_rebuild_command_refuses_bad_days(db, arguments):
 def test_calls_racing_on_a_new_day_make_one_row_with_every_call(alice, usual_prices, make_function, new_job,
                                                                  transactional_db, day0, same_money):
     """Many gateway threads record the first calls of a day at once: one roll-up row, nothing lost."""
-    from jobs.metering import record_call
+    from jobs.metering.ledger import record_call
     from jobs.models import LLMCall
     from models_catalog.nodes import Usage
 

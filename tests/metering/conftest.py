@@ -279,7 +279,7 @@ def run_script(transactional_db, job_work_root, alice, model_id: str) -> Callabl
 
 def assert_billed_as_node_counted(job: Any, node: RecordingProxy) -> None:
     """The job's tokens equal the node's own counts, and the job's totals equal the sums of its ledger rows."""
-    from jobs.metering import ledger_totals
+    from jobs.metering.ledger import ledger_totals
 
     assert job.status == "succeeded", (job.error_code, job.error_message, job.stderr[-3000:])
     assert (job.prompt_tokens, job.completion_tokens) == node.totals(), node.answers

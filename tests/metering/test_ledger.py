@@ -2,7 +2,8 @@
 and a job delivered twice billed once.
 """
 from tests.conftest import as_json
-from jobs.metering import ledger_totals, prompt_bound
+from jobs.metering.ledger import ledger_totals
+from jobs.metering.meter import prompt_bound
 from jobs.models import Job, LLMCall
 from jobs.runner import run_job
 

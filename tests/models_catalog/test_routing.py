@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from infra_ainode.errors import DomainError
+from core.errors import DomainError
 from jobs.models import Job
 from models_catalog import services
 from models_catalog.models import AINode, ModelCatalog

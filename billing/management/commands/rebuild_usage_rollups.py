@@ -4,7 +4,7 @@ import time
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from billing import services
-from infra_ainode.errors import DomainError
+from core.errors import DomainError
 
 
 class Command(BaseCommand):

@@ -22,8 +22,9 @@ from django.db import connections
 
 from models_catalog.nodes import Completion, NodeError, client_for
 
-from . import llm_wire
-from .metering import BudgetExhausted, Meter, prompt_bound, record_call
+from . import wire
+from .ledger import record_call
+from .meter import BudgetExhausted, Meter, prompt_bound
 
 logger = logging.getLogger(__name__)
 
@@ -157,7 +158,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.body_read, self.stream_started, self.listening = False, False, True
         self.route_path = path = self.path.split("?", 1)[0]
         try:
-            if path in llm_wire.FORBIDDEN_ROUTES or path.startswith("/api/blobs/"):
+            if path in wire.FORBIDDEN_ROUTES or path.startswith("/api/blobs/"):
                 raise GatewayRequestError(403, "route_forbidden", f"{path} is not available to jobs.")
             route = gateway.routes.get((method, path))
             if route is None:
@@ -256,11 +257,11 @@ class JobGateway:
         self.routes = {
             ("POST", "/_job/result"): self._post_result,
             ("GET", "/_job/usage"): lambda request: (200, self.meter.snapshot()),
-            ("GET", "/api/tags"): lambda request: (200, llm_wire.ollama_tags(sorted(config.routes))),
-            ("GET", "/v1/models"): lambda request: (200, llm_wire.openai_models(sorted(config.routes))),
+            ("GET", "/api/tags"): lambda request: (200, wire.ollama_tags(sorted(config.routes))),
+            ("GET", "/v1/models"): lambda request: (200, wire.openai_models(sorted(config.routes))),
             ("GET", "/api/version"): lambda request: (200, {"version": "0.0.0-infra-ainode-gateway"}),
         }
-        for path in llm_wire.ROUTES:
+        for path in wire.ROUTES:
             self.routes[("POST", path)] = self._model_call
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
@@ -321,9 +322,9 @@ class JobGateway:
     def _model_call(self, request: _Handler) -> tuple[int, Any] | None:
         path = request.route_path
         try:
-            call = llm_wire.parse_request(path, request.read_json(self.config.max_body_bytes),
+            call = wire.parse_request(path, request.read_json(self.config.max_body_bytes),
                                           default_model=self.config.default_model)
-        except llm_wire.WireError as exc:
+        except wire.WireError as exc:
             raise GatewayRequestError(400, "invalid_request", str(exc)) from None
         route = self.config.routes.get(call.model)
         if route is None:
@@ -340,7 +341,7 @@ class JobGateway:
         finally:
             self._calls.release()
 
-    def _metered_call(self, request: _Handler, path: str, call: llm_wire.LLMRequest,
+    def _metered_call(self, request: _Handler, path: str, call: wire.LLMRequest,
                       route: ModelRoute) -> tuple[int, Any] | None:
         """Reserve budget, forward the call, and put it on the ledger whatever happened."""
         try:
@@ -350,14 +351,14 @@ class JobGateway:
             raise GatewayRequestError(402, "budget_exhausted", str(exc)) from None
         options = {**call.options, "max_tokens": reservation.max_tokens}
         client = client_for(route.kind, route.url, self.config.call_timeout)
-        frames = llm_wire.StreamRenderer(call) if call.stream else None
+        frames = wire.StreamRenderer(call) if call.stream else None
         started = time.monotonic()
         completion: Completion | None = None
         error: NodeError | None = None
         try:
             if frames is not None:
                 completion = self._stream(request, call, client, options, frames)
-            elif call.op == llm_wire.GENERATE:
+            elif call.op == wire.GENERATE:
                 completion = client.generate(call.model, call.prompt, **options)
             else:
                 completion = client.chat(call.model, call.messages, **options)
@@ -385,14 +386,14 @@ class JobGateway:
             return None
         if error is not None:
             return _status_for(error), {"error": str(error), "code": error.code}
-        return 200, llm_wire.render(call, completion)
+        return 200, wire.render(call, completion)
 
-    def _stream(self, request: _Handler, call: llm_wire.LLMRequest, client, options: dict[str, Any],
-                frames: llm_wire.StreamRenderer) -> Completion:
+    def _stream(self, request: _Handler, call: wire.LLMRequest, client, options: dict[str, Any],
+                frames: wire.StreamRenderer) -> Completion:
         """Relay a streamed answer's text; the caller writes its last frame. If the script hangs up half way, the
         node's stream is still read to its end: the node generates those tokens either way, and only its final
         event says how many there were."""
-        events = (client.stream_generate(call.model, call.prompt, **options) if call.op == llm_wire.GENERATE
+        events = (client.stream_generate(call.model, call.prompt, **options) if call.op == wire.GENERATE
                   else client.stream_chat(call.model, call.messages, **options))
         request.close_connection = True
         for event in events:

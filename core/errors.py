@@ -1,6 +1,6 @@
 """Errors raised by services, which know nothing of HTTP frameworks.
 
-Each carries a stable `code` and the HTTP status the API answers with; `infra_ainode.api.exception_handler`
+Each carries a stable `code` and the HTTP status the API answers with; `core.api.exception_handler`
 turns them into the one error shape.
 """
 from typing import Any

@@ -1,7 +1,7 @@
 """One error shape for the whole API, and the default pagination.
 
 Every error answers `{"detail": "...", "code": "..."}`; validation errors keep DRF's field shape and add
-`code: "invalid"`. Services raise `infra_ainode.errors.DomainError`s; nobody hand-builds an error Response.
+`code: "invalid"`. Services raise `core.errors.DomainError`s; nobody hand-builds an error Response.
 """
 from typing import Any
 
