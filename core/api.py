@@ -6,7 +6,6 @@ Every error answers `{"detail": "...", "code": "..."}`; validation errors keep D
 from typing import Any
 
 from django.http import HttpRequest, JsonResponse
-
 from rest_framework.exceptions import APIException, ValidationError
 from rest_framework.pagination import PageNumberPagination
 from rest_framework.response import Response

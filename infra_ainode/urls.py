@@ -7,6 +7,7 @@ from models_catalog.api.views import ModelListView
 urlpatterns = [
     # The operator's usage dashboard and export (billing), before the admin's own catch-all routes.
     path("admin/usage/", include("billing.urls")),
+    path("admin/usage/", include("jobs.urls")),
     path("admin/", admin.site.urls),
     path("api/v1/", include("jobs.api.urls")),
     path("api/v1/", include("billing.api.urls")),

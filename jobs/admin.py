@@ -10,10 +10,10 @@ from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString
 
 from billing.formatting import count, money
-from billing.services import jobs_csv_lines
 from core.errors import DomainError
 
 from . import services
+from .export import jobs_csv_lines
 from .models import Function, FunctionVersion, Job, LLMCall
 
 

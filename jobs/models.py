@@ -106,6 +106,11 @@ class JobQuerySet(models.QuerySet):
             raise ValueError(f"no status may move to {to!r}")
         return self.filter(pk=pk, status__in=sources).update(status=to, **fields) == 1
 
+    def queued_by_node(self, nodes: list[str]) -> dict[str, int]:
+        """How many jobs wait in the queue of each of `nodes`: what routing weighs between nodes."""
+        return dict(self.filter(status=JobStatus.QUEUED, node__in=nodes).values("node")
+                    .annotate(n=models.Count("pk")).values_list("node", "n"))
+
 
 class Job(models.Model):
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
@@ -146,7 +151,7 @@ class Job(models.Model):
     unmetered_calls = models.PositiveIntegerField(
         default=0, help_text="Calls whose token counts the node did not report (not billed as zero: unknown)."
     )
-    # The sum of the calls' costs that are known (each fixed when its call was recorded, see billing.services);
+    # The sum of the calls' costs that are known (each fixed when its call was recorded, see billing.pricing);
     # `uncosted_calls` counts the calls left out because their tokens or their model's price were unknown.
     cost = models.DecimalField(max_digits=24, decimal_places=10, default=Decimal(0))
     uncosted_calls = models.PositiveIntegerField(default=0)
@@ -217,6 +222,10 @@ class LLMCall(models.Model):
     @property
     def is_metered(self) -> bool:
         return self.prompt_tokens is not None and self.completion_tokens is not None
+
+    @property
+    def failed(self) -> bool:
+        return self.status == LLMCallStatus.ERROR
 
     @property
     def total_tokens(self) -> int | None:

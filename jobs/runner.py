@@ -24,7 +24,12 @@ from models_catalog.services import node_named, route_model
 
 from . import results
 from .code_archive import extract_archive
-from .docker_backend import ContainerError, ContainerOutcome, ContainerSpec, DockerBackend
+from .docker_backend import (
+    ContainerError,
+    ContainerOutcome,
+    ContainerSpec,
+    DockerBackend,
+)
 from .exits import interpret_exit
 from .metering.gateway import GatewayConfig, JobGateway, ModelRoute, ResultReport
 from .metering.ledger import ledger_totals
@@ -41,7 +46,7 @@ CONTAINER_INPUT_FILE = "/job/input/payload.json"
 RUNTIME_USER = "10001:10001"
 CANCEL_CHECK_SECONDS = 0.5
 RESERVED_ENV = {"JOB_ID", "FUNCTION_ID", "LLM_MODEL", "AI_ENDPOINT", "OUTPUT_DIR", "PAYLOAD", "PAYLOAD_FILE",
-                "PYTHONPATH", "CODE_DIR", "JOB_GATEWAY", "HOME"}
+                "PYTHONPATH", "CODE_DIR", "HOME"}
 
 
 def run_job(job_id: str | uuid.UUID, *, backend: DockerBackend | None = None) -> None:
@@ -151,7 +156,6 @@ def _container_spec(job: Job, workdir: Path) -> ContainerSpec:
         "FUNCTION_ID": str(job.function_id),
         "LLM_MODEL": job.model_id,
         "AI_ENDPOINT": f"unix://{CONTAINER_SOCKET_DIR}/gateway.sock",
-        "JOB_GATEWAY": f"unix://{CONTAINER_SOCKET_DIR}/gateway.sock",
         "OUTPUT_DIR": CONTAINER_OUTPUT_DIR,
         "CODE_DIR": CONTAINER_CODE_DIR,
         "PYTHONPATH": CONTAINER_SDK_DIR,
@@ -188,12 +192,12 @@ def _gateway_config(job: Job) -> GatewayConfig:
     """What the job's gateway allows: the job's model on the node it was routed to, and the function's other
     allowed models on theirs."""
     routes: dict[str, ModelRoute] = {}
-    own_node = node_named(job.node) or route_model(job.model_id)
+    own_node = node_named(job.node) or route_model(job.model_id, queued_jobs=Job.objects.queued_by_node)
     routes[job.model_id] = ModelRoute(job.model_id, own_node.name, own_node.kind, own_node.url)
     for model_id in job.function.allowed_models or []:
         if model_id not in routes:
             try:
-                node = route_model(model_id)
+                node = route_model(model_id, queued_jobs=Job.objects.queued_by_node)
             except DomainError:  # not served now: the gateway refuses calls to it as model_not_allowed
                 continue
             routes[model_id] = ModelRoute(node.model_id or model_id, node.name, node.kind, node.url)

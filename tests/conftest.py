@@ -191,14 +191,13 @@ def make_job(account: Account, code: str, input_data: Any = None, *, model_id: s
              memory_mb: int | None = None, timeout_seconds: int | None = None, env: dict[str, str] | None = None):
     """A queued Job row made through the services (no broker message): for tests that call the runner directly."""
     from jobs import services
-    from jobs.models import Job
 
     function = services.deploy_function(
         owner=account.user, name=f"fn-{uuid.uuid4().hex[:8]}", code=code.encode(), memory_mb=memory_mb,
         timeout_seconds=timeout_seconds, env=env,
     )
     # Not submit_job: nothing is enqueued, the test hands the job to the runner itself.
-    return Job.objects.create(
+    return services.create_job(
         owner=account.user, function=function, function_version=function.current_version, model_id=model_id,
         queue="jobs", input_data=input_data, memory_mb=function.memory_mb, timeout_seconds=function.timeout_seconds,
     )

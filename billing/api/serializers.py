@@ -8,7 +8,7 @@ COST = {**COST_DIGITS, "coerce_to_string": True}
 
 
 class FiguresSerializer(serializers.Serializer):
-    """Usage figures (billing.services.Figures). `cost` is the sum of the known costs; `uncostedCalls` counts the
+    """Usage figures (billing.reports.Figures). `cost` is the sum of the known costs; `uncostedCalls` counts the
     calls it leaves out, `unmeteredCalls` those whose tokens the node did not report."""
 
     calls = serializers.IntegerField()
@@ -23,7 +23,7 @@ class FiguresSerializer(serializers.Serializer):
 
 
 class UsageRowSerializer(serializers.Serializer):
-    """One group (billing.services.UsageRow): its key (only the fields of the chosen group_by) and its figures."""
+    """One group (billing.reports.UsageRow): its key (only the fields of the chosen group_by) and its figures."""
 
     day = serializers.DateField(source="key.day", required=False)
     modelId = serializers.CharField(source="key.model_id", required=False)

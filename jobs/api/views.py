@@ -1,5 +1,6 @@
 from django.conf import settings
 from django.db.models import QuerySet
+from django.http import StreamingHttpResponse
 from rest_framework import mixins, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.exceptions import ValidationError
@@ -8,7 +9,10 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from billing.ranges import range_from_query
+
 from .. import services
+from ..export import csv_download, jobs_in_range
 from ..models import Function, Job, JobStatus
 from ..results import execution_result, wait_for_job
 from .serializers import FunctionSerializer, JobSerializer, RunSerializer
@@ -109,3 +113,15 @@ class RunView(APIView):
 class StatusView(APIView):
     def get(self, request: Request, job_id: str) -> Response:
         return Response(execution_result(services.get_job(owner=request.user, job_id=job_id)))
+
+
+class JobsCsvView(APIView):
+    """The caller's own jobs created in `from`..`to`, with tokens and cost, as CSV."""
+
+    def perform_content_negotiation(self, request: Request, force: bool = False):
+        # The answer is CSV whatever the client accepts; errors (bad dates) still answer in the JSON error shape.
+        return super().perform_content_negotiation(request, force=True)
+
+    def get(self, request: Request) -> StreamingHttpResponse:
+        span = range_from_query(request.query_params)
+        return csv_download(jobs_in_range(span, owner=request.user), span)

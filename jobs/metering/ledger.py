@@ -1,17 +1,32 @@
 """The ledger: one `LLMCall` row per model call, priced when it is recorded, added to its job's totals and to the
-daily roll-ups in the same transaction."""
+daily roll-ups in the same transaction; and the rebuild of those roll-ups from the ledger and the jobs."""
+import functools
 import logging
+from datetime import date
+from decimal import Decimal
+from typing import Any
 
-from django.db import close_old_connections, transaction
-from django.db.models import Count, F, Sum
+from django.db import close_old_connections, connection, transaction
+from django.db.models import Count, DecimalField, F, Q, Sum, Value
+from django.db.models.functions import Coalesce, TruncDate
 from django.utils import timezone
 
-from billing.services import add_call_to_rollups, cost_of_call, job_cost_increments
+from billing.models import UsageDaily
+from billing.pricing import cost_of_call, job_cost_increments
+from billing.ranges import created_in_days
+from billing.reports import CALL_FIELDS
+from billing.rollups import add_call_to_rollups, replace_rollups
 from models_catalog.nodes import Usage
 
 from ..models import METERED, Job, LLMCall, LLMCallStatus
 
 logger = logging.getLogger(__name__)
+
+
+@functools.lru_cache(maxsize=4096)
+def _job_owner_and_function(job_id: Any) -> tuple[int, Any]:
+    """A job's owner and function never change: read once per job and process, not once per call."""
+    return Job.objects.filter(pk=job_id).values_list("owner_id", "function_id").get()
 
 
 def record_call(*, job_id: str, model_id: str, node: str, endpoint: str, streamed: bool, usage: Usage | None,
@@ -45,7 +60,8 @@ def record_call(*, job_id: str, model_id: str, node: str, endpoint: str, streame
         else:
             totals["unmetered_calls"] = F("unmetered_calls") + 1
         Job.objects.filter(pk=job_id).update(**totals)
-        add_call_to_rollups(call)
+        owner_id, function_id = _job_owner_and_function(job_id)
+        add_call_to_rollups(call, owner_id=owner_id, function_id=function_id)
     logger.info("job %s: %s call to %s on %s: %s prompt + %s completion tokens%s", job_id, endpoint, model_id, node,
                 call.prompt_tokens, call.completion_tokens, f" ({error_code})" if error_code else "")
     return call
@@ -66,3 +82,61 @@ def ledger_totals(job_id: str) -> dict[str, int]:
         "llm_calls": totals["calls"],
         "unmetered_calls": totals["unmetered"],
     }
+
+
+# Sums over ledger rows, named as Figures.from_sums reads them ("sum_" + the roll-up field).
+LEDGER_SUMS = {
+    "sum_calls": Count("id"),
+    "sum_failed_calls": Count("id", filter=Q(status=LLMCallStatus.ERROR)),
+    "sum_unmetered_calls": Count("id", filter=~METERED),
+    "sum_uncosted_calls": Count("id", filter=Q(cost__isnull=True)),
+    "sum_prompt_tokens": Coalesce(Sum("prompt_tokens", filter=METERED), 0),
+    "sum_completion_tokens": Coalesce(Sum("completion_tokens", filter=METERED), 0),
+    "sum_cost": Coalesce(Sum("cost"), Value(Decimal(0)), output_field=DecimalField(max_digits=24, decimal_places=10)),
+}
+
+
+def _lock_sources() -> None:
+    """Keep new calls and jobs out until the transaction ends, so a rebuild sees them as they are at one moment.
+
+    PostgreSQL: SHARE mode blocks writes to the ledger and to jobs (the gateway and the workers wait) but not
+    reads. SQLite: the DELETE that follows takes the database's single write lock, which does the same; there a
+    writer gives up after the connection's timeout (20 s), so a long rebuild is best done range by range.
+    """
+    if connection.vendor == "postgresql":
+        tables = ", ".join(connection.ops.quote_name(model._meta.db_table) for model in (LLMCall, Job))
+        with connection.cursor() as cursor:
+            cursor.execute(f"LOCK TABLE {tables} IN SHARE MODE")
+
+
+def rebuild_rollups(*, start: date | None = None, end: date | None = None) -> int:
+    """Recompute the roll-ups of days `start`..`end` (inclusive; open ends reach the first or last day) from the
+    ledger and the Job rows, in one transaction; returns how many roll-up rows were written.
+
+    Calls and jobs wait while it runs (see _lock_sources), so the result is exact even on a live system.
+    """
+    with transaction.atomic():
+        _lock_sources()
+        rows: dict[tuple, UsageDaily] = {}
+
+        def row(day: date, owner_id: int, function_id: Any, model_id: str) -> UsageDaily:
+            key = (day, owner_id, function_id, model_id)
+            if key not in rows:
+                rows[key] = UsageDaily(day=day, owner_id=owner_id, function_id=function_id, model_id=model_id)
+            return rows[key]
+
+        calls = (created_in_days(LLMCall.objects.all(), start, end).annotate(day=TruncDate("created_at"))
+                 .values("day", "model_id", owner=F("job__owner_id"), function=F("job__function_id"))
+                 .annotate(**LEDGER_SUMS).order_by())
+        for group in calls:
+            target = row(group["day"], group["owner"], group["function"], group["model_id"])
+            for name in CALL_FIELDS:
+                setattr(target, name, group[f"sum_{name}"])
+        jobs = (created_in_days(Job.objects.all(), start, end).annotate(day=TruncDate("created_at"))
+                .values("day", "owner_id", "function_id", "model_id").annotate(count=Count("id")).order_by())
+        for group in jobs:
+            row(group["day"], group["owner_id"], group["function_id"], group["model_id"]).jobs = group["count"]
+        deleted, written = replace_rollups(rows.values(), start=start, end=end)
+    logger.info("rebuilt usage roll-ups %s..%s: %d rows replaced by %d", start or "first day", end or "last day",
+                deleted, written)
+    return written

@@ -15,7 +15,7 @@ class ModelListView(APIView):
     """
 
     def get(self, request: Request) -> Response:
-        answer = services.list_models(timeout_ms=settings.AI_NODE_TIMEOUT)
+        answer = services.sync_catalogue(timeout_ms=settings.AI_NODE_TIMEOUT)
         body: dict = {"models": CatalogEntrySerializer(answer.models, many=True).data}
         if answer.warning:
             body["warning"] = answer.warning

@@ -43,11 +43,11 @@ class Clock:
 
 @pytest.fixture
 def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
-    from jobs import metering
+    from jobs.metering import ledger
 
     clock = Clock()
     # Only the metering module's clock: sessions, auto_now fields and everything else keep the real time.
-    monkeypatch.setattr(metering, "timezone", SimpleNamespace(now=lambda: clock.now))
+    monkeypatch.setattr(ledger, "timezone", SimpleNamespace(now=lambda: clock.now))
     return clock
 
 
@@ -83,10 +83,10 @@ def make_function(db) -> Callable[..., Any]:
 @pytest.fixture
 def new_job(db) -> Callable[..., Any]:
     """A Job row of `function` created at `at` (made directly: nothing is enqueued, no model is routed)."""
-    from jobs.models import Job
+    from jobs.services import create_job
 
     def new_job(function: Any, *, model_id: str = "llama3.1:8b", at: datetime = DAY0, **fields: Any):
-        return Job.objects.create(owner=function.owner, function=function, function_version=function.current_version,
+        return create_job(owner=function.owner, function=function, function_version=function.current_version,
                                   model_id=model_id, queue="jobs", memory_mb=function.memory_mb,
                                   timeout_seconds=function.timeout_seconds, created_at=at, **fields)
 

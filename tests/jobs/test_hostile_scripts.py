@@ -231,7 +231,7 @@ def test_a_result_report_with_nan_neither_breaks_the_job_row_nor_the_apis_json(a
     # The script skips the runtime (which refuses NaN) and posts its own report to the gateway.
     code = (
         "import os, transport\n"
-        "connection, prefix = transport.connect(os.environ['JOB_GATEWAY'], timeout=5)\n"
+        "connection, prefix = transport.connect(os.environ['AI_ENDPOINT'], timeout=5)\n"
         "connection.request('POST', prefix + '/_job/result', b'{\"result\": NaN, \"error\": null}',\n"
         "                   {'Content-Type': 'application/json'})\n"
         "connection.getresponse().read()\n"

@@ -213,10 +213,9 @@ def _use_node(settings: Any, real_node: AINode, kind: str, *, strip_usage: bool 
 
 def _sync_catalogue() -> None:
     """Let the model catalogue learn the node now, where it keeps one (it routes models from its rows)."""
-    from models_catalog import services as catalogue
+    from models_catalog.services import sync_catalogue
 
-    if hasattr(catalogue, "list_models"):
-        catalogue.list_models(timeout_ms=10_000)
+    sync_catalogue(timeout_ms=10_000)
 
 
 @pytest.fixture

@@ -44,7 +44,7 @@ def test_an_unknown_model_is_refused_with_the_available_ids(alice, function) -> 
 
 
 def test_a_disabled_model_is_refused(alice, function) -> None:
-    services.list_models()
+    services.sync_catalogue()
     services.set_models_enabled(models=ModelCatalog.objects.all(), enabled=False)
 
     response = run(alice, {"functionId": function["functionId"], "modelId": MODEL})
@@ -82,7 +82,7 @@ def test_a_platform_default_no_node_serves_is_refused_not_invented(alice, functi
 
 
 def test_an_alias_runs_as_the_model_it_stands_for(alice, function) -> None:
-    services.list_models()
+    services.sync_catalogue()
     ModelCatalog.objects.create(model_id="fast", alias_of=MODEL)
 
     response = run(alice, {"functionId": function["functionId"], "modelId": "fast"})

@@ -3,8 +3,10 @@ import time
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from billing import services
+from billing.ranges import parse_day
 from core.errors import DomainError
+
+from ...metering.ledger import rebuild_rollups
 
 
 class Command(BaseCommand):
@@ -18,13 +20,13 @@ class Command(BaseCommand):
 
     def handle(self, *args, start: str | None, end: str | None, **options) -> None:
         try:
-            start_day = services.parse_day(start, "--from") if start else None
-            end_day = services.parse_day(end, "--to") if end else None
+            start_day = parse_day(start, "--from") if start else None
+            end_day = parse_day(end, "--to") if end else None
         except DomainError as exc:
             raise CommandError(exc.detail) from None
         if start_day and end_day and start_day > end_day:
             raise CommandError(f"--from ({start_day}) is after --to ({end_day}).")
         began = time.monotonic()
-        rows = services.rebuild_rollups(start=start_day, end=end_day)
+        rows = rebuild_rollups(start=start_day, end=end_day)
         self.stdout.write(f"rebuilt {rows} roll-up rows ({start_day or 'first day'} to {end_day or 'last day'}) "
                           f"in {time.monotonic() - began:.1f} s")
