@@ -50,7 +50,8 @@ class UsageDaily(models.Model):
     """The sums of one day's ledger rows of one (owner, function, model), and the jobs created that day with that
     model: what the dashboard and usage API read.
 
-    Token sums cover the metered calls only (both counts reported); `unmetered_calls` says how many were not. `cost`
+    Token sums cover the metered calls only (both counts known); `unmetered_calls` says how many were not, and
+    `estimated_calls` how many of the metered ones carry counts the gateway estimated. `cost`
     sums the calls whose cost is known; `uncosted_calls` says how many were left out (tokens or price unknown).
     The day is the call's date in the server's TIME_ZONE.
     """
@@ -62,6 +63,7 @@ class UsageDaily(models.Model):
     calls = models.PositiveBigIntegerField(default=0)
     failed_calls = models.PositiveBigIntegerField(default=0)
     unmetered_calls = models.PositiveBigIntegerField(default=0)
+    estimated_calls = models.PositiveBigIntegerField(default=0)
     uncosted_calls = models.PositiveBigIntegerField(default=0)
     prompt_tokens = models.PositiveBigIntegerField(default=0)
     completion_tokens = models.PositiveBigIntegerField(default=0)

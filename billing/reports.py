@@ -19,6 +19,7 @@ class Figures:
     calls: int = 0
     failed_calls: int = 0
     unmetered_calls: int = 0
+    estimated_calls: int = 0
     uncosted_calls: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0

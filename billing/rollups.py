@@ -43,6 +43,7 @@ def add_call_to_rollups(call: Any, *, owner_id: int, function_id: Any) -> None:
         "calls": 1,
         "failed_calls": int(call.failed),
         "unmetered_calls": int(not metered),
+        "estimated_calls": int(call.estimated),
         "uncosted_calls": int(call.cost is None),
         "prompt_tokens": call.prompt_tokens if metered else 0,
         "completion_tokens": call.completion_tokens if metered else 0,

@@ -49,7 +49,7 @@ class LLMCallInline(admin.TabularInline):
 
     model = LLMCall
     fields = ("created_at", "model_id", "node", "endpoint", "streamed", "status", "prompt_tokens",
-              "completion_tokens", "cost", "duration_ms", "done_reason", "error_code")
+              "completion_tokens", "estimated", "cost", "duration_ms", "done_reason", "error_code")
     readonly_fields = fields
     ordering = ("created_at", "id")
     extra = 0
@@ -83,7 +83,8 @@ class JobAdmin(admin.ModelAdmin):
         ("Resources", {"fields": ("memory_mb", "peak_memory", "timeout_seconds", "duration", "created_at",
                                   "started_at", "finished_at")}),
         ("Tokens and cost", {"fields": ("token_budget", "prompt_tokens", "completion_tokens", "llm_calls",
-                                        "unmetered_calls", "cost_shown", "uncosted_calls", "ledger_link")}),
+                                        "unmetered_calls", "estimated_calls", "cost_shown", "uncosted_calls",
+                                        "ledger_link")}),
     )
     readonly_fields = tuple(name for _, options in fieldsets for name in options["fields"])
 
@@ -176,8 +177,8 @@ class LLMCallAdmin(admin.ModelAdmin):
     """The billing ledger, read-only: rows are written by the gateway alone, and each cost is fixed."""
 
     list_display = ("created_at", "job", "model_id", "node", "endpoint", "status", "prompt_tokens",
-                    "completion_tokens", "cost", "duration_ms", "error_code")
-    list_filter = ("status", "model_id", "node", "streamed", "created_at")
+                    "completion_tokens", "estimated", "cost", "duration_ms", "error_code")
+    list_filter = ("status", "estimated", "model_id", "node", "streamed", "created_at")
     search_fields = ("model_id", "error_code", "node")
     list_select_related = ("job",)
     date_hierarchy = "created_at"

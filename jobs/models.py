@@ -151,6 +151,9 @@ class Job(models.Model):
     unmetered_calls = models.PositiveIntegerField(
         default=0, help_text="Calls whose token counts the node did not report (not billed as zero: unknown)."
     )
+    estimated_calls = models.PositiveIntegerField(
+        default=0, help_text="Calls billed with token counts the gateway estimated (the node did not report them)."
+    )
     # The sum of the calls' costs that are known (each fixed when its call was recorded, see billing.pricing);
     # `uncosted_calls` counts the calls left out because their tokens or their model's price were unknown.
     cost = models.DecimalField(max_digits=24, decimal_places=10, default=Decimal(0))
@@ -186,8 +189,9 @@ class LLMCallStatus(models.TextChoices):
 class LLMCall(models.Model):
     """One model call made by a job's script through its gateway: the billing ledger.
 
-    Written only by the worker side (the gateway). Token counts are what the node itself reported; None means
-    the node did not report them, which is not the same as zero.
+    Written only by the worker side (the gateway). Token counts are what the node itself reported, or, when it
+    did not report them although it generated text, what the gateway counted (`estimated`); None means nothing
+    is known (the node generated nothing the gateway saw), which is not the same as zero.
     """
 
     job = models.ForeignKey(Job, on_delete=models.PROTECT, related_name="calls")
@@ -198,6 +202,9 @@ class LLMCall(models.Model):
     status = models.CharField(max_length=8, choices=LLMCallStatus.choices)
     prompt_tokens = models.PositiveIntegerField(null=True, blank=True)
     completion_tokens = models.PositiveIntegerField(null=True, blank=True)
+    estimated = models.BooleanField(
+        default=False, help_text="The counts are the gateway's (the node's tokenizer, or an upper bound), not the "
+                                 "node's report.")
     max_tokens_granted = models.PositiveIntegerField(null=True, blank=True)
     done_reason = models.CharField(max_length=40, blank=True)
     duration_ms = models.PositiveIntegerField(help_text="As the gateway measured it, request to last byte.")

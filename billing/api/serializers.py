@@ -9,11 +9,13 @@ COST = {**COST_DIGITS, "coerce_to_string": True}
 
 class FiguresSerializer(serializers.Serializer):
     """Usage figures (billing.reports.Figures). `cost` is the sum of the known costs; `uncostedCalls` counts the
-    calls it leaves out, `unmeteredCalls` those whose tokens the node did not report."""
+    calls it leaves out, `unmeteredCalls` those whose tokens the node did not report, `estimatedCalls` those
+    billed with counts the gateway estimated."""
 
     calls = serializers.IntegerField()
     failedCalls = serializers.IntegerField(source="failed_calls")
     unmeteredCalls = serializers.IntegerField(source="unmetered_calls")
+    estimatedCalls = serializers.IntegerField(source="estimated_calls")
     uncostedCalls = serializers.IntegerField(source="uncosted_calls")
     promptTokens = serializers.IntegerField(source="prompt_tokens")
     completionTokens = serializers.IntegerField(source="completion_tokens")

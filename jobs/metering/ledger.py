@@ -31,8 +31,10 @@ def _job_owner_and_function(job_id: Any) -> tuple[int, Any]:
 
 def record_call(*, job_id: str, model_id: str, node: str, endpoint: str, streamed: bool, usage: Usage | None,
                 max_tokens: int | None, done_reason: str | None, duration_ms: int, node_duration_ms: float | None,
-                error_code: str = "", error_message: str = "") -> LLMCall:
+                error_code: str = "", error_message: str = "", estimated: bool = False) -> LLMCall:
     """Write one ledger row and add it to the job's running totals (with F(), never read-modify-write).
+
+    `usage` is what the node reported, or with `estimated` what the gateway counted in its place; both are billed.
 
     Called from the gateway's request threads, which must not keep a database connection open after the job.
     """
@@ -48,7 +50,7 @@ def record_call(*, job_id: str, model_id: str, node: str, endpoint: str, streame
             job_id=job_id, model_id=model_id, node=node, endpoint=endpoint, streamed=streamed,
             status=LLMCallStatus.ERROR if error_code else LLMCallStatus.OK,
             prompt_tokens=usage.prompt_tokens if usage else None,
-            completion_tokens=usage.completion_tokens if usage else None,
+            completion_tokens=usage.completion_tokens if usage else None, estimated=known and estimated,
             max_tokens_granted=max_tokens, done_reason=done_reason or "", duration_ms=duration_ms,
             node_duration_ms=round(node_duration_ms) if node_duration_ms is not None else None,
             error_code=error_code, error_message=error_message[:2000], cost=cost, created_at=now,
@@ -57,30 +59,36 @@ def record_call(*, job_id: str, model_id: str, node: str, endpoint: str, streame
         if known:
             totals.update(prompt_tokens=F("prompt_tokens") + usage.prompt_tokens,
                           completion_tokens=F("completion_tokens") + usage.completion_tokens)
+            if estimated:
+                totals["estimated_calls"] = F("estimated_calls") + 1
         else:
             totals["unmetered_calls"] = F("unmetered_calls") + 1
         Job.objects.filter(pk=job_id).update(**totals)
         owner_id, function_id = _job_owner_and_function(job_id)
         add_call_to_rollups(call, owner_id=owner_id, function_id=function_id)
-    logger.info("job %s: %s call to %s on %s: %s prompt + %s completion tokens%s", job_id, endpoint, model_id, node,
-                call.prompt_tokens, call.completion_tokens, f" ({error_code})" if error_code else "")
+    logger.info("job %s: %s call to %s on %s: %s prompt + %s completion tokens%s%s", job_id, endpoint, model_id,
+                node, call.prompt_tokens, call.completion_tokens, " (estimated)" if call.estimated else "",
+                f" ({error_code})" if error_code else "")
     return call
 
 
 def ledger_totals(job_id: str) -> dict[str, int]:
     """The job's totals recomputed from its ledger rows: what the Job row must agree with.
 
-    Like `record_call`, it adds up only the calls whose two counts are both known; the others are unmetered.
+    Like `record_call`, it adds up only the calls whose two counts are both known (reported or estimated); the
+    others are unmetered.
     """
     totals = LLMCall.objects.filter(job_id=job_id).aggregate(
         prompt=Sum("prompt_tokens", filter=METERED), completion=Sum("completion_tokens", filter=METERED),
         calls=Count("id"), unmetered=Count("id", filter=~METERED),
+        estimated=Count("id", filter=METERED & Q(estimated=True)),
     )
     return {
         "prompt_tokens": totals["prompt"] or 0,
         "completion_tokens": totals["completion"] or 0,
         "llm_calls": totals["calls"],
         "unmetered_calls": totals["unmetered"],
+        "estimated_calls": totals["estimated"],
     }
 
 
@@ -89,6 +97,7 @@ LEDGER_SUMS = {
     "sum_calls": Count("id"),
     "sum_failed_calls": Count("id", filter=Q(status=LLMCallStatus.ERROR)),
     "sum_unmetered_calls": Count("id", filter=~METERED),
+    "sum_estimated_calls": Count("id", filter=METERED & Q(estimated=True)),
     "sum_uncosted_calls": Count("id", filter=Q(cost__isnull=True)),
     "sum_prompt_tokens": Coalesce(Sum("prompt_tokens", filter=METERED), 0),
     "sum_completion_tokens": Coalesce(Sum("completion_tokens", filter=METERED), 0),

@@ -284,9 +284,10 @@ def assert_billed_as_node_counted(job: Any, node: RecordingProxy) -> None:
     assert (job.prompt_tokens, job.completion_tokens) == node.totals(), node.answers
     ledger = ledger_totals(str(job.pk))
     assert ledger == {"prompt_tokens": job.prompt_tokens, "completion_tokens": job.completion_tokens,
-                      "llm_calls": job.llm_calls, "unmetered_calls": job.unmetered_calls}
+                      "llm_calls": job.llm_calls, "unmetered_calls": job.unmetered_calls,
+                      "estimated_calls": job.estimated_calls}
     assert job.llm_calls == len(node.answers)
-    assert job.unmetered_calls == 0
+    assert job.unmetered_calls == 0 and job.estimated_calls == 0
 
 
 # --- raw HTTP from inside a job -------------------------------------------------------------------------------------
