@@ -262,6 +262,12 @@ AI_CALL_TIMEOUT = env_int("AI_CALL_TIMEOUT", 120, minimum=1)
 AI_MAX_OUTPUT_TOKENS = env_int("AI_MAX_OUTPUT_TOKENS", 2048, minimum=1)
 GATEWAY_MAX_BODY_BYTES = env_int("GATEWAY_MAX_BODY_BYTES", 1024 * 1024, minimum=1024)
 GATEWAY_MAX_CONCURRENT_CALLS = env_int("GATEWAY_MAX_CONCURRENT_CALLS", 4, minimum=1)
+# Connections a job may hold open on its gateway at once (more are answered 503 too_many_connections), how long
+# the gateway waits for a silent script's bytes (or for it to read an answer), and how long a job's end waits for
+# its cancelled calls to be put on the ledger.
+GATEWAY_MAX_CONNECTIONS = env_int("GATEWAY_MAX_CONNECTIONS", 32, minimum=2)
+GATEWAY_SOCKET_TIMEOUT = env_int("GATEWAY_SOCKET_TIMEOUT", 30, minimum=1)
+GATEWAY_DRAIN_SECONDS = env_int("GATEWAY_DRAIN_SECONDS", 5, minimum=1)
 
 # ---------------------------------------------------------------------------------------------------------
 # Billing: prices are ModelPrice rows (admin); a call's cost is fixed in this currency when it is recorded.

@@ -67,8 +67,9 @@ def run_job(job_id: str | uuid.UUID, *, backend: DockerBackend | None = None) ->
             should_cancel=_cancel_checker(job.id),
             on_started=lambda container_id: Job.objects.filter(pk=job.id).update(container_id=container_id),
         )
-        # Model calls may outlive the container (a script can hang up on a stream and exit): stopping the gateway
-        # waits for them, so that the ledger is complete before the job's totals are taken from it.
+        # Model calls may outlive the container: stopping the gateway drops the requests not yet forwarded,
+        # cancels the calls in flight and waits (a few seconds) until they are on the ledger, so that the ledger is
+        # complete before the job's totals are taken from it.
         gateway.stop()
         _finalize(job, outcome, gateway.report)
     except ContainerError as exc:
@@ -205,7 +206,8 @@ def _gateway_config(job: Job) -> GatewayConfig:
         job_id=str(job.id), default_model=job.model_id, routes=routes, budget=job.token_budget,
         max_output_tokens=settings.AI_MAX_OUTPUT_TOKENS, call_timeout=settings.AI_CALL_TIMEOUT,
         max_body_bytes=settings.GATEWAY_MAX_BODY_BYTES, max_concurrent_calls=settings.GATEWAY_MAX_CONCURRENT_CALLS,
-        result_limit=settings.JOB_RESULT_MAX_BYTES,
+        max_connections=settings.GATEWAY_MAX_CONNECTIONS, socket_timeout=settings.GATEWAY_SOCKET_TIMEOUT,
+        drain_timeout=settings.GATEWAY_DRAIN_SECONDS, result_limit=settings.JOB_RESULT_MAX_BYTES,
     )
 
 
