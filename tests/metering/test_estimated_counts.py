@@ -190,3 +190,24 @@ def test_estimated_calls_are_shown_in_the_result_the_usage_api_the_csv_and_the_d
     assert page.status_code == 200
     assert '<span id="total-estimated">1</span> estimated' in page.content.decode()
 
+
+def test_error_answers_name_no_node_address_but_the_ledger_keeps_it(run_script, dying_node):
+    script = RAW_HTTP + STREAM_UNTIL_IT_BREAKS.replace("def main(event, context):", "def streamed():") + '''
+
+def main(event, context):
+    body = {"messages": [{"role": "user", "content": "Tell me a long story."}], "max_tokens": 200}
+    status, _, payload = send("POST", "/v1/chat/completions", body)
+    return {"whole": [status, json.loads(payload)], "streamed": streamed()["error"]}
+'''
+    job = run_script(script)
+
+    assert job.status == "succeeded", job.stderr
+    status, whole = job.result["whole"]
+    assert (status, whole["code"]) == (502, "node_bad_response")
+    port = dying_node.url.rsplit(":", 1)[1]
+    for message in (whole["error"], job.result["streamed"]["message"]):
+        assert "ended the stream" in message
+        assert "127.0.0.1" not in message and "http" not in message and port not in message, message
+    rows = LLMCall.objects.filter(job=job)
+    assert rows.count() == 2
+    assert all(dying_node.url in row.error_message for row in rows)
