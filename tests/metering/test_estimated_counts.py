@@ -197,17 +197,21 @@ def test_error_answers_name_no_node_address_but_the_ledger_keeps_it(run_script, 
 def main(event, context):
     body = {"messages": [{"role": "user", "content": "Tell me a long story."}], "max_tokens": 200}
     status, _, payload = send("POST", "/v1/chat/completions", body)
-    return {"whole": [status, json.loads(payload)], "streamed": streamed()["error"]}
+    return {"streamed": streamed()["error"], "whole": [status, json.loads(payload)]}
 '''
     job = run_script(script)
 
     assert job.status == "succeeded", job.stderr
-    status, whole = job.result["whole"]
-    assert (status, whole["code"]) == (502, "node_bad_response")
     port = dying_node.url.rsplit(":", 1)[1]
-    for message in (whole["error"], job.result["streamed"]["message"]):
+
+    def assert_no_address(message: str) -> None:
         assert "ended the stream" in message
         assert "127.0.0.1" not in message and "http" not in message and port not in message, message
+
+    assert_no_address(job.result["streamed"]["message"])
+    status, whole = job.result["whole"]
+    assert (status, whole.get("code")) == (502, "node_bad_response")
+    assert_no_address(whole["error"])
     rows = LLMCall.objects.filter(job=job)
     assert rows.count() == 2
     assert all(dying_node.url in row.error_message for row in rows)
