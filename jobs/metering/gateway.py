@@ -234,9 +234,19 @@ class _Handler(BaseHTTPRequestHandler):
         except OSError:
             self.close_connection = True  # the script hung up or stopped reading
         finally:
+            if self.stream_started:
+                self._end_stream()
             # Work that needs no answer (the ledger row) runs after the answer, off its path.
             for work in self.deferred:
                 work()
+
+    def _end_stream(self) -> None:
+        """A stream's body ends with its connection: say so now, not once the ledger row is written."""
+        try:
+            self.wfile.flush()
+            self.connection.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
 
     body_read = False
 
