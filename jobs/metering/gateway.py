@@ -117,6 +117,7 @@ class _Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
         self.active = 0
         self.idle = threading.Condition()
         self.open_sockets: set[socket.socket] = set()
+        self.refused = 0
 
     def process_request(self, request: Any, client_address: Any) -> None:
         gateway = self.gateway
@@ -146,7 +147,9 @@ class _Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
     def _refuse(self, request: socket.socket, code: str) -> None:
         """Answer 503 and hang up, from the accepting thread: a few bytes that fit any socket buffer, sent without
         waiting, so a script cannot stall the gateway by not reading them."""
-        logger.warning("job %s: gateway connection refused (%s)", self.gateway.job_id, code)
+        if not self.refused:  # once per job: a script may try thousands
+            logger.warning("job %s: gateway connections refused (%s)", self.gateway.job_id, code)
+        self.refused += 1
         body = json.dumps({"error": "The gateway refused the connection.", "code": code}).encode()
         try:
             request.setblocking(False)
