@@ -77,6 +77,9 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    # Serves STATIC_ROOT (filled by `manage.py collectstatic`, which scripts/stack.sh runs at start-up) from the
+    # web process itself, so the admin and the dashboard are styled with DEBUG off and no other web server.
+    "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -122,6 +125,7 @@ TIME_ZONE = "UTC"
 USE_I18N = False
 USE_TZ = True
 STATIC_URL = "static/"
+# `manage.py collectstatic` copies the apps' static files here; WhiteNoise serves them (see MIDDLEWARE).
 STATIC_ROOT = VAR_DIR / "static"
 # Uploads of function code are checked by size in our own validator; allow DRF to read them first.
 DATA_UPLOAD_MAX_MEMORY_SIZE = 64 * 1024 * 1024
