@@ -22,6 +22,11 @@ cd "$ROOT"
 
 answers() { "$PY" -m devnode "${PORTS[@]}" --check; }
 
+if [[ ! -x $PY ]]; then
+    echo "ai-node.sh: finding $PY failed: run scripts/bootstrap.sh first" >&2
+    exit 1
+fi
+
 # The pid in the pid file, only if that process is still our `python -m devnode` (pids get reused).
 node_pid() {
     [[ -f "$PID_FILE" ]] || return 1
@@ -37,7 +42,10 @@ start() {
     fi
     if ! "$PY" -c "import xllamacpp" 2>/dev/null; then
         echo "installing $XLLAMACPP into the venv"
-        "$PY" -m pip install --quiet "$XLLAMACPP"
+        "$PY" -m pip install --quiet "$XLLAMACPP" || {
+            echo "ai-node.sh: installing $XLLAMACPP failed: see pip's error above; run scripts/bootstrap.sh" >&2
+            return 1
+        }
     fi
     mkdir -p "$ROOT/var/log" "$ROOT/var/run"
     setsid nohup "$PY" -m devnode "${PORTS[@]}" --threads "${AI_NODE_THREADS:-1}" \
