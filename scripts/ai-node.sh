@@ -52,14 +52,16 @@ start() {
         --ctx "${AI_NODE_CTX:-2048}" --parallel "${AI_NODE_PARALLEL:-2}" >>"$LOG_FILE" 2>&1 </dev/null &
     local child=$!
     for ((i = 0; i < READY_TIMEOUT * 2; i++)); do
-        if answers; then
-            echo "ai-node ready (pid $child, log $LOG_FILE)"
-            return 0
-        fi
+        # Checked before asking the ports: a node that died at start-up (its port taken, say) must not be reported
+        # ready because another server answers there.
         if ! kill -0 "$child" 2>/dev/null; then
             echo "ai-node exited during start-up; see $LOG_FILE" >&2
             tail -n 20 "$LOG_FILE" >&2
             return 1
+        fi
+        if answers; then
+            echo "ai-node ready (pid $child, log $LOG_FILE)"
+            return 0
         fi
         sleep 0.5
     done
