@@ -5,6 +5,7 @@ Every error answers `{"detail": "...", "code": "..."}`; validation errors keep D
 """
 from typing import Any
 
+from django.core.exceptions import RequestDataTooBig
 from django.http import HttpRequest, JsonResponse
 
 from rest_framework.exceptions import APIException, ValidationError
@@ -40,6 +41,14 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
 def not_found(request: HttpRequest, exception: Exception | None = None) -> JsonResponse:
     """Unknown routes answer in the API's error shape, not with an HTML page."""
     return JsonResponse({"detail": f"No route {request.path}.", "code": "not_found"}, status=404)
+
+
+def bad_request(request: HttpRequest, exception: Exception | None = None) -> JsonResponse:
+    """Django's own refusals (a body past DATA_UPLOAD_MAX_MEMORY_SIZE, a malformed request) in the API's shape."""
+    if isinstance(exception, RequestDataTooBig):
+        return JsonResponse({"detail": "The request body is larger than this server accepts.",
+                             "code": "request_too_large"}, status=413)
+    return JsonResponse({"detail": "Bad request.", "code": "bad_request"}, status=400)
 
 
 def server_error(request: HttpRequest) -> JsonResponse:

@@ -123,8 +123,6 @@ USE_I18N = False
 USE_TZ = True
 STATIC_URL = "static/"
 STATIC_ROOT = VAR_DIR / "static"
-# Uploads of function code are checked by size in our own validator; allow DRF to read them first.
-DATA_UPLOAD_MAX_MEMORY_SIZE = 64 * 1024 * 1024
 
 LOGGING = {
     "version": 1,
@@ -205,6 +203,17 @@ FUNCTION_MAX_CODE_BYTES = env_int("FUNCTION_MAX_CODE_BYTES", 5 * 1024 * 1024, mi
 FUNCTION_MAX_UNPACKED_BYTES = env_int("FUNCTION_MAX_UNPACKED_BYTES", 20 * 1024 * 1024, minimum=1)
 FUNCTION_MAX_FILES = env_int("FUNCTION_MAX_FILES", 500, minimum=1)
 JOB_INPUT_MAX_BYTES = env_int("JOB_INPUT_MAX_BYTES", 1024 * 1024, minimum=1)
+# The largest request body Django reads into memory: the largest code upload sent as base64 (4/3 of its size) or
+# the largest job input with its JSON escapes (taken as twice its size), plus room for the other fields. Our own
+# validators then check the decoded sizes.
+DATA_UPLOAD_MAX_MEMORY_SIZE = env_int(
+    "DATA_UPLOAD_MAX_MEMORY_SIZE",
+    max(FUNCTION_MAX_CODE_BYTES * 4 // 3, JOB_INPUT_MAX_BYTES * 2) + 1024 * 1024, minimum=1024,
+)
+# Uploaded Python is syntax-checked in a child process with at most this much memory (address space) and time;
+# a check that cannot finish within them leaves the syntax to the job container, which reports it as the job's error.
+FUNCTION_SYNTAX_CHECK_MEMORY_MB = env_int("FUNCTION_SYNTAX_CHECK_MEMORY_MB", 256, minimum=64)
+FUNCTION_SYNTAX_CHECK_SECONDS = env_int("FUNCTION_SYNTAX_CHECK_SECONDS", 5, minimum=1)
 JOB_PAYLOAD_ENV_MAX_BYTES = env_int("JOB_PAYLOAD_ENV_MAX_BYTES", 64 * 1024, minimum=0)
 JOB_DEFAULT_MEMORY_MB = env_int("JOB_DEFAULT_MEMORY_MB", 256, minimum=16)
 JOB_MAX_MEMORY_MB = env_int("JOB_MAX_MEMORY_MB", 4096, minimum=16)
