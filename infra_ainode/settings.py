@@ -220,6 +220,7 @@ JOB_MAX_MEMORY_MB = env_int("JOB_MAX_MEMORY_MB", 4096, minimum=16)
 JOB_DEFAULT_TIMEOUT = env_int("JOB_DEFAULT_TIMEOUT", 60, minimum=1)
 JOB_CPUS = env_float("JOB_CPUS", 1.0)
 JOB_PIDS_LIMIT = env_int("JOB_PIDS_LIMIT", 64, minimum=4)
+JOB_NOFILE_LIMIT = env_int("JOB_NOFILE_LIMIT", 256, minimum=16)
 JOB_TMPFS_MB = env_int("JOB_TMPFS_MB", 64, minimum=1)
 JOB_OUTPUT_LIMIT_BYTES = env_int("JOB_OUTPUT_LIMIT_BYTES", 1024 * 1024, minimum=1024)
 JOB_RESULT_MAX_BYTES = env_int("JOB_RESULT_MAX_BYTES", 1024 * 1024, minimum=1024)
@@ -230,6 +231,8 @@ JOB_RUNTIME_IMAGE = env_str("JOB_RUNTIME_IMAGE", "infra-ainode-runtime:bookworm-
 # the Docker engine sees (the worker and the engine share a host).
 # Each job's gateway socket is JOB_WORK_ROOT/<job uuid>/run/gateway.sock, and a Unix socket path holds at most
 # 107 bytes: the default moves to /tmp when the checkout's path is too deep, and a root set too long is refused.
+# Wherever it is, the runner refuses a root that is a link, is not owned by the worker's uid or that other users can
+# write to (jobs/workdir.py): a fallback in /tmp is used only if it is the worker's own.
 _SOCKET_TAIL = len("/00000000-0000-0000-0000-000000000000/run/gateway.sock")
 _default_work_root = VAR_DIR / "jobs"
 if len(str(_default_work_root).encode()) + _SOCKET_TAIL > 107:

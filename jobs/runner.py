@@ -7,7 +7,6 @@ spent tokens).
 """
 import json
 import logging
-import os
 import shutil
 import time
 import uuid
@@ -29,6 +28,7 @@ from .exits import interpret_exit
 from .metering.gateway import GatewayConfig, JobGateway, ModelRoute, ResultReport
 from .metering.ledger import ledger_totals
 from .models import Job, JobStatus
+from .workdir import JobFolders, WorkdirError, create_job_folders, share_socket, share_tree, write_shared_file
 
 logger = logging.getLogger(__name__)
 
@@ -52,13 +52,14 @@ def run_job(job_id: str | uuid.UUID, *, backend: DockerBackend | None = None) ->
     job = Job.objects.select_related("function_version").get(pk=job_id)
     logger.info("job %s: claimed by %s", job.id, settings.WORKER_ID)
     backend = backend or DockerBackend(base_url=settings.DOCKER_HOST or None)
-    workdir = settings.JOB_WORK_ROOT / str(job.id)
+    folders: JobFolders | None = None
     gateway: JobGateway | None = None
     try:
-        _prepare_workdir(job, workdir)
-        gateway = JobGateway(_gateway_config(job), socket_dir=str(workdir / "run")).start()
+        folders = _prepare_workdir(job)
+        gateway = JobGateway(_gateway_config(job), socket_dir=str(folders.run)).start()
+        share_socket(Path(gateway.socket_path))
         outcome = backend.run(
-            _container_spec(job, workdir),
+            _container_spec(job, folders),
             should_cancel=_cancel_checker(job.id),
             on_started=lambda container_id: Job.objects.filter(pk=job.id).update(container_id=container_id),
         )
@@ -66,7 +67,7 @@ def run_job(job_id: str | uuid.UUID, *, backend: DockerBackend | None = None) ->
         # waits for them, so that the ledger is complete before the job's totals are taken from it.
         gateway.stop()
         _finalize(job, outcome, gateway.report)
-    except ContainerError as exc:
+    except (ContainerError, WorkdirError) as exc:
         logger.error("job %s: executor failed: %s", job.id, exc)
         _fail(job, exc.code, str(exc))
     except Exception as exc:
@@ -75,7 +76,8 @@ def run_job(job_id: str | uuid.UUID, *, backend: DockerBackend | None = None) ->
     finally:
         if gateway is not None:
             gateway.stop()
-        shutil.rmtree(workdir, ignore_errors=True)
+        if folders is not None:
+            shutil.rmtree(folders.path, ignore_errors=True)
         job.refresh_from_db()
         results.publish(job)
         logger.info("job %s: %s (%s)", job.id, job.status, job.error_code or "ok")
@@ -126,25 +128,18 @@ def _declare_lost(job: Job, *, backend: DockerBackend | None) -> None:
     results.publish(Job.objects.select_related("function_version").get(pk=job.pk))
 
 
-def _prepare_workdir(job: Job, workdir: Path) -> None:
-    """Lay out the job's code, input and socket folders, readable (not writable) by the container's user."""
-    code_dir, input_dir, run_dir = workdir / "code", workdir / "input", workdir / "run"
-    for folder in (workdir, code_dir, input_dir, run_dir):
-        folder.mkdir(parents=True, exist_ok=True)
-        folder.chmod(0o755)
-    extract_archive(bytes(job.function_version.archive), str(code_dir))
-    for root, dirs, files in os.walk(code_dir):
-        for name in dirs:
-            os.chmod(os.path.join(root, name), 0o755)
-        for name in files:
-            os.chmod(os.path.join(root, name), 0o644)
+def _prepare_workdir(job: Job) -> JobFolders:
+    """Lay out the job's code, input and socket folders, readable (not writable) by the container's user only."""
+    folders = create_job_folders(settings.JOB_WORK_ROOT, str(job.id))
+    extract_archive(bytes(job.function_version.archive), str(folders.code))
+    share_tree(folders.code)
     payload = json.dumps(job.input_data)
     if len(payload.encode()) > settings.JOB_PAYLOAD_ENV_MAX_BYTES:
-        (input_dir / "payload.json").write_text(payload, encoding="utf-8")
-        (input_dir / "payload.json").chmod(0o644)
+        write_shared_file(folders.input, "payload.json", payload.encode())
+    return folders
 
 
-def _container_spec(job: Job, workdir: Path) -> ContainerSpec:
+def _container_spec(job: Job, folders: JobFolders) -> ContainerSpec:
     env = {key: str(value) for key, value in (job.function.env or {}).items() if key not in RESERVED_ENV}
     env.update({
         "JOB_ID": str(job.id),
@@ -158,13 +153,13 @@ def _container_spec(job: Job, workdir: Path) -> ContainerSpec:
         "HOME": "/tmp",
     })
     binds = {
-        str(workdir / "code"): {"bind": CONTAINER_CODE_DIR, "mode": "ro"},
+        str(folders.code): {"bind": CONTAINER_CODE_DIR, "mode": "ro"},
         str(SDK_DIR): {"bind": CONTAINER_SDK_DIR, "mode": "ro"},
-        str(workdir / "run"): {"bind": CONTAINER_SOCKET_DIR, "mode": "ro"},
+        str(folders.run): {"bind": CONTAINER_SOCKET_DIR, "mode": "ro"},
     }
-    if (workdir / "input" / "payload.json").exists():
+    if (folders.input / "payload.json").exists():
         env["PAYLOAD_FILE"] = CONTAINER_INPUT_FILE
-        binds[str(workdir / "input")] = {"bind": "/job/input", "mode": "ro"}
+        binds[str(folders.input)] = {"bind": "/job/input", "mode": "ro"}
     else:
         env["PAYLOAD"] = json.dumps(job.input_data)
     tmpfs_size = f"size={settings.JOB_TMPFS_MB}m,mode=1777,noexec,nosuid,nodev"
@@ -178,6 +173,7 @@ def _container_spec(job: Job, workdir: Path) -> ContainerSpec:
         memory_bytes=job.memory_mb * 1024 * 1024,
         nano_cpus=int(settings.JOB_CPUS * 1_000_000_000),
         pids_limit=settings.JOB_PIDS_LIMIT,
+        nofile_limit=settings.JOB_NOFILE_LIMIT,
         user=RUNTIME_USER,
         timeout_seconds=job.timeout_seconds,
         output_limit_bytes=settings.JOB_OUTPUT_LIMIT_BYTES,
