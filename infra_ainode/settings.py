@@ -111,8 +111,15 @@ DATABASES = {
     )
 }
 if DATABASES["default"]["ENGINE"].endswith("sqlite3"):
-    # Web and worker processes share the file: wait for a lock instead of failing at once.
-    DATABASES["default"].setdefault("OPTIONS", {})["timeout"] = 20
+    # Web and worker processes share the file. WAL lets readers run beside the one writer. IMMEDIATE takes the
+    # write lock when a transaction begins: a transaction that read first (submit_job reads the function's version)
+    # could not upgrade its read lock while another connection writes, and SQLite refuses that at once, without
+    # waiting. With the lock taken at BEGIN, a writer waits up to the busy timeout (20 s) for its turn instead.
+    DATABASES["default"].setdefault("OPTIONS", {}).update({
+        "timeout": 20,
+        "transaction_mode": "IMMEDIATE",
+        "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+    })
     # Tests run the worker in another process, which must open the same database file as the test run.
     DATABASES["default"]["TEST"] = {"NAME": str(VAR_DIR / "test.sqlite3")}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
