@@ -7,6 +7,7 @@ spent tokens).
 """
 import json
 import logging
+import math
 import shutil
 import time
 import uuid
@@ -219,10 +220,45 @@ def _text(data: bytes) -> str:
     return data.decode("utf-8", errors="replace").replace("\x00", "\ufffd")
 
 
+# What the runtime reports comes from inside the container, so the script may have written it: nothing in it may
+# stop the job's row from being saved (PostgreSQL refuses NUL in text and jsonb; a number may overflow a column).
+ERROR_MESSAGE_MAX_CHARS = 16_384
+
+
+def _clean_json(value: Any) -> Any:
+    """`value` (parsed JSON) with every NUL character, in strings and keys, replaced by U+FFFD, and numbers too large
+    for a float (`1e999` parses as infinity, which JSON columns refuse) replaced by null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, str):
+        return value.replace("\x00", "\ufffd")
+    if isinstance(value, list):
+        return [_clean_json(item) for item in value]
+    if isinstance(value, dict):
+        return {key.replace("\x00", "\ufffd"): _clean_json(item) for key, item in value.items()}
+    return value
+
+
+def _script_error(error: dict[str, Any] | None) -> str:
+    """The script's exception as one bounded line of text, whatever types the report holds."""
+    if not error:
+        return ""
+    text = f"{error.get('type', 'Error')}: {error.get('message', '')}"
+    return text.replace("\x00", "\ufffd")[:ERROR_MESSAGE_MAX_CHARS]
+
+
+def _peak_memory(outcome: ContainerOutcome, report: ResultReport, limit_bytes: int) -> int | None:
+    """The larger of the engine's and the runtime's figures; the runtime's is believed only up to the job's limit
+    (a container cannot use more), since the script may have posted it."""
+    reported = report.peak_memory_bytes
+    if not isinstance(reported, int) or isinstance(reported, bool) or reported <= 0:
+        reported = None
+    peaks = [p for p in (outcome.peak_memory_bytes, min(reported, limit_bytes) if reported else None) if p]
+    return max(peaks) if peaks else None
+
+
 def _finalize(job: Job, outcome: ContainerOutcome, report: ResultReport) -> None:
-    script_error = ""
-    if report.error:
-        script_error = f"{report.error.get('type', 'Error')}: {report.error.get('message', '')}"
+    script_error = _script_error(report.error)
     verdict = interpret_exit(
         exit_code=outcome.exit_code, oom_killed=outcome.oom_killed, timed_out=outcome.timed_out,
         cancelled=outcome.cancelled, timeout_seconds=job.timeout_seconds, memory_mb=job.memory_mb,
@@ -232,16 +268,15 @@ def _finalize(job: Job, outcome: ContainerOutcome, report: ResultReport) -> None
     if status == JobStatus.SUCCEEDED and report.rejected_code:
         status, error_code = JobStatus.FAILED, report.rejected_code
         message = f"The result is larger than {settings.JOB_RESULT_MAX_BYTES} bytes."
-    peaks = [p for p in (outcome.peak_memory_bytes, report.peak_memory_bytes) if p]
     fields: dict[str, Any] = {
         "exit_code": outcome.exit_code,
         "stdout": _text(outcome.stdout),
         "stderr": _text(outcome.stderr),
         "stdout_truncated": outcome.stdout_truncated,
         "stderr_truncated": outcome.stderr_truncated,
-        "result": report.result if status == JobStatus.SUCCEEDED else None,
+        "result": _clean_json(report.result) if status == JobStatus.SUCCEEDED else None,
         "duration_ms": outcome.duration_ms,
-        "peak_memory_bytes": max(peaks) if peaks else None,
+        "peak_memory_bytes": _peak_memory(outcome, report, job.memory_mb * 1024 * 1024),
         "container_id": outcome.container_id,
         "finished_at": timezone.now(),
         # The ledger is the truth; the running totals kept during the job must agree with it.
