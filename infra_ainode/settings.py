@@ -256,6 +256,9 @@ WORKER_ID = env_str("WORKER_ID", f"{socket.gethostname()}-{os.getpid()}")
 AI_NODE_URL = env_str("AI_NODE_URL", "http://127.0.0.1:8090")
 AI_NODE_KIND = env_str("AI_NODE_KIND", "openai")
 AI_NODE_TIMEOUT = env_int("AI_NODE_TIMEOUT", 2000, minimum=1)
+# A job for a model whose nodes did not answer at the last sync asks those nodes again (within AI_NODE_TIMEOUT)
+# before it is refused, at most once per this many seconds per node and process.
+AI_NODE_RECHECK_SECONDS = env_float("AI_NODE_RECHECK_SECONDS", 5.0)
 DEFAULT_MODEL_ID = env_str("DEFAULT_MODEL_ID", "smollm2:135m")
 AI_NODES = env_str("AI_NODES", "")
 # Seconds between catalogue syncs (Celery beat, task models_catalog.sync_models); 0 turns the schedule off.
