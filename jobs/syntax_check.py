@@ -102,7 +102,8 @@ def _run_child(data: bytes, deadline: float) -> dict:
     cpu = max(1, int(deadline))
     # -I: no environment variables, no user site, no current folder on the path; -S: no site module at all.
     command = [sys.executable, "-I", "-S", "-c", _CHILD, str(memory), str(cpu)]
-    child = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    # An empty environment: the child needs none, and it has no business seeing the web process's secrets.
+    child = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={})
     try:
         stdout, stderr = child.communicate(data, timeout=deadline)
     except subprocess.TimeoutExpired:

@@ -139,7 +139,8 @@ def sync_node_rows() -> list[AINode]:
 
 
 def set_nodes_enabled(*, nodes: QuerySet[AINode], enabled: bool) -> int:
-    """The operator's switch for nodes. A re-enabled node's models stay unavailable until the next sync."""
+    """The operator's switch for nodes. A re-enabled node's models stay unavailable until the next sync, or until a
+    job asks for one of them (route_model then asks the node)."""
     count = nodes.update(enabled=enabled)
     if enabled:
         ModelCatalog.objects.filter(node__in=nodes, status=ModelStatus.AVAILABLE).update(
@@ -148,7 +149,8 @@ def set_nodes_enabled(*, nodes: QuerySet[AINode], enabled: bool) -> int:
 
 
 def set_models_enabled(*, models: QuerySet[ModelCatalog], enabled: bool) -> int:
-    """The operator's switch for models (and aliases). A re-enabled model is unavailable until the next sync."""
+    """The operator's switch for models (and aliases). A re-enabled model is unavailable until the next sync, or
+    until a job asks for it (route_model then asks its node)."""
     if enabled:
         return models.update(enabled=True, status=Case(
             When(status=ModelStatus.DISABLED, then=Value(ModelStatus.UNAVAILABLE)), default="status"))

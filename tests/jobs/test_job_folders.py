@@ -71,7 +71,7 @@ def test_a_job_container_may_open_only_a_bounded_number_of_files(alice, settings
     assert job.result["nofile"] == [100, 100]
 
 
-def test_the_job_folder_is_the_workers_own_and_gone_afterwards(alice, job_work_root):
+def test_the_job_folder_is_removed_when_the_job_ends(alice, job_work_root):
     code = "import os\ndef handler(event, context):\n    return sorted(os.listdir('/job/code'))\n"
     job = run(make_job(alice, code))
     assert job.status == "succeeded", job.error_message
