@@ -217,6 +217,12 @@ DATA_UPLOAD_MAX_MEMORY_SIZE = env_int(
     "DATA_UPLOAD_MAX_MEMORY_SIZE",
     max(FUNCTION_MAX_CODE_BYTES * 4 // 3, JOB_INPUT_MAX_BYTES * 2) + 1024 * 1024, minimum=1024,
 )
+# Multipart files count against the same limit (Django would otherwise spool any size to disk).
+FILE_UPLOAD_HANDLERS = [
+    "core.uploads.BoundedUploadHandler",
+    "django.core.files.uploadhandler.MemoryFileUploadHandler",
+    "django.core.files.uploadhandler.TemporaryFileUploadHandler",
+]
 # Uploaded Python is syntax-checked in a child process with at most this much memory (address space) and time;
 # a check that cannot finish within them leaves the syntax to the job container, which reports it as the job's error.
 FUNCTION_SYNTAX_CHECK_MEMORY_MB = env_int("FUNCTION_SYNTAX_CHECK_MEMORY_MB", 256, minimum=64)

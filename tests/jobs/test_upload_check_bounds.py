@@ -101,3 +101,14 @@ def test_a_multipart_file_past_the_code_limit_is_refused(alice, settings):
     response = alice.client.post("/api/v1/functions/", {"name": "multi", "file": upload}, format="multipart")
     assert response.status_code == 413, response.content
     assert response.json()["code"] == "code_too_large"
+
+
+def test_a_multipart_body_past_the_request_limit_is_refused_before_it_is_spooled(alice, settings):
+    settings.DATA_UPLOAD_MAX_MEMORY_SIZE = 10_000  # Django counts fields against it, not files: we count both
+    from django.core.files.uploadedfile import SimpleUploadedFile
+
+    upload = SimpleUploadedFile("main.py", b"x = 1\n" * 5000)
+    response = alice.client.post("/api/v1/functions/", {"name": "multi", "file": upload}, format="multipart")
+    assert response.status_code == 413, response.content
+    assert response.json()["code"] == "request_too_large"
+    assert Function.objects.count() == 0
