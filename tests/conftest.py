@@ -64,6 +64,10 @@ def django_db_modify_db_settings(django_db_modify_db_settings_parallel_suffix) -
     test_name = (database.get("TEST") or {}).get("NAME")
     if database["ENGINE"].endswith("sqlite3") and test_name:
         Path(test_name).parent.mkdir(parents=True, exist_ok=True)
+        # The database runs in WAL mode: a run killed half way leaves its -wal file, which SQLite would replay
+        # into the fresh test database made under the same name.
+        for suffix in ("-wal", "-shm"):
+            Path(test_name + suffix).unlink(missing_ok=True)
 
 
 # --- users, keys and clients ------------------------------------------------------------------------------------

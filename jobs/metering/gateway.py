@@ -11,7 +11,9 @@ hostile script reaches nothing else and cannot change what it is billed.
 import json
 import logging
 import os
+import socket
 import socketserver
+import struct
 import threading
 import time
 from dataclasses import dataclass, field
@@ -29,6 +31,8 @@ from .meter import BudgetExhausted, Meter, prompt_bound
 logger = logging.getLogger(__name__)
 
 SOCKET_NAME = "gateway.sock"
+# The uid the job container's processes run as (jobs.runner.RUNTIME_USER): only they may report the result.
+RUNTIME_UID = 10001
 
 
 @dataclass
@@ -243,6 +247,16 @@ class _Handler(BaseHTTPRequestHandler):
         logger.debug("job %s gateway: " + format, self.server.gateway.job_id, *args)
 
 
+def _peer_uid(connection: socket.socket) -> int | None:
+    """The uid of the process at the other end of a Unix socket connection (SO_PEERCRED), None when unknown."""
+    try:
+        credentials = connection.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    except OSError:
+        return None
+    _pid, uid, _gid = struct.unpack("3i", credentials)
+    return uid
+
+
 class JobGateway:
     """Serves one job. `start()` binds the socket; `stop()` closes it; `report` holds the posted result."""
 
@@ -298,6 +312,8 @@ class JobGateway:
             pass
 
     def _post_result(self, request: _Handler) -> tuple[int, dict[str, Any]]:
+        if _peer_uid(request.connection) != RUNTIME_UID:
+            raise GatewayRequestError(403, "not_the_job", "Only the job's own container may report its result.")
         try:
             body = request.read_json(self.config.result_limit)
         except GatewayRequestError as exc:

@@ -72,8 +72,8 @@ def dead_url() -> str:
 class _Listener:
     """A listening socket served by a daemon thread; `close()` stops it and drops every connection."""
 
-    def __init__(self, handle: Callable[[socket.socket], None]) -> None:
-        self.sock = socket.create_server(("127.0.0.1", 0))
+    def __init__(self, handle: Callable[[socket.socket], None], port: int = 0) -> None:
+        self.sock = socket.create_server(("127.0.0.1", port))
         self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
         self.connections: list[socket.socket] = []
         self._handle = handle
@@ -128,12 +128,13 @@ def _pump(source: socket.socket, target: socket.socket) -> None:
 
 
 class Relay:
-    """A TCP relay to a real node: the node as seen on another port, which `stop()` takes down mid-test."""
+    """A TCP relay to a real node: the node as seen on another port, which `stop()` takes down mid-test. A relay
+    started on the `port` of a stopped one is that node coming back."""
 
-    def __init__(self, upstream_url: str) -> None:
-        host, port = upstream_url.removeprefix("http://").rstrip("/").split(":")
-        self._upstream = (host, int(port))
-        self._listener = _Listener(self._relay)
+    def __init__(self, upstream_url: str, port: int = 0) -> None:
+        host, upstream_port = upstream_url.removeprefix("http://").rstrip("/").split(":")
+        self._upstream = (host, int(upstream_port))
+        self._listener = _Listener(self._relay, port)
         self.url = self._listener.url
 
     def _relay(self, conn: socket.socket) -> None:
@@ -152,11 +153,11 @@ class Relay:
 
 
 @pytest.fixture
-def relay() -> Iterator[Callable[[str], Relay]]:
+def relay() -> Iterator[Callable[..., Relay]]:
     started: list[Relay] = []
 
-    def start(upstream_url: str) -> Relay:
-        started.append(Relay(upstream_url))
+    def start(upstream_url: str, port: int = 0) -> Relay:
+        started.append(Relay(upstream_url, port))
         return started[-1]
 
     yield start
