@@ -7,7 +7,7 @@ import pytest
 
 from jobs.models import Job
 from models_catalog.models import AINode, ModelCatalog
-from models_catalog.services import list_models
+from models_catalog.services import sync_catalogue
 from tests.conftest import deploy, submit
 from tests.models_catalog.catalog_fixtures import MODEL, Node
 
@@ -17,9 +17,9 @@ def node_that_went_down(use_nodes, relay, ai_node, settings):
     """A node that served MODEL at one sync and did not answer at the next."""
     first = relay(ai_node.openai_url)
     use_nodes(Node("flaky", "openai", first.url), timeout_ms=1000)
-    assert list_models().models
+    assert sync_catalogue().models
     first.stop()
-    list_models()
+    sync_catalogue()
     assert ModelCatalog.objects.get(model_id=MODEL, node__name="flaky").status == "unavailable"
     return first
 
