@@ -2,7 +2,7 @@
 
 It reuses a node that already answers at AI_NODE_URL (OpenAI API) and AI_NODE_OLLAMA_URL (Ollama API) when
 both are set; otherwise it starts `python -m devnode` on free ports and stops it at the end of the session.
-Use it from a test module or conftest with `from tests.ai_node_fixture import ai_node  # noqa: F401`.
+tests/conftest.py registers this module as a plugin: a test asks for `ai_node` by name.
 """
 
 from __future__ import annotations

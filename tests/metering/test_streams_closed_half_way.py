@@ -8,7 +8,7 @@ import pytest
 
 from jobs.models import LLMCall
 
-from .conftest import RAW_HTTP, assert_billed_as_node_counted
+from tests.metering.helpers import RAW_HTTP, assert_billed_as_node_counted
 
 LONG = 40  # tokens asked for: long enough that the script hangs up well before the end
 

@@ -7,7 +7,7 @@ import pytest
 
 from jobs.models import LLMCall
 
-from .conftest import RAW_HTTP, assert_billed_as_node_counted
+from tests.metering.helpers import RAW_HTTP, assert_billed_as_node_counted
 
 WIRE_SCRIPT = RAW_HTTP + '''
 MODEL = os.environ["LLM_MODEL"]
