@@ -216,10 +216,13 @@ def sqs_broker(var_dir: Path, endpoint: tuple[str, int], *, visibility_timeout: 
 
 def point_celery_at(app: Any, url: str, transport_options: dict[str, Any]) -> None:
     """Make the test process's Celery app publish to `url`, dropping the connections it pooled for the old one."""
+    from kombu import pools
+
     app.conf.broker_url = url
     app.conf.broker_transport_options = transport_options
-    if app._pool is not None:
-        app._pool.force_close_all()
+    # The app's pools live in kombu's registry, keyed by URL and options: a closed pool left there would be handed
+    # out again to the next test that publishes to the same broker (a module's shared worker's).
+    pools.reset()
     app._pool = None
     amqp = app.__dict__.get("amqp")
     if amqp is not None:
