@@ -8,7 +8,6 @@ from accounts.models import ApiKey
 from accounts.services import authenticate_key, create_api_key, revoke_api_key
 from tests.helpers import deploy
 
-
 ENDPOINTS = [("get", "/api/v1/functions/"), ("get", "/api/v1/jobs/"), ("post", "/run"),
              ("get", "/status/00000000-0000-0000-0000-000000000000"), ("post", "/deploy")]
 

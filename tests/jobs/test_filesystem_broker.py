@@ -6,7 +6,6 @@ import textwrap
 
 from tests.helpers import REPO_ROOT
 
-
 CONSUMER = textwrap.dedent("""
     import sys, time
     import infra_ainode.celery  # noqa: F401 - installs our filesystem transport, as in a worker

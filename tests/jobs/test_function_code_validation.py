@@ -6,7 +6,6 @@ import pytest
 from jobs.models import Function
 from tests.helpers import make_zip
 
-
 HANDLER = "def handler(event, context):\n    return event\n"
 
 

@@ -18,7 +18,6 @@ import pytest
 from tests.ai_node_fixture import AINode
 from tests.metering.helpers import KINDS, RecordingProxy
 
-
 # --- the node -----------------------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="session")

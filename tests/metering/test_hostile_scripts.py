@@ -7,7 +7,6 @@ test_streams_closed_half_way.py.)
 import pytest
 
 from jobs.models import LLMCall
-
 from tests.metering.helpers import RAW_HTTP, assert_billed_as_node_counted
 
 ONE_REAL_CALL = '''

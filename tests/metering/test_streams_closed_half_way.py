@@ -7,7 +7,6 @@ still be reading: they must include the call all the same.
 import pytest
 
 from jobs.models import LLMCall
-
 from tests.metering.helpers import RAW_HTTP, assert_billed_as_node_counted
 
 LONG = 40  # tokens asked for: long enough that the script hangs up well before the end

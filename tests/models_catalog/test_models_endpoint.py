@@ -4,7 +4,6 @@ from __future__ import annotations
 import pytest
 
 from models_catalog.models import AINode, ModelCatalog, ModelStatus
-
 from tests.models_catalog.helpers import MODEL, Node, by_node, models_of
 
 pytestmark = pytest.mark.django_db

@@ -6,7 +6,6 @@ import time
 import pytest
 
 from models_catalog.models import AINode, ModelCatalog
-
 from tests.helpers import deploy
 from tests.models_catalog.helpers import MODEL, Node, by_node, models_of
 

@@ -6,7 +6,6 @@ import pytest
 from jobs.models import Job
 from models_catalog import services
 from models_catalog.models import ModelCatalog
-
 from tests.helpers import deploy
 from tests.models_catalog.helpers import MODEL, Node
 

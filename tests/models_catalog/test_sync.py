@@ -7,7 +7,6 @@ import pytest
 from django.core.management import call_command
 
 from models_catalog.models import AINode, ModelCatalog, ModelStatus
-
 from tests.models_catalog.helpers import MODEL, Node
 
 pytestmark = pytest.mark.django_db
