@@ -27,6 +27,7 @@ SLOW_FIXTURES = frozenset({
     "moto_endpoint",                           # SQS
     "ai_node", "real_node",                    # the model
     "browser",                                 # Chromium
+    "stack",                                   # scripts/stack.sh: the web server and a worker
 })
 
 

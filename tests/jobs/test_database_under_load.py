@@ -15,8 +15,8 @@ from django.db import connection
 from django.test import Client
 
 from jobs.models import Job
-from tests.conftest import deploy, wait_for
-from tests.models_catalog.catalog_fixtures import free_port
+from tests.helpers import deploy, wait_for
+from tests.models_catalog.helpers import free_port
 
 SUBMITTERS = 20
 SUBMITS_EACH = 5

@@ -11,7 +11,7 @@ import pytest
 from jobs.metering.gateway import GatewayConfig, JobGateway
 from jobs.models import Job
 from jobs.runner import run_job
-from tests.conftest import make_job, make_zip, wait_for
+from tests.helpers import make_job, make_zip, wait_for
 
 pytestmark = pytest.mark.usefixtures("served_models")
 

@@ -12,7 +12,8 @@ import pytest
 
 from jobs.models import Function, Job
 from jobs.runner import run_job
-from tests.conftest import make_job, make_zip
+from tests.helpers import make_job, make_zip
+
 
 def peak_rss() -> int:
     """This process's high-water mark of resident memory, in bytes (a parse holds the GIL: sampling misses it)."""
