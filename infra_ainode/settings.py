@@ -77,6 +77,9 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    # Serves STATIC_ROOT (filled by `manage.py collectstatic`, which scripts/stack.sh runs at start-up) from the
+    # web process itself, so the admin and the dashboard are styled with DEBUG off and no other web server.
+    "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -111,8 +114,15 @@ DATABASES = {
     )
 }
 if DATABASES["default"]["ENGINE"].endswith("sqlite3"):
-    # Web and worker processes share the file: wait for a lock instead of failing at once.
-    DATABASES["default"].setdefault("OPTIONS", {})["timeout"] = 20
+    # Web and worker processes share the file. WAL lets readers run beside the one writer. IMMEDIATE takes the
+    # write lock when a transaction begins: a transaction that read first (submit_job reads the function's version)
+    # could not upgrade its read lock while another connection writes, and SQLite refuses that at once, without
+    # waiting. With the lock taken at BEGIN, a writer waits up to the busy timeout (20 s) for its turn instead.
+    DATABASES["default"].setdefault("OPTIONS", {}).update({
+        "timeout": 20,
+        "transaction_mode": "IMMEDIATE",
+        "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+    })
     # Tests run the worker in another process, which must open the same database file as the test run.
     DATABASES["default"]["TEST"] = {"NAME": str(VAR_DIR / "test.sqlite3")}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
@@ -122,9 +132,8 @@ TIME_ZONE = "UTC"
 USE_I18N = False
 USE_TZ = True
 STATIC_URL = "static/"
+# `manage.py collectstatic` copies the apps' static files here; WhiteNoise serves them (see MIDDLEWARE).
 STATIC_ROOT = VAR_DIR / "static"
-# Uploads of function code are checked by size in our own validator; allow DRF to read them first.
-DATA_UPLOAD_MAX_MEMORY_SIZE = 64 * 1024 * 1024
 
 LOGGING = {
     "version": 1,
@@ -205,12 +214,30 @@ FUNCTION_MAX_CODE_BYTES = env_int("FUNCTION_MAX_CODE_BYTES", 5 * 1024 * 1024, mi
 FUNCTION_MAX_UNPACKED_BYTES = env_int("FUNCTION_MAX_UNPACKED_BYTES", 20 * 1024 * 1024, minimum=1)
 FUNCTION_MAX_FILES = env_int("FUNCTION_MAX_FILES", 500, minimum=1)
 JOB_INPUT_MAX_BYTES = env_int("JOB_INPUT_MAX_BYTES", 1024 * 1024, minimum=1)
+# The largest request body Django reads into memory: the largest code upload sent as base64 (4/3 of its size) or
+# the largest job input with its JSON escapes (taken as twice its size), plus room for the other fields. Our own
+# validators then check the decoded sizes.
+DATA_UPLOAD_MAX_MEMORY_SIZE = env_int(
+    "DATA_UPLOAD_MAX_MEMORY_SIZE",
+    max(FUNCTION_MAX_CODE_BYTES * 4 // 3, JOB_INPUT_MAX_BYTES * 2) + 1024 * 1024, minimum=1024,
+)
+# Multipart files count against the same limit (Django would otherwise spool any size to disk).
+FILE_UPLOAD_HANDLERS = [
+    "core.uploads.BoundedUploadHandler",
+    "django.core.files.uploadhandler.MemoryFileUploadHandler",
+    "django.core.files.uploadhandler.TemporaryFileUploadHandler",
+]
+# Uploaded Python is syntax-checked in a child process with at most this much memory (address space) and time;
+# a check that cannot finish within them leaves the syntax to the job container, which reports it as the job's error.
+FUNCTION_SYNTAX_CHECK_MEMORY_MB = env_int("FUNCTION_SYNTAX_CHECK_MEMORY_MB", 256, minimum=64)
+FUNCTION_SYNTAX_CHECK_SECONDS = env_int("FUNCTION_SYNTAX_CHECK_SECONDS", 5, minimum=1)
 JOB_PAYLOAD_ENV_MAX_BYTES = env_int("JOB_PAYLOAD_ENV_MAX_BYTES", 64 * 1024, minimum=0)
 JOB_DEFAULT_MEMORY_MB = env_int("JOB_DEFAULT_MEMORY_MB", 256, minimum=16)
 JOB_MAX_MEMORY_MB = env_int("JOB_MAX_MEMORY_MB", 4096, minimum=16)
 JOB_DEFAULT_TIMEOUT = env_int("JOB_DEFAULT_TIMEOUT", 60, minimum=1)
 JOB_CPUS = env_float("JOB_CPUS", 1.0)
 JOB_PIDS_LIMIT = env_int("JOB_PIDS_LIMIT", 64, minimum=4)
+JOB_NOFILE_LIMIT = env_int("JOB_NOFILE_LIMIT", 256, minimum=16)
 JOB_TMPFS_MB = env_int("JOB_TMPFS_MB", 64, minimum=1)
 JOB_OUTPUT_LIMIT_BYTES = env_int("JOB_OUTPUT_LIMIT_BYTES", 1024 * 1024, minimum=1024)
 JOB_RESULT_MAX_BYTES = env_int("JOB_RESULT_MAX_BYTES", 1024 * 1024, minimum=1024)
@@ -221,6 +248,8 @@ JOB_RUNTIME_IMAGE = env_str("JOB_RUNTIME_IMAGE", "infra-ainode-runtime:bookworm-
 # the Docker engine sees (the worker and the engine share a host).
 # Each job's gateway socket is JOB_WORK_ROOT/<job uuid>/run/gateway.sock, and a Unix socket path holds at most
 # 107 bytes: the default moves to /tmp when the checkout's path is too deep, and a root set too long is refused.
+# Wherever it is, the runner refuses a root that is a link, is not owned by the worker's uid or that other users can
+# write to (jobs/workdir.py): a fallback in /tmp is used only if it is the worker's own.
 _SOCKET_TAIL = len("/00000000-0000-0000-0000-000000000000/run/gateway.sock")
 _default_work_root = VAR_DIR / "jobs"
 if len(str(_default_work_root).encode()) + _SOCKET_TAIL > 107:
@@ -237,6 +266,9 @@ WORKER_ID = env_str("WORKER_ID", f"{socket.gethostname()}-{os.getpid()}")
 AI_NODE_URL = env_str("AI_NODE_URL", "http://127.0.0.1:8090")
 AI_NODE_KIND = env_str("AI_NODE_KIND", "openai")
 AI_NODE_TIMEOUT = env_int("AI_NODE_TIMEOUT", 2000, minimum=1)
+# A job for a model whose nodes did not answer at the last sync asks those nodes again (within AI_NODE_TIMEOUT)
+# before it is refused, at most once per this many seconds per node and process.
+AI_NODE_RECHECK_SECONDS = env_float("AI_NODE_RECHECK_SECONDS", 5.0)
 DEFAULT_MODEL_ID = env_str("DEFAULT_MODEL_ID", "smollm2:135m")
 AI_NODES = env_str("AI_NODES", "")
 # Seconds between catalogue syncs (Celery beat, task models_catalog.sync_models); 0 turns the schedule off.

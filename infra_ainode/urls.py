@@ -19,5 +19,6 @@ urlpatterns = [
     path("models", ModelListView.as_view(), name="models"),
 ]
 
+handler400 = "core.api.bad_request"
 handler404 = "core.api.not_found"
 handler500 = "core.api.server_error"

@@ -133,7 +133,8 @@ class JobAdmin(admin.ModelAdmin):
         url = reverse("admin:jobs_llmcall_changelist") + f"?job__id__exact={job.pk}"
         return format_html('<a href="{}">the job\'s {} call(s) in the ledger</a>', url, count(job.llm_calls))
 
-    @admin.action(description="Cancel the selected jobs")
+    # Cancelling and re-running change jobs (and start new ones): only staff who may change jobs see these actions.
+    @admin.action(description="Cancel the selected jobs", permissions=["change"])
     def cancel_jobs(self, request: HttpRequest, queryset: QuerySet[Job]) -> None:
         cancelled = ended = 0
         for job in queryset:
@@ -146,7 +147,8 @@ class JobAdmin(admin.ModelAdmin):
         if ended:
             self.message_user(request, f"{ended} job(s) had already ended and were left alone.", messages.WARNING)
 
-    @admin.action(description="Re-run the selected jobs as new jobs (same function, model and input)")
+    @admin.action(description="Re-run the selected jobs as new jobs (same function, model and input)",
+                  permissions=["change"])
     def rerun_jobs(self, request: HttpRequest, queryset: QuerySet[Job]) -> None:
         new_jobs = []
         for job in queryset.select_related("function", "owner"):
@@ -164,7 +166,7 @@ class JobAdmin(admin.ModelAdmin):
             self.message_user(request, format_html("Queued {} new job(s), with their functions' current code: {}",
                                                    len(new_jobs), links), messages.SUCCESS)
 
-    @admin.action(description="Export the selected jobs as CSV (tokens and cost)")
+    @admin.action(description="Export the selected jobs as CSV (tokens and cost)", permissions=["view"])
     def export_csv(self, request: HttpRequest, queryset: QuerySet[Job]) -> StreamingHttpResponse:
         response = StreamingHttpResponse(jobs_csv_lines(queryset, currency=settings.BILLING_CURRENCY),
                                          content_type="text/csv; charset=utf-8")

@@ -44,6 +44,7 @@ class ContainerSpec:
     user: str
     timeout_seconds: float
     output_limit_bytes: int
+    nofile_limit: int = 256
     working_dir: str = "/job"
 
 
@@ -149,6 +150,8 @@ class DockerBackend:
                 cap_drop=["ALL"],
                 security_opt=["no-new-privileges:true"],
                 pids_limit=spec.pids_limit,
+                # Open files (and sockets to the gateway) are bounded too, soft and hard alike.
+                ulimits=[docker.types.Ulimit(name="nofile", soft=spec.nofile_limit, hard=spec.nofile_limit)],
                 mem_limit=spec.memory_bytes,
                 memswap_limit=spec.memory_bytes,
                 nano_cpus=spec.nano_cpus,

@@ -7,7 +7,7 @@ spent tokens).
 """
 import json
 import logging
-import os
+import math
 import shutil
 import time
 import uuid
@@ -34,6 +34,7 @@ from .exits import interpret_exit
 from .metering.gateway import GatewayConfig, JobGateway, ModelRoute, ResultReport
 from .metering.ledger import ledger_totals
 from .models import Job, JobStatus
+from .workdir import JobFolders, WorkdirError, create_job_folders, share_socket, share_tree, write_shared_file
 
 logger = logging.getLogger(__name__)
 
@@ -57,13 +58,14 @@ def run_job(job_id: str | uuid.UUID, *, backend: DockerBackend | None = None) ->
     job = Job.objects.select_related("function_version").get(pk=job_id)
     logger.info("job %s: claimed by %s", job.id, settings.WORKER_ID)
     backend = backend or DockerBackend(base_url=settings.DOCKER_HOST or None)
-    workdir = settings.JOB_WORK_ROOT / str(job.id)
+    folders: JobFolders | None = None
     gateway: JobGateway | None = None
     try:
-        _prepare_workdir(job, workdir)
-        gateway = JobGateway(_gateway_config(job), socket_dir=str(workdir / "run")).start()
+        folders = _prepare_workdir(job)
+        gateway = JobGateway(_gateway_config(job), socket_dir=str(folders.run)).start()
+        share_socket(Path(gateway.socket_path))
         outcome = backend.run(
-            _container_spec(job, workdir),
+            _container_spec(job, folders),
             should_cancel=_cancel_checker(job.id),
             on_started=lambda container_id: Job.objects.filter(pk=job.id).update(container_id=container_id),
         )
@@ -72,7 +74,7 @@ def run_job(job_id: str | uuid.UUID, *, backend: DockerBackend | None = None) ->
         # complete before the job's totals are taken from it.
         gateway.stop()
         _finalize(job, outcome, gateway.report)
-    except ContainerError as exc:
+    except (ContainerError, WorkdirError) as exc:
         logger.error("job %s: executor failed: %s", job.id, exc)
         _fail(job, exc.code, str(exc))
     except Exception as exc:
@@ -81,7 +83,8 @@ def run_job(job_id: str | uuid.UUID, *, backend: DockerBackend | None = None) ->
     finally:
         if gateway is not None:
             gateway.stop()
-        shutil.rmtree(workdir, ignore_errors=True)
+        if folders is not None:
+            shutil.rmtree(folders.path, ignore_errors=True)
         job.refresh_from_db()
         results.publish(job)
         logger.info("job %s: %s (%s)", job.id, job.status, job.error_code or "ok")
@@ -132,25 +135,18 @@ def _declare_lost(job: Job, *, backend: DockerBackend | None) -> None:
     results.publish(Job.objects.select_related("function_version").get(pk=job.pk))
 
 
-def _prepare_workdir(job: Job, workdir: Path) -> None:
-    """Lay out the job's code, input and socket folders, readable (not writable) by the container's user."""
-    code_dir, input_dir, run_dir = workdir / "code", workdir / "input", workdir / "run"
-    for folder in (workdir, code_dir, input_dir, run_dir):
-        folder.mkdir(parents=True, exist_ok=True)
-        folder.chmod(0o755)
-    extract_archive(bytes(job.function_version.archive), str(code_dir))
-    for root, dirs, files in os.walk(code_dir):
-        for name in dirs:
-            os.chmod(os.path.join(root, name), 0o755)
-        for name in files:
-            os.chmod(os.path.join(root, name), 0o644)
+def _prepare_workdir(job: Job) -> JobFolders:
+    """Lay out the job's code, input and socket folders, readable (not writable) by the container's user only."""
+    folders = create_job_folders(settings.JOB_WORK_ROOT, str(job.id))
+    extract_archive(bytes(job.function_version.archive), str(folders.code))
+    share_tree(folders.code)
     payload = json.dumps(job.input_data)
     if len(payload.encode()) > settings.JOB_PAYLOAD_ENV_MAX_BYTES:
-        (input_dir / "payload.json").write_text(payload, encoding="utf-8")
-        (input_dir / "payload.json").chmod(0o644)
+        write_shared_file(folders.input, "payload.json", payload.encode())
+    return folders
 
 
-def _container_spec(job: Job, workdir: Path) -> ContainerSpec:
+def _container_spec(job: Job, folders: JobFolders) -> ContainerSpec:
     env = {key: str(value) for key, value in (job.function.env or {}).items() if key not in RESERVED_ENV}
     env.update({
         "JOB_ID": str(job.id),
@@ -163,13 +159,13 @@ def _container_spec(job: Job, workdir: Path) -> ContainerSpec:
         "HOME": "/tmp",
     })
     binds = {
-        str(workdir / "code"): {"bind": CONTAINER_CODE_DIR, "mode": "ro"},
+        str(folders.code): {"bind": CONTAINER_CODE_DIR, "mode": "ro"},
         str(SDK_DIR): {"bind": CONTAINER_SDK_DIR, "mode": "ro"},
-        str(workdir / "run"): {"bind": CONTAINER_SOCKET_DIR, "mode": "ro"},
+        str(folders.run): {"bind": CONTAINER_SOCKET_DIR, "mode": "ro"},
     }
-    if (workdir / "input" / "payload.json").exists():
+    if (folders.input / "payload.json").exists():
         env["PAYLOAD_FILE"] = CONTAINER_INPUT_FILE
-        binds[str(workdir / "input")] = {"bind": "/job/input", "mode": "ro"}
+        binds[str(folders.input)] = {"bind": "/job/input", "mode": "ro"}
     else:
         env["PAYLOAD"] = json.dumps(job.input_data)
     tmpfs_size = f"size={settings.JOB_TMPFS_MB}m,mode=1777,noexec,nosuid,nodev"
@@ -183,6 +179,7 @@ def _container_spec(job: Job, workdir: Path) -> ContainerSpec:
         memory_bytes=job.memory_mb * 1024 * 1024,
         nano_cpus=int(settings.JOB_CPUS * 1_000_000_000),
         pids_limit=settings.JOB_PIDS_LIMIT,
+        nofile_limit=settings.JOB_NOFILE_LIMIT,
         user=RUNTIME_USER,
         timeout_seconds=job.timeout_seconds,
         output_limit_bytes=settings.JOB_OUTPUT_LIMIT_BYTES,
@@ -229,10 +226,45 @@ def _text(data: bytes) -> str:
     return data.decode("utf-8", errors="replace").replace("\x00", "\ufffd")
 
 
+# What the runtime reports comes from inside the container, so the script may have written it: nothing in it may
+# stop the job's row from being saved (PostgreSQL refuses NUL in text and jsonb; a number may overflow a column).
+ERROR_MESSAGE_MAX_CHARS = 16_384
+
+
+def _clean_json(value: Any) -> Any:
+    """`value` (parsed JSON) with every NUL character, in strings and keys, replaced by U+FFFD, and numbers too large
+    for a float (`1e999` parses as infinity, which JSON columns refuse) replaced by null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, str):
+        return value.replace("\x00", "\ufffd")
+    if isinstance(value, list):
+        return [_clean_json(item) for item in value]
+    if isinstance(value, dict):
+        return {key.replace("\x00", "\ufffd"): _clean_json(item) for key, item in value.items()}
+    return value
+
+
+def _script_error(error: dict[str, Any] | None) -> str:
+    """The script's exception as one bounded line of text, whatever types the report holds."""
+    if not error:
+        return ""
+    text = f"{error.get('type', 'Error')}: {error.get('message', '')}"
+    return text.replace("\x00", "\ufffd")[:ERROR_MESSAGE_MAX_CHARS]
+
+
+def _peak_memory(outcome: ContainerOutcome, report: ResultReport, limit_bytes: int) -> int | None:
+    """The larger of the engine's and the runtime's figures; the runtime's is believed only up to the job's limit
+    (a container cannot use more), since the script may have posted it."""
+    reported = report.peak_memory_bytes
+    if not isinstance(reported, int) or isinstance(reported, bool) or reported <= 0:
+        reported = None
+    peaks = [p for p in (outcome.peak_memory_bytes, min(reported, limit_bytes) if reported else None) if p]
+    return max(peaks) if peaks else None
+
+
 def _finalize(job: Job, outcome: ContainerOutcome, report: ResultReport) -> None:
-    script_error = ""
-    if report.error:
-        script_error = f"{report.error.get('type', 'Error')}: {report.error.get('message', '')}"
+    script_error = _script_error(report.error)
     verdict = interpret_exit(
         exit_code=outcome.exit_code, oom_killed=outcome.oom_killed, timed_out=outcome.timed_out,
         cancelled=outcome.cancelled, timeout_seconds=job.timeout_seconds, memory_mb=job.memory_mb,
@@ -242,16 +274,15 @@ def _finalize(job: Job, outcome: ContainerOutcome, report: ResultReport) -> None
     if status == JobStatus.SUCCEEDED and report.rejected_code:
         status, error_code = JobStatus.FAILED, report.rejected_code
         message = f"The result is larger than {settings.JOB_RESULT_MAX_BYTES} bytes."
-    peaks = [p for p in (outcome.peak_memory_bytes, report.peak_memory_bytes) if p]
     fields: dict[str, Any] = {
         "exit_code": outcome.exit_code,
         "stdout": _text(outcome.stdout),
         "stderr": _text(outcome.stderr),
         "stdout_truncated": outcome.stdout_truncated,
         "stderr_truncated": outcome.stderr_truncated,
-        "result": report.result if status == JobStatus.SUCCEEDED else None,
+        "result": _clean_json(report.result) if status == JobStatus.SUCCEEDED else None,
         "duration_ms": outcome.duration_ms,
-        "peak_memory_bytes": max(peaks) if peaks else None,
+        "peak_memory_bytes": _peak_memory(outcome, report, job.memory_mb * 1024 * 1024),
         "container_id": outcome.container_id,
         "finished_at": timezone.now(),
         # The ledger is the truth; the running totals kept during the job must agree with it.

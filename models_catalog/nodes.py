@@ -13,7 +13,12 @@ node's own tokenizer when it has one (llama.cpp and vLLM serve POST /tokenize); 
 A call in flight can be stopped from another thread with a `Cancellation`: it shuts the call's connection, which
 the node sees as its client hanging up (llama.cpp and Ollama then stop generating).
 Every failure is a `NodeError` with a stable `.code`; no library exception leaks out.
-Standard library only, and nothing from Django: callers pass the URL and timeout.
+Standard library only, and nothing from Django: callers pass the URL and timeout. So the development AI node
+(devnode/) may import it too.
+
+It holds the one table of model options, `OLLAMA_TO_OPENAI_OPTIONS`, that the gateway's wire translation and
+devnode's Ollama front read as well. Only the SDK keeps a copy of its own: the job container has the standard
+library and the SDK, nothing of ours.
 """
 
 from __future__ import annotations
@@ -32,9 +37,18 @@ from urllib.parse import urlsplit
 
 logger = logging.getLogger(__name__)
 
-# The option names callers use, whatever the node's kind; each client maps them to its own API.
-COMMON_OPTIONS = frozenset({"max_tokens", "temperature", "seed", "top_p", "top_k", "stop"})
-_OLLAMA_OPTION_NAMES = {"max_tokens": "num_predict"}
+# The model options the platform passes on: Ollama's name -> OpenAI's. The OpenAI names are the ones callers of
+# these clients use, whatever the node's kind; each client maps them to its own API.
+OLLAMA_TO_OPENAI_OPTIONS: dict[str, str] = {
+    "num_predict": "max_tokens",
+    "temperature": "temperature",
+    "seed": "seed",
+    "top_p": "top_p",
+    "top_k": "top_k",
+    "stop": "stop",
+}
+COMMON_OPTIONS = frozenset(OLLAMA_TO_OPENAI_OPTIONS.values())
+_OLLAMA_OPTION_NAMES = {openai: ollama for ollama, openai in OLLAMA_TO_OPENAI_OPTIONS.items()}
 # Counting tokens is a quick question; a node slow to answer it is treated as one without a tokenizer.
 TOKENIZE_TIMEOUT = 5.0
 _Connection = http.client.HTTPConnection
@@ -427,7 +441,7 @@ class OllamaClient(NodeClient):
 
     @staticmethod
     def _payload(model: str, options: dict[str, Any], **fields: Any) -> dict[str, Any]:
-        mapped = {_OLLAMA_OPTION_NAMES.get(k, k): v for k, v in _check_options(options).items()}
+        mapped = {_OLLAMA_OPTION_NAMES[k]: v for k, v in _check_options(options).items()}
         return {"model": model, **fields, "options": mapped}
 
     def _stream(self, path: str, payload: dict[str, Any], text_of: _TextOf,

@@ -2,7 +2,10 @@ import base64
 import binascii
 from typing import Any
 
+from django.conf import settings
 from rest_framework import serializers
+
+from core.errors import TooLarge
 
 from ..models import Function, Job
 from ..results import execution_result
@@ -45,6 +48,9 @@ class FunctionSerializer(serializers.ModelSerializer):
         data = self.validated_data
         if "file" in data:
             upload = data["file"]
+            # A multipart file is spooled to disk, not read into memory by Django: refuse a large one unread.
+            if upload.size is not None and upload.size > settings.FUNCTION_MAX_CODE_BYTES:
+                raise TooLarge(f"Code is larger than {settings.FUNCTION_MAX_CODE_BYTES} bytes.", code="code_too_large")
             return upload.read(), upload.name or "main.py"
         if "codeBase64" in data:
             try:

@@ -21,6 +21,7 @@ import os
 import select
 import socket
 import socketserver
+import struct
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -43,6 +44,8 @@ SOCKET_NAME = "gateway.sock"
 PROMPT_COUNT_CACHE = 256  # prompts whose token count a gateway remembers (a script often repeats its prompt)
 _REFUSED = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nConnection: close\r\n"
             b"Content-Length: %d\r\n\r\n%s")
+# The uid the job container's processes run as (jobs.runner.RUNTIME_USER): only they may report the result.
+RUNTIME_UID = 10001
 
 
 @dataclass
@@ -353,6 +356,16 @@ class _Handler(BaseHTTPRequestHandler):
         logger.debug("job %s gateway: " + format, self.server.gateway.job_id, *args)
 
 
+def _peer_uid(connection: socket.socket) -> int | None:
+    """The uid of the process at the other end of a Unix socket connection (SO_PEERCRED), None when unknown."""
+    try:
+        credentials = connection.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    except OSError:
+        return None
+    _pid, uid, _gid = struct.unpack("3i", credentials)
+    return uid
+
+
 class JobGateway:
     """Serves one job. `start()` binds the socket; `stop()` ends the job's calls and closes it; `report` holds the
     posted result."""
@@ -429,6 +442,8 @@ class JobGateway:
             pass
 
     def _post_result(self, request: _Handler) -> tuple[int, dict[str, Any]]:
+        if _peer_uid(request.connection) != RUNTIME_UID:
+            raise GatewayRequestError(403, "not_the_job", "Only the job's own container may report its result.")
         try:
             body = request.read_json(self.config.result_limit)
         except GatewayRequestError as exc:

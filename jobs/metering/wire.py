@@ -9,7 +9,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from models_catalog.nodes import Completion
+from models_catalog.nodes import OLLAMA_TO_OPENAI_OPTIONS, Completion
 
 OLLAMA, OPENAI = "ollama", "openai"
 GENERATE, CHAT = "generate", "chat"
@@ -26,10 +26,6 @@ FORBIDDEN_ROUTES = frozenset({"/api/pull", "/api/push", "/api/create", "/api/cop
 
 # The roles both APIs define; short words that the per-message template allowance of the budget covers.
 ROLES = frozenset({"system", "developer", "user", "assistant", "tool"})
-
-_OLLAMA_OPTIONS = {"num_predict": "max_tokens", "temperature": "temperature", "seed": "seed", "top_p": "top_p",
-                   "top_k": "top_k", "stop": "stop"}
-_OPENAI_OPTIONS = ("max_tokens", "temperature", "seed", "top_p", "top_k", "stop")
 
 
 class WireError(ValueError):
@@ -97,9 +93,11 @@ def parse_request(route: str, body: Any, *, default_model: str) -> LLMRequest:
         options = body.get("options") or {}
         if not isinstance(options, dict):
             raise WireError("options must be an object.")
-        request.options = {ours: options[theirs] for theirs, ours in _OLLAMA_OPTIONS.items() if theirs in options}
+        request.options = {ours: options[theirs] for theirs, ours in OLLAMA_TO_OPENAI_OPTIONS.items()
+                           if theirs in options}
     else:
-        request.options = {name: body[name] for name in _OPENAI_OPTIONS if body.get(name) is not None}
+        request.options = {name: body[name] for name in OLLAMA_TO_OPENAI_OPTIONS.values()
+                           if body.get(name) is not None}
         if body.get("max_completion_tokens") is not None:
             request.options["max_tokens"] = body["max_completion_tokens"]
         stream_options = body.get("stream_options") or {}

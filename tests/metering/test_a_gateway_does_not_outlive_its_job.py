@@ -5,9 +5,8 @@ drain included, stays within its timeout plus a few seconds.
 import pytest
 
 from jobs.models import LLMCall
-from tests.conftest import wait_for
-
-from .conftest import RAW_HTTP
+from tests.helpers import wait_for
+from tests.metering.helpers import RAW_HTTP
 
 TIMEOUT = 10
 LONG = 1500

@@ -4,8 +4,7 @@ On an OpenAI-kind node (llama.cpp) a templated generate is a chat completion; a 
 /v1/completions) a plain completion.
 """
 from jobs.models import LLMCall
-
-from .conftest import RAW_HTTP, assert_billed_as_node_counted
+from tests.metering.helpers import RAW_HTTP, assert_billed_as_node_counted
 
 SCRIPT = RAW_HTTP + '''
 import ai_client

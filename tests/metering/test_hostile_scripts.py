@@ -7,8 +7,7 @@ test_streams_closed_half_way.py.)
 import pytest
 
 from jobs.models import LLMCall
-
-from .conftest import RAW_HTTP, assert_billed_as_node_counted
+from tests.metering.helpers import RAW_HTTP, assert_billed_as_node_counted
 
 ONE_REAL_CALL = '''
 import ai_client

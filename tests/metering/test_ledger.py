@@ -1,13 +1,12 @@
 """The ledger: one LLMCall row per model call, the job's totals as sums of its rows, unknown counts kept unknown,
 and a job delivered twice billed once.
 """
-from tests.conftest import as_json
 from jobs.metering.ledger import ledger_totals
 from jobs.metering.meter import prompt_bound
 from jobs.models import Job, LLMCall
 from jobs.runner import run_job
-
-from .conftest import RAW_HTTP, assert_billed_as_node_counted
+from tests.helpers import as_json
+from tests.metering.helpers import RAW_HTTP, assert_billed_as_node_counted
 
 FOUR_CALLS = '''
 import ai_client

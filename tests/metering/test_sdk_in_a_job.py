@@ -3,8 +3,7 @@
 Each test runs once with the node as kind openai (llama.cpp) and once as kind ollama (the Ollama front).
 """
 from jobs.models import LLMCall
-
-from .conftest import assert_billed_as_node_counted
+from tests.metering.helpers import assert_billed_as_node_counted
 
 SDK_SCRIPT = '''
 import ai_client

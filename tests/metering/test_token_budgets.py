@@ -3,14 +3,13 @@ job's tokens never pass the budget, even when a script fires many calls at once.
 """
 import pytest
 
-from tests.conftest import as_json
 from jobs import services
 from jobs.metering.ledger import ledger_totals
 from jobs.metering.meter import prompt_bound
 from jobs.models import Job, LLMCall
 from jobs.runner import run_job
-
-from .conftest import RAW_HTTP, assert_billed_as_node_counted
+from tests.helpers import as_json
+from tests.metering.helpers import RAW_HTTP, assert_billed_as_node_counted
 
 SPEND_IT_ALL = '''
 import ai_client

@@ -7,8 +7,8 @@ from core.errors import DomainError
 from jobs.models import Job
 from models_catalog import services
 from models_catalog.models import AINode, ModelCatalog
-
-from tests.models_catalog.catalog_fixtures import MODEL, Node
+from tests.helpers import make_job
+from tests.models_catalog.helpers import MODEL, Node
 
 pytestmark = pytest.mark.django_db
 
@@ -95,8 +95,6 @@ def test_a_node_holding_the_model_in_memory_wins(two_nodes) -> None:
 
 
 def test_the_node_with_fewer_queued_jobs_wins(two_nodes, alice) -> None:
-    from tests.conftest import make_job
-
     job = make_job(alice, "print(1)")
     Job.objects.filter(pk=job.pk).update(node="a-ollama")
 
@@ -106,8 +104,6 @@ def test_the_node_with_fewer_queued_jobs_wins(two_nodes, alice) -> None:
 
 
 def test_without_queue_counts_ties_go_by_name(two_nodes, alice) -> None:
-    from tests.conftest import make_job
-
     Job.objects.filter(pk=make_job(alice, "print(1)").pk).update(node="a-ollama")
 
     assert services.route_model(MODEL).name == "a-ollama"

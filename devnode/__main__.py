@@ -1,12 +1,12 @@
-#!/usr/bin/env python3
 """A real AI node for development and tests: llama.cpp's server plus an Ollama-compatible front.
 
-    .venv/bin/python scripts/ai_node.py [--port 8090] [--ollama-port 11435] [--model-dir var/models]
-                                        [--threads 1] [--ctx 2048] [--parallel 2] [--check]
+    .venv/bin/python -m devnode [--port 8090] [--ollama-port 11435] [--model-dir var/models]
+                                [--threads 1] [--ctx 2048] [--parallel 2] [--check]
 
-It serves SmolLM2-135M-Instruct (Q4_1 GGUF) as `smollm2:135m` through llama.cpp's own HTTP server, run
-in this process by the `xllamacpp` wheel (OpenAI API on --port), and through scripts/ollama_front.py (Ollama API
-on --ollama-port). Port 0 picks a free port; the ready line tells which. Both listen on 127.0.0.1 only.
+Run it from the repository root (scripts/ai-node.sh does). It serves SmolLM2-135M-Instruct (Q4_1 GGUF) as
+`smollm2:135m` through llama.cpp's own HTTP server, run in this process by the `xllamacpp` wheel (OpenAI API on
+--port), and through devnode.ollama_front (Ollama API on --ollama-port). Port 0 picks a free port; the ready line
+tells which. Both listen on 127.0.0.1 only.
 
 Prints one line when ready, `ai-node ready openai=URL ollama=URL model=ID`, writes the pid file, and serves until
 SIGTERM or SIGINT. With --check it only tells (exit 0 or 1) whether a node already answers on those ports.
@@ -30,12 +30,10 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
-# Run as a plain script: find ollama_front beside us, and the node clients' module (standard library only) above.
-sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parent.parent)]
+from devnode.ollama_front import OllamaFront, describe_model
 
-from ollama_front import OllamaFront, describe_model  # noqa: E402
-
-logger = logging.getLogger("ai_node")
+# Named for the package: run with -m, this module's __name__ is "__main__".
+logger = logging.getLogger("devnode")
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 MODEL_ID = "smollm2:135m"
@@ -47,7 +45,7 @@ READY_TIMEOUT_S = 120.0
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m devnode", description=__doc__.split("\n\n")[0])
     parser.add_argument("--port", type=int, default=8090, help="OpenAI-compatible port (llama.cpp)")
     parser.add_argument("--ollama-port", type=int, default=11435, help="Ollama-compatible port")
     parser.add_argument("--model-dir", type=Path, default=Path("var/models"), help="relative to the repo root")

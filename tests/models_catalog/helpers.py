@@ -2,21 +2,17 @@
 through a relay that a test can stop mid-way, a node that accepts and never answers, a port nothing listens on,
 and a scripted HTTP server that answers whatever a test tells it to (garbage, HTTP 500, a changing list).
 
-conftest.py makes the fixtures visible to this folder's tests; the tests import the helpers from here.
+The fixtures that hand them to tests are in conftest.py; tests import these helpers by name.
 """
 from __future__ import annotations
 
 import json
 import socket
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
-
-import pytest
-
-from tests.ai_node_fixture import AINode, ai_node  # noqa: F401 - the session fixture is used by name
 
 MODEL = "smollm2:135m"
 
@@ -34,29 +30,6 @@ class Node:
         return {"name": self.name, "kind": self.kind, "url": self.url, "queue": self.queue}
 
 
-@pytest.fixture
-def use_nodes(settings) -> Callable[..., list[Node]]:
-    """Configure AI_NODES for this test (the settings fixture restores it afterwards)."""
-
-    def use(*nodes: Node, timeout_ms: int | None = None) -> list[Node]:
-        settings.AI_NODES = json.dumps([node.as_setting() for node in nodes])
-        if timeout_ms is not None:
-            settings.AI_NODE_TIMEOUT = timeout_ms
-        return list(nodes)
-
-    return use
-
-
-@pytest.fixture
-def openai_node(ai_node: AINode) -> Node:  # noqa: F811
-    return Node("real-openai", "openai", ai_node.openai_url)
-
-
-@pytest.fixture
-def ollama_node(ai_node: AINode) -> Node:  # noqa: F811
-    return Node("real-ollama", "ollama", ai_node.ollama_url)
-
-
 def free_port() -> int:
     """A port on 127.0.0.1 that nothing listens on (it was free a moment ago: good enough for a refusal)."""
     with socket.socket() as probe:
@@ -64,16 +37,11 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-@pytest.fixture
-def dead_url() -> str:
-    return f"http://127.0.0.1:{free_port()}"
-
-
-class _Listener:
+class Listener:
     """A listening socket served by a daemon thread; `close()` stops it and drops every connection."""
 
-    def __init__(self, handle: Callable[[socket.socket], None]) -> None:
-        self.sock = socket.create_server(("127.0.0.1", 0))
+    def __init__(self, handle: Callable[[socket.socket], None], port: int = 0) -> None:
+        self.sock = socket.create_server(("127.0.0.1", port))
         self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
         self.connections: list[socket.socket] = []
         self._handle = handle
@@ -105,14 +73,6 @@ class _Listener:
             conn.close()
 
 
-@pytest.fixture
-def hung_url() -> Iterator[str]:
-    """A node that accepts connections and never answers a byte."""
-    listener = _Listener(lambda conn: None)
-    yield listener.url
-    listener.close()
-
-
 def _pump(source: socket.socket, target: socket.socket) -> None:
     try:
         while data := source.recv(65536):
@@ -128,12 +88,13 @@ def _pump(source: socket.socket, target: socket.socket) -> None:
 
 
 class Relay:
-    """A TCP relay to a real node: the node as seen on another port, which `stop()` takes down mid-test."""
+    """A TCP relay to a real node: the node as seen on another port, which `stop()` takes down mid-test. A relay
+    started on the `port` of a stopped one is that node coming back."""
 
-    def __init__(self, upstream_url: str) -> None:
-        host, port = upstream_url.removeprefix("http://").rstrip("/").split(":")
-        self._upstream = (host, int(port))
-        self._listener = _Listener(self._relay)
+    def __init__(self, upstream_url: str, port: int = 0) -> None:
+        host, upstream_port = upstream_url.removeprefix("http://").rstrip("/").split(":")
+        self._upstream = (host, int(upstream_port))
+        self._listener = Listener(self._relay, port)
         self.url = self._listener.url
 
     def _relay(self, conn: socket.socket) -> None:
@@ -149,19 +110,6 @@ class Relay:
 
     def stop(self) -> None:
         self._listener.close()
-
-
-@pytest.fixture
-def relay() -> Iterator[Callable[[str], Relay]]:
-    started: list[Relay] = []
-
-    def start(upstream_url: str) -> Relay:
-        started.append(Relay(upstream_url))
-        return started[-1]
-
-    yield start
-    for item in started:
-        item.stop()
 
 
 @dataclass
@@ -183,31 +131,31 @@ class ScriptedNode:
             for model_id in ids]})
         self.routes["/api/ps"] = (200, {"models": []})
 
+    def start(self) -> "ScriptedNode":
+        node = self
 
-@pytest.fixture
-def scripted_node() -> Iterator[ScriptedNode]:
-    node = ScriptedNode()
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 - the name http.server calls
+                status, body = node.routes.get(self.path, (404, {"error": "not found"}))
+                data = body if isinstance(body, bytes) else json.dumps(body).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
 
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802 - the name http.server calls
-            status, body = node.routes.get(self.path, (404, {"error": "not found"}))
-            data = body if isinstance(body, bytes) else json.dumps(body).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
+            def log_message(self, *args: Any) -> None:
+                pass
 
-        def log_message(self, *args: Any) -> None:
-            pass
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        return self
 
-    node.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    node.server.daemon_threads = True
-    node.url = f"http://127.0.0.1:{node.server.server_address[1]}"
-    threading.Thread(target=node.server.serve_forever, daemon=True).start()
-    yield node
-    node.server.shutdown()
-    node.server.server_close()
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
 
 
 def models_of(response: Any) -> list[dict[str, Any]]:

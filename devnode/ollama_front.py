@@ -13,7 +13,8 @@ This module answers the Ollama routes we need by translating each request to the
 
 Streaming answers are NDJSON (Ollama's default is stream=true). Token counts and durations come from
 llama.cpp's own `usage` and `timings`, never from counting here.
-Standard library only, so that scripts/ai_node.py runs in any Python 3.11.
+Standard library only, plus models_catalog.nodes (itself standard library only, no Django) for the option table
+and the parameter-size wording it shares with the node clients.
 """
 
 from __future__ import annotations
@@ -22,7 +23,6 @@ import hashlib
 import http.client
 import json
 import logging
-import struct
 import sys
 import time
 from collections.abc import Iterator
@@ -30,10 +30,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 from urllib.parse import urlsplit
 
-from models_catalog.nodes import format_parameter_size
+from devnode import gguf
+from models_catalog.nodes import OLLAMA_TO_OPENAI_OPTIONS, format_parameter_size
 
 logger = logging.getLogger(__name__)
 
@@ -42,18 +43,11 @@ OLLAMA_VERSION = "0.12.0"
 # Generation can be slow on a shared CPU; this bounds one silent gap from llama.cpp, not the whole answer.
 UPSTREAM_TIMEOUT_S = 600.0
 
-# Ollama option name -> llama.cpp request field (llama.cpp accepts these extensions beside OpenAI's own).
+# Ollama option name -> llama.cpp request field: the platform's options, and the sampling options llama.cpp
+# accepts under Ollama's own names beside OpenAI's fields.
 _OPTION_MAP = {
-    "num_predict": "max_tokens",
-    "temperature": "temperature",
-    "seed": "seed",
-    "top_p": "top_p",
-    "top_k": "top_k",
-    "min_p": "min_p",
-    "stop": "stop",
-    "repeat_penalty": "repeat_penalty",
-    "presence_penalty": "presence_penalty",
-    "frequency_penalty": "frequency_penalty",
+    **OLLAMA_TO_OPENAI_OPTIONS,
+    **{name: name for name in ("min_p", "repeat_penalty", "presence_penalty", "frequency_penalty")},
 }
 
 
@@ -120,13 +114,13 @@ def _with_tag(name: str) -> str:
 def describe_model(path: Path, name: str, upstream_meta: dict[str, Any], template: str) -> ServedModel:
     """Build the listing entry from the GGUF file itself and from llama.cpp's /v1/models `meta`."""
     stat = path.stat()
-    gguf = read_gguf_metadata(path, {"general.architecture"})
+    metadata = gguf.read_metadata(path, {"general.architecture"})
     return ServedModel(
         name=name,
         size=stat.st_size,
         digest=_sha256(path),
         modified_at=datetime.fromtimestamp(stat.st_mtime, UTC).isoformat().replace("+00:00", "Z"),
-        family=str(gguf.get("general.architecture", "")),
+        family=str(metadata.get("general.architecture", "")),
         parameter_count=int(upstream_meta.get("n_params") or 0),
         quantization=str(upstream_meta.get("ftype") or ""),
         context_length=int(upstream_meta.get("n_ctx_train") or 0),
@@ -141,51 +135,6 @@ def _sha256(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
-
-
-# GGUF value type -> struct format, for the fixed-size types (8 = string, 9 = array are handled apart).
-_GGUF_SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
-
-
-def read_gguf_metadata(path: Path, keys: set[str]) -> dict[str, Any]:
-    """Read the wanted metadata keys from a GGUF header, stopping as soon as all are found.
-
-    A tiny reader instead of the `gguf` package: llama.cpp's server does not report the architecture.
-    Raises ValueError for a file that is not GGUF.
-    """
-    found: dict[str, Any] = {}
-    with path.open("rb") as f:
-        if f.read(4) != b"GGUF":
-            raise ValueError(f"{path} is not a GGUF file")
-        _version, _n_tensors, n_kv = struct.unpack("<IQQ", f.read(20))
-        for _ in range(n_kv):
-            key = _gguf_string(f)
-            value = _gguf_value(f, struct.unpack("<I", f.read(4))[0])
-            if key in keys:
-                found[key] = value
-                if len(found) == len(keys):
-                    break
-    return found
-
-
-def _gguf_string(f: BinaryIO) -> str:
-    (length,) = struct.unpack("<Q", f.read(8))
-    return f.read(length).decode("utf-8", errors="replace")
-
-
-def _gguf_value(f: BinaryIO, vtype: int) -> Any:
-    if vtype == 8:
-        return _gguf_string(f)
-    if vtype == 9:
-        item_type, count = struct.unpack("<IQ", f.read(12))
-        if item_type in _GGUF_SCALARS:  # skip numeric arrays without decoding them
-            f.seek(count * struct.calcsize(_GGUF_SCALARS[item_type]), 1)
-        else:
-            for _ in range(count):
-                _gguf_value(f, item_type)
-        return None
-    fmt = _GGUF_SCALARS[vtype]
-    return struct.unpack(fmt, f.read(struct.calcsize(fmt)))[0]
 
 
 # --- request and response translation ---------------------------------------------------------------------
