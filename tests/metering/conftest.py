@@ -7,7 +7,6 @@ uses `transactional_db`.
 """
 from __future__ import annotations
 
-import json
 import os
 import uuid
 from collections.abc import Callable, Iterator
@@ -16,7 +15,7 @@ from typing import Any
 import pytest
 
 from tests.ai_node_fixture import AINode
-from tests.metering.helpers import KINDS, RecordingProxy
+from tests.metering.helpers import KINDS, RecordingProxy, use_node
 
 # --- the node -----------------------------------------------------------------------------------------------------
 
@@ -36,28 +35,10 @@ def real_node(request: pytest.FixtureRequest) -> AINode:
                 os.environ[name] = value
 
 
-def _use_node(settings: Any, real_node: AINode, kind: str, *, strip_usage: bool = False) -> RecordingProxy:
-    upstream = real_node.openai_url if kind == "openai" else real_node.ollama_url
-    proxy = RecordingProxy(upstream, kind, strip_usage=strip_usage).start()
-    # Every model routes to this one node; `submit_job` records its name on the job and the runner finds it again.
-    settings.AI_NODES = json.dumps([{"name": f"recorded-{kind}", "kind": kind, "url": proxy.url,
-                                     "queue": settings.JOB_QUEUE}])
-    settings.AI_NODE_URL, settings.AI_NODE_KIND = proxy.url, kind
-    _sync_catalogue()
-    return proxy
-
-
-def _sync_catalogue() -> None:
-    """Let the model catalogue learn the node now, where it keeps one (it routes models from its rows)."""
-    from models_catalog.services import sync_catalogue
-
-    sync_catalogue(timeout_ms=10_000)
-
-
 @pytest.fixture
 def node(transactional_db, settings: Any, real_node: AINode) -> Iterator[RecordingProxy]:
     """The real node as an OpenAI-compatible server (llama.cpp), recorded."""
-    proxy = _use_node(settings, real_node, "openai")
+    proxy = use_node(settings, real_node, "openai")
     yield proxy
     proxy.stop()
 
@@ -65,7 +46,7 @@ def node(transactional_db, settings: Any, real_node: AINode) -> Iterator[Recordi
 @pytest.fixture(params=KINDS)
 def each_node(request: pytest.FixtureRequest, transactional_db, settings: Any, real_node: AINode) -> Iterator[RecordingProxy]:
     """The real node once as kind openai (llama.cpp) and once as kind ollama (the Ollama front), recorded."""
-    proxy = _use_node(settings, real_node, request.param)
+    proxy = use_node(settings, real_node, request.param)
     yield proxy
     proxy.stop()
 
@@ -74,7 +55,7 @@ def each_node(request: pytest.FixtureRequest, transactional_db, settings: Any, r
 def node_without_counts(request: pytest.FixtureRequest, transactional_db, settings: Any,
                         real_node: AINode) -> Iterator[RecordingProxy]:
     """The real node (as each kind), but its answers reach the gateway with their token counts removed."""
-    proxy = _use_node(settings, real_node, request.param, strip_usage=True)
+    proxy = use_node(settings, real_node, request.param, strip_usage=True)
     yield proxy
     proxy.stop()
 

@@ -14,8 +14,11 @@ import json
 import threading
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
+
+if TYPE_CHECKING:
+    from tests.ai_node_fixture import AINode
 
 MODEL_CALL_PATHS = frozenset({"/api/generate", "/api/chat", "/v1/completions", "/v1/chat/completions"})
 COUNT_FIELDS = ("usage", "prompt_eval_count", "eval_count")
@@ -237,3 +240,17 @@ def counts_of(event):
         return [event.get("prompt_eval_count"), event.get("eval_count")]
     return None
 '''
+
+
+def use_node(settings: Any, real_node: AINode, kind: str, *, strip_usage: bool = False) -> RecordingProxy:
+    """Route every model to a recording proxy in front of the real node's `kind` API, and sync the catalogue."""
+    upstream = real_node.openai_url if kind == "openai" else real_node.ollama_url
+    proxy = RecordingProxy(upstream, kind, strip_usage=strip_usage).start()
+    # Every model routes to this one node; `submit_job` records its name on the job and the runner finds it again.
+    settings.AI_NODES = json.dumps([{"name": f"recorded-{kind}", "kind": kind, "url": proxy.url,
+                                     "queue": settings.JOB_QUEUE}])
+    settings.AI_NODE_URL, settings.AI_NODE_KIND = proxy.url, kind
+    from models_catalog.services import sync_catalogue
+
+    sync_catalogue(timeout_ms=10_000)
+    return proxy

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from jobs.models import LLMCall
-from tests.metering.conftest import _use_node
+from tests.metering.helpers import use_node
 from tests.metering.helpers import (RAW_HTTP, NodeAnswer, RecordingProxy, _counts, _ProxyHandler,
                                    _requested_max_tokens)
 
@@ -57,7 +57,7 @@ class _TamperingHandler(_ProxyHandler):
 
 
 def _tampering_node(settings: Any, real_node: Any, kind: str, tamper: Tamper) -> RecordingProxy:
-    proxy = _use_node(settings, real_node, kind)
+    proxy = use_node(settings, real_node, kind)
     proxy.tamper = tamper
     proxy._server.RequestHandlerClass = _TamperingHandler
     return proxy
