@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Start, stop or ask after the development stack: the web API (127.0.0.1:8000) and one Celery worker, on the
-# defaults (SQLite, kombu's filesystem broker) unless the environment says otherwise.
+# Start, stop or ask after the development stack: the web API (127.0.0.1:8000, gunicorn as in the application
+# image; WEB_SERVER=runserver for Django's own) and one Celery worker, on the defaults (SQLite, kombu's filesystem
+# broker) unless the environment says otherwise.
 #
 #   scripts/stack.sh start|stop|status
 set -euo pipefail
@@ -42,9 +43,16 @@ start)
     $PY manage.py migrate --noinput -v0
     start_one worker .venv/bin/celery -A infra_ainode worker -Q "${JOB_QUEUE:-jobs}" -c "${WORKER_CONCURRENCY:-2}" \
         -l info --without-gossip --without-mingle -B
-    start_one web $PY manage.py runserver "127.0.0.1:$WEB_PORT" --noreload
+    if [[ ${WEB_SERVER:-gunicorn} == runserver ]]; then
+        start_one web $PY manage.py runserver "127.0.0.1:$WEB_PORT" --noreload
+    else
+        # The web workers add up their metrics in this folder; values of an earlier run must not count.
+        rm -rf var/prometheus-web && mkdir -p var/prometheus-web
+        start_one web env PROMETHEUS_MULTIPROC_DIR="$ROOT/var/prometheus-web" WEB_BIND="127.0.0.1:$WEB_PORT" \
+            WEB_WORKERS="${WEB_WORKERS:-2}" .venv/bin/gunicorn --config infra_ainode/gunicorn.conf.py infra_ainode.wsgi
+    fi
     for _ in $(seq 1 60); do
-        curl -s -o /dev/null "http://127.0.0.1:$WEB_PORT/api/v1/" && break
+        curl -s -o /dev/null "http://127.0.0.1:$WEB_PORT/healthz" && break
         sleep 0.5
     done
     ;;
@@ -54,5 +62,5 @@ status)
         if running "$name"; then echo "$name: running (pid $(cat "var/run/$name.pid"))"; else echo "$name: stopped"; fi
     done
     ;;
-*) sed -n '2,5s/^# \{0,1\}//p' "$0"; exit 2 ;;
+*) sed -n '2,6s/^# \{0,1\}//p' "$0"; exit 2 ;;
 esac

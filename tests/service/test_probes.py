@@ -1,0 +1,105 @@
+"""/healthz and /readyz: unauthenticated, cheap, a JSON detail per dependency, and 503 naming the one that is down.
+
+Every dependency is real (the database, the broker, Redis, the AI node); "down" is a 127.0.0.1 port where nothing
+listens.
+"""
+from __future__ import annotations
+
+import socket
+import time
+
+import pytest
+
+from tests.ai_node_fixture import AINode, ai_node  # noqa: F401 - the session fixture is used by name
+from tests.conftest import REDIS_TEST_URL, sqs_broker
+
+
+def closed_port() -> int:
+    """A port on 127.0.0.1 where nothing listens (bound once by us, then let go)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture
+def all_up(transactional_db, settings, ai_node: AINode) -> None:
+    # transactional_db: the checks run in threads of their own, with connections of their own.
+    settings.AI_NODE_URL = ai_node.openai_url
+    settings.AI_NODE_KIND = "openai"
+    settings.AI_NODES = ""
+    settings.REDIS_URL = REDIS_TEST_URL
+    settings.READYZ_TIMEOUT = 1500
+
+
+def test_healthz_answers_without_credentials_or_a_database(anonymous):
+    response = anonymous.get("/healthz")
+    assert response.status_code == 200
+    assert response.json() == {"status": "ok"}
+    assert response["Cache-Control"].startswith("max-age=0")
+
+
+def test_readyz_is_ok_when_every_dependency_answers(anonymous, all_up):
+    response = anonymous.get("/readyz")
+    assert response.status_code == 200, response.content
+    body = response.json()
+    assert body["status"] == "ok" and body["down"] == []
+    assert set(body["checks"]) == {"database", "broker", "redis", "ai_nodes"}
+    assert all(check["ok"] and isinstance(check["ms"], int) for check in body["checks"].values())
+    assert body["checks"]["ai_nodes"]["nodes"]["default"]["ok"] is True
+
+
+def test_readyz_leaves_redis_out_when_it_is_not_configured(anonymous, all_up, settings):
+    settings.REDIS_URL = ""
+    body = anonymous.get("/readyz").json()
+    assert "redis" not in body["checks"] and body["status"] == "ok"
+
+
+def test_readyz_names_the_broker_when_sqs_does_not_answer_and_answers_within_its_timeout(anonymous, all_up,
+                                                                                         use_broker, short_tmp):
+    use_broker(sqs_broker(short_tmp / "var", ("127.0.0.1", closed_port())))
+    started = time.monotonic()
+    response = anonymous.get("/readyz")
+    assert time.monotonic() - started < 1.5 + 1.0
+    assert response.status_code == 503, response.content
+    body = response.json()
+    assert body["status"] == "unavailable" and body["down"] == ["broker"]
+    assert body["checks"]["broker"]["ok"] is False and body["checks"]["broker"]["error"]
+    assert body["checks"]["database"]["ok"] is True
+
+
+def test_readyz_checks_a_working_sqs_broker_too(anonymous, all_up, use_broker, short_tmp, moto_endpoint):
+    use_broker(sqs_broker(short_tmp / "var", moto_endpoint))
+    body = anonymous.get("/readyz").json()
+    assert body["checks"]["broker"] == {"ok": True, "transport": "sqs", "ms": body["checks"]["broker"]["ms"]}
+
+
+def test_readyz_names_redis_when_it_does_not_answer(anonymous, all_up, settings):
+    settings.REDIS_URL = f"redis://127.0.0.1:{closed_port()}/0"
+    response = anonymous.get("/readyz")
+    assert response.status_code == 503
+    assert response.json()["down"] == ["redis"]
+
+
+def test_readyz_names_the_ai_nodes_when_no_node_answers(anonymous, all_up, settings):
+    settings.AI_NODE_URL = f"http://127.0.0.1:{closed_port()}"
+    response = anonymous.get("/readyz")
+    assert response.status_code == 503
+    body = response.json()
+    assert body["down"] == ["ai_nodes"]
+    assert body["checks"]["ai_nodes"]["nodes"]["default"]["ok"] is False
+
+
+def test_readyz_is_ok_while_at_least_one_of_two_nodes_answers(anonymous, all_up, settings, ai_node: AINode):
+    settings.AI_NODES = (f'[{{"name": "up", "kind": "openai", "url": "{ai_node.openai_url}"}},'
+                         f' {{"name": "down", "kind": "openai", "url": "http://127.0.0.1:{closed_port()}"}}]')
+    response = anonymous.get("/readyz")
+    assert response.status_code == 200, response.content
+    nodes = response.json()["checks"]["ai_nodes"]["nodes"]
+    assert nodes["up"]["ok"] is True and nodes["down"]["ok"] is False
+
+
+def test_the_probes_are_exempt_from_the_https_redirect(anonymous, all_up, settings):
+    settings.SECURE_SSL_REDIRECT = True
+    assert anonymous.get("/healthz").status_code == 200
+    assert anonymous.get("/readyz").status_code == 200
+    assert anonymous.get("/models").status_code == 301
