@@ -13,8 +13,8 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable
 
-from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client import generate_latest, multiprocess
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, multiprocess
+from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
 
 # Seconds: a job waits in the queue for milliseconds to minutes, runs for seconds to the 900 s ceiling.
@@ -87,9 +87,11 @@ def registry(extra: Iterable[Collector] = ()) -> CollectorRegistry:
     return collected
 
 
-def exposition(extra: Iterable[Collector] = ()) -> tuple[bytes, str]:
-    """The text format and its content type."""
-    return generate_latest(registry(extra)), CONTENT_TYPE_LATEST
+def exposition(extra: Iterable[Collector] = (), *, accept: str = "") -> tuple[bytes, str]:
+    """The exposition format the scraper's Accept header asks for (Prometheus' text format by default) and its
+    content type."""
+    encoder, content_type = choose_encoder(accept)
+    return encoder(registry(extra)), content_type
 
 
 def process_exited(pid: int) -> None:

@@ -175,7 +175,7 @@ def metrics(request: HttpRequest) -> HttpResponse:
     answers only to clients on loopback."""
     if not _may_scrape(request):
         return JsonResponse({"detail": "Metrics need the scrape token.", "code": "not_authenticated"}, status=403)
-    body, content_type = core_metrics.exposition([CatalogSyncAge()])
+    body, content_type = core_metrics.exposition([CatalogSyncAge()], accept=request.headers.get("Accept", ""))
     return HttpResponse(body, content_type=content_type)
 
 

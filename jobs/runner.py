@@ -19,6 +19,7 @@ from django.conf import settings
 from django.db.models import F
 from django.utils import timezone
 
+from core import metrics
 from core.errors import DomainError
 from models_catalog.services import node_named, route_model
 
@@ -51,6 +52,8 @@ def run_job(job_id: str | uuid.UUID, *, backend: DockerBackend | None = None) ->
         return
     job = Job.objects.select_related("function_version").get(pk=job_id)
     logger.info("job %s: claimed by %s", job.id, settings.WORKER_ID)
+    metrics.job_claimed(queue_wait_seconds=(job.started_at - job.created_at).total_seconds())
+    metrics.JOBS_RUNNING.inc()
     backend = backend or DockerBackend(base_url=settings.DOCKER_HOST or None)
     workdir = settings.JOB_WORK_ROOT / str(job.id)
     gateway: JobGateway | None = None
@@ -60,7 +63,7 @@ def run_job(job_id: str | uuid.UUID, *, backend: DockerBackend | None = None) ->
         outcome = backend.run(
             _container_spec(job, workdir),
             should_cancel=_cancel_checker(job.id),
-            on_started=lambda container_id: Job.objects.filter(pk=job.id).update(container_id=container_id),
+            on_started=_started_recorder(job.id, time.monotonic()),
         )
         # Model calls may outlive the container (a script can hang up on a stream and exit): stopping the gateway
         # waits for them, so that the ledger is complete before the job's totals are taken from it.
@@ -78,7 +81,23 @@ def run_job(job_id: str | uuid.UUID, *, backend: DockerBackend | None = None) ->
         shutil.rmtree(workdir, ignore_errors=True)
         job.refresh_from_db()
         results.publish(job)
+        metrics.JOBS_RUNNING.dec()
+        metrics.job_finished(status=job.status, error_code=job.error_code, run_seconds=_run_seconds(job))
         logger.info("job %s: %s (%s)", job.id, job.status, job.error_code or "ok")
+
+
+def _started_recorder(job_id: uuid.UUID, asked_at: float):
+    def on_started(container_id: str) -> None:
+        metrics.container_started(seconds=time.monotonic() - asked_at)
+        Job.objects.filter(pk=job_id).update(container_id=container_id)
+
+    return on_started
+
+
+def _run_seconds(job: Job) -> float | None:
+    if job.started_at is None or job.finished_at is None:
+        return None
+    return (job.finished_at - job.started_at).total_seconds()
 
 
 def _handle_unclaimed(job_id: str | uuid.UUID) -> None:
@@ -119,6 +138,7 @@ def _declare_lost(job: Job, *, backend: DockerBackend | None) -> None:
                             error_message="The worker running this job stopped before it finished."):
         return
     logger.warning("job %s: its worker was lost; failed", job.pk)
+    metrics.job_finished(status=JobStatus.FAILED, error_code="worker_lost", run_seconds=None)
     try:
         (backend or DockerBackend(base_url=settings.DOCKER_HOST or None)).remove_job_containers(str(job.pk))
     except ContainerError as exc:

@@ -7,6 +7,7 @@ from django.db.models import Count, F, Sum
 from django.utils import timezone
 
 from billing.services import add_call_to_rollups, cost_of_call, job_cost_increments
+from core import metrics
 from models_catalog.nodes import Usage
 
 from ..models import METERED, Job, LLMCall, LLMCallStatus
@@ -46,6 +47,10 @@ def record_call(*, job_id: str, model_id: str, node: str, endpoint: str, streame
             totals["unmetered_calls"] = F("unmetered_calls") + 1
         Job.objects.filter(pk=job_id).update(**totals)
         add_call_to_rollups(call)
+    metrics.model_call(model=model_id, node=node, error_code=error_code,
+                       prompt_tokens=usage.prompt_tokens if known else None,
+                       completion_tokens=usage.completion_tokens if known else None,
+                       duration_ms=duration_ms, node_duration_ms=node_duration_ms)
     logger.info("job %s: %s call to %s on %s: %s prompt + %s completion tokens%s", job_id, endpoint, model_id, node,
                 call.prompt_tokens, call.completion_tokens, f" ({error_code})" if error_code else "")
     return call
