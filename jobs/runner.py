@@ -152,6 +152,9 @@ def _prepare_workdir(job: Job, workdir: Path) -> None:
     for folder in (workdir, code_dir, input_dir, run_dir):
         folder.mkdir(parents=True, exist_ok=True)
         folder.chmod(0o755)
+    # The SDK is mounted from the job's folder, not from the code checkout: the engine resolves bind mounts on its
+    # own host, and a worker running in a container shares only JOB_WORK_ROOT with it.
+    shutil.copytree(SDK_DIR, workdir / "sdk", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
     extract_archive(bytes(job.function_version.archive), str(code_dir))
     for root, dirs, files in os.walk(code_dir):
         for name in dirs:
@@ -179,7 +182,7 @@ def _container_spec(job: Job, workdir: Path) -> ContainerSpec:
     })
     binds = {
         str(workdir / "code"): {"bind": CONTAINER_CODE_DIR, "mode": "ro"},
-        str(SDK_DIR): {"bind": CONTAINER_SDK_DIR, "mode": "ro"},
+        str(workdir / "sdk"): {"bind": CONTAINER_SDK_DIR, "mode": "ro"},
         str(workdir / "run"): {"bind": CONTAINER_SOCKET_DIR, "mode": "ro"},
     }
     if (workdir / "input" / "payload.json").exists():
