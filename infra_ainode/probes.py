@@ -1,8 +1,8 @@
 """Probes for an orchestrator or a load balancer: /healthz (the process answers) and /readyz (its dependencies do),
 and /metrics for Prometheus.
 
-The probes are unauthenticated, plain Django views (no DRF, no session, no database for /healthz) and exempt from the
-HTTPS redirect. /readyz asks the database, the broker, Redis (when REDIS_URL is set) and the AI nodes at once,
+The probes are unauthenticated, plain Django views (no DRF, no session, no database for /healthz), answered by
+ProbesMiddleware ahead of the host check and the HTTPS redirect. /readyz asks the database, the broker, Redis (when REDIS_URL is set) and the AI nodes at once,
 each bounded by READYZ_TIMEOUT milliseconds, and answers 200 when all are up and 503 naming the ones that are down.
 The AI nodes count as up when at least one enabled node answers its health route.
 """
@@ -29,6 +29,24 @@ from prometheus_client.registry import Collector
 from core import metrics as core_metrics
 
 logger = logging.getLogger(__name__)
+
+
+class ProbesMiddleware:
+    """Answers /healthz, /readyz and /metrics before any other middleware.
+
+    An orchestrator probes a pod by its address (`Host: 10.0.3.7:8000`), which is in no ALLOWED_HOSTS, and over
+    plain HTTP, which production redirects: both checks would refuse the probe. The probes reveal nothing a host
+    name could protect (/metrics has its own token), so they skip those checks; every other path goes on as usual.
+    Listed first in MIDDLEWARE.
+    """
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+        self.routes = {"/healthz": healthz, "/readyz": readyz, "/metrics": metrics}
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        view = self.routes.get(request.path_info)
+        return view(request) if view is not None else self.get_response(request)
 
 
 class CheckFailed(Exception):

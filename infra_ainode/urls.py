@@ -1,15 +1,10 @@
 from django.contrib import admin
 from django.urls import include, path
 
-from infra_ainode import probes
 from jobs.api.views import FunctionViewSet, RunView, StatusView
 from models_catalog.api.views import ModelListView
 
 urlpatterns = [
-    # For load balancers, orchestrators and Prometheus: unauthenticated (metrics: a token), cheap.
-    path("healthz", probes.healthz, name="healthz"),
-    path("readyz", probes.readyz, name="readyz"),
-    path("metrics", probes.metrics, name="metrics"),
     # The operator's usage dashboard and export (billing), before the admin's own catch-all routes.
     path("admin/usage/", include("billing.urls")),
     path("admin/", admin.site.urls),

@@ -102,4 +102,16 @@ def test_the_probes_are_exempt_from_the_https_redirect(anonymous, all_up, settin
     settings.SECURE_SSL_REDIRECT = True
     assert anonymous.get("/healthz").status_code == 200
     assert anonymous.get("/readyz").status_code == 200
+    assert anonymous.get("/metrics").status_code == 200
     assert anonymous.get("/models").status_code == 301
+
+
+def test_the_probes_answer_an_orchestrator_that_asks_by_the_pods_address(anonymous, all_up):
+    pod = {"HTTP_HOST": "10.0.3.7:8000"}  # in no ALLOWED_HOSTS
+    assert anonymous.get("/healthz", **pod).status_code == 200
+    assert anonymous.get("/readyz", **pod).status_code == 200
+    assert anonymous.get("/models", **pod).status_code == 400
+
+
+def test_the_probes_answer_only_get(anonymous):
+    assert anonymous.post("/healthz").status_code == 405
