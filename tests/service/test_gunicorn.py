@@ -107,6 +107,19 @@ def test_metrics_of_every_gunicorn_worker_add_up(transactional_db, alice, served
         assert total(metric_samples(base), "ainode_jobs_submitted_total", model="model-a") == sent
 
 
+def test_with_log_format_json_gunicorn_logs_json_lines_too(gunicorn, tmp_path):
+    base = gunicorn(workers=1, LOG_FORMAT="json")
+    assert get(base + "/healthz")[0] == 200
+    log = next(tmp_path.glob("gunicorn-*.log"))
+
+    def access_line() -> dict | None:
+        entries = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+        return next((e for e in entries if e["logger"] == "gunicorn.access" and "/healthz" in e["message"]), None)
+
+    entry = wait_for(access_line, timeout=10, message="the access log line")
+    assert entry["level"] == "INFO" and '" 200 ' in entry["message"]
+
+
 def test_readyz_names_the_database_when_it_does_not_answer_while_healthz_still_answers(gunicorn):
     base = gunicorn(workers=1, DATABASE_URL=f"postgres://postgres@127.0.0.1:{closed_port()}/nowhere",
                     AI_NODE_URL=f"http://127.0.0.1:{closed_port()}")
