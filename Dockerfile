@@ -33,7 +33,9 @@ RUN groupadd --gid 10002 app \
 
 COPY . /app
 WORKDIR /app
-RUN chmod 0755 /app/scripts/container-entrypoint.sh
+# Static files (the admin's) are collected at build time, into the image, for the app to serve.
+RUN chmod 0755 /app/scripts/container-entrypoint.sh \
+ && VAR_DIR=/var/lib/infra-ainode python manage.py collectstatic --noinput -v0
 
 # Production unless told otherwise: SECRET_KEY must be given (the settings refuse to start without one), cookies
 # are secure, HSTS and the HTTPS redirect are on (the probes and /metrics are exempt from the redirect).
