@@ -24,9 +24,8 @@ from pathlib import Path
 import pytest
 
 from tests.ai_node_fixture import AINode, ai_node  # noqa: F401 - the session fixture is used by name
-from tests.conftest import MOTO_HOST, REPO_ROOT, wait_for
-from tests.service.test_metrics import total
-from tests.service.test_probes import closed_port
+from tests.conftest import REPO_ROOT, wait_for
+from tests.service.ops_helpers import closed_port, parse_metrics, total
 
 APP_IMAGE = os.environ.get("APP_IMAGE", "infra-ainode:local")
 RUNTIME_IMAGE = os.environ.get("JOB_RUNTIME_IMAGE", "infra-ainode-runtime:bookworm-1")
@@ -189,10 +188,7 @@ def test_the_image_runs_web_worker_and_beat_to_a_metered_demo_result(deployment:
     assert http("GET", web + "/metrics")[0] == 403
     request = urllib.request.Request(web + "/metrics", headers={"Authorization": "Bearer image-test-scrape-token"})
     with urllib.request.urlopen(request, timeout=10) as response:
-        from prometheus_client.parser import text_string_to_metric_families
-
-        samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
-                   for f in text_string_to_metric_families(response.read().decode()) for s in f.samples}
+        samples = parse_metrics(response.read().decode())
     assert total(samples, "ainode_jobs_submitted_total") == 1
 
     # Beat handed its periodic tasks to the worker, and the worker keeps its liveness file fresh.

@@ -15,8 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import REPO_ROOT, VENV_BIN, database_url, wait_for
-from tests.service.test_metrics import total
-from tests.service.test_probes import closed_port
+from tests.service.ops_helpers import closed_port, parse_metrics, total
 
 GUNICORN = VENV_BIN / "gunicorn"
 
@@ -81,12 +80,9 @@ def gunicorn(tmp_path: Path, _isolated_broker) -> Iterator[Callable[..., str]]:
 
 
 def metric_samples(base: str) -> dict:
-    from prometheus_client.parser import text_string_to_metric_families
-
     status, body = get(base + "/metrics")
     assert status == 200, body
-    return {(s.name, tuple(sorted(s.labels.items()))): s.value
-            for family in text_string_to_metric_families(body.decode()) for s in family.samples}
+    return parse_metrics(body.decode())
 
 
 def test_metrics_of_every_gunicorn_worker_add_up(transactional_db, alice, served_models, deploy_function,

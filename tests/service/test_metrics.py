@@ -3,10 +3,10 @@ model through the job's gateway)."""
 from __future__ import annotations
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from tests.ai_node_fixture import AINode, ai_node  # noqa: F401 - the session fixture is used by name
 from tests.conftest import deploy
+from tests.service.ops_helpers import Samples, parse_metrics, total
 
 SCRIPT = '''
 import ai_client
@@ -16,21 +16,11 @@ def handler(event, context):
 '''
 
 
-def scrape(client, **headers) -> dict[tuple[str, tuple], float]:
+def scrape(client, **headers) -> Samples:
     response = client.get("/metrics", **headers)
     assert response.status_code == 200, response.content
     assert response["Content-Type"].startswith("text/plain")
-    samples = {}
-    for family in text_string_to_metric_families(response.content.decode()):
-        for sample in family.samples:
-            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
-    return samples
-
-
-def total(samples: dict, name: str, **labels: str) -> float:
-    """The sum of `name`'s samples whose labels include `labels`."""
-    return sum(value for (sample, sample_labels), value in samples.items()
-               if sample == name and set(labels.items()) <= set(sample_labels))
+    return parse_metrics(response.content.decode())
 
 
 def test_metrics_answer_loopback_clients_when_no_token_is_set(db, anonymous, settings):

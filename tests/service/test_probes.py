@@ -5,20 +5,13 @@ listens.
 """
 from __future__ import annotations
 
-import socket
 import time
 
 import pytest
 
 from tests.ai_node_fixture import AINode, ai_node  # noqa: F401 - the session fixture is used by name
 from tests.conftest import REDIS_TEST_URL, sqs_broker
-
-
-def closed_port() -> int:
-    """A port on 127.0.0.1 where nothing listens (bound once by us, then let go)."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+from tests.service.ops_helpers import closed_port
 
 
 @pytest.fixture

@@ -5,7 +5,7 @@ import time
 import urllib.request
 
 from tests.conftest import wait_for
-from tests.service.test_probes import closed_port
+from tests.service.ops_helpers import closed_port
 
 
 def test_a_worker_keeps_its_liveness_file_fresh_serves_metrics_and_removes_the_file_when_it_stops(
