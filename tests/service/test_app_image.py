@@ -148,8 +148,10 @@ def test_the_image_runs_web_worker_and_beat_to_a_metered_demo_result(deployment:
     key = deployment.run("manage", "create_api_key", "demo", "--name", "image test")
     socket_group = str(os.stat(DOCKER_SOCKET).st_gid)
     deployment.run("web", detach=True, name=f"ainode-web-{suffix}")
+    worker_metrics_port = closed_port()
     deployment.run("worker", detach=True, name=f"ainode-worker-{suffix}",
                    extra=("--env", f"WORKER_ID=image-worker-{suffix}", "--group-add", socket_group,
+                          "--env", f"WORKER_METRICS_PORT={worker_metrics_port}",
                           "--volume", f"{DOCKER_SOCKET}:{DOCKER_SOCKET}",
                           "--volume", f"{deployment.work_root}:{deployment.work_root}"))
     deployment.run("beat", detach=True, name=f"ainode-beat-{suffix}")
@@ -190,6 +192,14 @@ def test_the_image_runs_web_worker_and_beat_to_a_metered_demo_result(deployment:
     with urllib.request.urlopen(request, timeout=10) as response:
         samples = parse_metrics(response.read().decode())
     assert total(samples, "ainode_jobs_submitted_total") == 1
+    # The worker's metrics: recorded in its pool process, summed and served by its main process.
+    with urllib.request.urlopen(f"http://127.0.0.1:{worker_metrics_port}/metrics", timeout=10) as response:
+        samples = parse_metrics(response.read().decode())
+    assert total(samples, "ainode_jobs_finished_total", status="succeeded") == 1
+    assert total(samples, "ainode_model_calls_total", outcome="ok") == 2
+    assert total(samples, "ainode_tokens_total", kind="prompt") == job["promptTokens"]
+    assert total(samples, "ainode_tokens_total", kind="completion") == job["completionTokens"]
+    assert total(samples, "ainode_jobs_running") == 0
 
     # Beat handed its periodic tasks to the worker, and the worker keeps its liveness file fresh.
     wait_for(lambda: "Sending due task sync-models" in deployment.logs(f"ainode-beat-{suffix}"), timeout=30,
