@@ -1,11 +1,22 @@
-"""Helpers of the service tests: a port where nothing listens, and reading Prometheus' text format."""
+"""Helpers of the service tests: the documented production environment, a port where nothing listens, and
+reading Prometheus' text format."""
 from __future__ import annotations
 
+import secrets
 import socket
 
 from prometheus_client.parser import text_string_to_metric_families
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+# The README's "Deploying" section documents exactly these.
+PRODUCTION_ENV = {
+    "ENVIRONMENT": "production",
+    "SECRET_KEY": secrets.token_urlsafe(50),
+    "ALLOWED_HOSTS": "api.example.org",
+    "CSRF_TRUSTED_ORIGINS": "https://api.example.org",
+    "SECURE_PROXY_SSL_HEADER": "X-Forwarded-Proto: https",
+}
 
 
 def closed_port() -> int:

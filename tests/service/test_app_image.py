@@ -25,7 +25,7 @@ import pytest
 
 from tests.ai_node_fixture import AINode, ai_node  # noqa: F401 - the session fixture is used by name
 from tests.conftest import REPO_ROOT, wait_for
-from tests.service.ops_helpers import closed_port, parse_metrics, total
+from tests.service.ops_helpers import PRODUCTION_ENV, closed_port, parse_metrics, total
 
 APP_IMAGE = os.environ.get("APP_IMAGE", "infra-ainode:local")
 RUNTIME_IMAGE = os.environ.get("JOB_RUNTIME_IMAGE", "infra-ainode-runtime:bookworm-1")
@@ -214,3 +214,30 @@ def test_the_image_runs_web_worker_and_beat_to_a_metered_demo_result(deployment:
     assert any(json.loads(line)["message"].startswith(f"job {job['jobId']}: claimed") for line in worker_lines)
     # Nothing of the job is left in the shared work root.
     assert list(deployment.work_root.iterdir()) == []
+
+
+@pytest.fixture
+def app_image() -> str:
+    if docker("image", "inspect", APP_IMAGE, check=False).returncode != 0:
+        pytest.fail(f"no image {APP_IMAGE}: build it with scripts/build-app-image.sh")
+    return APP_IMAGE
+
+
+def test_the_image_refuses_to_start_without_a_secret_key(app_image):
+    run = docker("run", "--rm", "--network", "none", app_image, "manage", "check", check=False)
+    assert run.returncode != 0
+    assert "ENVIRONMENT=production needs a real SECRET_KEY" in run.stderr
+
+
+def test_the_image_passes_check_deploy_with_the_documented_environment(app_image):
+    env = [arg for key, value in PRODUCTION_ENV.items() for arg in ("--env", f"{key}={value}")]
+    run = docker("run", "--rm", "--network", "none", *env, app_image, "manage", "check", "--deploy",
+                 "--fail-level", "WARNING", check=False)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "no issues" in run.stdout
+
+
+def test_the_image_runs_as_its_service_user_with_python_3_11(app_image):
+    run = docker("run", "--rm", "--network", "none", app_image, "sh", "-c",
+                 "id -u; python -c 'import sys; print(sys.version_info[:2])'")
+    assert run.stdout.split("\n")[:2] == ["10002", "(3, 11)"]

@@ -4,22 +4,13 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 import subprocess
 import sys
 
 import pytest
 
 from tests.conftest import REPO_ROOT
-
-# The README's "Deploying" section documents exactly these.
-PRODUCTION_ENV = {
-    "ENVIRONMENT": "production",
-    "SECRET_KEY": secrets.token_urlsafe(50),
-    "ALLOWED_HOSTS": "api.example.org",
-    "CSRF_TRUSTED_ORIGINS": "https://api.example.org",
-    "SECURE_PROXY_SSL_HEADER": "X-Forwarded-Proto: https",
-}
+from tests.service.ops_helpers import PRODUCTION_ENV
 
 
 def manage(*args: str, **env: str) -> subprocess.CompletedProcess:
