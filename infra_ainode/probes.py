@@ -189,8 +189,9 @@ def _node_answers(client_for: Callable[..., Any], node: tuple[str, str, str], ti
 @require_GET
 @never_cache
 def metrics(request: HttpRequest) -> HttpResponse:
-    """Prometheus text format. With METRICS_TOKEN set, it needs `Authorization: Bearer <token>`; without, it
-    answers only to clients on loopback."""
+    """Prometheus text format. With METRICS_TOKEN set, it needs `Authorization: Bearer <token>`. Without one it
+    answers only to clients on loopback, and in production not at all: a reverse proxy on the same host would make
+    every client look like loopback."""
     if not _may_scrape(request):
         return JsonResponse({"detail": "Metrics need the scrape token.", "code": "not_authenticated"}, status=403)
     body, content_type = core_metrics.exposition([CatalogSyncAge()], accept=request.headers.get("Accept", ""))
@@ -200,7 +201,8 @@ def metrics(request: HttpRequest) -> HttpResponse:
 def _may_scrape(request: HttpRequest) -> bool:
     token = settings.METRICS_TOKEN
     if not token:
-        return ipaddress.ip_address(request.META.get("REMOTE_ADDR") or "0.0.0.0").is_loopback
+        client = ipaddress.ip_address(request.META.get("REMOTE_ADDR") or "0.0.0.0")
+        return client.is_loopback and not settings.PRODUCTION
     given = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
     return hmac.compare_digest(given.encode(), token.encode())
 

@@ -29,6 +29,13 @@ def test_metrics_answer_loopback_clients_when_no_token_is_set(db, anonymous, set
     assert anonymous.get("/metrics", REMOTE_ADDR="10.1.2.3").status_code == 403
 
 
+def test_in_production_metrics_need_a_token_even_from_loopback(db, anonymous, settings):
+    settings.PRODUCTION, settings.METRICS_TOKEN = True, ""
+    assert anonymous.get("/metrics").status_code == 403
+    settings.METRICS_TOKEN = "s3cret-scrape-token"
+    assert anonymous.get("/metrics", HTTP_AUTHORIZATION="Bearer s3cret-scrape-token").status_code == 200
+
+
 def test_metrics_need_the_token_when_one_is_set(db, anonymous, settings):
     settings.METRICS_TOKEN = "s3cret-scrape-token"
     assert anonymous.get("/metrics").status_code == 403
