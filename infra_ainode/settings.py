@@ -189,12 +189,13 @@ LOGGING = {
 # ---------------------------------------------------------------------------------------------------------
 # Each /readyz check (database, broker, Redis, AI nodes) gets this many milliseconds; they run at once.
 READYZ_TIMEOUT = env_int("READYZ_TIMEOUT", 2000, minimum=1)
-# /metrics asks for `Authorization: Bearer METRICS_TOKEN`; with no token it answers only to loopback clients.
+# /metrics asks for `Authorization: Bearer METRICS_TOKEN`; with no token it answers only to loopback clients, and
+# in production to nobody.
 METRICS_TOKEN = env_str("METRICS_TOKEN", "")
 # A worker serves its own metrics on this port (0: not at all), on WORKER_METRICS_ADDRESS.
 WORKER_METRICS_PORT = env_int("WORKER_METRICS_PORT", 0, minimum=0)
 WORKER_METRICS_ADDRESS = env_str("WORKER_METRICS_ADDRESS", "127.0.0.1")
-# A worker touches this file every WORKER_HEARTBEAT_SECONDS from its event loop (empty: no file); a liveness
+# A worker touches this file every WORKER_HEARTBEAT_SECONDS from its own timer (empty: no file); a liveness
 # probe fails when the file is older than a few intervals.
 WORKER_HEARTBEAT_FILE = env_str("WORKER_HEARTBEAT_FILE", "")
 WORKER_HEARTBEAT_SECONDS = env_int("WORKER_HEARTBEAT_SECONDS", 10, minimum=1)

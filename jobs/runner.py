@@ -53,10 +53,10 @@ def run_job(job_id: str | uuid.UUID, *, backend: DockerBackend | None = None) ->
     job = Job.objects.select_related("function_version").get(pk=job_id)
     logger.info("job %s: claimed by %s", job.id, settings.WORKER_ID)
     metrics.job_claimed(queue_wait_seconds=(job.started_at - job.created_at).total_seconds())
-    metrics.JOBS_RUNNING.inc()
     backend = backend or DockerBackend(base_url=settings.DOCKER_HOST or None)
     workdir = settings.JOB_WORK_ROOT / str(job.id)
     gateway: JobGateway | None = None
+    metrics.JOBS_RUNNING.inc()  # and dec() in finally
     try:
         _prepare_workdir(job, workdir)
         gateway = JobGateway(_gateway_config(job), socket_dir=str(workdir / "run")).start()
