@@ -144,6 +144,11 @@ DATABASES = {
         env_str("DATABASE_URL", f"sqlite:///{BASE_DIR / 'db.sqlite3'}"), conn_max_age=60
     )
 }
+if DATABASES["default"]["ENGINE"].endswith("postgresql"):
+    # A database host that drops packets would hold a request (or a /readyz check's thread) for as long as the
+    # kernel retries; give up on connecting after this many seconds.
+    DATABASES["default"].setdefault("OPTIONS", {}).setdefault(
+        "connect_timeout", env_int("DATABASE_CONNECT_TIMEOUT", 10, minimum=1))
 if DATABASES["default"]["ENGINE"].endswith("sqlite3"):
     # Web and worker processes share the file: wait for a lock instead of failing at once. IMMEDIATE takes the
     # write lock when a transaction begins: a deferred one that must upgrade its lock mid-way fails at once
