@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -184,8 +185,9 @@ def platform(request, settings, use_broker, short_tmp: Path, moto_endpoint) -> I
         pytest.fail("the GPU-hosts test makes network namespaces: it needs root and iproute2")
     tag = uuid.uuid4().hex[:6]
     tmp = Path(tempfile.mkdtemp(prefix="ain-hosts-"))
+    first = random.randrange(10, 250, 2)  # two runs at once (two checkouts) must not pick the same links
     hosts = {name: Host(name=name, index=index, netns=f"ain{name[-1]}{tag}", model_id=f"model-{name[-1]}", tmp=tmp)
-             for index, name in ((101, "host-a"), (102, "host-b"))}
+             for index, name in ((first, "host-a"), (first + 1, "host-b"))}
     ai_nodes = json.dumps([{"name": h.name, "kind": "openai", "url": h.node_url, "queue": h.name}
                            for h in hosts.values()])
     broker = use_broker(sqs_broker(short_tmp / "var", moto_endpoint, visibility_timeout=600))
