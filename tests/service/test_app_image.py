@@ -157,14 +157,14 @@ def test_the_image_runs_web_worker_and_beat_to_a_metered_demo_result(deployment:
     deployment.run("beat", detach=True, name=f"ainode-beat-{suffix}")
     web = deployment.web_url
 
-    def ready() -> bool:
+    def ready() -> dict | None:
         try:
-            return http("GET", web + "/readyz")[0] == 200
+            status, body = http("GET", web + "/readyz")
         except OSError:
-            return False
+            return None
+        return body if status == 200 else None
 
-    wait_for(ready, timeout=90, interval=1, message="the web container to be ready")
-    status, body = http("GET", web + "/readyz")
+    body = wait_for(ready, timeout=90, interval=1, message="the web container to be ready")
     assert set(body["checks"]) == {"database", "broker", "redis", "ai_nodes"}
     assert body["checks"]["database"]["vendor"] == "postgresql" and body["checks"]["broker"]["transport"] == "sqs"
 
