@@ -2,11 +2,12 @@
 
     .venv/bin/python -m devnode [--port 8090] [--ollama-port 11435] [--model-dir var/models]
                                 [--threads 1] [--ctx 2048] [--parallel 2] [--check]
+                                [--host 127.0.0.1] [--model-id smollm2:135m]
 
 Run it from the repository root (scripts/ai-node.sh does). It serves SmolLM2-135M-Instruct (Q4_1 GGUF) as
-`smollm2:135m` through llama.cpp's own HTTP server, run in this process by the `xllamacpp` wheel (OpenAI API on
---port), and through devnode.ollama_front (Ollama API on --ollama-port). Port 0 picks a free port; the ready line
-tells which. Both listen on 127.0.0.1 only.
+`smollm2:135m` (or --model-id) through llama.cpp's own HTTP server, run in this process by the `xllamacpp` wheel
+(OpenAI API on --port), and through devnode.ollama_front (Ollama API on --ollama-port). Port 0 picks a free port;
+the ready line tells which. Both listen on --host (127.0.0.1).
 
 Prints one line when ready, `ai-node ready openai=URL ollama=URL model=ID`, writes the pid file, and serves until
 SIGTERM or SIGINT. With --check it only tells (exit 0 or 1) whether a node already answers on those ports.
@@ -47,6 +48,8 @@ READY_TIMEOUT_S = 120.0
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m devnode", description=__doc__.split("\n\n")[0])
     parser.add_argument("--port", type=int, default=8090, help="OpenAI-compatible port (llama.cpp)")
+    parser.add_argument("--host", default=HOST, help="address both servers listen on")
+    parser.add_argument("--model-id", default=MODEL_ID, help="the id the node lists and answers to")
     parser.add_argument("--ollama-port", type=int, default=11435, help="Ollama-compatible port")
     parser.add_argument("--model-dir", type=Path, default=Path("var/models"), help="relative to the repo root")
     parser.add_argument("--threads", type=int, default=1, help="CPU threads for llama.cpp (the CPU is shared)")
@@ -87,12 +90,12 @@ def start_llama_server(model_path: Path, args: argparse.Namespace) -> tuple[Any,
 
     params = xllamacpp.CommonParams()
     params.model.path = str(model_path)
-    params.model_alias = {MODEL_ID}  # the id users pick; llama.cpp lists it in /v1/models
+    params.model_alias = {args.model_id}  # the id users pick; llama.cpp lists it in /v1/models
     params.n_ctx = args.ctx
     params.n_parallel = args.parallel
     params.cpuparams.n_threads = args.threads
     params.cpuparams_batch.n_threads = args.threads
-    params.hostnames = [HOST]
+    params.hostnames = [args.host]
     params.port = args.port
     params.ui = False
     if not args.verbose:
@@ -122,10 +125,10 @@ def wait_ready(openai_url: str, deadline: float) -> None:
         time.sleep(0.1)
 
 
-def upstream_model(openai_url: str) -> tuple[dict[str, Any], str]:
+def upstream_model(openai_url: str, model_id: str) -> tuple[dict[str, Any], str]:
     """llama.cpp's own description of the model: /v1/models `meta` and the chat template from /props."""
     models = get_json(openai_url + "/v1/models")["data"]
-    meta = next((m.get("meta") or {} for m in models if m.get("id") == MODEL_ID), {})
+    meta = next((m.get("meta") or {} for m in models if m.get("id") == model_id), {})
     template = str(get_json(openai_url + "/props").get("chat_template") or "")
     return meta, template
 
@@ -159,13 +162,14 @@ def serve(args: argparse.Namespace) -> int:
     front: OllamaFront | None = None
     try:
         wait_ready(openai_url, started + READY_TIMEOUT_S)
-        meta, template = upstream_model(openai_url)
-        front = OllamaFront((HOST, args.ollama_port), openai_url, describe_model(model_path, MODEL_ID, meta, template))
+        meta, template = upstream_model(openai_url, args.model_id)
+        front = OllamaFront((args.host, args.ollama_port), openai_url,
+                            describe_model(model_path, args.model_id, meta, template))
         threading.Thread(target=front.serve_forever, name="ollama-front", daemon=True).start()
         write_pid_file(pid_file)
         ready.set()
         logger.info("ready in %.1f s", time.monotonic() - started)
-        print(f"ai-node ready openai={openai_url} ollama={front.url} model={MODEL_ID}", flush=True)
+        print(f"ai-node ready openai={openai_url} ollama={front.url} model={args.model_id}", flush=True)
         while not stop.wait(0.5):  # a timed wait lets the signal handlers run promptly
             pass
         logger.info("stopping")
@@ -181,7 +185,7 @@ def serve(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    openai_url, ollama_url = f"http://{HOST}:{args.port}", f"http://{HOST}:{args.ollama_port}"
+    openai_url, ollama_url = f"http://{args.host}:{args.port}", f"http://{args.host}:{args.ollama_port}"
     if args.check:
         return 0 if answers(openai_url, "/health") and answers(ollama_url, "/") else 1
     return serve(args)

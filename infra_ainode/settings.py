@@ -56,10 +56,42 @@ def env_bool(name: str, default: bool) -> bool:
 # ---------------------------------------------------------------------------------------------------------
 # Django core
 # ---------------------------------------------------------------------------------------------------------
-SECRET_KEY = env_str("SECRET_KEY", "dev-only-insecure-secret-key-change-me")
+# ENVIRONMENT=development (a checkout's default: tests, scripts/stack.sh) may run on a development SECRET_KEY.
+# ENVIRONMENT=production (the application image's default) refuses to start without a real one, and turns on
+# secure cookies, HSTS and the HTTPS redirect unless each is turned off by name.
+ENVIRONMENT = env_str("ENVIRONMENT", "development")
+if ENVIRONMENT not in ("development", "production"):
+    raise ImproperlyConfigured(f"ENVIRONMENT must be development or production, got {ENVIRONMENT!r}")
+PRODUCTION = ENVIRONMENT == "production"
 DEBUG = env_bool("DEBUG", False)
+_DEVELOPMENT_SECRET_KEY = "dev-only-insecure-secret-key-change-me"
+SECRET_KEY = env_str("SECRET_KEY", "" if PRODUCTION else _DEVELOPMENT_SECRET_KEY)
+if PRODUCTION and (len(SECRET_KEY) < 50 or len(set(SECRET_KEY)) < 5 or SECRET_KEY == _DEVELOPMENT_SECRET_KEY
+                   or SECRET_KEY.startswith("django-insecure")):
+    raise ImproperlyConfigured(
+        "ENVIRONMENT=production needs a real SECRET_KEY: at least 50 characters, 5 of them different, e.g. "
+        "python -c 'import secrets; print(secrets.token_urlsafe(50))'")
+if PRODUCTION and DEBUG:
+    raise ImproperlyConfigured("DEBUG must be false when ENVIRONMENT=production")
 ALLOWED_HOSTS = [h for h in env_str("ALLOWED_HOSTS", "127.0.0.1,localhost,testserver").split(",") if h]
 VAR_DIR = Path(env_str("VAR_DIR", str(BASE_DIR / "var")))
+
+# HTTPS. Behind a proxy that ends TLS, SECURE_PROXY_SSL_HEADER names the header it sets and the value meaning
+# HTTPS ("X-Forwarded-Proto: https"); only set it when the proxy overwrites that header on every request.
+CSRF_TRUSTED_ORIGINS = [o for o in env_str("CSRF_TRUSTED_ORIGINS", "").split(",") if o]
+SESSION_COOKIE_SECURE = env_bool("SESSION_COOKIE_SECURE", PRODUCTION)
+CSRF_COOKIE_SECURE = env_bool("CSRF_COOKIE_SECURE", PRODUCTION)
+SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", PRODUCTION)
+SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 31536000 if PRODUCTION else 0, minimum=0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", PRODUCTION)
+SECURE_HSTS_PRELOAD = env_bool("SECURE_HSTS_PRELOAD", PRODUCTION)
+_proxy_header = env_str("SECURE_PROXY_SSL_HEADER", "")
+if _proxy_header:
+    _name, _, _value = _proxy_header.partition(":")
+    if not _name.strip() or not _value.strip():
+        raise ImproperlyConfigured(f"SECURE_PROXY_SSL_HEADER must look like 'X-Forwarded-Proto: https', "
+                                   f"got {_proxy_header!r}")
+    SECURE_PROXY_SSL_HEADER = ("HTTP_" + _name.strip().upper().replace("-", "_"), _value.strip())
 
 INSTALLED_APPS = [
     "django.contrib.admin",
@@ -76,6 +108,8 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    # /healthz, /readyz and /metrics, answered before the host check and the HTTPS redirect (see its docstring).
+    "infra_ainode.probes.ProbesMiddleware",
     "django.middleware.security.SecurityMiddleware",
     # Serves STATIC_ROOT (filled by `manage.py collectstatic`, which scripts/stack.sh runs at start-up) from the
     # web process itself, so the admin and the dashboard are styled with DEBUG off and no other web server.
@@ -113,6 +147,11 @@ DATABASES = {
         env_str("DATABASE_URL", f"sqlite:///{BASE_DIR / 'db.sqlite3'}"), conn_max_age=60
     )
 }
+if DATABASES["default"]["ENGINE"].endswith("postgresql"):
+    # A database host that drops packets would hold a request (or a /readyz check's thread) for as long as the
+    # kernel retries; give up on connecting after this many seconds.
+    DATABASES["default"].setdefault("OPTIONS", {}).setdefault(
+        "connect_timeout", env_int("DATABASE_CONNECT_TIMEOUT", 10, minimum=1))
 if DATABASES["default"]["ENGINE"].endswith("sqlite3"):
     # Web and worker processes share the file. WAL lets readers run beside the one writer. IMMEDIATE takes the
     # write lock when a transaction begins: a transaction that read first (submit_job reads the function's version)
@@ -135,13 +174,43 @@ STATIC_URL = "static/"
 # `manage.py collectstatic` copies the apps' static files here; WhiteNoise serves them (see MIDDLEWARE).
 STATIC_ROOT = VAR_DIR / "static"
 
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator", "OPTIONS": {"min_length": 12}},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+
+# LOG_FORMAT=json writes one JSON object per line (for a log collector); plain is for people.
+LOG_FORMAT = env_str("LOG_FORMAT", "plain")
+if LOG_FORMAT not in ("plain", "json"):
+    raise ImproperlyConfigured(f"LOG_FORMAT must be plain or json, got {LOG_FORMAT!r}")
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "formatters": {
+        "plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"},
+        "json": {"()": "core.logs.JsonFormatter"},
+    },
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": LOG_FORMAT}},
     "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},
 }
+
+# ---------------------------------------------------------------------------------------------------------
+# Operations: probes and metrics
+# ---------------------------------------------------------------------------------------------------------
+# Each /readyz check (database, broker, Redis, AI nodes) gets this many milliseconds; they run at once.
+READYZ_TIMEOUT = env_int("READYZ_TIMEOUT", 2000, minimum=1)
+# /metrics asks for `Authorization: Bearer METRICS_TOKEN`; with no token it answers only to loopback clients, and
+# in production to nobody.
+METRICS_TOKEN = env_str("METRICS_TOKEN", "")
+# A worker serves its own metrics on this port (0: not at all), on WORKER_METRICS_ADDRESS.
+WORKER_METRICS_PORT = env_int("WORKER_METRICS_PORT", 0, minimum=0)
+WORKER_METRICS_ADDRESS = env_str("WORKER_METRICS_ADDRESS", "127.0.0.1")
+# A worker touches this file every WORKER_HEARTBEAT_SECONDS from its own timer (empty: no file); a liveness
+# probe fails when the file is older than a few intervals.
+WORKER_HEARTBEAT_FILE = env_str("WORKER_HEARTBEAT_FILE", "")
+WORKER_HEARTBEAT_SECONDS = env_int("WORKER_HEARTBEAT_SECONDS", 10, minimum=1)
 
 # ---------------------------------------------------------------------------------------------------------
 # API

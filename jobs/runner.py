@@ -19,6 +19,7 @@ from django.conf import settings
 from django.db.models import F
 from django.utils import timezone
 
+from core import metrics
 from core.errors import DomainError
 from models_catalog.services import node_named, route_model
 
@@ -57,9 +58,11 @@ def run_job(job_id: str | uuid.UUID, *, backend: DockerBackend | None = None) ->
         return
     job = Job.objects.select_related("function_version").get(pk=job_id)
     logger.info("job %s: claimed by %s", job.id, settings.WORKER_ID)
+    metrics.job_claimed(queue_wait_seconds=(job.started_at - job.created_at).total_seconds())
     backend = backend or DockerBackend(base_url=settings.DOCKER_HOST or None)
     folders: JobFolders | None = None
     gateway: JobGateway | None = None
+    metrics.JOBS_RUNNING.inc()  # and dec() in finally
     try:
         folders = _prepare_workdir(job)
         gateway = JobGateway(_gateway_config(job), socket_dir=str(folders.run)).start()
@@ -67,7 +70,7 @@ def run_job(job_id: str | uuid.UUID, *, backend: DockerBackend | None = None) ->
         outcome = backend.run(
             _container_spec(job, folders),
             should_cancel=_cancel_checker(job.id),
-            on_started=lambda container_id: Job.objects.filter(pk=job.id).update(container_id=container_id),
+            on_started=_started_recorder(job.id, time.monotonic()),
         )
         # Model calls may outlive the container: stopping the gateway drops the requests not yet forwarded,
         # cancels the calls in flight and waits (a few seconds) until they are on the ledger, so that the ledger is
@@ -87,7 +90,23 @@ def run_job(job_id: str | uuid.UUID, *, backend: DockerBackend | None = None) ->
             shutil.rmtree(folders.path, ignore_errors=True)
         job.refresh_from_db()
         results.publish(job)
+        metrics.JOBS_RUNNING.dec()
+        metrics.job_finished(status=job.status, error_code=job.error_code, run_seconds=_run_seconds(job))
         logger.info("job %s: %s (%s)", job.id, job.status, job.error_code or "ok")
+
+
+def _started_recorder(job_id: uuid.UUID, asked_at: float):
+    def on_started(container_id: str) -> None:
+        metrics.container_started(seconds=time.monotonic() - asked_at)
+        Job.objects.filter(pk=job_id).update(container_id=container_id)
+
+    return on_started
+
+
+def _run_seconds(job: Job) -> float | None:
+    if job.started_at is None or job.finished_at is None:
+        return None
+    return (job.finished_at - job.started_at).total_seconds()
 
 
 def _handle_unclaimed(job_id: str | uuid.UUID) -> None:
@@ -128,6 +147,7 @@ def _declare_lost(job: Job, *, backend: DockerBackend | None) -> None:
                             error_message="The worker running this job stopped before it finished."):
         return
     logger.warning("job %s: its worker was lost; failed", job.pk)
+    metrics.job_finished(status=JobStatus.FAILED, error_code="worker_lost", run_seconds=None)
     try:
         (backend or DockerBackend(base_url=settings.DOCKER_HOST or None)).remove_job_containers(str(job.pk))
     except ContainerError as exc:
@@ -136,8 +156,12 @@ def _declare_lost(job: Job, *, backend: DockerBackend | None) -> None:
 
 
 def _prepare_workdir(job: Job) -> JobFolders:
-    """Lay out the job's code, input and socket folders, readable (not writable) by the container's user only."""
+    """Lay out the job's code, input, SDK and socket folders, readable (not writable) by the container's user only."""
     folders = create_job_folders(settings.JOB_WORK_ROOT, str(job.id))
+    # The SDK is mounted from the job's folder, not from the code checkout: the engine resolves bind mounts on its
+    # own host, and a worker running in a container shares only JOB_WORK_ROOT with it.
+    shutil.copytree(SDK_DIR, folders.sdk, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"), dirs_exist_ok=True)
+    share_tree(folders.sdk)
     extract_archive(bytes(job.function_version.archive), str(folders.code))
     share_tree(folders.code)
     payload = json.dumps(job.input_data)
@@ -160,7 +184,7 @@ def _container_spec(job: Job, folders: JobFolders) -> ContainerSpec:
     })
     binds = {
         str(folders.code): {"bind": CONTAINER_CODE_DIR, "mode": "ro"},
-        str(SDK_DIR): {"bind": CONTAINER_SDK_DIR, "mode": "ro"},
+        str(folders.sdk): {"bind": CONTAINER_SDK_DIR, "mode": "ro"},
         str(folders.run): {"bind": CONTAINER_SOCKET_DIR, "mode": "ro"},
     }
     if (folders.input / "payload.json").exists():

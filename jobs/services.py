@@ -11,6 +11,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from billing.rollups import add_job_to_rollups
+from core import metrics
 from core.errors import Conflict, DomainError, NotFound, TooLarge
 from models_catalog.services import check_model_id, route_model
 
@@ -155,6 +156,7 @@ def submit_job(*, owner: User, function: Function, model_id: str | None, input_d
             timeout_seconds=function.timeout_seconds, token_budget=min(budgets) if budgets else None,
         )
         transaction.on_commit(lambda: _enqueue(job))
+    metrics.job_submitted(model=model, queue=node.queue)
     return job
 
 

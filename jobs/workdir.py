@@ -41,10 +41,11 @@ class JobFolders:
     code: Path
     input: Path
     run: Path
+    sdk: Path
 
 
 def create_job_folders(root: Path, name: str) -> JobFolders:
-    """Make `root`/`name` with its code, input and run folders; raises WorkdirError when that is not safe."""
+    """Make `root`/`name` with its code, input, run and sdk folders; raises WorkdirError when that is not safe."""
     root_fd = _open_work_root(root)
     try:
         try:
@@ -56,7 +57,7 @@ def create_job_folders(root: Path, name: str) -> JobFolders:
         os.close(root_fd)
     try:
         os.fchmod(job_fd, JOB_DIR_MODE)
-        for sub in ("code", "input", "run"):
+        for sub in ("code", "input", "run", "sdk"):
             os.mkdir(sub, JOB_DIR_MODE, dir_fd=job_fd)
             sub_fd = os.open(sub, _DIR_FLAGS, dir_fd=job_fd)
             try:
@@ -66,7 +67,7 @@ def create_job_folders(root: Path, name: str) -> JobFolders:
     finally:
         os.close(job_fd)
     path = root / name
-    return JobFolders(path=path, code=path / "code", input=path / "input", run=path / "run")
+    return JobFolders(path=path, code=path / "code", input=path / "input", run=path / "run", sdk=path / "sdk")
 
 
 def share_tree(folder: Path) -> None:

@@ -46,37 +46,6 @@ if [[ $FORCE -eq 0 ]] && docker image inspect "$IMAGE" >/dev/null 2>&1; then
   exit 0
 fi
 
-# Print the first mirror URI that apt uses for SUITE (argument 1), reading both
-# one-line .list files and deb822 .sources files. Prints nothing if none.
-apt_mirror_for() {
-  local suite="$1" f
-  for f in /etc/apt/sources.list /etc/apt/sources.list.d/*.list; do
-    [[ -r $f ]] || continue
-    # deb [options] URI SUITE COMPONENTS...
-    awk -v s="$suite" '$1 == "deb" {
-        i = 2; if ($i ~ /^\[/) { while ($i !~ /\]$/) i++; i++ }
-        if ($(i + 1) == s) { print $i; exit }
-      }' "$f"
-  done
-  for f in /etc/apt/sources.list.d/*.sources; do
-    [[ -r $f ]] || continue
-    # One stanza per paragraph; skip disabled ones and deb-src-only ones.
-    awk -v s="$suite" 'BEGIN { RS = "" } {
-        types = ""; uri = ""; suites = ""; enabled = "yes"
-        n = split($0, lines, "\n")
-        for (j = 1; j <= n; j++) {
-          l = lines[j]; if (l ~ /^#/) continue
-          k = tolower(l); sub(/:.*/, "", k); v = l; sub(/^[^:]*:[ \t]*/, "", v)
-          if (k == "types") types = v
-          else if (k == "uris") { split(v, u, /[ \t]+/); uri = u[1] }
-          else if (k == "suites") suites = v
-          else if (k == "enabled") enabled = tolower(v)
-        }
-        if (enabled != "no" && (" " types " ") ~ / deb / && (" " suites " ") ~ (" " s " ")) { print uri; exit }
-      }' "$f"
-  done
-}
-
 # True when runtime/Dockerfile can be built the normal way: the base image is
 # here or can be pulled. A missing registry fails in well under a second; a
 # slow one is given 60 s before we fall back.

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Start, stop or ask after the development stack: the web API (127.0.0.1:8000) and one Celery worker, on the
-# defaults (SQLite, kombu's filesystem broker) unless the environment says otherwise.
+# Start, stop or ask after the development stack: the web API (127.0.0.1:8000, gunicorn as in the application
+# image; WEB_SERVER=runserver for Django's own) and one Celery worker, on the defaults (SQLite, kombu's filesystem
+# broker) unless the environment says otherwise.
 #
 #   scripts/stack.sh start|stop|status
 set -euo pipefail
@@ -51,9 +52,16 @@ start)
     $PY manage.py collectstatic --noinput -v0 || fail "collecting static files" "see the error above"
     start_one worker .venv/bin/celery -A infra_ainode worker -Q "${JOB_QUEUE:-jobs}" -c "${WORKER_CONCURRENCY:-2}" \
         -l info --without-gossip --without-mingle -B
-    start_one web $PY manage.py runserver "127.0.0.1:$WEB_PORT" --noreload
+    if [[ ${WEB_SERVER:-gunicorn} == runserver ]]; then
+        start_one web $PY manage.py runserver "127.0.0.1:$WEB_PORT" --noreload
+    else
+        # The web workers add up their metrics in this folder; values of an earlier run must not count.
+        rm -rf "$VAR/prometheus-web" && mkdir -p "$VAR/prometheus-web"
+        start_one web env PROMETHEUS_MULTIPROC_DIR="$VAR/prometheus-web" WEB_BIND="127.0.0.1:$WEB_PORT" \
+            WEB_WORKERS="${WEB_WORKERS:-2}" .venv/bin/gunicorn --config infra_ainode/gunicorn.conf.py infra_ainode.wsgi
+    fi
     for _ in $(seq 1 60); do
-        curl -s -o /dev/null "http://127.0.0.1:$WEB_PORT/api/v1/" && break
+        curl -s -o /dev/null "http://127.0.0.1:$WEB_PORT/healthz" && break
         running web || fail "starting the web server" "it exited at start-up; see $VAR/log/web.log"
         sleep 0.5
     done
@@ -66,5 +74,5 @@ status)
         if running "$name"; then echo "$name: running (pid $(cat "$VAR/run/$name.pid"))"; else echo "$name: stopped"; fi
     done
     ;;
-*) sed -n '2,5s/^# \{0,1\}//p' "$0"; exit 2 ;;
+*) sed -n '2,6s/^# \{0,1\}//p' "$0"; exit 2 ;;
 esac

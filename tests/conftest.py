@@ -28,6 +28,8 @@ SLOW_FIXTURES = frozenset({
     "ai_node", "real_node",                    # the model
     "browser",                                 # Chromium
     "stack",                                   # scripts/stack.sh: the web server and a worker
+    "gunicorn", "app_image", "deployment",     # the production web server, the application image
+    "platform",                                # two GPU hosts as network namespaces
 })
 
 

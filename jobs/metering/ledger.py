@@ -16,6 +16,7 @@ from billing.pricing import cost_of_call, job_cost_increments
 from billing.ranges import created_in_days
 from billing.reports import CALL_FIELDS
 from billing.rollups import add_call_to_rollups, replace_rollups
+from core import metrics
 from models_catalog.nodes import Usage
 
 from ..models import METERED, Job, LLMCall, LLMCallStatus
@@ -66,6 +67,9 @@ def record_call(*, job_id: str, model_id: str, node: str, endpoint: str, streame
         Job.objects.filter(pk=job_id).update(**totals)
         owner_id, function_id = _job_owner_and_function(job_id)
         add_call_to_rollups(call, owner_id=owner_id, function_id=function_id)
+    metrics.model_call(model=model_id, node=node, error_code=error_code,
+                       prompt_tokens=call.prompt_tokens, completion_tokens=call.completion_tokens,
+                       duration_ms=duration_ms, node_duration_ms=node_duration_ms)
     logger.info("job %s: %s call to %s on %s: %s prompt + %s completion tokens%s%s", job_id, endpoint, model_id,
                 node, call.prompt_tokens, call.completion_tokens, " (estimated)" if call.estimated else "",
                 f" ({error_code})" if error_code else "")
