@@ -69,6 +69,8 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "rest_framework",
+    "drf_spectacular",
+    "drf_spectacular_sidecar",
     "accounts",
     "models_catalog",
     "jobs",
@@ -77,6 +79,9 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    # Serves static files (the admin's, and the API docs' Swagger UI and ReDoc) from the apps' own folders, so the
+    # docs pages need no CDN and no collectstatic.
+    "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -123,6 +128,8 @@ USE_I18N = False
 USE_TZ = True
 STATIC_URL = "static/"
 STATIC_ROOT = VAR_DIR / "static"
+WHITENOISE_USE_FINDERS = True
+WHITENOISE_AUTOREFRESH = DEBUG
 # Uploads of function code are checked by size in our own validator; allow DRF to read them first.
 DATA_UPLOAD_MAX_MEMORY_SIZE = 64 * 1024 * 1024
 
@@ -144,6 +151,28 @@ REST_FRAMEWORK = {
     "PAGE_SIZE": 50,
     "EXCEPTION_HANDLER": "core.api.exception_handler",
     "UNAUTHENTICATED_USER": None,
+    "DEFAULT_SCHEMA_CLASS": "core.schema.AutoSchema",
+}
+
+# The OpenAPI schema (/api/schema/) and its docs pages (/api/docs/, /api/redoc/), whose JavaScript comes from the
+# drf-spectacular-sidecar package: nothing is fetched from a CDN.
+SPECTACULAR_SETTINGS = {
+    "TITLE": "Infra AI Node API",
+    "DESCRIPTION": (
+        "Run Python functions as jobs in locked-down containers, with every language-model token metered.\n\n"
+        "Authenticate with `Authorization: Bearer KEY` or `x-api-key: KEY`. Every error answers "
+        "`{\"detail\": \"...\", \"code\": \"...\"}`; a failed job is not an HTTP error but a job with `status` "
+        "and `errorCode`."
+    ),
+    "VERSION": "1.0.0",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+    "COMPONENT_SPLIT_REQUEST": True,
+    "ENUM_NAME_OVERRIDES": {"JobStatusEnum": "jobs.models.JobStatus"},
+    "PREPROCESSING_HOOKS": ["core.schema.optional_trailing_slashes"],
+    "SCHEMA_PATH_PREFIX": r"/(api/v1/)?",
 }
 
 # ---------------------------------------------------------------------------------------------------------

@@ -33,3 +33,32 @@ class UsageRowSerializer(serializers.Serializer):
     def to_representation(self, row: Any) -> dict[str, Any]:
         # The group's figures sit beside its key, in the same shape as the totals.
         return {**super().to_representation(row), **FiguresSerializer(row.figures).data}
+
+
+class UsageRowSchema(FiguresSerializer):
+    """How a usage row looks (documentation only): its key, the fields of the chosen group_by, beside its figures."""
+
+    day = serializers.DateField(required=False)
+    modelId = serializers.CharField(required=False)
+    functionId = serializers.UUIDField(required=False)
+    functionName = serializers.CharField(required=False)
+
+
+class UsageSerializer(serializers.Serializer):
+    """`GET /api/v1/usage/` (documentation only: the view assembles it)."""
+
+    from_ = serializers.DateField()
+    to = serializers.DateField()
+    groupBy = serializers.ChoiceField(choices=["day", "model", "function"])
+    currency = serializers.CharField()
+    totals = FiguresSerializer()
+    count = serializers.IntegerField()
+    next = serializers.URLField(allow_null=True)
+    previous = serializers.URLField(allow_null=True)
+    results = UsageRowSchema(many=True)
+
+    def get_fields(self) -> dict[str, serializers.Field]:
+        # `from` is a Python keyword: the field is declared as from_ and named here.
+        fields = super().get_fields()
+        fields["from"] = fields.pop("from_")
+        return fields

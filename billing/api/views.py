@@ -1,19 +1,31 @@
 from django.conf import settings
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from core.api import Pagination
+from core.schema import errors
 
 from ..ranges import range_from_query
 from ..reports import user_usage
-from .serializers import FiguresSerializer, UsageRowSerializer
+from .serializers import FiguresSerializer, UsageRowSerializer, UsageSerializer
 
 
 class UsageView(APIView):
     """The caller's own usage over `from`..`to` (YYYY-MM-DD, both included; default the last 30 days), grouped by
     `group_by` = day (default), model or function: totals, and one paginated row per group."""
 
+    @extend_schema(
+        summary="Your usage", responses={200: UsageSerializer, **errors(
+            (400, "invalid_date"), (400, "invalid_range"), (400, "invalid_group_by"))},
+        parameters=[
+            OpenApiParameter("from", OpenApiTypes.DATE, description="First day (YYYY-MM-DD)."),
+            OpenApiParameter("to", OpenApiTypes.DATE, description="Last day, included (YYYY-MM-DD)."),
+            OpenApiParameter("group_by", OpenApiTypes.STR, enum=["day", "model", "function"]),
+            OpenApiParameter("page", OpenApiTypes.INT), OpenApiParameter("page_size", OpenApiTypes.INT),
+        ])
     def get(self, request: Request) -> Response:
         span = range_from_query(request.query_params)
         group_by = request.query_params.get("group_by") or "day"

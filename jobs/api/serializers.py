@@ -4,7 +4,7 @@ from typing import Any
 
 from rest_framework import serializers
 
-from ..models import Function, Job
+from ..models import Function, Job, JobStatus
 from ..results import execution_result
 
 
@@ -74,3 +74,49 @@ class JobSerializer(serializers.ModelSerializer):
 
     def to_representation(self, job: Job) -> dict[str, Any]:
         return execution_result(job)
+
+
+class ExecutionResultSerializer(serializers.Serializer):
+    """A job's state or result (jobs.results.execution_result): the original platform's names, and ours. Read
+    only; it documents the shape that `execution_result` builds."""
+
+    requestId = serializers.UUIDField(help_text="The job's id (the original platform's name).")
+    jobId = serializers.UUIDField()
+    functionId = serializers.UUIDField()
+    functionVersion = serializers.IntegerField()
+    modelId = serializers.CharField()
+    node = serializers.CharField(allow_blank=True)
+    workerId = serializers.CharField(allow_blank=True)
+    status = serializers.ChoiceField(choices=JobStatus.choices)
+    errorCode = serializers.CharField(allow_blank=True, help_text="Why a job failed; empty when it did not.")
+    errorMessage = serializers.CharField(allow_blank=True)
+    exitCode = serializers.IntegerField(allow_null=True)
+    stdout = serializers.CharField(allow_blank=True)
+    stderr = serializers.CharField(allow_blank=True)
+    stdoutTruncated = serializers.BooleanField()
+    stderrTruncated = serializers.BooleanField()
+    result = serializers.JSONField(allow_null=True, help_text="What the handler returned (JSON).")
+    durationMs = serializers.IntegerField(allow_null=True)
+    peakMemoryBytes = serializers.IntegerField(allow_null=True)
+    llm_token_count = serializers.IntegerField(help_text="promptTokens + completionTokens.")
+    promptTokens = serializers.IntegerField()
+    completionTokens = serializers.IntegerField()
+    llmCalls = serializers.IntegerField()
+    unmeteredCalls = serializers.IntegerField()
+    cost = serializers.DecimalField(max_digits=24, decimal_places=10, coerce_to_string=True,
+                                    help_text="The sum of the calls' known costs, as a decimal string.")
+    uncostedCalls = serializers.IntegerField()
+    currency = serializers.CharField()
+    tokenBudget = serializers.IntegerField(allow_null=True)
+    createdAt = serializers.DateTimeField()
+    startedAt = serializers.DateTimeField(allow_null=True)
+    finishedAt = serializers.DateTimeField(allow_null=True)
+
+
+class AcceptedSerializer(serializers.Serializer):
+    """The answer of an asynchronous run (x-async: true), or of a synchronous one whose wait ended first."""
+
+    status = serializers.ChoiceField(choices=["ACCEPTED"])
+    jobId = serializers.UUIDField()
+    jobStatus = serializers.ChoiceField(choices=JobStatus.choices)
+    statusUrl = serializers.CharField(help_text="Where to ask for the job's state: /status/{jobId}.")

@@ -1,6 +1,8 @@
 from django.conf import settings
 from django.db.models import QuerySet
 from django.http import StreamingHttpResponse
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, extend_schema_view
 from rest_framework import mixins, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.exceptions import ValidationError
@@ -10,14 +12,59 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from billing.ranges import range_from_query
+from core.schema import errors
 
 from .. import services
 from ..export import csv_download, jobs_in_range
 from ..models import Function, Job, JobStatus
 from ..results import execution_result, wait_for_job
-from .serializers import FunctionSerializer, JobSerializer, RunSerializer
+from .serializers import (
+    AcceptedSerializer,
+    ExecutionResultSerializer,
+    FunctionSerializer,
+    JobSerializer,
+    RunSerializer,
+)
+
+CODE_ERRORS = errors(
+    *[(400, code) for code in ("invalid_code", "missing_main", "bad_zip", "too_many_files", "zip_link", "unsafe_path",
+                               "not_utf8", "syntax_error", "invalid_model_id", "unknown_model", "invalid_memory",
+                               "invalid_timeout", "invalid_env", "invalid_token_budget")],
+    (413, "code_too_large"),
+)
+FUNCTION_NOT_FOUND = errors((404, "function_not_found"))
+JOB_NOT_FOUND = errors((404, "job_not_found"))
+RUN_ERRORS = errors((400, "invalid_model_id"), (400, "unknown_model"), (400, "invalid_token_budget"),
+                    (404, "function_not_found"), (413, "input_too_large"))
+X_ASYNC = OpenApiParameter(
+    "x-async", OpenApiTypes.STR, OpenApiParameter.HEADER, enum=["true", "false"],
+    description="`true` answers 202 at once; otherwise the call waits (at most RUN_SYNC_TIMEOUT) for the result.",
+)
+RUN_ANSWERS = {
+    200: OpenApiResponse(ExecutionResultSerializer, description="The job ended within the wait: its result."),
+    202: OpenApiResponse(AcceptedSerializer, description="Accepted: the job is queued or running."),
+    **RUN_ERRORS,
+}
+DATE_RANGE = [
+    OpenApiParameter("from", OpenApiTypes.DATE, description="First day (YYYY-MM-DD); by default 30 days before `to`."),
+    OpenApiParameter("to", OpenApiTypes.DATE, description="Last day, included (YYYY-MM-DD); by default today."),
+]
 
 
+@extend_schema_view(
+    list=extend_schema(summary="List your functions"),
+    create=extend_schema(summary="Deploy a function", description="Also `POST /deploy`. Give the code as `code` "
+                         "(the text of main.py), `codeBase64` (a zip holding main.py, or main.py) or a multipart "
+                         "`file`.", responses={201: FunctionSerializer, **CODE_ERRORS,
+                                                **errors((409, "function_exists"))}),
+    retrieve=extend_schema(summary="Show a function", responses={200: FunctionSerializer, **FUNCTION_NOT_FOUND}),
+    update=extend_schema(summary="Change a function", description="New code makes a new version.",
+                         responses={200: FunctionSerializer, **CODE_ERRORS, **FUNCTION_NOT_FOUND}),
+    partial_update=extend_schema(summary="Change some of a function's settings",
+                                 responses={200: FunctionSerializer, **CODE_ERRORS, **FUNCTION_NOT_FOUND}),
+    destroy=extend_schema(summary="Delete a function", description="Its jobs stay, for the bill.",
+                          responses={204: None, **FUNCTION_NOT_FOUND}),
+)
 class FunctionViewSet(viewsets.ModelViewSet):
     serializer_class = FunctionSerializer
     parser_classes = [JSONParser, MultiPartParser, FormParser]
@@ -58,6 +105,22 @@ class FunctionViewSet(viewsets.ModelViewSet):
         return Response(status=status.HTTP_204_NO_CONTENT)
 
 
+@extend_schema_view(
+    list=extend_schema(summary="List your jobs, newest first", responses={200: ExecutionResultSerializer(many=True),
+                                                                          **FUNCTION_NOT_FOUND},
+                       parameters=[
+                           OpenApiParameter("status", OpenApiTypes.STR, enum=JobStatus.values),
+                           OpenApiParameter("function", OpenApiTypes.UUID, description="A function's id."),
+                           OpenApiParameter("model", OpenApiTypes.STR, description="A modelId."),
+                       ]),
+    retrieve=extend_schema(summary="Show a job", description="Also `GET /status/{jobId}`.",
+                           responses={200: ExecutionResultSerializer, **JOB_NOT_FOUND}),
+    create=extend_schema(summary="Run a function", description="Also `POST /run`.", request=RunSerializer,
+                         parameters=[X_ASYNC], responses=RUN_ANSWERS),
+    cancel=extend_schema(summary="Cancel a queued or running job", request=None,
+                         responses={200: ExecutionResultSerializer, **JOB_NOT_FOUND,
+                                    **errors((409, "job_finished"))}),
+)
 class JobViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
     serializer_class = JobSerializer
 
@@ -106,11 +169,16 @@ def run(request: Request) -> Response:
 
 
 class RunView(APIView):
+    @extend_schema(summary="Run a function (the original platform's route)",
+                   request=RunSerializer, parameters=[X_ASYNC], responses=RUN_ANSWERS)
     def post(self, request: Request) -> Response:
         return run(request)
 
 
 class StatusView(APIView):
+    @extend_schema(summary="A job's state or result (the original platform's route)",
+                   parameters=[OpenApiParameter("job_id", OpenApiTypes.STR, OpenApiParameter.PATH)],
+                   responses={200: ExecutionResultSerializer, **JOB_NOT_FOUND})
     def get(self, request: Request, job_id: str) -> Response:
         return Response(execution_result(services.get_job(owner=request.user, job_id=job_id)))
 
@@ -122,6 +190,9 @@ class JobsCsvView(APIView):
         # The answer is CSV whatever the client accepts; errors (bad dates) still answer in the JSON error shape.
         return super().perform_content_negotiation(request, force=True)
 
+    @extend_schema(summary="Your jobs as CSV", parameters=DATE_RANGE,
+                   responses={(200, "text/csv"): OpenApiResponse(OpenApiTypes.STR, description="One line per job."),
+                              **errors((400, "invalid_date"), (400, "invalid_range"))})
     def get(self, request: Request) -> StreamingHttpResponse:
         span = range_from_query(request.query_params)
         return csv_download(jobs_in_range(span, owner=request.user), span)
