@@ -245,6 +245,8 @@ JOB_OUTPUT_LIMIT_BYTES = env_int("JOB_OUTPUT_LIMIT_BYTES", 1024 * 1024, minimum=
 JOB_RESULT_MAX_BYTES = env_int("JOB_RESULT_MAX_BYTES", 1024 * 1024, minimum=1024)
 # How long past its timeout a `running` job may stay before it is declared lost (its worker died).
 JOB_LOST_GRACE_SECONDS = env_int("JOB_LOST_GRACE_SECONDS", 60, minimum=0)
+# How long an Idempotency-Key on POST /run or a deploy is remembered (a repeat within it gets the first answer).
+IDEMPOTENCY_KEY_TTL = env_int("IDEMPOTENCY_KEY_TTL", 86400, minimum=1)
 JOB_RUNTIME_IMAGE = env_str("JOB_RUNTIME_IMAGE", "infra-ainode-runtime:bookworm-1")
 # Host folder for each job's code and sockets; it is bind-mounted into the job container, so it must be a path
 # the Docker engine sees (the worker and the engine share a host).
@@ -277,6 +279,11 @@ CELERY_BEAT_SCHEDULE = {
         "task": "jobs.recover_lost_jobs",
         "schedule": 60.0,
         "options": {"queue": JOB_QUEUE, "routing_key": JOB_QUEUE, "expires": 60},
+    },
+    "purge-idempotency-keys": {
+        "task": "jobs.purge_idempotency_keys",
+        "schedule": 3600.0,
+        "options": {"queue": JOB_QUEUE, "routing_key": JOB_QUEUE, "expires": 3600},
     },
 }
 if MODEL_SYNC_INTERVAL:

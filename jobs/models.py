@@ -230,3 +230,32 @@ class LLMCall(models.Model):
     @property
     def total_tokens(self) -> int | None:
         return self.prompt_tokens + self.completion_tokens if self.is_metered else None
+
+
+class IdempotencyScope(models.TextChoices):
+    RUN = "run"
+    DEPLOY = "deploy"
+
+
+class IdempotencyKey(models.Model):
+    """A client's `Idempotency-Key` on a submit: the first request with it made `job` (or `function`), and a
+    repeat within IDEMPOTENCY_KEY_TTL answers that instead of making another.
+
+    The unique constraint is what makes concurrent duplicates safe: the row is inserted in the same transaction as
+    the job, so a second request with the key waits for the first to commit and then finds its row.
+    """
+
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
+    scope = models.CharField(max_length=16, choices=IdempotencyScope.choices)
+    key = models.CharField(max_length=255)
+    fingerprint = models.CharField(max_length=64, help_text="SHA-256 of the request's body.")
+    job = models.ForeignKey(Job, null=True, blank=True, on_delete=models.CASCADE, related_name="+")
+    function = models.ForeignKey(Function, null=True, blank=True, on_delete=models.CASCADE, related_name="+")
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [models.UniqueConstraint(fields=["owner", "scope", "key"], name="unique_idempotency_key")]
+
+    def __str__(self) -> str:
+        return f"{self.scope} {self.key}"

@@ -16,7 +16,8 @@ from models_catalog.services import check_model_id, route_model
 
 from .code_archive import build_archive
 from .dispatch import enqueue_job
-from .models import Function, FunctionVersion, Job, JobStatus
+from .idempotency import once
+from .models import Function, FunctionVersion, IdempotencyKey, IdempotencyScope, Job, JobStatus
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +46,20 @@ def deploy_function(*, owner: User, name: str, code: bytes, filename: str = "mai
             files=archive.files, unpacked_bytes=archive.unpacked_bytes,
         )
     return function
+
+
+def deploy_function_once(*, owner: User, idempotency_key: str | None, body_fingerprint: str,
+                         **deploy: Any) -> tuple[Function, bool]:
+    """`deploy_function`, once per Idempotency-Key: returns (the function, whether it was made by an earlier
+    request with the key). Raises as deploy_function does, and Unprocessable `idempotency_key_reused`."""
+    if idempotency_key is None:
+        return deploy_function(owner=owner, **deploy), False
+    return once(
+        owner=owner, scope=IdempotencyScope.DEPLOY, key=idempotency_key, body_fingerprint=body_fingerprint,
+        make=lambda: deploy_function(owner=owner, **deploy),
+        made=lambda row: Function.objects.get(pk=row.function_id),
+        record=lambda row, function: IdempotencyKey.objects.filter(pk=row.pk).update(function=function),
+    )
 
 
 def update_function(*, function: Function, code: bytes | None = None, filename: str = "main.py",
@@ -156,6 +171,21 @@ def submit_job(*, owner: User, function: Function, model_id: str | None, input_d
         )
         transaction.on_commit(lambda: _enqueue(job))
     return job
+
+
+def submit_job_once(*, owner: User, idempotency_key: str | None, body_fingerprint: str,
+                    **submit: Any) -> tuple[Job, bool]:
+    """`submit_job`, once per Idempotency-Key: returns (the job, whether it was made by an earlier request with the
+    key). A repeat makes no second job, so nothing is run or billed twice. Raises as submit_job does, and
+    Unprocessable `idempotency_key_reused` when the key came with another body."""
+    if idempotency_key is None:
+        return submit_job(owner=owner, **submit), False
+    return once(
+        owner=owner, scope=IdempotencyScope.RUN, key=idempotency_key, body_fingerprint=body_fingerprint,
+        make=lambda: submit_job(owner=owner, **submit),
+        made=lambda row: Job.objects.select_related("function_version").get(pk=row.job_id),
+        record=lambda row, job: IdempotencyKey.objects.filter(pk=row.pk).update(job=job),
+    )
 
 
 def create_job(**fields: Any) -> Job:

@@ -16,6 +16,7 @@ from core.schema import errors
 
 from .. import services
 from ..export import csv_download, jobs_in_range
+from ..idempotency import fingerprint
 from ..models import Function, Job, JobStatus
 from ..results import execution_result, wait_for_job
 from .serializers import (
@@ -35,7 +36,15 @@ CODE_ERRORS = errors(
 FUNCTION_NOT_FOUND = errors((404, "function_not_found"))
 JOB_NOT_FOUND = errors((404, "job_not_found"))
 RUN_ERRORS = errors((400, "invalid_model_id"), (400, "unknown_model"), (400, "invalid_token_budget"),
-                    (404, "function_not_found"), (413, "input_too_large"))
+                    (400, "invalid_idempotency_key"), (404, "function_not_found"), (413, "input_too_large"),
+                    (422, "idempotency_key_reused"))
+IDEMPOTENCY_KEY = OpenApiParameter(
+    "Idempotency-Key", OpenApiTypes.STR, OpenApiParameter.HEADER,
+    description="Your own unique key for this request (1-255 printable ASCII characters). Repeating it with the "
+                "same body within 24 h answers what the first request made (the same job or function; nothing is "
+                "made, run or billed twice), with `Idempotent-Replayed: true`; with another body, 422 "
+                "`idempotency_key_reused`.",
+)
 X_ASYNC = OpenApiParameter(
     "x-async", OpenApiTypes.STR, OpenApiParameter.HEADER, enum=["true", "false"],
     description="`true` answers 202 at once; otherwise the call waits (at most RUN_SYNC_TIMEOUT) for the result.",
@@ -55,8 +64,10 @@ DATE_RANGE = [
     list=extend_schema(summary="List your functions"),
     create=extend_schema(summary="Deploy a function", description="Also `POST /deploy`. Give the code as `code` "
                          "(the text of main.py), `codeBase64` (a zip holding main.py, or main.py) or a multipart "
-                         "`file`.", responses={201: FunctionSerializer, **CODE_ERRORS,
-                                                **errors((409, "function_exists"))}),
+                         "`file`.", parameters=[IDEMPOTENCY_KEY],
+                         responses={201: FunctionSerializer, **CODE_ERRORS, **errors(
+                             (409, "function_exists"), (400, "invalid_idempotency_key"),
+                             (422, "idempotency_key_reused"))}),
     retrieve=extend_schema(summary="Show a function", responses={200: FunctionSerializer, **FUNCTION_NOT_FOUND}),
     update=extend_schema(summary="Change a function", description="New code makes a new version.",
                          responses={200: FunctionSerializer, **CODE_ERRORS, **FUNCTION_NOT_FOUND}),
@@ -82,11 +93,12 @@ class FunctionViewSet(viewsets.ModelViewSet):
         if upload is None:
             raise ValidationError({"code": ["Give the code as `code`, `codeBase64` or a `file` upload."]})
         code, filename = upload
-        function = services.deploy_function(
-            owner=request.user, name=serializer.validated_data["name"], code=code, filename=filename,
-            **serializer.service_fields(),
+        function, replayed = services.deploy_function_once(
+            owner=request.user, idempotency_key=idempotency_key(request), body_fingerprint=fingerprint(request.data),
+            name=serializer.validated_data["name"], code=code, filename=filename, **serializer.service_fields(),
         )
-        return Response(self.get_serializer(function).data, status=status.HTTP_201_CREATED)
+        return Response(self.get_serializer(function).data, status=status.HTTP_201_CREATED,
+                        headers=replay_headers(replayed))
 
     def update(self, request: Request, *args, **kwargs) -> Response:
         function = self.get_object()
@@ -116,7 +128,7 @@ class FunctionViewSet(viewsets.ModelViewSet):
     retrieve=extend_schema(summary="Show a job", description="Also `GET /status/{jobId}`.",
                            responses={200: ExecutionResultSerializer, **JOB_NOT_FOUND}),
     create=extend_schema(summary="Run a function", description="Also `POST /run`.", request=RunSerializer,
-                         parameters=[X_ASYNC], responses=RUN_ANSWERS),
+                         parameters=[X_ASYNC, IDEMPOTENCY_KEY], responses=RUN_ANSWERS),
     cancel=extend_schema(summary="Cancel a queued or running job", request=None,
                          responses={200: ExecutionResultSerializer, **JOB_NOT_FOUND,
                                     **errors((409, "job_finished"))}),
@@ -156,21 +168,33 @@ def run(request: Request) -> Response:
     serializer.is_valid(raise_exception=True)
     data = serializer.validated_data
     function = services.get_function(owner=request.user, function_id=data["functionId"])
-    job = services.submit_job(owner=request.user, function=function, model_id=data.get("modelId"),
-                              input_data=data.get("inputData"), token_budget=data.get("tokenBudget"))
+    job, replayed = services.submit_job_once(
+        owner=request.user, idempotency_key=idempotency_key(request), body_fingerprint=fingerprint(request.data),
+        function=function, model_id=data.get("modelId"), input_data=data.get("inputData"),
+        token_budget=data.get("tokenBudget"),
+    )
     if request.headers.get("x-async", "").lower() != "true":
         job = wait_for_job(job.pk, settings.RUN_SYNC_TIMEOUT)
         if job.is_terminal:
-            return Response(execution_result(job))
+            return Response(execution_result(job), headers=replay_headers(replayed))
     return Response(
         {"status": "ACCEPTED", "jobId": str(job.pk), "jobStatus": job.status, "statusUrl": f"/status/{job.pk}"},
-        status=status.HTTP_202_ACCEPTED,
+        status=status.HTTP_202_ACCEPTED, headers=replay_headers(replayed),
     )
+
+
+def idempotency_key(request: Request) -> str | None:
+    return request.headers.get("Idempotency-Key")
+
+
+def replay_headers(replayed: bool) -> dict[str, str]:
+    """A repeated request (same Idempotency-Key and body) is answered with what the first one made, and says so."""
+    return {"Idempotent-Replayed": "true"} if replayed else {}
 
 
 class RunView(APIView):
     @extend_schema(summary="Run a function (the original platform's route)",
-                   request=RunSerializer, parameters=[X_ASYNC], responses=RUN_ANSWERS)
+                   request=RunSerializer, parameters=[X_ASYNC, IDEMPOTENCY_KEY], responses=RUN_ANSWERS)
     def post(self, request: Request) -> Response:
         return run(request)
 

@@ -33,8 +33,8 @@ def _routes(patterns: list, prefix: str = "") -> list[tuple[str, Any]]:
 
 
 def _methods(callback: Any) -> set[str]:
-    if getattr(callback, "actions", None):  # a ViewSet route: its method -> action map
-        return {method.upper() for method in callback.actions}
+    if getattr(callback, "actions", None):  # a ViewSet route: its method -> action map (DRF adds HEAD to it)
+        return {method.upper() for method in callback.actions if method not in ("head", "options")}
     view = getattr(callback, "cls", None) or getattr(callback, "view_class", None)
     return {method.upper() for method in ("get", "post", "put", "patch", "delete") if hasattr(view, method)}
 
