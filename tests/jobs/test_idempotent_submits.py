@@ -6,6 +6,7 @@ import threading
 import urllib.error
 import urllib.request
 from datetime import timedelta
+from decimal import Decimal
 
 import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
@@ -15,13 +16,14 @@ from billing.models import UsageDaily
 from jobs.models import Function, IdempotencyKey, Job
 from tests.conftest import deploy
 
-pytestmark = pytest.mark.usefixtures("served_models")
-
 HANDLER = "def handler(event, context):\n    return event\n"
+ASK = ("import ai_client\n"
+       "def handler(event, context):\n"
+       "    return {'answer': ai_client.generate('The sea is', max_tokens=8, temperature=0, seed=1)}\n")
 
 
 @pytest.fixture
-def function(alice):
+def function(alice, served_models):
     return deploy(alice, HANDLER, name="echo")
 
 
@@ -61,7 +63,7 @@ def test_different_keys_make_different_jobs(alice, function):
     assert len(ids) == 3
 
 
-def test_keys_are_per_user(alice, bob, function):
+def test_keys_are_per_user(alice, bob, function, served_models):
     bobs = deploy(bob, HANDLER, name="echo")
     alices_job = run(alice, {"functionId": function["functionId"]}, "shared-key").json()["jobId"]
     bobs_job = run(bob, {"functionId": bobs["functionId"]}, "shared-key")
@@ -107,7 +109,7 @@ def test_a_synchronous_repeat_answers_the_same_job(alice, function, settings):
     assert Job.objects.count() == 1
 
 
-def test_a_repeated_deploy_answers_the_first_function(alice):
+def test_a_repeated_deploy_answers_the_first_function(alice, served_models):
     body = {"name": "once", "code": HANDLER, "memoryMb": 128}
     first = alice.client.post("/deploy", body, format="json", HTTP_IDEMPOTENCY_KEY="deploy-1")
     again = alice.client.post("/deploy", body, format="json", HTTP_IDEMPOTENCY_KEY="deploy-1")
@@ -121,7 +123,7 @@ def test_a_repeated_deploy_answers_the_first_function(alice):
     assert other.json()["code"] == "idempotency_key_reused"
 
 
-def test_a_repeated_multipart_deploy_answers_the_first_function(alice):
+def test_a_repeated_multipart_deploy_answers_the_first_function(alice, served_models):
     def upload_file(code: bytes):
         return alice.client.post("/api/v1/functions/", {"name": "uploaded",
                                                         "file": SimpleUploadedFile("main.py", code)},
@@ -164,3 +166,33 @@ def test_ten_concurrent_duplicates_make_one_job(live_server, alice, function):
     assert len({answer["jobId"] for _, answer in answers}) == 1
     assert Job.objects.filter(owner=alice.user).count() == 1
     assert jobs_in_rollups(alice) == 1
+
+
+# --- run and billed once, on a real worker with the real model ---------------------------------------------------
+
+@pytest.mark.django_db(transaction=True)
+def test_a_repeated_synchronous_run_is_run_and_billed_once(alice, worker, _isolated_broker, settings):
+    from billing.models import ModelPrice
+    from jobs.models import LLMCall
+    from models_catalog.services import sync_catalogue
+
+    sync_catalogue(timeout_ms=10_000)  # the real local node (scripts/ai-node.sh)
+    ModelPrice.objects.create(model_id=settings.DEFAULT_MODEL_ID, price_per_1k_prompt=Decimal("0.5"),
+                              price_per_1k_completion=Decimal("1.5"))
+    settings.RUN_SYNC_TIMEOUT = 90
+    running = worker(_isolated_broker)
+    function = deploy(alice, ASK)
+    body = {"functionId": function["functionId"]}
+
+    first = alice.client.post("/run", body, format="json", HTTP_IDEMPOTENCY_KEY="bill-once")
+    again = alice.client.post("/run", body, format="json", HTTP_IDEMPOTENCY_KEY="bill-once")
+
+    assert first.status_code == 200, (first.content, running.log()[-3000:])
+    assert first.json()["status"] == "succeeded", first.json()
+    assert again.status_code == 200
+    assert again.json() == first.json()
+    assert Job.objects.count() == 1
+    assert LLMCall.objects.filter(job__owner=alice.user).count() == first.json()["llmCalls"] == 1
+    usage = alice.client.get("/api/v1/usage/").json()["totals"]
+    assert (usage["jobs"], usage["calls"], usage["cost"]) == (1, 1, first.json()["cost"])
+    assert Decimal(usage["cost"]) > 0
