@@ -251,14 +251,16 @@ def _show_job(job: dict[str, Any], args: argparse.Namespace) -> int:
 
 
 def _show_quota(quota: dict[str, Any], currency: str) -> None:
-    print("quota this month:")
-    for name, label in (("cost", f"cost ({currency})"), ("tokens", "tokens"), ("concurrentJobs", "jobs at once")):
-        if quota.get(name):
-            entry = quota[name]
-            print(f"  {label}: {entry['used']} used of {entry['limit']}, {entry['remaining']} left"
-                  + (f" ({entry['held']} held by running jobs)" if entry.get("held") not in (None, "0", 0,
-                                                                                               "0.0000000000")
-                     else ""))
+    print(f"quota in {quota['month']}:")
+    for name, label, shown in (("cost", currency, money), ("tokens", "tokens", str),
+                               ("concurrentJobs", "jobs at once", str)):
+        entry = quota.get(name)
+        if entry:
+            held = f", {shown(entry['held'])} held by jobs queued or running" if Decimal(entry["held"]) else ""
+            print(f"  {label}: {shown(entry['used'])} used of {shown(entry['limit'])}{held}; "
+                  f"{shown(entry['remaining'])} left")
+    if quota.get("requestsPerMinute"):
+        print(f"  requests: {quota['requestsPerMinute']} a minute")
 
 
 def money(value: str | None) -> str | None:

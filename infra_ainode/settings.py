@@ -152,6 +152,8 @@ REST_FRAMEWORK = {
     "EXCEPTION_HANDLER": "core.api.exception_handler",
     "UNAUTHENTICATED_USER": None,
     "DEFAULT_SCHEMA_CLASS": "core.schema.AutoSchema",
+    # Each user's request rate comes from their quota (accounts.Quota, set in the admin); none: no limit.
+    "DEFAULT_THROTTLE_CLASSES": ["accounts.throttling.QuotaRateThrottle"],
 }
 
 # The OpenAPI schema (/api/schema/) and its docs pages (/api/docs/, /api/redoc/), whose JavaScript comes from the
@@ -224,6 +226,10 @@ CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
 # Results: the Job row is the source of truth; Redis (optional) carries result:{jobId} and a notification.
 # ---------------------------------------------------------------------------------------------------------
 REDIS_URL = env_str("REDIS_URL", "")
+# The cache holds the request-rate counters of the throttles: shared by every web process through Redis when there
+# is one, else each process counts its own.
+CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL}
+          if REDIS_URL else {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
 RESULT_TTL_SECONDS = env_int("RESULT_TTL_SECONDS", 86400, minimum=1)
 RUN_SYNC_TIMEOUT = env_float("RUN_SYNC_TIMEOUT", 30.0)
 
@@ -303,6 +309,9 @@ GATEWAY_MAX_CONCURRENT_CALLS = env_int("GATEWAY_MAX_CONCURRENT_CALLS", 4, minimu
 # Billing: prices are ModelPrice rows (admin); a call's cost is fixed in this currency when it is recorded.
 # ---------------------------------------------------------------------------------------------------------
 BILLING_CURRENCY = env_str("BILLING_CURRENCY", "USD")
+# The token budget of a job that has none, when its owner's quota limits tokens or cost per month: its worst case
+# (this budget at its model's price) is what is held against the quota while it runs.
+QUOTA_DEFAULT_TOKEN_BUDGET = env_int("QUOTA_DEFAULT_TOKEN_BUDGET", 4096, minimum=1)
 if not (len(BILLING_CURRENCY) == 3 and BILLING_CURRENCY.isascii() and BILLING_CURRENCY.isalpha()
         and BILLING_CURRENCY.isupper()):
     raise ImproperlyConfigured(f"BILLING_CURRENCY must be a three-letter ISO 4217 code, got {BILLING_CURRENCY!r}")

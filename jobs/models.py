@@ -7,6 +7,8 @@ from django.db import models
 from django.db.models import Q
 from django.utils import timezone
 
+from billing.quotas import release_hold
+
 
 class Function(models.Model):
     """A user's deployed script. Its code lives in immutable `FunctionVersion`s; updating code adds a version.
@@ -104,7 +106,11 @@ class JobQuerySet(models.QuerySet):
         sources = [status for status, targets in TRANSITIONS.items() if to in targets]
         if not sources:
             raise ValueError(f"no status may move to {to!r}")
-        return self.filter(pk=pk, status__in=sources).update(status=to, **fields) == 1
+        moved = self.filter(pk=pk, status__in=sources).update(status=to, **fields) == 1
+        if moved and to in TERMINAL:
+            # Every end of a job comes through here: what it did not spend of its quota hold is released.
+            release_hold(job_id=pk)
+        return moved
 
     def queued_by_node(self, nodes: list[str]) -> dict[str, int]:
         """How many jobs wait in the queue of each of `nodes`: what routing weighs between nodes."""

@@ -10,6 +10,7 @@ from django.contrib.auth.models import User
 from django.db import transaction
 from django.utils import timezone
 
+from billing.quotas import admit, job_budget, lock_quota
 from billing.rollups import add_job_to_rollups
 from core.errors import Conflict, DomainError, NotFound, TooLarge
 from models_catalog.services import check_model_id, route_model
@@ -150,8 +151,10 @@ def submit_job(*, owner: User, function: Function, model_id: str | None, input_d
                token_budget: int | None = None) -> Job:
     """Record a queued job and enqueue it once the row is committed.
 
-    Raises TooLarge (input_too_large) and DomainError (invalid_model_id, unknown_model). If the broker refuses
-    the message, the job is failed with `queue_unavailable` rather than left queued forever.
+    Under a quota, the job is admitted first (billing.quotas.admit): its worst case is held until it ends, and a job
+    without a token budget gets the quota's default one. Raises TooLarge (input_too_large), DomainError
+    (invalid_model_id, unknown_model, too_many_jobs) and QuotaExceeded (quota_exceeded). If the broker refuses the
+    message, the job is failed with `queue_unavailable` rather than left queued forever.
     """
     payload_size = len(json.dumps(input_data).encode())
     if payload_size > settings.JOB_INPUT_MAX_BYTES:
@@ -164,11 +167,16 @@ def submit_job(*, owner: User, function: Function, model_id: str | None, input_d
     model = node.model_id or model  # an operator's alias runs, and is billed, as the model it stands for
     budgets = [b for b in (_budget(token_budget), function.token_budget) if b is not None]
     with transaction.atomic():
+        # Locked first: admissions of one user's jobs take turns, so each sees the holds of those before it.
+        quota = lock_quota(owner)
+        budget = job_budget(quota=quota, token_budget=min(budgets) if budgets else None)
         job = create_job(
             owner=owner, function=function, function_version=function.current_version, model_id=model,
             node=node.name, queue=node.queue, input_data=input_data, memory_mb=function.memory_mb,
-            timeout_seconds=function.timeout_seconds, token_budget=min(budgets) if budgets else None,
+            timeout_seconds=function.timeout_seconds, token_budget=budget,
         )
+        if quota is not None:
+            admit(owner=owner, quota=quota, job_id=job.pk, model_id=model, token_budget=budget)
         transaction.on_commit(lambda: _enqueue(job))
     return job
 

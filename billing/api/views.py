@@ -8,14 +8,16 @@ from rest_framework.views import APIView
 from core.api import Pagination
 from core.schema import errors
 
+from ..quotas import standing
 from ..ranges import range_from_query
 from ..reports import user_usage
-from .serializers import FiguresSerializer, UsageRowSerializer, UsageSerializer
+from .serializers import FiguresSerializer, QuotaStandingSerializer, UsageRowSerializer, UsageSerializer
 
 
 class UsageView(APIView):
     """The caller's own usage over `from`..`to` (YYYY-MM-DD, both included; default the last 30 days), grouped by
-    `group_by` = day (default), model or function: totals, and one paginated row per group."""
+    `group_by` = day (default), model or function: totals, one paginated row per group, and where the caller stands
+    against their quota this month."""
 
     @extend_schema(
         summary="Your usage", responses={200: UsageSerializer, **errors(
@@ -33,7 +35,8 @@ class UsageView(APIView):
         paginator = Pagination()
         page = paginator.paginate_queryset(rows, request, view=self)
         response = paginator.get_paginated_response(UsageRowSerializer(page, many=True).data)
+        quota = standing(owner=request.user)
         response.data = {"from": span.start.isoformat(), "to": span.end.isoformat(), "groupBy": group_by,
                          "currency": settings.BILLING_CURRENCY, "totals": FiguresSerializer(totals).data,
-                         **response.data}
+                         **response.data, "quota": QuotaStandingSerializer(quota).data if quota else None}
         return response

@@ -36,8 +36,8 @@ CODE_ERRORS = errors(
 FUNCTION_NOT_FOUND = errors((404, "function_not_found"))
 JOB_NOT_FOUND = errors((404, "job_not_found"))
 RUN_ERRORS = errors((400, "invalid_model_id"), (400, "unknown_model"), (400, "invalid_token_budget"),
-                    (400, "invalid_idempotency_key"), (404, "function_not_found"), (413, "input_too_large"),
-                    (422, "idempotency_key_reused"))
+                    (400, "invalid_idempotency_key"), (402, "quota_exceeded"), (404, "function_not_found"),
+                    (413, "input_too_large"), (422, "idempotency_key_reused"), (429, "too_many_jobs"))
 IDEMPOTENCY_KEY = OpenApiParameter(
     "Idempotency-Key", OpenApiTypes.STR, OpenApiParameter.HEADER,
     description="Your own unique key for this request (1-255 printable ASCII characters). Repeating it with the "

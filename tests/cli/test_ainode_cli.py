@@ -265,3 +265,24 @@ def test_a_progress_line_is_drawn_on_a_terminal(api, running_worker, tmp_path, s
     assert b"\r| job " in drawn or b"\r/ job " in drawn or b"\r- job " in drawn
     assert b"running" in drawn or b"queued" in drawn
     assert b"| job" not in process.stdout
+
+
+# --- quotas -----------------------------------------------------------------------------------------------------
+
+def test_usage_shows_the_quota_and_a_refused_run_exits_6(ainode, deployed, api):
+    from decimal import Decimal
+
+    from accounts.models import Quota
+    from billing.models import ModelPrice
+
+    ModelPrice.objects.create(model_id="model-a", price_per_1k_prompt=Decimal("1"),
+                              price_per_1k_completion=Decimal("2"))
+    Quota.objects.create(user=api.account.user, monthly_cost=Decimal("1"), max_concurrent_jobs=5)
+    assert ainode("run", "echo", "--model", "model-a", "--budget", "100", "--async").returncode == 0
+    refused = ainode("run", "echo", "--model", "model-a", "--budget", "1000", "--async")
+    assert refused.returncode == 6
+    assert "quota_exceeded" in refused.stderr
+    result = ainode("usage")
+    assert result.returncode == 0, result.stderr
+    assert "  USD: 0.00 used of 1.00, 0.20 held by jobs queued or running; 0.80 left" in result.stdout
+    assert "  jobs at once: 1 used of 5; 4 left" in result.stdout
