@@ -23,6 +23,8 @@ from .models import Function, FunctionVersion, IdempotencyKey, IdempotencyScope,
 logger = logging.getLogger(__name__)
 
 ENV_NAME_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
+# A trillion tokens: past any real job, and within every database's 64-bit integers.
+MAX_TOKEN_BUDGET = 10**12
 
 
 # --- functions ------------------------------------------------------------------------------------------------
@@ -140,8 +142,10 @@ def _env(env: dict[str, Any]) -> dict[str, str]:
 
 
 def _budget(value: int | None) -> int | None:
-    if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
-        raise DomainError("tokenBudget must be a positive integer.", code="invalid_token_budget")
+    if value is not None and (not isinstance(value, int) or isinstance(value, bool)
+                              or not 1 <= value <= MAX_TOKEN_BUDGET):
+        raise DomainError(f"tokenBudget must be an integer from 1 to {MAX_TOKEN_BUDGET}.",
+                          code="invalid_token_budget")
     return value
 
 
@@ -153,9 +157,13 @@ def submit_job(*, owner: User, function: Function, model_id: str | None, input_d
 
     Under a quota, the job is admitted first (billing.quotas.admit): its worst case is held until it ends, and a job
     without a token budget gets the quota's default one. Raises TooLarge (input_too_large), DomainError
-    (invalid_model_id, unknown_model, too_many_jobs) and QuotaExceeded (quota_exceeded). If the broker refuses the
-    message, the job is failed with `queue_unavailable` rather than left queued forever.
+    (invalid_input for text a database cannot store, invalid_model_id, unknown_model, too_many_jobs) and
+    QuotaExceeded (quota_exceeded). If the broker refuses the message, the job is failed with `queue_unavailable`
+    rather than left queued forever.
     """
+    if not _storable(input_data):
+        raise DomainError("inputData may not contain NUL characters (\\u0000) or unpaired surrogates.",
+                          code="invalid_input")
     payload_size = len(json.dumps(input_data).encode())
     if payload_size > settings.JOB_INPUT_MAX_BYTES:
         raise TooLarge(f"inputData is {payload_size} bytes; the limit is {settings.JOB_INPUT_MAX_BYTES}.",
@@ -179,6 +187,22 @@ def submit_job(*, owner: User, function: Function, model_id: str | None, input_d
             admit(owner=owner, quota=quota, job_id=job.pk, model_id=model, token_budget=budget)
         transaction.on_commit(lambda: _enqueue(job))
     return job
+
+
+def _storable(value: Any) -> bool:
+    """Whether JSON `value` can be stored: PostgreSQL's JSON holds no NUL character, and no database takes an
+    unpaired surrogate (JSON text may spell both, as \\u0000 and \\ud800)."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return False
+        return "\x00" not in value
+    if isinstance(value, dict):
+        return all(_storable(key) and _storable(item) for key, item in value.items())
+    if isinstance(value, list):
+        return all(_storable(item) for item in value)
+    return True
 
 
 def submit_job_once(*, owner: User, idempotency_key: str | None, body_fingerprint: str,

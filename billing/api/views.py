@@ -21,16 +21,17 @@ class UsageView(APIView):
 
     @extend_schema(
         summary="Your usage", responses={200: UsageSerializer, **errors(
-            (400, "invalid_date"), (400, "invalid_range"), (400, "invalid_group_by"))},
+            (400, "invalid_date"), (400, "invalid_range"), (400, "invalid_group_by"), (404, "not_found"))},
         parameters=[
             OpenApiParameter("from", OpenApiTypes.DATE, description="First day (YYYY-MM-DD)."),
             OpenApiParameter("to", OpenApiTypes.DATE, description="Last day, included (YYYY-MM-DD)."),
             OpenApiParameter("group_by", OpenApiTypes.STR, enum=["day", "model", "function"]),
-            OpenApiParameter("page", OpenApiTypes.INT), OpenApiParameter("page_size", OpenApiTypes.INT),
+            OpenApiParameter("page", {"type": "integer", "minimum": 1}),
+            OpenApiParameter("page_size", {"type": "integer", "minimum": 1, "maximum": Pagination.max_page_size}),
         ])
     def get(self, request: Request) -> Response:
-        span = range_from_query(request.query_params)
-        group_by = request.query_params.get("group_by") or "day"
+        span = range_from_query(request.query_params, blank_is_absent=False)
+        group_by = request.query_params.get("group_by", "day")
         totals, rows = user_usage(owner=request.user, span=span, group_by=group_by)
         paginator = Pagination()
         page = paginator.paginate_queryset(rows, request, view=self)

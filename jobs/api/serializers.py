@@ -5,6 +5,7 @@ from typing import Any
 from rest_framework import serializers
 
 from ..models import Function, Job, JobStatus
+from ..services import MAX_TOKEN_BUDGET
 from ..results import execution_result
 
 
@@ -18,7 +19,8 @@ class FunctionSerializer(serializers.ModelSerializer):
     defaultModel = serializers.CharField(source="default_model", required=False, allow_blank=True, max_length=200)
     allowedModels = serializers.ListField(source="allowed_models", child=serializers.CharField(max_length=200),
                                           required=False, max_length=50)
-    tokenBudget = serializers.IntegerField(source="token_budget", required=False, allow_null=True, min_value=1)
+    tokenBudget = serializers.IntegerField(source="token_budget", required=False, allow_null=True, min_value=1,
+                                           max_value=MAX_TOKEN_BUDGET)
     env = serializers.DictField(child=serializers.CharField(allow_blank=True, max_length=4096), required=False)
     code = serializers.CharField(write_only=True, required=False, trim_whitespace=False)
     codeBase64 = serializers.CharField(write_only=True, required=False)
@@ -60,11 +62,20 @@ class FunctionSerializer(serializers.ModelSerializer):
         return {name: self.validated_data[name] for name in names if name in self.validated_data}
 
 
+class FunctionJsonSerializer(FunctionSerializer):
+    """A function as a JSON body gives it (documentation only): code as `code` or `codeBase64`, never a file."""
+
+    file = None
+
+    class Meta(FunctionSerializer.Meta):
+        fields = [name for name in FunctionSerializer.Meta.fields if name != "file"]
+
+
 class RunSerializer(serializers.Serializer):
     functionId = serializers.CharField(max_length=100)
     modelId = serializers.CharField(required=False, allow_blank=True, allow_null=True, max_length=10_000)
     inputData = serializers.JSONField(required=False, allow_null=True)
-    tokenBudget = serializers.IntegerField(required=False, allow_null=True, min_value=1)
+    tokenBudget = serializers.IntegerField(required=False, allow_null=True, min_value=1, max_value=MAX_TOKEN_BUDGET)
 
 
 class JobSerializer(serializers.ModelSerializer):

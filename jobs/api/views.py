@@ -2,16 +2,18 @@ from django.conf import settings
 from django.db.models import QuerySet
 from django.http import StreamingHttpResponse
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, extend_schema_view
+from drf_spectacular.utils import OpenApiExample, OpenApiParameter, OpenApiResponse, extend_schema, extend_schema_view
 from rest_framework import mixins, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.exceptions import ValidationError
-from rest_framework.parsers import FormParser, JSONParser, MultiPartParser
+from rest_framework.parsers import JSONParser, MultiPartParser
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from billing.ranges import range_from_query
+from core.errors import DomainError
+from models_catalog.services import check_model_id
 from core.schema import errors
 
 from .. import services
@@ -22,6 +24,7 @@ from ..results import execution_result, wait_for_job
 from .serializers import (
     AcceptedSerializer,
     ExecutionResultSerializer,
+    FunctionJsonSerializer,
     FunctionSerializer,
     JobSerializer,
     RunSerializer,
@@ -33,11 +36,27 @@ CODE_ERRORS = errors(
                                "invalid_timeout", "invalid_env", "invalid_token_budget")],
     (413, "code_too_large"),
 )
+DEPLOY_EXAMPLE = OpenApiExample(
+    "A handler", request_only=True, media_type="application/json",
+    value={"name": "echo", "code": "def handler(event, context):\n    return {'echo': event}\n", "memoryMb": 128,
+           "timeoutSeconds": 30},
+)
+RUN_EXAMPLE = OpenApiExample(
+    "A run", request_only=True,
+    value={"functionId": "9f0c2b1e-5d4a-4c3b-8e7f-1a2b3c4d5e6f", "modelId": "smollm2:135m",
+           "inputData": {"question": "What is 2+2?"}, "tokenBudget": 200},
+)
+# Code comes as a multipart `file` upload, or in JSON as `code` / `codeBase64` (JSON has no files).
+FUNCTION_REQUEST = {"application/json": FunctionJsonSerializer, "multipart/form-data": FunctionSerializer}
+# PUT changes what it is given, like PATCH (new code makes a new version; settings not given stay).
+FUNCTION_CHANGE = {"application/json": FunctionJsonSerializer(partial=True),
+                   "multipart/form-data": FunctionSerializer(partial=True)}
 FUNCTION_NOT_FOUND = errors((404, "function_not_found"))
 JOB_NOT_FOUND = errors((404, "job_not_found"))
-RUN_ERRORS = errors((400, "invalid_model_id"), (400, "unknown_model"), (400, "invalid_token_budget"),
-                    (400, "invalid_idempotency_key"), (402, "quota_exceeded"), (404, "function_not_found"),
-                    (413, "input_too_large"), (422, "idempotency_key_reused"), (429, "too_many_jobs"))
+RUN_ERRORS = errors((400, "invalid_input"), (400, "invalid_x_async"), (400, "invalid_model_id"), (400, "unknown_model"),
+                    (400, "invalid_token_budget"), (400, "invalid_idempotency_key"), (402, "quota_exceeded"),
+                    (404, "function_not_found"), (413, "input_too_large"), (422, "idempotency_key_reused"),
+                    (429, "too_many_jobs"))
 IDEMPOTENCY_KEY = OpenApiParameter(
     "Idempotency-Key", OpenApiTypes.STR, OpenApiParameter.HEADER,
     description="Your own unique key for this request (1-255 printable ASCII characters). Repeating it with the "
@@ -46,7 +65,7 @@ IDEMPOTENCY_KEY = OpenApiParameter(
                 "`idempotency_key_reused`.",
 )
 X_ASYNC = OpenApiParameter(
-    "x-async", OpenApiTypes.STR, OpenApiParameter.HEADER, enum=["true", "false"],
+    "x-async", {"type": "string", "pattern": "^([Tt][Rr][Uu][Ee]|[Ff][Aa][Ll][Ss][Ee])$"}, OpenApiParameter.HEADER,
     description="`true` answers 202 at once; otherwise the call waits (at most RUN_SYNC_TIMEOUT) for the result.",
 )
 RUN_ANSWERS = {
@@ -64,21 +83,23 @@ DATE_RANGE = [
     list=extend_schema(summary="List your functions"),
     create=extend_schema(summary="Deploy a function", description="Also `POST /deploy`. Give the code as `code` "
                          "(the text of main.py), `codeBase64` (a zip holding main.py, or main.py) or a multipart "
-                         "`file`.", parameters=[IDEMPOTENCY_KEY],
+                         "`file`.", parameters=[IDEMPOTENCY_KEY], request=FUNCTION_REQUEST,
+                         examples=[DEPLOY_EXAMPLE],
                          responses={201: FunctionSerializer, **CODE_ERRORS, **errors(
                              (409, "function_exists"), (400, "invalid_idempotency_key"),
                              (422, "idempotency_key_reused"))}),
     retrieve=extend_schema(summary="Show a function", responses={200: FunctionSerializer, **FUNCTION_NOT_FOUND}),
-    update=extend_schema(summary="Change a function", description="New code makes a new version.",
+    update=extend_schema(summary="Change a function", description="As PATCH: new code makes a new version, and "
+                         "settings not given stay.", request=FUNCTION_CHANGE,
                          responses={200: FunctionSerializer, **CODE_ERRORS, **FUNCTION_NOT_FOUND}),
-    partial_update=extend_schema(summary="Change some of a function's settings",
+    partial_update=extend_schema(summary="Change some of a function's settings", request=FUNCTION_REQUEST,
                                  responses={200: FunctionSerializer, **CODE_ERRORS, **FUNCTION_NOT_FOUND}),
     destroy=extend_schema(summary="Delete a function", description="Its jobs stay, for the bill.",
                           responses={204: None, **FUNCTION_NOT_FOUND}),
 )
 class FunctionViewSet(viewsets.ModelViewSet):
     serializer_class = FunctionSerializer
-    parser_classes = [JSONParser, MultiPartParser, FormParser]
+    parser_classes = [JSONParser, MultiPartParser]
 
     def get_queryset(self) -> QuerySet[Function]:
         return Function.objects.filter(owner=self.request.user, deleted_at__isnull=True)
@@ -123,18 +144,21 @@ class FunctionViewSet(viewsets.ModelViewSet):
                        parameters=[
                            OpenApiParameter("status", OpenApiTypes.STR, enum=JobStatus.values),
                            OpenApiParameter("function", OpenApiTypes.UUID, description="A function's id."),
-                           OpenApiParameter("model", OpenApiTypes.STR, description="A modelId."),
+                           OpenApiParameter("model", OpenApiTypes.STR, description="A modelId (400 "
+                                            "`invalid_model_id` for one that cannot be)."),
                        ]),
     retrieve=extend_schema(summary="Show a job", description="Also `GET /status/{jobId}`.",
                            responses={200: ExecutionResultSerializer, **JOB_NOT_FOUND}),
     create=extend_schema(summary="Run a function", description="Also `POST /run`.", request=RunSerializer,
+                         examples=[RUN_EXAMPLE],
                          parameters=[X_ASYNC, IDEMPOTENCY_KEY], responses=RUN_ANSWERS),
-    cancel=extend_schema(summary="Cancel a queued or running job", request=None,
+    cancel=extend_schema(summary="Cancel a queued or running job", request=None, operation_id="jobs_cancel",
                          responses={200: ExecutionResultSerializer, **JOB_NOT_FOUND,
                                     **errors((409, "job_finished"))}),
 )
 class JobViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
     serializer_class = JobSerializer
+    parser_classes = [JSONParser]  # a run's inputData is JSON
 
     def get_queryset(self) -> QuerySet[Job]:
         jobs = Job.objects.filter(owner=self.request.user).select_related("function_version")
@@ -147,7 +171,7 @@ class JobViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Gene
             jobs = jobs.filter(function=services.get_function(owner=self.request.user,
                                                               function_id=params["function"]))
         if "model" in params:
-            jobs = jobs.filter(model_id=params["model"])
+            jobs = jobs.filter(model_id=check_model_id(params["model"]))
         return jobs
 
     def get_object(self) -> Job:
@@ -173,7 +197,7 @@ def run(request: Request) -> Response:
         function=function, model_id=data.get("modelId"), input_data=data.get("inputData"),
         token_budget=data.get("tokenBudget"),
     )
-    if request.headers.get("x-async", "").lower() != "true":
+    if not asynchronous(request):
         job = wait_for_job(job.pk, settings.RUN_SYNC_TIMEOUT)
         if job.is_terminal:
             return Response(execution_result(job), headers=replay_headers(replayed))
@@ -181,6 +205,14 @@ def run(request: Request) -> Response:
         {"status": "ACCEPTED", "jobId": str(job.pk), "jobStatus": job.status, "statusUrl": f"/status/{job.pk}"},
         status=status.HTTP_202_ACCEPTED, headers=replay_headers(replayed),
     )
+
+
+def asynchronous(request: Request) -> bool:
+    """The x-async header: true or false (any case); absent is false. Raises DomainError `invalid_x_async`."""
+    value = request.headers.get("x-async", "false").lower()
+    if value not in ("true", "false"):
+        raise DomainError("x-async must be true or false.", code="invalid_x_async")
+    return value == "true"
 
 
 def idempotency_key(request: Request) -> str | None:
@@ -193,8 +225,10 @@ def replay_headers(replayed: bool) -> dict[str, str]:
 
 
 class RunView(APIView):
+    parser_classes = [JSONParser]
     @extend_schema(summary="Run a function (the original platform's route)",
-                   request=RunSerializer, parameters=[X_ASYNC, IDEMPOTENCY_KEY], responses=RUN_ANSWERS)
+                   request=RunSerializer, parameters=[X_ASYNC, IDEMPOTENCY_KEY], responses=RUN_ANSWERS,
+                   examples=[RUN_EXAMPLE])
     def post(self, request: Request) -> Response:
         return run(request)
 
@@ -218,5 +252,5 @@ class JobsCsvView(APIView):
                    responses={(200, "text/csv"): OpenApiResponse(OpenApiTypes.STR, description="One line per job."),
                               **errors((400, "invalid_date"), (400, "invalid_range"))})
     def get(self, request: Request) -> StreamingHttpResponse:
-        span = range_from_query(request.query_params)
+        span = range_from_query(request.query_params, blank_is_absent=False)
         return csv_download(jobs_in_range(span, owner=request.user), span)
