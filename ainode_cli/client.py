@@ -10,9 +10,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 USER_AGENT = "ainode-cli/1.0"
-# A connection that fails is tried again after these pauses; only requests that are safe to repeat are (GETs, and
-# POSTs that carry an Idempotency-Key).
+# A connection that fails, a 5xx and a 429 (after its Retry-After) are tried again, as many times as there are
+# pauses; only requests that are safe to repeat are (GETs, and POSTs that carry an Idempotency-Key).
 RETRY_PAUSES = (0.5, 1.0, 2.0)
+MAX_RETRY_AFTER = 60.0
 
 
 class ApiError(Exception):
@@ -72,8 +73,11 @@ class Client:
                     return Answer(response.status, _decode(response.read()), dict(response.headers))
             except urllib.error.HTTPError as error:
                 answer = Answer(error.code, _decode(error.read()), dict(error.headers))
-                if error.code >= 500 and pauses:
-                    time.sleep(pauses.pop(0))
+                if (error.code >= 500 or error.code == 429) and pauses:
+                    # Over the rate limit: wait as long as the API asks (bounded), as for a server's hiccup.
+                    time.sleep(min(_retry_after(answer.headers), MAX_RETRY_AFTER) if error.code == 429
+                               else pauses[0])
+                    pauses.pop(0)
                     continue
                 raise ApiError(answer.status, answer.body, answer.headers) from None
             except (urllib.error.URLError, OSError) as error:
@@ -93,6 +97,13 @@ class Client:
             if not body.get("next") or (limit is not None and len(items) >= limit):
                 return items[:limit] if limit is not None else items
             page += 1
+
+
+def _retry_after(headers: dict[str, str]) -> float:
+    try:
+        return max(float(headers.get("Retry-After", "1")), 0.0)
+    except ValueError:
+        return 1.0
 
 
 def _decode(raw: bytes) -> Any:

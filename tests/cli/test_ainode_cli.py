@@ -286,3 +286,4 @@ def test_usage_shows_the_quota_and_a_refused_run_exits_6(ainode, deployed, api):
     assert result.returncode == 0, result.stderr
     assert "  USD: 0.00 used of 1.00, 0.20 held by jobs queued or running; 0.80 left" in result.stdout
     assert "  jobs at once: 1 used of 5; 4 left" in result.stdout
+
