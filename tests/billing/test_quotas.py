@@ -258,3 +258,15 @@ def test_a_job_spends_from_its_hold_and_its_end_releases_the_rest(alice, worker,
     assert Decimal(cost["used"]) == Decimal(job["cost"])
     assert Decimal(cost["held"]) == 0
     assert Decimal(cost["remaining"]) == Decimal("1") - Decimal(job["cost"])
+
+
+def test_operators_set_quotas_in_the_admin(operator, alice):
+    operator.client.force_login(operator.user)
+    assert operator.client.get("/admin/accounts/quota/add/").status_code == 200
+    response = operator.client.post("/admin/accounts/quota/add/", {
+        "user": alice.user.pk, "requests_per_minute": "60", "max_concurrent_jobs": "2", "monthly_tokens": "",
+        "monthly_cost": "12.50", "default_token_budget": ""})
+    assert response.status_code == 302, response.content[-2000:]
+    quota = Quota.objects.get(user=alice.user)
+    assert (quota.requests_per_minute, quota.monthly_cost, quota.monthly_tokens) == (60, Decimal("12.5"), None)
+    assert "alice" in operator.client.get("/admin/accounts/quota/").content.decode()
