@@ -3,7 +3,7 @@ from django.db.models import QuerySet
 from django.http import HttpRequest
 
 from . import services
-from .models import ApiKey
+from .models import ApiKey, Quota
 
 
 @admin.register(ApiKey)
@@ -26,3 +26,13 @@ class ApiKeyAdmin(admin.ModelAdmin):
         for api_key in queryset:
             services.revoke_api_key(api_key=api_key)
         self.message_user(request, f"Revoked {queryset.count()} key(s).", messages.SUCCESS)
+
+@admin.register(Quota)
+class QuotaAdmin(admin.ModelAdmin):
+    """Operators set each user's limits here; the usage dashboard shows where each user stands against them."""
+
+    list_display = ("user", "requests_per_minute", "max_concurrent_jobs", "monthly_tokens", "monthly_cost",
+                    "default_token_budget", "updated_at")
+    search_fields = ("user__username",)
+    autocomplete_fields = ("user",)
+    readonly_fields = ("updated_at",)

@@ -87,3 +87,24 @@ class UsageDaily(models.Model):
     @property
     def total_tokens(self) -> int:
         return self.prompt_tokens + self.completion_tokens
+
+
+class Hold(models.Model):
+    """The part of a running job's worst case (its token budget at its model's price) not yet spent: what it may
+    still cost. Made when the job is admitted under a quota (billing.quotas.admit), shrunk as its calls are recorded,
+    and deleted when the job ends, which releases what it did not spend. A job id, not a key: billing imports nothing
+    from jobs."""
+
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
+    job_id = models.UUIDField(unique=True)
+    model_id = models.CharField(max_length=200)
+    cost = models.DecimalField(**COST_DIGITS, default=Decimal(0))
+    tokens = models.BigIntegerField(default=0)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["-created_at"]
+        indexes = [models.Index(fields=["owner"])]
+
+    def __str__(self) -> str:
+        return f"hold of job {self.job_id}"

@@ -66,10 +66,22 @@ def parse_range(*, start: str | None, end: str | None) -> DateRange:
     return span
 
 
-def range_from_query(query: Mapping[str, str]) -> DateRange:
-    """The range a request asks for with its `from` and `to` parameters (an empty one counts as absent); raises
-    as `parse_range` does."""
-    return parse_range(start=query.get("from") or None, end=query.get("to") or None)
+def range_from_query(query: Mapping[str, str], *, blank_is_absent: bool = True) -> DateRange:
+    """The range a request asks for with its `from` and `to` parameters; raises as `parse_range` does.
+
+    A blank one counts as absent for the admin's forms; the API (`blank_is_absent=False`) refuses it as
+    `invalid_date`, as its schema says a date is required when the parameter is given.
+    """
+    start, end = query.get("from"), query.get("to")
+    if blank_is_absent:
+        return parse_range(start=start or None, end=end or None)
+    return parse_range(start=_given(start, "from"), end=_given(end, "to"))
+
+
+def _given(raw: str | None, name: str) -> str | None:
+    if raw == "":
+        raise DomainError(f"`{name}` must be a date written YYYY-MM-DD, got ''.", code="invalid_date")
+    return raw
 
 
 def created_in_days(queryset: QuerySet, start: date | None, end: date | None) -> QuerySet:

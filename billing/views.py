@@ -16,6 +16,7 @@ from core.errors import DomainError
 
 from . import charts, formatting
 from .dashboard import Report, presets, usage_report
+from .quotas import standings
 from .ranges import DateRange, range_from_query
 from .reports import Figures
 
@@ -97,5 +98,5 @@ def dashboard(request: HttpRequest) -> HttpResponse:
         return TemplateResponse(request, "admin/billing/dashboard.html", context, status=exc.status)
     report = usage_report(span=span, currency=settings.BILLING_CURRENCY)
     context.update(report=report, charts=_charts(report), start=span.start.isoformat(), end=span.end.isoformat(),
-                   query=_query(span))
+                   query=_query(span), quotas=standings())
     return TemplateResponse(request, "admin/billing/dashboard.html", context)

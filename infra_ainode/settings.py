@@ -101,6 +101,8 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "rest_framework",
+    "drf_spectacular",
+    "drf_spectacular_sidecar",
     "accounts",
     "models_catalog",
     "jobs",
@@ -111,8 +113,10 @@ MIDDLEWARE = [
     # /healthz, /readyz and /metrics, answered before the host check and the HTTPS redirect (see its docstring).
     "infra_ainode.probes.ProbesMiddleware",
     "django.middleware.security.SecurityMiddleware",
-    # Serves STATIC_ROOT (filled by `manage.py collectstatic`, which scripts/stack.sh runs at start-up) from the
-    # web process itself, so the admin and the dashboard are styled with DEBUG off and no other web server.
+    # Serves static files from the web process itself, so the admin, the dashboard and the API docs (Swagger UI and
+    # ReDoc, from drf-spectacular-sidecar) are styled with DEBUG off, need no CDN and no other web server:
+    # STATIC_ROOT once `manage.py collectstatic` has run (scripts/stack.sh runs it at start-up), else the apps' own
+    # folders (the finders).
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -173,6 +177,8 @@ USE_TZ = True
 STATIC_URL = "static/"
 # `manage.py collectstatic` copies the apps' static files here; WhiteNoise serves them (see MIDDLEWARE).
 STATIC_ROOT = VAR_DIR / "static"
+WHITENOISE_USE_FINDERS = True
+WHITENOISE_AUTOREFRESH = DEBUG
 
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
@@ -222,6 +228,31 @@ REST_FRAMEWORK = {
     "PAGE_SIZE": 50,
     "EXCEPTION_HANDLER": "core.api.exception_handler",
     "UNAUTHENTICATED_USER": None,
+    "DEFAULT_SCHEMA_CLASS": "core.schema.AutoSchema",
+    # Each user's request rate comes from their quota (accounts.Quota, set in the admin); none: no limit.
+    "DEFAULT_THROTTLE_CLASSES": ["accounts.throttling.QuotaRateThrottle"],
+}
+
+# The OpenAPI schema (/api/schema/) and its docs pages (/api/docs/, /api/redoc/), whose JavaScript comes from the
+# drf-spectacular-sidecar package: nothing is fetched from a CDN.
+SPECTACULAR_SETTINGS = {
+    "TITLE": "Infra AI Node API",
+    "DESCRIPTION": (
+        "Run Python functions as jobs in locked-down containers, with every language-model token metered.\n\n"
+        "Authenticate with `Authorization: Bearer KEY` or `x-api-key: KEY`. Every error answers "
+        "`{\"detail\": \"...\", \"code\": \"...\"}`; a failed job is not an HTTP error but a job with `status` "
+        "and `errorCode`."
+    ),
+    "VERSION": "1.0.0",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+    "COMPONENT_SPLIT_REQUEST": True,
+    "ENUM_NAME_OVERRIDES": {"JobStatusEnum": "jobs.models.JobStatus"},
+    "PREPROCESSING_HOOKS": ["core.schema.optional_trailing_slashes"],
+    "POSTPROCESSING_HOOKS": ["drf_spectacular.hooks.postprocess_schema_enums", "jobs.api.schema.add_links"],
+    "SCHEMA_PATH_PREFIX": r"/(api/v1/)?",
 }
 
 # ---------------------------------------------------------------------------------------------------------
@@ -273,6 +304,10 @@ CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
 # Results: the Job row is the source of truth; Redis (optional) carries result:{jobId} and a notification.
 # ---------------------------------------------------------------------------------------------------------
 REDIS_URL = env_str("REDIS_URL", "")
+# The cache holds the request-rate counters of the throttles: shared by every web process through Redis when there
+# is one, else each process counts its own.
+CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL}
+          if REDIS_URL else {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
 RESULT_TTL_SECONDS = env_int("RESULT_TTL_SECONDS", 86400, minimum=1)
 RUN_SYNC_TIMEOUT = env_float("RUN_SYNC_TIMEOUT", 30.0)
 
@@ -312,6 +347,8 @@ JOB_OUTPUT_LIMIT_BYTES = env_int("JOB_OUTPUT_LIMIT_BYTES", 1024 * 1024, minimum=
 JOB_RESULT_MAX_BYTES = env_int("JOB_RESULT_MAX_BYTES", 1024 * 1024, minimum=1024)
 # How long past its timeout a `running` job may stay before it is declared lost (its worker died).
 JOB_LOST_GRACE_SECONDS = env_int("JOB_LOST_GRACE_SECONDS", 60, minimum=0)
+# How long an Idempotency-Key on POST /run or a deploy is remembered (a repeat within it gets the first answer).
+IDEMPOTENCY_KEY_TTL = env_int("IDEMPOTENCY_KEY_TTL", 86400, minimum=1)
 JOB_RUNTIME_IMAGE = env_str("JOB_RUNTIME_IMAGE", "infra-ainode-runtime:bookworm-1")
 # Host folder for each job's code and sockets; it is bind-mounted into the job container, so it must be a path
 # the Docker engine sees (the worker and the engine share a host).
@@ -350,6 +387,11 @@ CELERY_BEAT_SCHEDULE = {
         "schedule": 60.0,
         "options": {"queue": JOB_QUEUE, "routing_key": JOB_QUEUE, "expires": 60},
     },
+    "purge-idempotency-keys": {
+        "task": "jobs.purge_idempotency_keys",
+        "schedule": 3600.0,
+        "options": {"queue": JOB_QUEUE, "routing_key": JOB_QUEUE, "expires": 3600},
+    },
 }
 if MODEL_SYNC_INTERVAL:
     CELERY_BEAT_SCHEDULE["sync-models"] = {
@@ -374,6 +416,9 @@ GATEWAY_DRAIN_SECONDS = env_int("GATEWAY_DRAIN_SECONDS", 5, minimum=1)
 # Billing: prices are ModelPrice rows (admin); a call's cost is fixed in this currency when it is recorded.
 # ---------------------------------------------------------------------------------------------------------
 BILLING_CURRENCY = env_str("BILLING_CURRENCY", "USD")
+# The token budget of a job that has none, when its owner's quota limits tokens or cost per month: its worst case
+# (this budget at its model's price) is what is held against the quota while it runs.
+QUOTA_DEFAULT_TOKEN_BUDGET = env_int("QUOTA_DEFAULT_TOKEN_BUDGET", 4096, minimum=1)
 if not (len(BILLING_CURRENCY) == 3 and BILLING_CURRENCY.isascii() and BILLING_CURRENCY.isalpha()
         and BILLING_CURRENCY.isupper()):
     raise ImproperlyConfigured(f"BILLING_CURRENCY must be a three-letter ISO 4217 code, got {BILLING_CURRENCY!r}")

@@ -1,6 +1,8 @@
 from django.contrib import admin
 from django.urls import include, path
+from drf_spectacular.views import SpectacularAPIView
 
+from core.docs import RedocView, SwaggerView
 from jobs.api.views import FunctionViewSet, RunView, StatusView
 from models_catalog.api.views import ModelListView
 
@@ -9,6 +11,10 @@ urlpatterns = [
     path("admin/usage/", include("billing.urls")),
     path("admin/usage/", include("jobs.urls")),
     path("admin/", admin.site.urls),
+    # The OpenAPI schema, and its docs pages (their files come from drf-spectacular-sidecar, served here).
+    path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
+    path("api/docs/", SwaggerView.as_view(url_name="schema"), name="swagger-ui"),
+    path("api/redoc/", RedocView.as_view(url_name="schema"), name="redoc"),
     path("api/v1/", include("jobs.api.urls")),
     path("api/v1/", include("billing.api.urls")),
     path("api/v1/", include("models_catalog.api.urls")),

@@ -7,6 +7,8 @@ from django.db import models
 from django.db.models import Q
 from django.utils import timezone
 
+from billing.quotas import release_hold
+
 
 class Function(models.Model):
     """A user's deployed script. Its code lives in immutable `FunctionVersion`s; updating code adds a version.
@@ -104,7 +106,11 @@ class JobQuerySet(models.QuerySet):
         sources = [status for status, targets in TRANSITIONS.items() if to in targets]
         if not sources:
             raise ValueError(f"no status may move to {to!r}")
-        return self.filter(pk=pk, status__in=sources).update(status=to, **fields) == 1
+        moved = self.filter(pk=pk, status__in=sources).update(status=to, **fields) == 1
+        if moved and to in TERMINAL:
+            # Every end of a job comes through here: what it did not spend of its quota hold is released.
+            release_hold(job_id=pk)
+        return moved
 
     def queued_by_node(self, nodes: list[str]) -> dict[str, int]:
         """How many jobs wait in the queue of each of `nodes`: what routing weighs between nodes."""
@@ -237,3 +243,32 @@ class LLMCall(models.Model):
     @property
     def total_tokens(self) -> int | None:
         return self.prompt_tokens + self.completion_tokens if self.is_metered else None
+
+
+class IdempotencyScope(models.TextChoices):
+    RUN = "run"
+    DEPLOY = "deploy"
+
+
+class IdempotencyKey(models.Model):
+    """A client's `Idempotency-Key` on a submit: the first request with it made `job` (or `function`), and a
+    repeat within IDEMPOTENCY_KEY_TTL answers that instead of making another.
+
+    The unique constraint is what makes concurrent duplicates safe: the row is inserted in the same transaction as
+    the job, so a second request with the key waits for the first to commit and then finds its row.
+    """
+
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
+    scope = models.CharField(max_length=16, choices=IdempotencyScope.choices)
+    key = models.CharField(max_length=255)
+    fingerprint = models.CharField(max_length=64, help_text="SHA-256 of the request's body.")
+    job = models.ForeignKey(Job, null=True, blank=True, on_delete=models.CASCADE, related_name="+")
+    function = models.ForeignKey(Function, null=True, blank=True, on_delete=models.CASCADE, related_name="+")
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [models.UniqueConstraint(fields=["owner", "scope", "key"], name="unique_idempotency_key")]
+
+    def __str__(self) -> str:
+        return f"{self.scope} {self.key}"

@@ -1,6 +1,7 @@
 from celery import shared_task
 from celery.signals import worker_ready
 
+from .idempotency import purge_expired_keys
 from .runner import recover_lost_jobs, run_job
 
 
@@ -12,6 +13,11 @@ def run_job_task(job_id: str) -> None:
 @shared_task(name="jobs.recover_lost_jobs", ignore_result=True)
 def recover_lost_jobs_task() -> None:
     recover_lost_jobs()
+
+
+@shared_task(name="jobs.purge_idempotency_keys", ignore_result=True)
+def purge_idempotency_keys_task() -> None:
+    purge_expired_keys()
 
 
 @worker_ready.connect

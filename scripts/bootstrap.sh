@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Creates .venv and installs the pinned requirements, skipping the install when nothing changed since last time.
+# Creates .venv and installs the pinned requirements and the `ainode` command-line client (pyproject.toml, as an
+# editable install), skipping the install when nothing changed since last time.
 # PYTHON (python3) is the interpreter the venv is made from: 3.10 or newer. Debian's own python3 makes a venv only
 # with python3-venv installed; this script installs it when it is missing.
 set -euo pipefail
@@ -47,11 +48,13 @@ if [[ ! -x .venv/bin/python ]]; then
     make_venv
 fi
 stamp=.venv/.requirements.sha256
-wanted=$(cat requirements.txt requirements-dev.txt | sha256sum | cut -d' ' -f1)
+wanted=$( (cat requirements.txt requirements-dev.txt pyproject.toml; pwd) | sha256sum | cut -d' ' -f1)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$wanted" ]; then
     .venv/bin/pip install --quiet --disable-pip-version-check -r requirements-dev.txt \
         || fail "installing the Python requirements (pip install -r requirements-dev.txt)" \
             "see pip's error above; check that PyPI is reachable, then run scripts/bootstrap.sh again"
+    .venv/bin/pip install --quiet --disable-pip-version-check --no-deps -e . \
+        || fail "installing the ainode client (pip install -e .)" "see pip's error above"
     echo "$wanted" > "$stamp"
     echo "bootstrap: requirements installed"
 else

@@ -13,6 +13,7 @@ from django.utils import timezone
 
 from billing.models import UsageDaily
 from billing.pricing import cost_of_call, job_cost_increments
+from billing.quotas import spend_from_hold
 from billing.ranges import created_in_days
 from billing.reports import CALL_FIELDS
 from billing.rollups import add_call_to_rollups, replace_rollups
@@ -65,6 +66,8 @@ def record_call(*, job_id: str, model_id: str, node: str, endpoint: str, streame
         else:
             totals["unmetered_calls"] = F("unmetered_calls") + 1
         Job.objects.filter(pk=job_id).update(**totals)
+        spend_from_hold(job_id=job_id, cost=cost,
+                        tokens=usage.prompt_tokens + usage.completion_tokens if known else None)
         owner_id, function_id = _job_owner_and_function(job_id)
         add_call_to_rollups(call, owner_id=owner_id, function_id=function_id)
     metrics.model_call(model=model_id, node=node, error_code=error_code,
