@@ -17,7 +17,7 @@ from decimal import Decimal
 
 import pytest
 
-from tests.conftest import VENV_BIN
+from tests.helpers import VENV_BIN
 
 SCHEMATHESIS = VENV_BIN / "st"
 MAX_EXAMPLES = int(os.environ.get("FUZZ_MAX_EXAMPLES", "10"))

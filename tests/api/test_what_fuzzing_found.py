@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from tests.conftest import deploy
+from tests.helpers import deploy
 
 pytestmark = pytest.mark.usefixtures("served_models")
 

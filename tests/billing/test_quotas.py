@@ -17,7 +17,7 @@ from billing.models import Hold, ModelPrice
 from jobs.metering.ledger import record_call
 from jobs.models import Job, JobStatus
 from models_catalog.nodes import Usage
-from tests.conftest import deploy
+from tests.helpers import deploy
 
 HANDLER = "def handler(event, context):\n    return event\n"
 MODEL = "model-a"  # 1.00 per 1,000 prompt tokens and 2.00 per 1,000 completion tokens: a token costs 0.002 at most
