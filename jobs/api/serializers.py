@@ -119,7 +119,10 @@ class ExecutionResultSerializer(serializers.Serializer):
     promptTokens = serializers.IntegerField()
     completionTokens = serializers.IntegerField()
     llmCalls = serializers.IntegerField()
-    unmeteredCalls = serializers.IntegerField()
+    unmeteredCalls = serializers.IntegerField(help_text="Calls whose tokens nothing could count (nothing reached the "
+                                                        "script).")
+    estimatedCalls = serializers.IntegerField(help_text="Calls whose counts we estimated because the node did not "
+                                                        "report them (billed all the same).")
     cost = serializers.DecimalField(max_digits=24, decimal_places=10, coerce_to_string=True,
                                     help_text="The sum of the calls' known costs, as a decimal string.")
     uncostedCalls = serializers.IntegerField()
