@@ -1,6 +1,7 @@
 from celery import shared_task
 from celery.signals import worker_ready
 
+from .events import prune_events
 from .runner import recover_lost_jobs, run_job
 
 
@@ -17,3 +18,8 @@ def recover_lost_jobs_task() -> None:
 @worker_ready.connect
 def _recover_on_start(**kwargs: object) -> None:
     recover_lost_jobs()
+
+
+@shared_task(name="jobs.prune_job_events", ignore_result=True)
+def prune_job_events_task() -> None:
+    prune_events()
