@@ -11,6 +11,7 @@ import os
 import shutil
 import time
 import uuid
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,7 @@ from django.utils import timezone
 from core.errors import DomainError
 from models_catalog.services import node_named, route_model
 
-from . import results
+from . import events, results
 from .code_archive import extract_archive
 from .docker_backend import (
     ContainerError,
@@ -59,13 +60,18 @@ def run_job(job_id: str | uuid.UUID, *, backend: DockerBackend | None = None) ->
     backend = backend or DockerBackend(base_url=settings.DOCKER_HOST or None)
     workdir = settings.JOB_WORK_ROOT / str(job.id)
     gateway: JobGateway | None = None
+    # The job's live events: buffered here, written by the writer's own thread (never on the script's path).
+    live = events.writer_for(job.id)
+    live.emit(*events.status_event(job))
     try:
         _prepare_workdir(job, workdir)
-        gateway = JobGateway(_gateway_config(job), socket_dir=str(workdir / "run")).start()
+        gateway = JobGateway(_gateway_config(job, on_event=live.emit), socket_dir=str(workdir / "run")).start()
+        live.emit("usage", gateway.meter.snapshot())
         outcome = backend.run(
             _container_spec(job, workdir),
             should_cancel=_cancel_checker(job.id),
             on_started=lambda container_id: Job.objects.filter(pk=job.id).update(container_id=container_id),
+            on_output=live.output,
         )
         # Model calls may outlive the container (a script can hang up on a stream and exit): stopping the gateway
         # waits for them, so that the ledger is complete before the job's totals are taken from it.
@@ -82,6 +88,9 @@ def run_job(job_id: str | uuid.UUID, *, backend: DockerBackend | None = None) ->
             gateway.stop()
         shutil.rmtree(workdir, ignore_errors=True)
         job.refresh_from_db()
+        for event in events.end_events(job):
+            live.emit(*event)
+        live.close()
         results.publish(job)
         logger.info("job %s: %s (%s)", job.id, job.status, job.error_code or "ok")
 
@@ -128,7 +137,9 @@ def _declare_lost(job: Job, *, backend: DockerBackend | None) -> None:
         (backend or DockerBackend(base_url=settings.DOCKER_HOST or None)).remove_job_containers(str(job.pk))
     except ContainerError as exc:
         logger.warning("job %s: could not remove its container: %s", job.pk, exc)
-    results.publish(Job.objects.select_related("function_version").get(pk=job.pk))
+    lost = Job.objects.select_related("function_version").get(pk=job.pk)
+    events.record_end(lost)
+    results.publish(lost)
 
 
 def _prepare_workdir(job: Job, workdir: Path) -> None:
@@ -188,7 +199,7 @@ def _container_spec(job: Job, workdir: Path) -> ContainerSpec:
     )
 
 
-def _gateway_config(job: Job) -> GatewayConfig:
+def _gateway_config(job: Job, *, on_event: Callable[[str, dict[str, Any]], None] | None = None) -> GatewayConfig:
     """What the job's gateway allows: the job's model on the node it was routed to, and the function's other
     allowed models on theirs."""
     routes: dict[str, ModelRoute] = {}
@@ -205,7 +216,7 @@ def _gateway_config(job: Job) -> GatewayConfig:
         job_id=str(job.id), default_model=job.model_id, routes=routes, budget=job.token_budget,
         max_output_tokens=settings.AI_MAX_OUTPUT_TOKENS, call_timeout=settings.AI_CALL_TIMEOUT,
         max_body_bytes=settings.GATEWAY_MAX_BODY_BYTES, max_concurrent_calls=settings.GATEWAY_MAX_CONCURRENT_CALLS,
-        result_limit=settings.JOB_RESULT_MAX_BYTES,
+        result_limit=settings.JOB_RESULT_MAX_BYTES, on_event=on_event,
     )
 
 

@@ -14,6 +14,7 @@ from billing.rollups import add_job_to_rollups
 from core.errors import Conflict, DomainError, NotFound, TooLarge
 from models_catalog.services import check_model_id, route_model
 
+from . import events
 from .code_archive import build_archive
 from .dispatch import enqueue_job
 from .models import Function, FunctionVersion, Job, JobStatus
@@ -154,6 +155,8 @@ def submit_job(*, owner: User, function: Function, model_id: str | None, input_d
             node=node.name, queue=node.queue, input_data=input_data, memory_mb=function.memory_mb,
             timeout_seconds=function.timeout_seconds, token_budget=min(budgets) if budgets else None,
         )
+        # The `queued` event first: the worker's `running` must come after it.
+        transaction.on_commit(lambda: events.record_status(job))
         transaction.on_commit(lambda: _enqueue(job))
     return job
 
@@ -172,8 +175,9 @@ def _enqueue(job: Job) -> None:
         enqueue_job(job.pk, job.queue)
     except Exception as exc:  # the broker's client raises many types; each must fail the job visibly
         logger.error("job %s: could not enqueue: %s", job.pk, exc)
-        Job.objects.move(job.pk, JobStatus.FAILED, error_code="queue_unavailable",
-                         error_message=f"The job queue is unavailable: {exc}", finished_at=timezone.now())
+        if Job.objects.move(job.pk, JobStatus.FAILED, error_code="queue_unavailable",
+                            error_message=f"The job queue is unavailable: {exc}", finished_at=timezone.now()):
+            events.record_end(Job.objects.select_related("function_version").get(pk=job.pk))
 
 
 def get_job(*, owner: User, job_id: Any) -> Job:
@@ -190,9 +194,17 @@ def cancel_job(*, job: Job) -> Job:
 
     Raises Conflict (job_finished) when the job already ended.
     """
-    if not Job.objects.move(job.pk, JobStatus.CANCELLED, error_code="cancelled",
-                            error_message="Cancelled by the user.", finished_at=timezone.now()):
+    fields = {"status": JobStatus.CANCELLED, "error_code": "cancelled", "error_message": "Cancelled by the user.",
+              "finished_at": timezone.now()}
+    # A queued job will never reach a worker: its events end here. A running one's worker kills the container and
+    # writes its last events (with the output) itself.
+    if Job.objects.filter(pk=job.pk, status=JobStatus.QUEUED).update(**fields) == 1:
+        job.refresh_from_db()
+        events.record_end(job)
+        return job
+    if not Job.objects.move(job.pk, JobStatus.CANCELLED, **{k: v for k, v in fields.items() if k != "status"}):
         job.refresh_from_db()
         raise Conflict(f"Job {job.pk} already ended ({job.status}).", code="job_finished", status=409)
     job.refresh_from_db()
+    events.record_status(job)
     return job

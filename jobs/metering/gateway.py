@@ -8,6 +8,7 @@ The worker starts one for each job and mounts its folder into the container. It 
 Everything a request body may hold is bounded, node management is refused, and an unknown route gets 404, so a
 hostile script reaches nothing else and cannot change what it is billed.
 """
+import itertools
 import json
 import logging
 import os
@@ -16,7 +17,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler
-from typing import Any
+from typing import Any, Callable
 
 from django.db import connections
 
@@ -63,6 +64,9 @@ class GatewayConfig:
     max_body_bytes: int = 1024 * 1024
     max_concurrent_calls: int = 4
     result_limit: int = 1024 * 1024
+    # Told of each model call's start and end and of the running totals after it: (kind, data), kinds `llm_call`
+    # and `usage` (see jobs.events). Called on the request's thread: it must return at once.
+    on_event: Callable[[str, dict[str, Any]], None] | None = None
 
 
 def _status_for(error: NodeError) -> int:
@@ -254,6 +258,8 @@ class JobGateway:
         self.meter = Meter(budget=config.budget, max_output_tokens=config.max_output_tokens)
         self._lock = threading.Lock()
         self._calls = threading.BoundedSemaphore(config.max_concurrent_calls)
+        self._events_lock = threading.Lock()
+        self._call_numbers = itertools.count(1)
         self.routes = {
             ("POST", "/_job/result"): self._post_result,
             ("GET", "/_job/usage"): lambda request: (200, self.meter.snapshot()),
@@ -351,6 +357,9 @@ class JobGateway:
             raise GatewayRequestError(402, "budget_exhausted", str(exc)) from None
         options = {**call.options, "max_tokens": reservation.max_tokens}
         client = client_for(route.kind, route.url, self.config.call_timeout)
+        number = next(self._call_numbers)
+        described = {"call": number, "model": call.model, "streamed": call.stream, "endpoint": path}
+        self._tell("llm_call", {"phase": "start", **described, "maxTokens": reservation.max_tokens})
         frames = wire.StreamRenderer(call) if call.stream else None
         started = time.monotonic()
         completion: Completion | None = None
@@ -369,7 +378,7 @@ class JobGateway:
             # spent so that the budget holds even then.
             usage = completion.usage if completion else None
             self.meter.settle(reservation, usage)
-            record_call(
+            recorded = record_call(
                 job_id=self.job_id, model_id=call.model, node=route.node, endpoint=path, streamed=call.stream,
                 usage=usage, max_tokens=reservation.max_tokens,
                 done_reason=completion.done_reason if completion else None,
@@ -377,6 +386,7 @@ class JobGateway:
                 node_duration_ms=completion.total_duration_ms if completion else None,
                 error_code=error.code if error else "", error_message=str(error) if error else "",
             )
+            self._tell_call_end(described, recorded, reservation)
         if frames is not None and request.stream_started:
             # A stream's last frame goes out only once the call is on the ledger: a script that reads it and then
             # asks usage(), or exits, must find the call counted.
@@ -387,6 +397,28 @@ class JobGateway:
         if error is not None:
             return _status_for(error), {"error": str(error), "code": error.code}
         return 200, wire.render(call, completion)
+
+    def _tell(self, kind: str, data: dict[str, Any]) -> None:
+        if self.config.on_event is None:
+            return
+        try:
+            self.config.on_event(kind, data)
+        except Exception:  # events are for watching; they never fail a call
+            logger.warning("job %s: event callback failed", self.job_id, exc_info=True)
+
+    def _tell_call_end(self, described: dict[str, Any], recorded: Any, reservation: Any) -> None:
+        """The call's end as the ledger recorded it, then the totals. One at a time: the last `usage` event of
+        the job is then always the latest totals, whatever order concurrent calls end in."""
+        estimated = not recorded.is_metered
+        with self._events_lock:
+            self._tell("llm_call", {
+                "phase": "end", **described, "status": recorded.status, "errorCode": recorded.error_code,
+                "promptTokens": recorded.prompt_tokens, "completionTokens": recorded.completion_tokens,
+                # Unknown counts are not billed as zero: the budget keeps the whole reservation as spent.
+                "estimated": estimated, "estimatedTokens": reservation.held if estimated else None,
+                "doneReason": recorded.done_reason, "durationMs": recorded.duration_ms,
+            })
+            self._tell("usage", self.meter.snapshot())
 
     def _stream(self, request: _Handler, call: wire.LLMRequest, client, options: dict[str, Any],
                 frames: wire.StreamRenderer) -> Completion:
