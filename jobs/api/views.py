@@ -12,6 +12,8 @@ from rest_framework.views import APIView
 from billing.ranges import range_from_query
 
 from .. import services
+from ..events.feed import open_feed
+from ..events.store import event_store
 from ..export import csv_download, jobs_in_range
 from ..models import Function, Job, JobStatus
 from ..results import execution_result, wait_for_job
@@ -125,3 +127,24 @@ class JobsCsvView(APIView):
     def get(self, request: Request) -> StreamingHttpResponse:
         span = range_from_query(request.query_params)
         return csv_download(jobs_in_range(span, owner=request.user), span)
+
+
+class JobEventsView(APIView):
+    """The job's live events as Server-Sent Events (see jobs.events), from `Last-Event-ID` (header, or the
+    `lastEventId` query parameter) to its `result` event. Only the owner's jobs; 404 for the rest."""
+
+    def perform_content_negotiation(self, request: Request, force: bool = False):
+        # The answer is an event stream whatever the client accepts; errors still answer in the JSON error shape.
+        return super().perform_content_negotiation(request, force=True)
+
+    def get(self, request: Request, pk: str) -> StreamingHttpResponse:
+        job = services.get_job(owner=request.user, job_id=pk)
+        after = request.headers.get("Last-Event-ID") or request.query_params.get("lastEventId") or None
+        return event_stream_response(open_feed(job, store=event_store(), last_event_id=after))
+
+
+def event_stream_response(feed) -> StreamingHttpResponse:
+    response = StreamingHttpResponse(feed, content_type="text/event-stream; charset=utf-8")
+    response["Cache-Control"] = "no-cache"
+    response["X-Accel-Buffering"] = "no"  # nginx would otherwise hold the frames back
+    return response
