@@ -12,7 +12,7 @@ from rest_framework.views import APIView
 from billing.ranges import range_from_query
 
 from .. import services
-from ..events.feed import open_feed
+from ..events.feed import event_stream_response, open_feed
 from ..events.store import event_store
 from ..export import csv_download, jobs_in_range
 from ..models import Function, Job, JobStatus
@@ -141,10 +141,3 @@ class JobEventsView(APIView):
         job = services.get_job(owner=request.user, job_id=pk)
         after = request.headers.get("Last-Event-ID") or request.query_params.get("lastEventId") or None
         return event_stream_response(open_feed(job, store=event_store(), last_event_id=after))
-
-
-def event_stream_response(feed) -> StreamingHttpResponse:
-    response = StreamingHttpResponse(feed, content_type="text/event-stream; charset=utf-8")
-    response["Cache-Control"] = "no-cache"
-    response["X-Accel-Buffering"] = "no"  # nginx would otherwise hold the frames back
-    return response

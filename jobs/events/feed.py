@@ -18,6 +18,7 @@ from typing import Any
 
 from django.conf import settings
 from django.db import connection
+from django.http import StreamingHttpResponse
 
 from core.errors import DomainError
 
@@ -152,4 +153,11 @@ def open_feed(job: Job, *, store: EventStore, last_event_id: str | None) -> Even
     return EventFeed(str(job.pk), store=store, after=last_event_id, seats=seats)
 
 
-__all__ = ["Event", "EventFeed", "frame", "listeners", "open_feed"]
+def event_stream_response(feed: EventFeed) -> StreamingHttpResponse:
+    response = StreamingHttpResponse(feed, content_type="text/event-stream; charset=utf-8")
+    response["Cache-Control"] = "no-cache"
+    response["X-Accel-Buffering"] = "no"  # nginx would otherwise hold the frames back
+    return response
+
+
+__all__ = ["Event", "EventFeed", "event_stream_response", "frame", "listeners", "open_feed"]
