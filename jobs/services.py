@@ -155,8 +155,6 @@ def submit_job(*, owner: User, function: Function, model_id: str | None, input_d
             node=node.name, queue=node.queue, input_data=input_data, memory_mb=function.memory_mb,
             timeout_seconds=function.timeout_seconds, token_budget=min(budgets) if budgets else None,
         )
-        # The `queued` event first: the worker's `running` must come after it.
-        transaction.on_commit(lambda: events.record_status(job))
         transaction.on_commit(lambda: _enqueue(job))
     return job
 
@@ -171,6 +169,8 @@ def create_job(**fields: Any) -> Job:
 
 
 def _enqueue(job: Job) -> None:
+    # The `queued` event before the message: the worker's `running` must come after it.
+    events.record_status(job)
     try:
         enqueue_job(job.pk, job.queue)
     except Exception as exc:  # the broker's client raises many types; each must fail the job visibly
