@@ -108,3 +108,37 @@ def test_a_listener_reads_after_the_id_it_gives(job):
     assert [e.data["n"] for e in store.read(str(job.pk), after=None, wait=0)] == [0, 1, 2, 3, 4]
     assert [e.data["n"] for e in store.read(str(job.pk), after="3", wait=0)] == [3, 4]
     assert store.read(str(job.pk), after="5", wait=0.1) == []
+
+
+def test_pruning_deletes_the_events_of_jobs_quiet_for_longer_than_the_ttl_and_keeps_the_others(alice, job):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    old_job = make_job(alice, "print('old')\n")
+    store = DatabaseEventStore()
+    store.append(str(old_job.pk), [("status", {"n": 1}), ("status", {"n": 2})])
+    store.append(str(job.pk), [("status", {"n": 1})])
+    JobEvent.objects.filter(job=old_job).update(created_at=timezone.now() - timedelta(days=2))
+
+    assert store.prune(older_than=timedelta(days=1)) == 2
+    assert list(JobEvent.objects.values_list("job_id", flat=True)) == [job.pk]
+
+
+def test_a_redis_stream_of_events_expires_after_the_ttl_from_its_last_write(job, settings):
+    import redis
+
+    from jobs.events.store import RedisEventStore
+    from tests.conftest import REDIS_TEST_URL
+
+    settings.JOB_EVENTS_TTL_SECONDS = 600
+    store, client = RedisEventStore(REDIS_TEST_URL), redis.Redis.from_url(REDIS_TEST_URL)
+    try:
+        store.append(str(job.pk), [("status", {"n": 1}), ("status", {"n": 2})])
+        assert 590 <= client.ttl(f"events:{job.pk}") <= 600
+        first, second = store.read(str(job.pk), after=None, wait=0)
+        assert store.read(str(job.pk), after=first.id, wait=0) == [second]
+        assert store.is_cursor(first.id) and not store.is_cursor("12")
+    finally:
+        client.delete(f"events:{job.pk}")
+        client.close()
