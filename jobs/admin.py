@@ -4,7 +4,7 @@ from typing import Any
 from django.conf import settings
 from django.contrib import admin, messages
 from django.db.models import F, QuerySet
-from django.http import Http404, HttpRequest, StreamingHttpResponse
+from django.http import Http404, HttpRequest, JsonResponse, StreamingHttpResponse
 from django.urls import path, reverse
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString, mark_safe
@@ -109,8 +109,11 @@ class JobAdmin(admin.ModelAdmin):
         job = self.get_object(request, object_id)
         if job is None or not self.has_view_permission(request, job):
             raise Http404("No such job.")
-        return event_stream_response(open_feed(job, store=event_store(),
-                                               last_event_id=request.headers.get("Last-Event-ID") or None))
+        try:
+            feed = open_feed(job, store=event_store(), last_event_id=request.headers.get("Last-Event-ID") or None)
+        except DomainError as exc:  # too many listeners: the page shows its record without the live panel
+            return JsonResponse({"detail": exc.detail, "code": exc.code}, status=exc.status)
+        return event_stream_response(feed)
 
     @admin.display(description="live")
     def live_shown(self, job: Job) -> SafeString:

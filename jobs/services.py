@@ -196,8 +196,8 @@ def cancel_job(*, job: Job) -> Job:
     """
     fields = {"status": JobStatus.CANCELLED, "error_code": "cancelled", "error_message": "Cancelled by the user.",
               "finished_at": timezone.now()}
-    # A queued job will never reach a worker: its events end here. A running one's worker kills the container and
-    # writes its last events (with the output) itself.
+    # A queued job will never reach a worker: its events end here. A running one's worker notices within a second,
+    # kills the container and writes its last events itself (its status, then the result with the output).
     if Job.objects.filter(pk=job.pk, status=JobStatus.QUEUED).update(**fields) == 1:
         job.refresh_from_db()
         events.record_end(job)
@@ -206,5 +206,4 @@ def cancel_job(*, job: Job) -> Job:
         job.refresh_from_db()
         raise Conflict(f"Job {job.pk} already ended ({job.status}).", code="job_finished", status=409)
     job.refresh_from_db()
-    events.record_status(job)
     return job

@@ -197,6 +197,20 @@ def test_a_listener_that_stops_reading_does_not_delay_the_job(live_stack, alice)
     wait_for(lambda: listeners().active == 0, timeout=30, message="the gone listener's place to be given back")
 
 
+def test_cancelling_a_running_job_ends_its_stream_with_the_output_it_wrote(live_stack, alice):
+    job_id = submit_async(alice, "import time\nfor n in range(100):\n    print(n, flush=True)\n    time.sleep(0.2)\n")
+    seen: list[ServerEvent] = []
+    for event in follow_job(live_stack.url, job_id, api_key=alice.key):
+        seen.append(event)
+        if event.event == "stdout" and "3\n" in event.data["text"]:
+            assert alice.client.post(f"/api/v1/jobs/{job_id}/cancel/").status_code == 200
+    assert [e.data["status"] for e in seen if e.event == "status"] == ["queued", "running", "cancelled"]
+    result = seen[-1].data
+    assert (seen[-1].event, result["status"], result["errorCode"]) == ("result", "cancelled", "cancelled")
+    assert "".join(e.data["text"] for e in seen if e.event == "stdout") == result["stdout"]
+    assert result["stdout"].startswith("0\n1\n2\n3\n") and "99\n" not in result["stdout"]
+
+
 # --- without a worker: the web's own events, refusals ---------------------------------------------------------------
 
 def test_cancelling_a_queued_job_ends_its_stream(live_server, alice, served_models):
