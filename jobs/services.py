@@ -194,15 +194,14 @@ def cancel_job(*, job: Job) -> Job:
 
     Raises Conflict (job_finished) when the job already ended.
     """
-    fields = {"status": JobStatus.CANCELLED, "error_code": "cancelled", "error_message": "Cancelled by the user.",
-              "finished_at": timezone.now()}
+    fields = {"error_code": "cancelled", "error_message": "Cancelled by the user.", "finished_at": timezone.now()}
     # A queued job will never reach a worker: its events end here. A running one's worker notices within a second,
     # kills the container and writes its last events itself (its status, then the result with the output).
-    if Job.objects.filter(pk=job.pk, status=JobStatus.QUEUED).update(**fields) == 1:
+    if Job.objects.filter(status=JobStatus.QUEUED).move(job.pk, JobStatus.CANCELLED, **fields):
         job.refresh_from_db()
         events.record_end(job)
         return job
-    if not Job.objects.move(job.pk, JobStatus.CANCELLED, **{k: v for k, v in fields.items() if k != "status"}):
+    if not Job.objects.move(job.pk, JobStatus.CANCELLED, **fields):
         job.refresh_from_db()
         raise Conflict(f"Job {job.pk} already ended ({job.status}).", code="job_finished", status=409)
     job.refresh_from_db()
