@@ -17,7 +17,8 @@ import threading
 import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from django.db import connections
 
@@ -25,7 +26,8 @@ from models_catalog.nodes import Completion, NodeError, client_for
 
 from . import wire
 from .ledger import record_call
-from .meter import BudgetExhausted, Meter, prompt_bound
+from ..models import LLMCall
+from .meter import BudgetExhausted, Meter, Reservation, prompt_bound
 
 logger = logging.getLogger(__name__)
 
@@ -406,7 +408,7 @@ class JobGateway:
         except Exception:  # events are for watching; they never fail a call
             logger.warning("job %s: event callback failed", self.job_id, exc_info=True)
 
-    def _tell_call_end(self, described: dict[str, Any], recorded: Any, reservation: Any) -> None:
+    def _tell_call_end(self, described: dict[str, Any], recorded: LLMCall, reservation: Reservation) -> None:
         """The call's end as the ledger recorded it, then the totals. One at a time: the last `usage` event of
         the job is then always the latest totals, whatever order concurrent calls end in."""
         estimated = not recorded.is_metered
