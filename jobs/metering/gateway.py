@@ -15,18 +15,18 @@ import os
 import socketserver
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler
-from collections.abc import Callable
 from typing import Any
 
 from django.db import connections
 
 from models_catalog.nodes import Completion, NodeError, client_for
 
+from ..models import LLMCall
 from . import wire
 from .ledger import record_call
-from ..models import LLMCall
 from .meter import BudgetExhausted, Meter, Reservation, prompt_bound
 
 logger = logging.getLogger(__name__)
