@@ -416,8 +416,9 @@ class JobGateway:
             self._tell("llm_call", {
                 "phase": "end", **described, "status": recorded.status, "errorCode": recorded.error_code,
                 "promptTokens": recorded.prompt_tokens, "completionTokens": recorded.completion_tokens,
-                # Unknown counts are not billed as zero: the budget keeps the whole reservation as spent.
-                "estimated": estimated, "estimatedTokens": reservation.held if estimated else None,
+                # Unknown counts are not billed as zero: a budget keeps the whole reservation as spent (a job
+                # without a budget reserves nothing, and has no estimate).
+                "estimated": estimated, "estimatedTokens": (reservation.held or None) if estimated else None,
                 "doneReason": recorded.done_reason, "durationMs": recorded.duration_ms,
             })
             self._tell("usage", self.meter.snapshot())
