@@ -5,7 +5,8 @@
             print(event.data["text"], end="")
 
 `follow_job` reconnects after a dropped connection with the last id it saw (`Last-Event-ID`), so nothing is lost
-or repeated, and stops after the `result` event. `parse_events` is the SSE parser alone.
+or repeated, and stops after the `result` event. `parse_events` is the SSE parser alone. `Progress` keeps the
+status line a follower shows (the admin's job page shows the same): status, elapsed time, calls, tokens.
 """
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import http.client
 import json
 import time
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -117,3 +118,48 @@ def follow_job(base_url: str, job_id: str, *, api_key: str, last_event_id: str |
         if failures > reconnects:
             raise EventStreamError(f"the stream of job {job_id} kept dropping")
         time.sleep(retry_seconds)
+
+
+@dataclass
+class Progress:
+    """What a follower shows on its status line; feed it every event with `update`."""
+
+    status: str = ""
+    started: float | None = None  # time.monotonic() when the job was seen running
+    calls: int = 0
+    calls_running: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    remaining_tokens: int | None = None
+    finished: dict[str, Any] = field(default_factory=dict)
+
+    def update(self, event: ServerEvent, now: float | None = None) -> None:
+        data = event.data if isinstance(event.data, dict) else {}
+        if event.event == "status":
+            self.status = data.get("status", self.status)
+            if self.status == "running" and self.started is None:
+                self.started = time.monotonic() if now is None else now
+        elif event.event == "llm_call":
+            self.calls_running += 1 if data.get("phase") == "start" else -1
+        elif event.event == "usage":
+            self.calls = data.get("llmCalls", self.calls)
+            self.prompt_tokens = data.get("promptTokens", self.prompt_tokens)
+            self.completion_tokens = data.get("completionTokens", self.completion_tokens)
+            self.remaining_tokens = data.get("remainingTokens")
+        elif event.event == RESULT:
+            self.finished = data
+            self.status = data.get("status", self.status)
+
+    def line(self, now: float | None = None) -> str:
+        """E.g. "running · 3.2 s · 1 call(s) (1 running) · 37 prompt + 12 completion tokens · 951 tokens left"."""
+        parts = [self.status or "waiting"]
+        if self.finished.get("durationMs") is not None:
+            parts.append(f"{self.finished['durationMs'] / 1000:.1f} s")
+        elif self.started is not None:
+            parts.append(f"{(time.monotonic() if now is None else now) - self.started:.1f} s")
+        running = f" ({self.calls_running} running)" if self.calls_running else ""
+        parts.append(f"{self.calls} call(s){running}")
+        parts.append(f"{self.prompt_tokens} prompt + {self.completion_tokens} completion tokens")
+        if self.remaining_tokens is not None:
+            parts.append(f"{self.remaining_tokens} tokens left")
+        return " \u00b7 ".join(parts)

@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from clients.sse import EventStreamError, ServerEvent, follow_job, parse_events
+from clients.sse import EventStreamError, Progress, ServerEvent, follow_job, parse_events
 from jobs.events.feed import listeners
 from jobs.metering.ledger import ledger_totals
 from jobs.models import Job
@@ -134,6 +134,12 @@ def test_a_job_that_prints_and_calls_the_model_streams_its_events_in_the_order_t
     assert sum(end["promptTokens"] + end["completionTokens"] for end in ends) == last_usage["totalTokens"]
     ids = [event.id for event in events]
     assert None not in ids and len(set(ids)) == len(ids)
+    # A follower's status line, from the same events.
+    progress = Progress()
+    for event in events:
+        progress.update(event)
+    assert progress.line() == (f"succeeded \u00b7 {result['durationMs'] / 1000:.1f} s \u00b7 2 call(s) \u00b7 "
+                               f"{result['promptTokens']} prompt + {result['completionTokens']} completion tokens")
 
 
 def test_resuming_with_last_event_id_loses_nothing_and_repeats_nothing(event_store_kind, live_stack, alice):
