@@ -6,6 +6,7 @@ command-line client uses. The stream is checked on both stores: the JobEvent tab
 """
 from __future__ import annotations
 
+import os
 import socket
 import threading
 import time
@@ -252,6 +253,42 @@ def test_an_idle_stream_gets_keep_alive_comments(live_server, alice, served_mode
     body = received.split(b"\r\n\r\n", 1)[1]
     assert [(e.event, e.data["status"]) for e in parse_events(body.splitlines(keepends=True))] == [
         ("status", "queued")]
+
+
+def test_idle_listeners_hold_no_database_connection_between_polls(live_server, alice, served_models):
+    job_id = submit_async(alice, "print('queued for ever')\n")
+    before = open_database_connections()
+    streams = [_raw_stream(live_server, alice, job_id) for _ in range(20)]
+    try:
+        wait_for(lambda: listeners().active == 20, timeout=20, message="20 listeners to be served")
+        samples = []
+        for _ in range(20):
+            samples.append(open_database_connections() - before)
+            time.sleep(0.05)
+    finally:
+        for stream in streams:
+            stream.close()
+    # Each listener polls 4 times a second; a connection open between polls would show 20 at every sample.
+    assert max(samples) <= 8, samples
+
+
+def open_database_connections() -> int:
+    """Connections to the test database now: server sessions on PostgreSQL, this process's open files of the
+    database on SQLite (each SQLite connection holds the file open)."""
+    from django.db import connection
+
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()")
+            return cursor.fetchone()[0]
+    name = os.path.realpath(connection.settings_dict["NAME"])
+    count = 0
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            count += os.path.realpath(f"/proc/self/fd/{fd}") == name
+        except OSError:
+            continue
+    return count
 
 
 def test_another_users_job_and_an_unknown_job_answer_404_in_the_error_shape(live_server, alice, charlie,
