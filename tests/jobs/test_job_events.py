@@ -202,6 +202,10 @@ def test_a_listener_that_stops_reading_does_not_delay_the_job(live_stack, alice)
     assert watched["stdout"] == baseline["stdout"] and watched["stdoutTruncated"] is True
     assert watched["durationMs"] <= 2 * baseline["durationMs"] + 2000, (watched["durationMs"], baseline["durationMs"])
     wait_for(lambda: listeners().active == 0, timeout=30, message="the gone listener's place to be given back")
+    # What a listener is told of the output is what the job kept: the same cap, its last part marked.
+    outputs = [event.data for event in follow(live_stack, alice, job_id) if event.event == "stdout"]
+    assert "".join(output["text"] for output in outputs) == watched["stdout"]
+    assert [output["truncated"] for output in outputs] == [False] * (len(outputs) - 1) + [True]
 
 
 def test_cancelling_a_running_job_ends_its_stream_with_the_output_it_wrote(live_stack, alice):
