@@ -312,6 +312,17 @@ RESULT_TTL_SECONDS = env_int("RESULT_TTL_SECONDS", 86400, minimum=1)
 RUN_SYNC_TIMEOUT = env_float("RUN_SYNC_TIMEOUT", 30.0)
 
 # ---------------------------------------------------------------------------------------------------------
+# Live job events (GET /api/v1/jobs/{id}/events): kept in Redis streams when REDIS_URL is set, else in the
+# JobEvent table. Each listener holds one web thread (or one sync worker) while it follows a job: bound them.
+# ---------------------------------------------------------------------------------------------------------
+JOB_EVENTS_TTL_SECONDS = env_int("JOB_EVENTS_TTL_SECONDS", 86400, minimum=60)
+JOB_EVENTS_POLL_SECONDS = env_float("JOB_EVENTS_POLL_SECONDS", 0.25)
+JOB_EVENTS_KEEPALIVE_SECONDS = env_float("JOB_EVENTS_KEEPALIVE_SECONDS", 15.0)
+JOB_EVENTS_MAX_LISTENERS = env_int("JOB_EVENTS_MAX_LISTENERS", 100, minimum=1)
+JOB_EVENTS_FLUSH_SECONDS = env_float("JOB_EVENTS_FLUSH_SECONDS", 0.1)
+JOB_EVENTS_FLUSH_BYTES = env_int("JOB_EVENTS_FLUSH_BYTES", 64 * 1024, minimum=1024)
+
+# ---------------------------------------------------------------------------------------------------------
 # Functions and jobs
 # ---------------------------------------------------------------------------------------------------------
 FUNCTION_MAX_CODE_BYTES = env_int("FUNCTION_MAX_CODE_BYTES", 5 * 1024 * 1024, minimum=1)
@@ -389,6 +400,11 @@ CELERY_BEAT_SCHEDULE = {
     },
     "purge-idempotency-keys": {
         "task": "jobs.purge_idempotency_keys",
+        "schedule": 3600.0,
+        "options": {"queue": JOB_QUEUE, "routing_key": JOB_QUEUE, "expires": 3600},
+    },
+    "prune-job-events": {
+        "task": "jobs.prune_job_events",
         "schedule": 3600.0,
         "options": {"queue": JOB_QUEUE, "routing_key": JOB_QUEUE, "expires": 3600},
     },

@@ -4,15 +4,17 @@ from typing import Any
 from django.conf import settings
 from django.contrib import admin, messages
 from django.db.models import F, QuerySet
-from django.http import HttpRequest, StreamingHttpResponse
-from django.urls import reverse
+from django.http import Http404, HttpRequest, JsonResponse, StreamingHttpResponse
+from django.urls import path, reverse
 from django.utils.html import format_html, format_html_join
-from django.utils.safestring import SafeString
+from django.utils.safestring import SafeString, mark_safe
 
 from billing.formatting import count, money
 from core.errors import DomainError
 
 from . import services
+from .events.feed import event_stream_response, open_feed
+from .events.store import event_store
 from .export import jobs_csv_lines
 from .models import Function, FunctionVersion, Job, LLMCall
 
@@ -78,6 +80,7 @@ class JobAdmin(admin.ModelAdmin):
         (None, {"fields": ("id", "status", "owner", "function", "function_version", "model_id", "node", "queue",
                            "worker_id", "container_id", "deliveries")}),
         ("Input and result", {"fields": ("input_shown", "result_shown")}),
+        ("Live", {"fields": ("live_shown",)}),
         ("Output", {"fields": ("stdout_shown", "stdout_truncated", "stderr_shown", "stderr_truncated")}),
         ("Error", {"fields": ("error_code", "error_message", "exit_code")}),
         ("Resources", {"fields": ("memory_mb", "peak_memory", "timeout_seconds", "duration", "created_at",
@@ -90,6 +93,37 @@ class JobAdmin(admin.ModelAdmin):
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
+
+    def get_fieldsets(self, request: HttpRequest, obj: Job | None = None):
+        # The live panel only while the job can still change; a finished job's record is below it.
+        if obj is not None and obj.is_terminal:
+            return [fieldset for fieldset in self.fieldsets if fieldset[0] != "Live"]
+        return self.fieldsets
+
+    def get_urls(self):
+        events = path("<path:object_id>/events/", self.admin_site.admin_view(self.events_view),
+                      name="jobs_job_events")
+        return [events, *super().get_urls()]
+
+    def events_view(self, request: HttpRequest, object_id: str) -> StreamingHttpResponse:
+        """The job's live events for the admin page's EventSource (the same stream as the API's)."""
+        job = self.get_object(request, object_id)
+        if job is None or not self.has_view_permission(request, job):
+            raise Http404("No such job.")
+        try:
+            feed = open_feed(job, store=event_store(), last_event_id=request.headers.get("Last-Event-ID") or None)
+        except DomainError as exc:  # too many listeners: the page shows its record without the live panel
+            return JsonResponse({"detail": exc.detail, "code": exc.code}, status=exc.status)
+        return event_stream_response(feed)
+
+    @admin.display(description="live")
+    def live_shown(self, job: Job) -> SafeString:
+        url = reverse("admin:jobs_job_events", args=[job.pk])
+        return format_html('<div id="job-live" data-url="{}">{}{}</div>{}', url,
+                           format_html('<p id="job-live-line">{}: waiting for events…</p>', job.status),
+                           mark_safe('<pre id="job-live-output" style="white-space: pre-wrap; max-height: 30em; '
+                                     'overflow: auto; margin: 0"></pre>'),
+                           LIVE_SCRIPT)
 
     @admin.display(description="job", ordering="id")
     def short_id(self, job: Job) -> str:
@@ -172,6 +206,66 @@ class JobAdmin(admin.ModelAdmin):
                                          content_type="text/csv; charset=utf-8")
         response["Content-Disposition"] = 'attachment; filename="jobs.csv"'
         return response
+
+
+# Follows the job's events on its admin page: output as it comes, and a line with the status, the time since
+# it started, the calls and the tokens so far. No library: the browser's own EventSource.
+LIVE_SCRIPT = mark_safe(r"""<script>
+(function () {
+  var box = document.getElementById("job-live");
+  var line = document.getElementById("job-live-line");
+  var out = document.getElementById("job-live-output");
+  var state = {status: "", started: null, calls: 0, prompt: 0, completion: 0, remaining: null, inFlight: 0};
+  function show() {
+    var parts = [state.status];
+    if (state.started) { parts.push(((Date.now() - state.started) / 1000).toFixed(1) + " s"); }
+    parts.push(state.calls + " call(s)" + (state.inFlight ? " (" + state.inFlight + " running)" : ""));
+    parts.push(state.prompt + " prompt + " + state.completion + " completion tokens");
+    if (state.remaining !== null) { parts.push(state.remaining + " tokens left"); }
+    line.textContent = parts.join(" \u00b7 ");
+  }
+  function append(text, isError) {
+    var span = document.createElement("span");
+    if (isError) { span.style.color = "#ba2121"; }
+    span.textContent = text;
+    out.appendChild(span);
+    out.scrollTop = out.scrollHeight;
+  }
+  var source = new EventSource(box.dataset.url);
+  source.addEventListener("status", function (e) {
+    var data = JSON.parse(e.data);
+    state.status = data.status;
+    if (data.status === "running" && !state.started) { state.started = Date.now(); }
+    show();
+  });
+  source.addEventListener("stdout", function (e) {
+    var data = JSON.parse(e.data);
+    append(data.text + (data.truncated ? "\n[stdout truncated]\n" : ""), false);
+  });
+  source.addEventListener("stderr", function (e) {
+    var data = JSON.parse(e.data);
+    append(data.text + (data.truncated ? "\n[stderr truncated]\n" : ""), true);
+  });
+  source.addEventListener("llm_call", function (e) {
+    var data = JSON.parse(e.data);
+    state.inFlight += data.phase === "start" ? 1 : -1;
+    show();
+  });
+  source.addEventListener("usage", function (e) {
+    var data = JSON.parse(e.data);
+    state.calls = data.llmCalls; state.prompt = data.promptTokens; state.completion = data.completionTokens;
+    state.remaining = data.remainingTokens;
+    show();
+  });
+  source.addEventListener("result", function (e) {
+    source.close();  // the stream is over: do not let the browser reconnect
+    var data = JSON.parse(e.data);
+    state.status = data.status + " (reload the page for the full record)";
+    show();
+  });
+  setInterval(function () { if (source.readyState !== 2) { show(); } }, 1000);
+})();
+</script>""")
 
 
 @admin.register(LLMCall)

@@ -63,19 +63,36 @@ class ContainerOutcome:
     peak_memory_bytes: int | None = None
 
 
+# Receives the bytes of one stream that are kept under the cap, as they arrive: (stream, data, truncated), where
+# `truncated` marks the last call for a stream that passed its cap. Called on the output pump's thread: it must
+# return at once (the runner's event writer only buffers).
+OutputCallback = Callable[[str, bytes, bool], None]
+
+
 @dataclass
 class _CappedStream:
     limit: int
+    name: str = "stdout"
+    on_kept: OutputCallback | None = None
     data: bytearray = field(default_factory=bytearray)
     total: int = 0
 
     def add(self, chunk: bytes | None) -> None:
         if not chunk:
             return
+        was_truncated = self.truncated
         self.total += len(chunk)
         room = self.limit - len(self.data)
-        if room > 0:
-            self.data += chunk[:room]
+        kept = chunk[:room] if room > 0 else b""
+        self.data += kept
+        if self.on_kept is not None and not was_truncated and (kept or self.truncated):
+            self._tell(kept)
+
+    def _tell(self, kept: bytes) -> None:
+        try:
+            self.on_kept(self.name, kept, self.truncated)
+        except Exception:  # a listener's trouble must never cost the job its output
+            logger.warning("output callback failed", exc_info=True)
 
     @property
     def truncated(self) -> bool:
@@ -100,12 +117,16 @@ class DockerBackend:
         return self._client
 
     def run(self, spec: ContainerSpec, *, should_cancel: Callable[[], bool] = lambda: False,
-            on_started: Callable[[str], None] = lambda container_id: None) -> ContainerOutcome:
-        """Run `spec` to its end; raises ContainerError when the engine fails before the script could run."""
+            on_started: Callable[[str], None] = lambda container_id: None,
+            on_output: OutputCallback | None = None) -> ContainerOutcome:
+        """Run `spec` to its end; raises ContainerError when the engine fails before the script could run.
+
+        `on_output` sees the output as it comes (only what is kept under the cap, see OutputCallback)."""
         container = self._create(spec)
         outcome = ContainerOutcome(container_id=container.id)
         try:
-            stdout, stderr = _CappedStream(spec.output_limit_bytes), _CappedStream(spec.output_limit_bytes)
+            stdout = _CappedStream(spec.output_limit_bytes, "stdout", on_output)
+            stderr = _CappedStream(spec.output_limit_bytes, "stderr", on_output)
             reader = self._start_reader(container, stdout, stderr)
             try:
                 container.start()

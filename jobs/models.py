@@ -272,3 +272,25 @@ class IdempotencyKey(models.Model):
 
     def __str__(self) -> str:
         return f"{self.scope} {self.key}"
+
+
+class JobEvent(models.Model):
+    """One event of a job's live stream (status, output, model calls, usage, result), numbered per job.
+
+    The embedded store of `jobs.events` (without Redis): `seq` counts from 1 in each job, with no gaps, in the
+    order the events were written, so a listener resumes after the last number it saw. Rows older than
+    JOB_EVENTS_TTL_SECONDS are pruned by `jobs.events.prune_events`.
+    """
+
+    job = models.ForeignKey(Job, on_delete=models.CASCADE, related_name="events")
+    seq = models.PositiveIntegerField()
+    kind = models.CharField(max_length=16)
+    data = models.JSONField()
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+
+    class Meta:
+        ordering = ["job", "seq"]
+        constraints = [models.UniqueConstraint(fields=["job", "seq"], name="unique_job_event_seq")]
+
+    def __str__(self) -> str:
+        return f"{self.kind} #{self.seq} of job {self.job_id}"

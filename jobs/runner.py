@@ -11,6 +11,7 @@ import math
 import shutil
 import time
 import uuid
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,7 @@ from core import metrics
 from core.errors import DomainError
 from models_catalog.services import node_named, route_model
 
-from . import results
+from . import events, results
 from .code_archive import extract_archive
 from .docker_backend import (
     ContainerError,
@@ -63,14 +64,19 @@ def run_job(job_id: str | uuid.UUID, *, backend: DockerBackend | None = None) ->
     folders: JobFolders | None = None
     gateway: JobGateway | None = None
     metrics.JOBS_RUNNING.inc()  # and dec() in finally
+    # The job's live events: buffered here, written by the writer's own thread (never on the script's path).
+    live = events.writer_for(job.id)
+    live.emit(*events.status_event(job))
     try:
         folders = _prepare_workdir(job)
-        gateway = JobGateway(_gateway_config(job), socket_dir=str(folders.run)).start()
+        gateway = JobGateway(_gateway_config(job, on_event=live.emit), socket_dir=str(folders.run)).start()
         share_socket(Path(gateway.socket_path))
+        live.emit("usage", gateway.meter.snapshot())
         outcome = backend.run(
             _container_spec(job, folders),
             should_cancel=_cancel_checker(job.id),
             on_started=_started_recorder(job.id, time.monotonic()),
+            on_output=live.output,
         )
         # Model calls may outlive the container: stopping the gateway drops the requests not yet forwarded,
         # cancels the calls in flight and waits (a few seconds) until they are on the ledger, so that the ledger is
@@ -89,6 +95,9 @@ def run_job(job_id: str | uuid.UUID, *, backend: DockerBackend | None = None) ->
         if folders is not None:
             shutil.rmtree(folders.path, ignore_errors=True)
         job.refresh_from_db()
+        for event in events.end_events(job):
+            live.emit(*event)
+        live.close()
         results.publish(job)
         metrics.JOBS_RUNNING.dec()
         metrics.job_finished(status=job.status, error_code=job.error_code, run_seconds=_run_seconds(job))
@@ -152,7 +161,9 @@ def _declare_lost(job: Job, *, backend: DockerBackend | None) -> None:
         (backend or DockerBackend(base_url=settings.DOCKER_HOST or None)).remove_job_containers(str(job.pk))
     except ContainerError as exc:
         logger.warning("job %s: could not remove its container: %s", job.pk, exc)
-    results.publish(Job.objects.select_related("function_version").get(pk=job.pk))
+    lost = Job.objects.select_related("function_version").get(pk=job.pk)
+    events.record_end(lost)
+    results.publish(lost)
 
 
 def _prepare_workdir(job: Job) -> JobFolders:
@@ -210,7 +221,7 @@ def _container_spec(job: Job, folders: JobFolders) -> ContainerSpec:
     )
 
 
-def _gateway_config(job: Job) -> GatewayConfig:
+def _gateway_config(job: Job, *, on_event: Callable[[str, dict[str, Any]], None] | None = None) -> GatewayConfig:
     """What the job's gateway allows: the job's model on the node it was routed to, and the function's other
     allowed models on theirs."""
     routes: dict[str, ModelRoute] = {}
@@ -228,7 +239,7 @@ def _gateway_config(job: Job) -> GatewayConfig:
         max_output_tokens=settings.AI_MAX_OUTPUT_TOKENS, call_timeout=settings.AI_CALL_TIMEOUT,
         max_body_bytes=settings.GATEWAY_MAX_BODY_BYTES, max_concurrent_calls=settings.GATEWAY_MAX_CONCURRENT_CALLS,
         max_connections=settings.GATEWAY_MAX_CONNECTIONS, socket_timeout=settings.GATEWAY_SOCKET_TIMEOUT,
-        drain_timeout=settings.GATEWAY_DRAIN_SECONDS, result_limit=settings.JOB_RESULT_MAX_BYTES,
+        drain_timeout=settings.GATEWAY_DRAIN_SECONDS, result_limit=settings.JOB_RESULT_MAX_BYTES, on_event=on_event,
     )
 
 

@@ -16,6 +16,7 @@ from core import metrics
 from core.errors import Conflict, DomainError, NotFound, TooLarge
 from models_catalog.services import check_model_id, route_model
 
+from . import events
 from .code_archive import build_archive
 from .dispatch import enqueue_job
 from .idempotency import once
@@ -232,12 +233,15 @@ def create_job(**fields: Any) -> Job:
 
 
 def _enqueue(job: Job) -> None:
+    # The `queued` event before the message: the worker's `running` must come after it.
+    events.record_status(job)
     try:
         enqueue_job(job.pk, job.queue)
     except Exception as exc:  # the broker's client raises many types; each must fail the job visibly
         logger.error("job %s: could not enqueue: %s", job.pk, exc)
-        Job.objects.move(job.pk, JobStatus.FAILED, error_code="queue_unavailable",
-                         error_message=f"The job queue is unavailable: {exc}", finished_at=timezone.now())
+        if Job.objects.move(job.pk, JobStatus.FAILED, error_code="queue_unavailable",
+                            error_message=f"The job queue is unavailable: {exc}", finished_at=timezone.now()):
+            events.record_end(Job.objects.select_related("function_version").get(pk=job.pk))
 
 
 def get_job(*, owner: User, job_id: Any) -> Job:
@@ -254,8 +258,14 @@ def cancel_job(*, job: Job) -> Job:
 
     Raises Conflict (job_finished) when the job already ended.
     """
-    if not Job.objects.move(job.pk, JobStatus.CANCELLED, error_code="cancelled",
-                            error_message="Cancelled by the user.", finished_at=timezone.now()):
+    fields = {"error_code": "cancelled", "error_message": "Cancelled by the user.", "finished_at": timezone.now()}
+    # A queued job will never reach a worker: its events end here. A running one's worker notices within a second,
+    # kills the container and writes its last events itself (its status, then the result with the output).
+    if Job.objects.filter(status=JobStatus.QUEUED).move(job.pk, JobStatus.CANCELLED, **fields):
+        job.refresh_from_db()
+        events.record_end(job)
+        return job
+    if not Job.objects.move(job.pk, JobStatus.CANCELLED, **fields):
         job.refresh_from_db()
         raise Conflict(f"Job {job.pk} already ended ({job.status}).", code="job_finished", status=409)
     job.refresh_from_db()

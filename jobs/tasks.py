@@ -1,6 +1,7 @@
 from celery import shared_task
 from celery.signals import worker_ready
 
+from .events import prune_events
 from .idempotency import purge_expired_keys
 from .runner import recover_lost_jobs, run_job
 
@@ -23,3 +24,8 @@ def purge_idempotency_keys_task() -> None:
 @worker_ready.connect
 def _recover_on_start(**kwargs: object) -> None:
     recover_lost_jobs()
+
+
+@shared_task(name="jobs.prune_job_events", ignore_result=True)
+def prune_job_events_task() -> None:
+    prune_events()

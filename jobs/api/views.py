@@ -17,6 +17,8 @@ from models_catalog.services import check_model_id
 from core.schema import errors
 
 from .. import services
+from ..events.feed import event_stream_response, open_feed
+from ..events.store import event_store
 from ..export import csv_download, jobs_in_range
 from ..idempotency import fingerprint
 from ..models import Function, Job, JobStatus
@@ -254,3 +256,17 @@ class JobsCsvView(APIView):
     def get(self, request: Request) -> StreamingHttpResponse:
         span = range_from_query(request.query_params, blank_is_absent=False)
         return csv_download(jobs_in_range(span, owner=request.user), span)
+
+
+class JobEventsView(APIView):
+    """The job's live events as Server-Sent Events (see jobs.events), from `Last-Event-ID` (header, or the
+    `lastEventId` query parameter) to its `result` event. Only the owner's jobs; 404 for the rest."""
+
+    def perform_content_negotiation(self, request: Request, force: bool = False):
+        # The answer is an event stream whatever the client accepts; errors still answer in the JSON error shape.
+        return super().perform_content_negotiation(request, force=True)
+
+    def get(self, request: Request, pk: str) -> StreamingHttpResponse:
+        job = services.get_job(owner=request.user, job_id=pk)
+        after = request.headers.get("Last-Event-ID") or request.query_params.get("lastEventId") or None
+        return event_stream_response(open_feed(job, store=event_store(), last_event_id=after))

@@ -15,6 +15,7 @@ A call lives only as long as someone wants its answer: when the script hangs up,
 node's answer is cancelled (the gateway closes its connection to the node) and the call is billed for what the
 node generated until then; requests not yet forwarded are dropped unstarted.
 """
+import itertools
 import json
 import logging
 import os
@@ -34,6 +35,7 @@ from django.db import connections
 
 from models_catalog.nodes import Cancellation, Completion, NodeClient, NodeError, Usage, client_for
 
+from ..models import LLMCall
 from . import wire
 from .ledger import record_call
 from .meter import BudgetExhausted, Meter, Reservation, WaitAbandoned, prompt_bound
@@ -83,6 +85,9 @@ class GatewayConfig:
     socket_timeout: float = 30.0
     drain_timeout: float = 5.0
     result_limit: int = 1024 * 1024
+    # Told of each model call's start and end and of the running totals after it: (kind, data), kinds `llm_call`
+    # and `usage` (see jobs.events). Called on the request's thread: it must return at once.
+    on_event: Callable[[str, dict[str, Any]], None] | None = None
 
 
 def _status_for(error: NodeError) -> int:
@@ -386,6 +391,8 @@ class JobGateway:
             model: client_for(route.kind, route.url, config.call_timeout) for model, route in config.routes.items()
         }
         self._prompt_counts: dict[tuple, int] = {}
+        self._events_lock = threading.Lock()
+        self._call_numbers = itertools.count(1)
         self.routes = {
             ("POST", "/_job/result"): self._post_result,
             ("GET", "/_job/usage"): lambda request: (200, self.meter.snapshot()),
@@ -523,6 +530,9 @@ class JobGateway:
             self.meter.release(reservation)
             raise GatewayRequestError(503, "call_dropped", "The job ended or the script hung up.")
         options = {**call.options, "max_tokens": reservation.max_tokens}
+        number = next(self._call_numbers)
+        described = {"call": number, "model": call.model, "streamed": call.stream, "endpoint": request.route_path}
+        self._tell("llm_call", {"phase": "start", **described, "maxTokens": reservation.max_tokens})
         frames = wire.StreamRenderer(call) if call.stream else None
         started = time.monotonic()
         outcome = _Outcome()
@@ -539,7 +549,7 @@ class JobGateway:
         completion, error = outcome.completion, outcome.error
         endpoint, duration_ms = request.route_path, round((time.monotonic() - started) * 1000)
         request.deferred.append(lambda: self._record(call, endpoint, route, reservation, usage, estimated,
-                                                     completion, error, duration_ms))
+                                                     completion, error, duration_ms, described))
         if frames is not None and request.stream_started:
             # A stream's last frame goes out once the call is settled: a script that reads it and then asks
             # usage() must find the call counted. (Its ledger row is written right after; the runner waits.)
@@ -645,10 +655,10 @@ class JobGateway:
         return Usage(prompt, generated), True
 
     def _record(self, call: wire.LLMRequest, endpoint: str, route: ModelRoute, reservation: Reservation,
-                usage: Usage | None,
-                estimated: bool, completion: Completion | None, error: NodeError | None, duration_ms: int) -> None:
+                usage: Usage | None, estimated: bool, completion: Completion | None, error: NodeError | None,
+                duration_ms: int, described: dict[str, Any]) -> None:
         try:
-            record_call(
+            recorded = record_call(
                 job_id=self.job_id, model_id=call.model, node=route.node, endpoint=endpoint,
                 streamed=call.stream, usage=usage, estimated=estimated, max_tokens=reservation.max_tokens,
                 done_reason=completion.done_reason if completion else None, duration_ms=duration_ms,
@@ -658,6 +668,28 @@ class JobGateway:
         except Exception:
             # The meter has counted the call already; the job's totals are recomputed from the ledger at its end.
             logger.exception("job %s: could not record a %s call on the ledger", self.job_id, call.model)
+            return
+        self._tell_call_end(described, recorded)
+
+    def _tell(self, kind: str, data: dict[str, Any]) -> None:
+        if self.config.on_event is None:
+            return
+        try:
+            self.config.on_event(kind, data)
+        except Exception:  # events are for watching; they never fail a call
+            logger.warning("job %s: event callback failed", self.job_id, exc_info=True)
+
+    def _tell_call_end(self, described: dict[str, Any], recorded: LLMCall) -> None:
+        """The call's end as the ledger recorded it, then the totals. One at a time: the last `usage` event of
+        the job is then always the latest totals, whatever order concurrent calls end in."""
+        with self._events_lock:
+            self._tell("llm_call", {
+                "phase": "end", **described, "status": recorded.status, "errorCode": recorded.error_code,
+                "promptTokens": recorded.prompt_tokens, "completionTokens": recorded.completion_tokens,
+                "estimated": recorded.estimated, "doneReason": recorded.done_reason,
+                "durationMs": recorded.duration_ms,
+            })
+            self._tell("usage", self.meter.snapshot())
 
 
 @dataclass
