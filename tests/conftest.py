@@ -15,6 +15,7 @@ pytest_plugins = [
     "tests.fixtures.workers",
     "tests.fixtures.containers",
     "tests.fixtures.results",
+    "tests.fixtures.browser",
     "tests.ai_node_fixture",
 ]
 

@@ -382,3 +382,18 @@ def remove_containers_of_jobs_in_the_database() -> None:
     backend = DockerBackend()
     for job_id in Job.objects.values_list("pk", flat=True):
         backend.remove_job_containers(str(job_id))
+
+
+# --- a real browser ---------------------------------------------------------------------------------------------
+
+CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
+BROWSER_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run",
+                 "--window-size=1400,2200", "--force-device-scale-factor=1", "--lang=en-US")
+BROWSER_WAIT = 20
+
+
+def text_of(browser: Any, element_id: str) -> str:
+    from selenium.webdriver.common.by import By
+
+    return browser.find_element(By.ID, element_id).text.strip()

@@ -10,7 +10,7 @@ import pytest
 
 from jobs.models import Job
 from tests.ai_node_fixture import ai_node  # noqa: F401  (the session fixture, used below)
-from tests.conftest import REDIS_TEST_URL
+from tests.helpers import REDIS_TEST_URL
 
 
 @pytest.fixture

@@ -16,11 +16,17 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from ainode_cli.events import EventStreamError, Progress, ServerEvent, follow_job, parse_events
+from ainode_cli.events import (
+    EventStreamError,
+    Progress,
+    ServerEvent,
+    follow_job,
+    parse_events,
+)
 from jobs.events.feed import listeners
 from jobs.metering.ledger import ledger_totals
 from jobs.models import Job
-from tests.conftest import deploy, make_job, submit, wait_for, wait_for_status
+from tests.helpers import deploy, make_job, submit, wait_for, wait_for_status
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.timeout(300)]
 

@@ -4,8 +4,8 @@ import pytest
 from django.test import Client
 
 from jobs.models import Job
-from tests.billing.test_dashboard_in_a_browser import WAIT, browser, text_of  # noqa: F401  (the browser fixture)
-from tests.conftest import deploy, make_job, submit
+from tests.helpers import BROWSER_WAIT as WAIT
+from tests.helpers import deploy, make_job, submit, text_of
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.timeout(300)]
 

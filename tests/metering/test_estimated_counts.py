@@ -17,9 +17,15 @@ from typing import Any
 import pytest
 
 from jobs.models import LLMCall
-from tests.metering.helpers import use_node
-from tests.metering.helpers import (RAW_HTTP, NodeAnswer, RecordingProxy, _counts, _ProxyHandler,
-                                   _requested_max_tokens)
+from tests.metering.helpers import (
+    RAW_HTTP,
+    NodeAnswer,
+    RecordingProxy,
+    _counts,
+    _ProxyHandler,
+    _requested_max_tokens,
+    use_node,
+)
 
 CUT_AFTER = 12  # text events the "killed" node streams before it dies
 Tamper = Callable[[int, dict[str, Any]], "dict[str, Any] | str"]  # (events so far, event) -> event or "cut"

@@ -30,8 +30,17 @@ from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 
-from tests.helpers import (CELERY, REPO_ROOT, database_url, deploy, job_containers, sqs_broker, submit, wait_for,
-                            wait_for_status)
+from tests.helpers import (
+    CELERY,
+    REPO_ROOT,
+    database_url,
+    deploy,
+    job_containers,
+    sqs_broker,
+    submit,
+    wait_for,
+    wait_for_status,
+)
 
 pytestmark = [pytest.mark.timeout(600), pytest.mark.django_db(transaction=True)]
 

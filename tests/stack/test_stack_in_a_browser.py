@@ -5,7 +5,6 @@ operator who logs in sees the styled admin and dashboard, not bare HTML. Checked
 The stack gets a port, a VAR_DIR and a SQLite database of its own, so a user's stack is never touched.
 """
 import os
-import shutil
 import socket
 import subprocess
 import urllib.error
@@ -16,17 +15,14 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import BROWSER_WAIT as WAIT
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 STACK = REPO_ROOT / "scripts" / "stack.sh"
 PYTHON = REPO_ROOT / ".venv" / "bin" / "python"
-CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
-FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",
-         "--disable-component-update", "--disable-sync", "--no-first-run", "--window-size=1400,1000",
-         "--force-device-scale-factor=1", "--lang=en-US")
 # The admin's header is painted in its --secondary colour (#417690) by admin/css/base.css; unstyled, it is
 # transparent (rgba(0, 0, 0, 0)).
 ADMIN_HEADER_BACKGROUND = "rgba(65, 118, 144, 1)"
-WAIT = 20
 
 
 @dataclass
@@ -71,28 +67,6 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         yield Stack(url=f"http://127.0.0.1:{env['WEB_PORT']}", env=env, var_dir=var_dir)
     finally:
         subprocess.run([str(STACK), "stop"], cwd=REPO_ROOT, env=env, capture_output=True, timeout=60)
-
-
-@pytest.fixture
-def browser(tmp_path: Path) -> Iterator["WebDriver"]:  # noqa: F821
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    assert shutil.which(CHROMIUM) and shutil.which(CHROMEDRIVER), (
-        "Chromium is missing: scripts/services.sh browser installs Debian's chromium and chromium-driver")
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for flag in FLAGS:
-        options.add_argument(flag)
-    options.add_argument(f"--user-data-dir={tmp_path / 'chromium-profile'}")
-    # The driver's path is given, so Selenium Manager never looks for (or downloads) a browser or driver.
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER, log_output=str(tmp_path / "chromedriver.log")),
-                              options=options)
-    driver.set_page_load_timeout(60)
-    try:
-        yield driver
-    finally:
-        driver.quit()
 
 
 def header_background(browser) -> str:
