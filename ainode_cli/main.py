@@ -21,6 +21,8 @@ from typing import Any
 
 from . import output
 from .client import ApiError, Client, Unreachable
+from .events import EventStreamError, follow_job
+from .events import Progress as JobProgress
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 POLL_SECONDS = 0.5
@@ -73,7 +75,8 @@ def cmd_deploy(client: Client, args: argparse.Namespace) -> int:
 
 
 def cmd_run(client: Client, args: argparse.Namespace) -> int:
-    """Submit a job of FUNCTION (an id or a name); wait for its result unless --async."""
+    """Submit a job of FUNCTION (an id or a name); wait for its result unless --async (--follow: print its output
+    as it comes, with a status line of elapsed time, calls and tokens)."""
     function_id = _function_id(client, args.function)
     body: dict[str, Any] = {"functionId": function_id, "inputData": _input(args.input)}
     if args.model:
@@ -90,7 +93,21 @@ def cmd_run(client: Client, args: argparse.Namespace) -> int:
         else:
             print(f"job {job_id} {accepted['jobStatus']}; follow it with: ainode status {job_id}")
         return EXIT_OK
+    if args.follow:
+        return _show_job(_follow(client, job_id, quiet=args.json).finished, args, output_shown=True)
     return _show_job(_wait(client, job_id, args.wait), args)
+
+
+def cmd_logs(client: Client, args: argparse.Namespace) -> int:
+    """What JOB printed so far; with --follow, its output as it comes until it ends, then its status line."""
+    if args.follow:
+        progress = _follow(client, args.job, quiet=False)
+        job = progress.finished
+        print(progress.line(), file=sys.stderr)
+    else:
+        job = client.get(f"/status/{args.job}").body
+        _print_output(job)
+    return _exit_code(job)
 
 
 def cmd_status(client: Client, args: argparse.Namespace) -> int:
@@ -225,8 +242,42 @@ def _wait(client: Client, job_id: str, limit: float | None) -> dict[str, Any]:
         progress.done()
 
 
-def _show_job(job: dict[str, Any], args: argparse.Namespace) -> int:
-    code = EXIT_OK if job["status"] == "succeeded" else EXIT_JOB_FAILED if job["status"] in TERMINAL else EXIT_PENDING
+def _follow(client: Client, job_id: str, *, quiet: bool) -> JobProgress:
+    """Print the job's output as its events come (to stderr when `quiet`: stdout is for --json), drawing the status
+    line on a terminal. Its `finished` is the job's result once it ends (or the job as it is on Ctrl-C)."""
+    line, progress = output.Progress(), JobProgress()
+    try:
+        for event in follow_job(client.url, job_id, api_key=client.key, timeout=max(client.timeout, 30.0)):
+            progress.update(event)
+            if event.event in ("stdout", "stderr"):
+                line.done()
+                stream = sys.stderr if quiet or event.event == "stderr" else sys.stdout
+                stream.write(event.data["text"] + ("[output truncated]\n" if event.data.get("truncated") else ""))
+                stream.flush()
+            line.show(progress.line())
+    except EventStreamError as error:
+        if error.status is not None:
+            raise ApiError(error.status, error.body if isinstance(error.body, dict) else {"detail": str(error)})
+        raise Unreachable(str(error)) from None
+    except KeyboardInterrupt:
+        progress.finished = client.get(f"/status/{job_id}").body
+    finally:
+        line.done()
+    return progress
+
+
+def _exit_code(job: dict[str, Any]) -> int:
+    return EXIT_OK if job["status"] == "succeeded" else EXIT_JOB_FAILED if job["status"] in TERMINAL else EXIT_PENDING
+
+
+def _print_output(job: dict[str, Any]) -> None:
+    for stream in ("stdout", "stderr"):
+        if job.get(stream):
+            print(f"{stream}:\n" + "".join(f"  {line}\n" for line in job[stream].splitlines()), end="")
+
+
+def _show_job(job: dict[str, Any], args: argparse.Namespace, *, output_shown: bool = False) -> int:
+    code = _exit_code(job)
     if args.json:
         output.as_json(job)
         return code
@@ -244,9 +295,8 @@ def _show_job(job: dict[str, Any], args: argparse.Namespace) -> int:
     if job.get("result") is not None:
         print("result:")
         output.as_json(job["result"])
-    for stream in ("stdout", "stderr"):
-        if job.get(stream):
-            print(f"{stream}:\n" + "".join(f"  {line}\n" for line in job[stream].splitlines()), end="")
+    if not output_shown:
+        _print_output(job)
     return code
 
 
@@ -322,8 +372,13 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--async", dest="asynchronous", action="store_true", help="answer the job's id at once")
     run.add_argument("--wait", type=float, metavar="SECONDS", help="stop waiting after this long (exit code 8)")
     run.add_argument("--idempotency-key", metavar="KEY", help="your own key, to retry a run safely (default: new)")
+    run.add_argument("--follow", action="store_true",
+                     help="print the job's output as it comes, with a status line (elapsed, calls, tokens)")
 
     command("status", cmd_status, "a job's state or result").add_argument("job", metavar="JOB")
+    logs = command("logs", cmd_logs, "what a job printed; --follow: as it comes, until it ends")
+    logs.add_argument("job", metavar="JOB")
+    logs.add_argument("--follow", "-f", action="store_true")
     jobs = command("jobs", cmd_jobs, "your jobs, newest first")
     jobs.add_argument("--status", choices=("queued", "running", *TERMINAL))
     jobs.add_argument("--function", metavar="FUNCTION", help="a function's id or name")

@@ -242,6 +242,58 @@ def test_a_failing_job_exits_1_and_shows_its_error(ainode, running_worker, tmp_p
     assert (body["status"], body["errorCode"]) == ("failed", "script_error")
 
 
+CHATTY = ("import ai_client, sys\n"
+          "def handler(event, context):\n"
+          "    print('before the call', flush=True)\n"
+          "    print('a warning', file=sys.stderr, flush=True)\n"
+          "    answer = ai_client.generate('The sky is', max_tokens=8, temperature=0, seed=1)\n"
+          "    print('after the call', flush=True)\n"
+          "    return {'answer': answer}\n")
+
+
+def test_run_follow_prints_the_output_as_it_comes_and_then_the_metered_result(ainode, running_worker, tmp_path):
+    (tmp_path / "main.py").write_text(CHATTY)
+    assert ainode("deploy", str(tmp_path / "main.py"), "--name", "chatty").returncode == 0
+
+    result = ainode("run", "chatty", "--follow")
+
+    assert result.returncode == 0, (result.stdout, result.stderr, running_worker.log()[-3000:])
+    job = Job.objects.get()
+    lines = result.stdout.splitlines()
+    assert lines[:2] == ["before the call", "after the call"]
+    assert lines[2].startswith(f"job {job.pk} succeeded in ")
+    assert f"tokens: {job.prompt_tokens} prompt + {job.completion_tokens} completion" in result.stdout
+    assert job.llm_calls == 1 and job.completion_tokens >= 1
+    assert "a warning" in result.stderr
+    assert "stdout:" not in result.stdout  # shown once, as it came, not again at the end
+
+
+def test_logs_follow_replays_a_finished_job_and_ends_with_its_status_line(ainode, running_worker, tmp_path):
+    (tmp_path / "main.py").write_text(CHATTY)
+    assert ainode("deploy", str(tmp_path / "main.py"), "--name", "chatty").returncode == 0
+    ran = json.loads(ainode("run", "chatty", "--json").stdout)
+
+    followed = ainode("logs", ran["jobId"], "--follow")
+    plain = ainode("logs", ran["jobId"])
+
+    assert followed.returncode == 0 and plain.returncode == 0, (followed.stderr, plain.stderr)
+    assert followed.stdout.splitlines() == ["before the call", "after the call"]
+    status_line = followed.stderr.splitlines()[-1]
+    assert status_line.startswith("succeeded")
+    assert f"{ran['promptTokens']} prompt + {ran['completionTokens']} completion tokens" in status_line
+    assert plain.stdout.splitlines() == ["stdout:", "  before the call", "  after the call", "stderr:", "  a warning"]
+
+
+def test_logs_of_another_users_job_exits_4(ainode, running_worker, tmp_path, charlie, api):
+    (tmp_path / "main.py").write_text(ECHO)
+    assert ainode("deploy", str(tmp_path / "main.py"), "--name", "echo").returncode == 0
+    job_id = json.loads(ainode("run", "echo", "--async", "--json").stdout)["jobId"]
+
+    as_charlie = {"AINODE_API_KEY": charlie.key}
+    assert ainode("logs", job_id, "--follow", env=as_charlie).returncode == 4
+    assert ainode("logs", job_id, env=as_charlie).returncode == 4
+
+
 def test_a_progress_line_is_drawn_on_a_terminal(api, running_worker, tmp_path, served_models):
     from tests.cli.conftest import AINODE
 
