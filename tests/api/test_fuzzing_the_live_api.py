@@ -26,6 +26,7 @@ SEED = os.environ.get("FUZZ_SEED", "1")
 MAX_SECONDS = 420
 
 
+@pytest.mark.slow  # minutes of generated requests against a live server
 @pytest.mark.timeout(MAX_SECONDS + 60)
 @pytest.mark.django_db(transaction=True)
 def test_schemathesis_finds_no_failure_on_any_operation(live_server, alice, settings, tmp_path):
