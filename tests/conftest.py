@@ -28,6 +28,9 @@ from urllib.parse import quote
 
 import pytest
 
+from jobs import warm_pool as warm_pools
+from jobs.warm_pool import WarmPool
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 VENV_BIN = REPO_ROOT / ".venv" / "bin"
 CELERY = VENV_BIN / "celery" if (VENV_BIN / "celery").exists() else Path(sys.executable).with_name("celery")
@@ -544,3 +547,62 @@ def redis_results(db, settings) -> Iterator[Any]:
 
 def as_json(response: Any) -> Any:
     return json.loads(response.content or b"null")
+
+
+# --- warm containers --------------------------------------------------------------------------------------------
+
+class PrimedPool(WarmPool):
+    """For tests only: when no container of the job's profile is ready, one is made on the spot, so that every job of
+    the test runs on a pooled container. `served` holds the containers it handed out."""
+
+    def __init__(self, **kwargs: Any):
+        super().__init__(**kwargs)
+        self.served: set[str] = set()
+
+    def take(self, profile: Any) -> Any:
+        if not self.ready_count(profile):
+            self.fill(profile)
+        slot = super().take(profile)
+        self.served.add(slot.container_id)
+        return slot
+
+
+def make_warm_pool(root: Path, *, size: int = 0, max_age_seconds: float = 600.0, primed: bool = False) -> WarmPool:
+    """A warm pool of real containers under `root`, built as the worker builds its own (not yet started)."""
+    from jobs.docker_backend import DockerBackend
+    from jobs.runner import make_workdir_folders, warm_spec
+
+    cls = PrimedPool if primed else WarmPool
+    return cls(size=size, root=root, spec_for=warm_spec, layout=make_workdir_folders, backend_factory=DockerBackend,
+               max_age_seconds=max_age_seconds)
+
+
+@pytest.fixture
+def warm_pool(job_work_root: Path) -> Iterator[WarmPool]:
+    """A started warm pool of size 0 installed as this process's pool: tests fill it with `pool.fill(profile)`."""
+    pool = make_warm_pool(job_work_root).start()
+    previous = warm_pools.install(pool)
+    yield pool
+    warm_pools.install(previous)
+    pool.stop()
+
+
+@pytest.fixture(params=["cold", "warm"])
+def execution(request: pytest.FixtureRequest, job_work_root: Path) -> Iterator[str]:
+    """Each test runs once on cold containers and once on pooled (warm) ones; with the pool on, every job that got a
+    container must have run on one the pool handed out."""
+    if request.param == "cold":
+        yield "cold"
+        return
+    from jobs.models import Job
+
+    pool = make_warm_pool(job_work_root, primed=True).start()
+    previous = warm_pools.install(pool)
+    try:
+        yield "warm"
+        ran_on = set(Job.objects.exclude(container_id="").values_list("container_id", flat=True))
+        assert ran_on, "no job got a container"
+        assert ran_on <= pool.served, "a job ran on a cold container while the pool was on"
+    finally:
+        warm_pools.install(previous)
+        pool.stop()
