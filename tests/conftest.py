@@ -509,7 +509,7 @@ def docker_client():
 def job_containers(docker_client: Any, job_id: Any) -> list[Any]:
     from jobs.docker_backend import JOB_LABEL
 
-    return docker_client.containers.list(all=True, filters={"label": f"{JOB_LABEL}={job_id}"})
+    return docker_client.containers.list(all=True, filters={"label": f"{JOB_LABEL}={job_id}"}, ignore_removed=True)
 
 
 def container_creations(docker_client: Any, job_id: Any, since: float) -> int:
@@ -595,6 +595,9 @@ def execution(request: pytest.FixtureRequest, job_work_root: Path) -> Iterator[s
         yield "cold"
         return
     from jobs.models import Job
+
+    # The database must outlive this fixture, which reads it at teardown.
+    request.getfixturevalue("transactional_db" if "transactional_db" in request.fixturenames else "db")
 
     pool = make_warm_pool(job_work_root, primed=True).start()
     previous = warm_pools.install(pool)

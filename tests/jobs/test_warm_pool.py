@@ -16,7 +16,8 @@ CONSTANT = "def handler(event, context):\n    return {'answer': 42, 'input': eve
 
 
 def pool_containers(docker_client, pool) -> list:
-    return docker_client.containers.list(all=True, filters={"label": f"{POOL_LABEL}={pool.owner}"})
+    return docker_client.containers.list(all=True, filters={"label": f"{POOL_LABEL}={pool.owner}"},
+                                         ignore_removed=True)
 
 
 def run(job):

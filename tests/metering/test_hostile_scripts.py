@@ -10,6 +10,9 @@ from jobs.models import LLMCall
 
 from .conftest import RAW_HTTP, assert_billed_as_node_counted
 
+# Every test runs on a cold container and on a pooled (warm) one.
+pytestmark = pytest.mark.usefixtures("execution")
+
 ONE_REAL_CALL = '''
 import ai_client
 
