@@ -163,7 +163,9 @@ if CELERY_BROKER_URL.startswith("filesystem://"):
         "processed_folder": str(BROKER_DIR / "processed"),
         "control_folder": str(BROKER_DIR / "control"),
         "store_processed": False,
-        "polling_interval": 0.1,
+        # A consumer is woken by a doorbell when a message lands (infra_ainode/filesystem_broker.py); this is only
+        # the fallback look at the folder.
+        "polling_interval": 1.0,
     }
 elif CELERY_BROKER_URL.startswith("sqs://"):
     CELERY_BROKER_TRANSPORT_OPTIONS = {

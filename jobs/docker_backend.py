@@ -23,6 +23,8 @@ logger = logging.getLogger(__name__)
 JOB_LABEL = "infra-ainode.job-id"
 POOL_LABEL = "infra-ainode.pool-owner"
 POLL_SECONDS = 0.1
+# Once a container's output has ended its exit is a moment away: the state is then looked at this often.
+EXIT_POLL_SECONDS = 0.003
 
 
 class ContainerError(Exception):
@@ -141,12 +143,13 @@ class DockerBackend:
                    should_cancel: Callable[[], bool], on_started: Callable[[str], None]) -> ContainerOutcome:
         outcome = ContainerOutcome(container_id=container.id)
         stdout, stderr = _CappedStream(spec.output_limit_bytes), _CappedStream(spec.output_limit_bytes)
-        reader = self._start_reader(container, stdout, stderr)
+        ended = threading.Event()
+        reader = self._start_reader(container, stdout, stderr, ended)
         # Taken before `begin`: a cold container's own StartedAt is later and wins; a warm one started long ago.
         began = datetime.now(timezone.utc)
         begin()
         on_started(container.id)
-        self._wait(container, spec, outcome, should_cancel, began)
+        self._wait(container, spec, outcome, should_cancel, began, ended)
         reader.join(timeout=10)
         outcome.stdout, outcome.stderr = bytes(stdout.data), bytes(stderr.data)
         outcome.stdout_truncated, outcome.stderr_truncated = stdout.truncated, stderr.truncated
@@ -235,7 +238,8 @@ class DockerBackend:
         except (DockerException, requests.RequestException) as exc:
             raise ContainerError(f"Docker engine unavailable: {exc}") from None
 
-    def _start_reader(self, container, stdout: _CappedStream, stderr: _CappedStream) -> threading.Thread:
+    def _start_reader(self, container, stdout: _CappedStream, stderr: _CappedStream,
+                      ended: threading.Event) -> threading.Thread:
         # Attach before start so that not one byte of output is missed.
         try:
             frames: Iterator = container.attach(stdout=True, stderr=True, stream=True, demux=True, logs=False)
@@ -249,15 +253,18 @@ class DockerBackend:
                     stderr.add(err)
             except Exception:  # the stream ends abruptly when the container is killed; what we have is kept
                 logger.debug("output stream of %s ended early", container.id, exc_info=True)
+            finally:
+                ended.set()
 
         reader = threading.Thread(target=pump, name=f"output-{container.id[:12]}", daemon=True)
         reader.start()
         return reader
 
     def _wait(self, container, spec: ContainerSpec, outcome: ContainerOutcome,
-              should_cancel: Callable[[], bool], began: datetime) -> None:
+              should_cancel: Callable[[], bool], began: datetime, ended: threading.Event) -> None:
         deadline = time.monotonic() + spec.timeout_seconds
         memory = _MemorySampler(container.id)
+        quick_until: float | None = None
         while True:
             state = self._state(container)
             memory.sample()
@@ -269,8 +276,13 @@ class DockerBackend:
             elif time.monotonic() >= deadline:
                 outcome.timed_out = True
                 self._kill(container)
+            elif ended.is_set():
+                # Quick looks for a moment after the output ended (a script that closes its output and runs on
+                # gets the usual pace again).
+                quick_until = quick_until or time.monotonic() + 0.5
+                time.sleep(EXIT_POLL_SECONDS if time.monotonic() < quick_until else POLL_SECONDS)
             else:
-                time.sleep(POLL_SECONDS)
+                ended.wait(POLL_SECONDS)  # wakes as soon as the output ends, which is when the script has exited
         outcome.exit_code = int(state.get("ExitCode", -1))
         outcome.oom_killed = bool(state.get("OOMKilled"))
         outcome.duration_ms = _duration_ms(state, began)

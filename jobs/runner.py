@@ -56,7 +56,7 @@ def run_job(job_id: str | uuid.UUID, *, backend: DockerBackend | None = None) ->
         return
     job = Job.objects.select_related("function_version").get(pk=job_id)
     logger.info("job %s: claimed by %s", job.id, settings.WORKER_ID)
-    backend = backend or DockerBackend(base_url=settings.DOCKER_HOST or None)
+    backend = backend or _shared_backend()
     try:
         with ExitStack() as cleanup:
             try:
@@ -125,6 +125,18 @@ def _start_gateway(job: Job, folder: Path, cleanup: ExitStack) -> JobGateway:
 
 def _recorder(job: Job):
     return lambda container_id: Job.objects.filter(pk=job.id).update(container_id=container_id)
+
+
+_backends: dict[tuple[int, str], DockerBackend] = {}
+
+
+def _shared_backend() -> DockerBackend:
+    """One engine client per process and engine address, kept across jobs: a new client first asks the engine for
+    its API version, a round trip on every job's path. A forked child makes its own."""
+    key = (os.getpid(), settings.DOCKER_HOST)
+    if key not in _backends:
+        _backends[key] = DockerBackend(base_url=settings.DOCKER_HOST or None)
+    return _backends[key]
 
 
 def _handle_unclaimed(job_id: str | uuid.UUID) -> None:
