@@ -111,8 +111,14 @@ DATABASES = {
     )
 }
 if DATABASES["default"]["ENGINE"].endswith("sqlite3"):
-    # Web and worker processes share the file: wait for a lock instead of failing at once.
-    DATABASES["default"].setdefault("OPTIONS", {})["timeout"] = 20
+    # Web and worker processes share the file: wait for a lock instead of failing at once. A transaction takes the
+    # write lock when it begins (IMMEDIATE): one that began as a reader and then wrote would fail at once with
+    # "database is locked" when another writer held the lock, waiting or not. WAL lets readers go on beside a writer.
+    DATABASES["default"].setdefault("OPTIONS", {}).update({
+        "timeout": 20,
+        "transaction_mode": "IMMEDIATE",
+        "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+    })
     # Tests run the worker in another process, which must open the same database file as the test run.
     DATABASES["default"]["TEST"] = {"NAME": str(VAR_DIR / "test.sqlite3")}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"

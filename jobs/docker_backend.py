@@ -23,8 +23,8 @@ logger = logging.getLogger(__name__)
 JOB_LABEL = "infra-ainode.job-id"
 POOL_LABEL = "infra-ainode.pool-owner"
 POLL_SECONDS = 0.1
-# Once a container's output has ended its exit is a moment away: the state is then looked at this often.
-EXIT_POLL_SECONDS = 0.003
+# The engine's wait call tells the exit at once; the state is still looked at this often in case that call failed.
+STATE_CHECK_SECONDS = 1.0
 
 
 class ContainerError(Exception):
@@ -143,13 +143,12 @@ class DockerBackend:
                    should_cancel: Callable[[], bool], on_started: Callable[[str], None]) -> ContainerOutcome:
         outcome = ContainerOutcome(container_id=container.id)
         stdout, stderr = _CappedStream(spec.output_limit_bytes), _CappedStream(spec.output_limit_bytes)
-        ended = threading.Event()
-        reader = self._start_reader(container, stdout, stderr, ended)
+        reader = self._start_reader(container, stdout, stderr)
         # Taken before `begin`: a cold container's own StartedAt is later and wins; a warm one started long ago.
         began = datetime.now(timezone.utc)
         begin()
         on_started(container.id)
-        self._wait(container, spec, outcome, should_cancel, began, ended)
+        self._wait(container, spec, outcome, should_cancel, began)
         reader.join(timeout=10)
         outcome.stdout, outcome.stderr = bytes(stdout.data), bytes(stderr.data)
         outcome.stdout_truncated, outcome.stderr_truncated = stdout.truncated, stderr.truncated
@@ -238,8 +237,7 @@ class DockerBackend:
         except (DockerException, requests.RequestException) as exc:
             raise ContainerError(f"Docker engine unavailable: {exc}") from None
 
-    def _start_reader(self, container, stdout: _CappedStream, stderr: _CappedStream,
-                      ended: threading.Event) -> threading.Thread:
+    def _start_reader(self, container, stdout: _CappedStream, stderr: _CappedStream) -> threading.Thread:
         # Attach before start so that not one byte of output is missed.
         try:
             frames: Iterator = container.attach(stdout=True, stderr=True, stream=True, demux=True, logs=False)
@@ -253,40 +251,50 @@ class DockerBackend:
                     stderr.add(err)
             except Exception:  # the stream ends abruptly when the container is killed; what we have is kept
                 logger.debug("output stream of %s ended early", container.id, exc_info=True)
-            finally:
-                ended.set()
 
         reader = threading.Thread(target=pump, name=f"output-{container.id[:12]}", daemon=True)
         reader.start()
         return reader
 
     def _wait(self, container, spec: ContainerSpec, outcome: ContainerOutcome,
-              should_cancel: Callable[[], bool], began: datetime, ended: threading.Event) -> None:
+              should_cancel: Callable[[], bool], began: datetime) -> None:
         deadline = time.monotonic() + spec.timeout_seconds
         memory = _MemorySampler(container.id)
-        quick_until: float | None = None
+        exited = self._exit_watch(container)
+        last_look = 0.0
         while True:
-            state = self._state(container)
             memory.sample()
-            if state.get("Status") in ("exited", "dead"):
-                break
+            if exited.is_set() or time.monotonic() - last_look >= STATE_CHECK_SECONDS:
+                state, last_look = self._state(container), time.monotonic()
+                if state.get("Status") in ("exited", "dead"):
+                    break
+                exited.clear()  # the wait call failed rather than saw an exit: the periodic look remains
             if should_cancel():
                 outcome.cancelled = True
                 self._kill(container)
             elif time.monotonic() >= deadline:
                 outcome.timed_out = True
                 self._kill(container)
-            elif ended.is_set():
-                # Quick looks for a moment after the output ended (a script that closes its output and runs on
-                # gets the usual pace again).
-                quick_until = quick_until or time.monotonic() + 0.5
-                time.sleep(EXIT_POLL_SECONDS if time.monotonic() < quick_until else POLL_SECONDS)
-            else:
-                ended.wait(POLL_SECONDS)  # wakes as soon as the output ends, which is when the script has exited
+            exited.wait(POLL_SECONDS)
         outcome.exit_code = int(state.get("ExitCode", -1))
         outcome.oom_killed = bool(state.get("OOMKilled"))
         outcome.duration_ms = _duration_ms(state, began)
         outcome.peak_memory_bytes = memory.peak
+
+    def _exit_watch(self, container) -> threading.Event:
+        """An event set when the container stops, from the engine's own wait call (no polling delay)."""
+        exited = threading.Event()
+
+        def watch() -> None:
+            try:
+                self.client.api.wait(container.id, timeout=None)
+            except Exception:  # the engine went away, or the container was removed: the periodic look decides
+                logger.debug("wait on %s failed", container.id, exc_info=True)
+            finally:
+                exited.set()
+
+        threading.Thread(target=watch, name=f"exit-{container.id[:12]}", daemon=True).start()
+        return exited
 
     def _state(self, container) -> dict:
         try:

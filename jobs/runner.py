@@ -247,19 +247,19 @@ def _container_spec(job: Job, workdir: Path) -> ContainerSpec:
         env["PAYLOAD_FILE"] = CONTAINER_INPUT_FILE
     else:
         env["PAYLOAD"] = json.dumps(job.input_data)
-    return _hardened_spec(_profile(job), workdir, job_id=str(job.id), env=env, with_input=with_input,
+    return hardened_spec(_profile(job), workdir, job_id=str(job.id), env=env, with_input=with_input,
                           command=["python3", "-B", f"{CONTAINER_SDK_DIR}/runner.py"],
                           timeout_seconds=job.timeout_seconds)
 
 
 def warm_spec(profile: Profile, slot: Path) -> ContainerSpec:
     """A pool container of `profile` in the slot folder `slot`: its runtime waits there for a job's environment."""
-    return _hardened_spec(profile, slot, job_id="", env={"PYTHONPATH": CONTAINER_SDK_DIR, "HOME": "/tmp"},
+    return hardened_spec(profile, slot, job_id="", env={"PYTHONPATH": CONTAINER_SDK_DIR, "HOME": "/tmp"},
                           with_input=True, command=["python3", "-B", f"{CONTAINER_SDK_DIR}/warm.py"],
                           timeout_seconds=0)
 
 
-def _hardened_spec(profile: Profile, workdir: Path, *, job_id: str, env: dict[str, str], with_input: bool,
+def hardened_spec(profile: Profile, workdir: Path, *, job_id: str, env: dict[str, str], with_input: bool,
                    command: list[str], timeout_seconds: float) -> ContainerSpec:
     binds = {
         str(workdir / "code"): {"bind": CONTAINER_CODE_DIR, "mode": "ro"},
