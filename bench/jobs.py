@@ -45,6 +45,37 @@ MODEL_CALL = (
     "    return ai_client.generate('Count from one to twenty.', temperature=0, seed=42, max_tokens=16)\n"
 )
 TERMINAL = ("succeeded", "failed", "timed_out", "cancelled")
+ENGINE_PROCESSES = ("dockerd", "containerd", "containerd-shim", "containerd-shim-runc-v2", "runc", "docker-init")
+
+
+def _process_table() -> dict[int, tuple[int, str, float]]:
+    """pid -> (parent pid, command name, CPU seconds used by it and its reaped children)."""
+    table = {}
+    tick = os.sysconf("SC_CLK_TCK")
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        name = stat[stat.index("(") + 1:stat.rindex(")")]
+        fields = stat[stat.rindex(")") + 2:].split()
+        cpu = sum(int(value) for value in fields[11:15]) / tick  # utime, stime, cutime, cstime
+        table[int(entry)] = (int(fields[1]), name, cpu)
+    return table
+
+
+def cpu_seconds(roots: list[int], names: tuple[str, ...] = ()) -> float:
+    """CPU used so far by the processes `roots` and their descendants, plus every process called one of `names`."""
+    table = _process_table()
+    chosen = set(roots) | {pid for pid, (_, name, _) in table.items() if name in names}
+    grew = True
+    while grew:
+        children = {pid for pid, (parent, _, _) in table.items() if parent in chosen} - chosen
+        chosen |= children
+        grew = bool(children)
+    return sum(table[pid][2] for pid in chosen if pid in table)
 
 
 def percentile(values: list[float], fraction: float) -> float:
@@ -292,13 +323,21 @@ def measure(args: argparse.Namespace, pool_size: int, image: str) -> None:
         print(f"  ratio p50 {sync['api_p50'] / sync['bare_p50']:.2f}x   p90 {sync['api_p90'] / sync['bare_p90']:.2f}x")
         if pool_size:
             wait_for_pool(stack, pool_size * args.concurrency)
+        worker, web = stack.processes[0].pid, stack.processes[1].pid
+        before = (cpu_seconds([worker]), cpu_seconds([web]), cpu_seconds([], ENGINE_PROCESSES))
         jobs = burst(api, stack.folder / "db.sqlite3", function_id, args.burst)
+        after = (cpu_seconds([worker]), cpu_seconds([web]), cpu_seconds([], ENGINE_PROCESSES))
+        engine_before = cpu_seconds([], ENGINE_PROCESSES)
         engine = engine_rate(image, args.burst, args.concurrency)
+        engine_only = (cpu_seconds([], ENGINE_PROCESSES) - engine_before) * 1000 / args.burst
         print(f"  burst of {args.burst} async trivial jobs   {jobs['rate']:6.2f} jobs/s  (all terminal after "
               f"{jobs['elapsed']:.1f} s; submitted in {jobs['submitted']:.1f} s; {jobs['lost']} lost, "
               f"{jobs['failed']} failed, {jobs['refused']} refused)")
         print(f"  engine create/start/remove, c={args.concurrency}  {engine:6.2f} containers/s   "
               f"ratio {jobs['rate'] / engine:.2f}x")
+        per_job = [(b - a) * 1000 / args.burst for a, b in zip(before, after)]
+        print(f"  CPU per burst job: worker {per_job[0]:.0f} ms, web {per_job[1]:.0f} ms, engine {per_job[2]:.0f} ms"
+              f"  (the engine alone: {engine_only:.0f} ms per container)")
         if args.model_burst:
             if pool_size:
                 wait_for_pool(stack, pool_size * args.concurrency)

@@ -39,6 +39,16 @@ class Channel(filesystem.Channel):
             raise ChannelError(f"Cannot add file {final!r} to directory") from exc
         ring(self.control_folder)
 
+    # A consumer whose prefetch is full waits even with messages in the folder; an ack or reject (from the pool's
+    # result thread) makes room, so it rings this process's own doorbell.
+    def basic_ack(self, *args: object, **kwargs: object) -> None:
+        super().basic_ack(*args, **kwargs)
+        self.connection.wake()
+
+    def basic_reject(self, *args: object, **kwargs: object) -> None:
+        super().basic_reject(*args, **kwargs)
+        self.connection.wake()
+
 
 DOORBELL_PREFIX = "doorbell-"
 
@@ -82,6 +92,12 @@ class Doorbell:
         self.fd = os.open(self.path, os.O_RDWR | os.O_NONBLOCK)
         self.pid = os.getpid()
 
+    def ring(self) -> None:
+        try:
+            os.write(self.fd, b"!")
+        except OSError:  # full: it will wake anyway
+            pass
+
     def wait(self, timeout: float) -> None:
         """Return when rung, or after `timeout` seconds."""
         readable, _, _ = select.select([self.fd], [], [], timeout)
@@ -116,6 +132,11 @@ class Transport(filesystem.Transport):
                     raise socket.timeout() from None
                 if interval is not None:
                     self._bell(connection).wait(interval)
+
+    def wake(self) -> None:
+        """Wake this process's consumer (when it waits on its doorbell)."""
+        if self._doorbell is not None and self._doorbell.pid == os.getpid():
+            self._doorbell.ring()
 
     def _bell(self, connection) -> Doorbell:
         if self._doorbell is None or self._doorbell.pid != os.getpid():  # a forked child gets its own
