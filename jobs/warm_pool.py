@@ -45,6 +45,7 @@ SLOT_PREFIX = "w-"
 # How long a claim waits for a freshly started runtime to reach its FIFO before it takes the cold path instead.
 START_WAIT_SECONDS = 2.0
 CHECK_SECONDS = 2.0
+READY_TIMEOUT_SECONDS = 30.0
 MiB = 1024 * 1024
 
 
@@ -95,15 +96,30 @@ class Slot:
         fd = self._open_writer(is_running)
         try:
             os.set_blocking(fd, True)
-            data = memoryview(json.dumps(env).encode())
+            data = memoryview(json.dumps(env).encode() + b"\n")  # JSON escapes newlines: this one ends it
             while data:
                 data = data[os.write(fd, data):]
         except BrokenPipeError:
-            # The runtime acts only on a complete signal (it reads to the end), so the script did not start.
+            # The runtime acts only on a complete signal (up to its newline), so the script did not start.
             raise SlotUnavailable("the warm runtime went away while it was given its job") from None
         finally:
             os.close(fd)
         self.fifo.unlink(missing_ok=True)
+
+    def wait_ready(self, timeout: float) -> bool:
+        """Wait until the runtime holds the start FIFO open (so that a job given to it starts at once); True when it
+        does. The probe opens the FIFO for writing and closes it unwritten: the runtime, which holds it open for
+        writing too, never sees an end of file."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                os.close(os.open(self.fifo, os.O_WRONLY | os.O_NONBLOCK))
+                return True
+            except OSError as exc:
+                if exc.errno != errno.ENXIO:
+                    return False
+            time.sleep(0.01)
+        return False
 
     def _open_writer(self, is_running: Callable[[], bool]) -> int:
         # O_NONBLOCK: opening a FIFO for writing fails at once (ENXIO) when no reader has it open, instead of
@@ -303,7 +319,12 @@ class WarmPool:
         except BaseException:
             shutil.rmtree(path, ignore_errors=True)
             raise
-        return Slot(container_id=container_id, path=path, profile=profile)
+        slot = Slot(container_id=container_id, path=path, profile=profile)
+        # Ready means waiting on its FIFO: a job never waits for a runtime to start.
+        if not slot.wait_ready(READY_TIMEOUT_SECONDS):
+            self._remove(backend, slot)
+            raise ContainerError(f"a warm container's runtime did not start within {READY_TIMEOUT_SECONDS:g} s")
+        return slot
 
     def _labels(self, profile: Profile, path: Path) -> dict[str, str]:
         pid = os.getpid()

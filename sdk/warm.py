@@ -17,15 +17,21 @@ START_FIFO = os.environ.get("AINODE_START_FIFO", "/run/ainode/start")
 
 
 def wait_for_job() -> dict[str, str]:
-    """Block until the worker writes the job's environment; an open and close with nothing written is ignored."""
-    while True:
-        with open(START_FIFO, "rb") as fifo:
-            data = fifo.read()
-        if data:
-            env = json.loads(data)
-            if not isinstance(env, dict):
-                raise SystemExit("[runtime] the start signal is not a JSON object")
-            return {str(key): str(value) for key, value in env.items()}
+    """Block until the worker writes the job's environment: one JSON object on one line.
+
+    The FIFO is held open for reading and writing, so that the worker's readiness probe (an open and close with
+    nothing written) never ends the read, and a worker that finds it open knows this runtime is waiting.
+    """
+    fd = os.open(START_FIFO, os.O_RDWR)
+    data = b""
+    while not data.endswith(b"\n"):
+        chunk = os.read(fd, 65536)
+        data += chunk
+    os.close(fd)
+    env = json.loads(data)
+    if not isinstance(env, dict):
+        raise SystemExit("[runtime] the start signal is not a JSON object")
+    return {str(key): str(value) for key, value in env.items()}
 
 
 def main() -> int:

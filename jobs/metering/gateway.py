@@ -8,6 +8,7 @@ The worker starts one for each job and mounts its folder into the container. It 
 Everything a request body may hold is bounded, node management is refused, and an unknown route gets 404, so a
 hostile script reaches nothing else and cannot change what it is billed.
 """
+import functools
 import json
 import logging
 import os
@@ -17,6 +18,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler
+from collections.abc import Callable
 from typing import Any
 
 from django.db import connections
@@ -174,22 +176,31 @@ class _Handler(BaseHTTPRequestHandler):
         gateway = self.server.gateway
         # One handler serves every request of a kept-alive connection: per-request state starts afresh.
         self.body_read, self.stream_started, self.listening = False, False, True
+        self.after_answer = None
         self.route_path = path = self.path.split("?", 1)[0]
         try:
-            if path in wire.FORBIDDEN_ROUTES or path.startswith("/api/blobs/"):
-                raise GatewayRequestError(403, "route_forbidden", f"{path} is not available to jobs.")
-            route = gateway.routes.get((method, path))
-            if route is None:
-                raise GatewayRequestError(404, "not_found", f"No route {method} {path}.")
-            answer = route(self)
-        except GatewayRequestError as exc:
-            answer = exc.status, {"error": exc.detail, "code": exc.code}
-            self.close_connection = True
-            self._discard_body(gateway.config.max_body_bytes)
-        if answer is not None:  # a streamed answer has been written already
-            self.send_json(*answer)
+            try:
+                if path in wire.FORBIDDEN_ROUTES or path.startswith("/api/blobs/"):
+                    raise GatewayRequestError(403, "route_forbidden", f"{path} is not available to jobs.")
+                route = gateway.routes.get((method, path))
+                if route is None:
+                    raise GatewayRequestError(404, "not_found", f"No route {method} {path}.")
+                answer = route(self)
+            except GatewayRequestError as exc:
+                answer = exc.status, {"error": exc.detail, "code": exc.code}
+                self.close_connection = True
+                self._discard_body(gateway.config.max_body_bytes)
+            if answer is not None:  # a streamed answer has been written already
+                self.send_json(*answer)
+        finally:
+            # Work deferred until the answer is out (a model call's ledger row). It runs before this request counts
+            # as served, so the gateway's stop, and the job's totals after it, still wait for it.
+            after, self.after_answer = self.after_answer, None
+            if after is not None:
+                after()
 
     body_read = False
+    after_answer: Callable[[], Any] | None = None
 
     def read_json(self, limit: int) -> Any:
         """The request's JSON body; refuses bodies over `limit` bytes before reading them."""
@@ -387,7 +398,8 @@ class JobGateway:
             # spent so that the budget holds even then.
             usage = completion.usage if completion else None
             self.meter.settle(reservation, usage)
-            record_call(
+            record = functools.partial(
+                record_call,
                 job_id=self.job_id, model_id=call.model, node=route.node, endpoint=path, streamed=call.stream,
                 usage=usage, max_tokens=reservation.max_tokens,
                 done_reason=completion.done_reason if completion else None,
@@ -395,6 +407,12 @@ class JobGateway:
                 node_duration_ms=completion.total_duration_ms if completion else None,
                 error_code=error.code if error else "", error_message=str(error) if error else "",
             )
+            if frames is None:
+                # A whole answer goes out before its ledger row is written (the meter, which `usage()` reads, is
+                # settled already): the row is written right after, before the request counts as served.
+                request.after_answer = record
+            else:
+                record()
         if frames is not None and request.stream_started:
             # A stream's last frame goes out only once the call is on the ledger: a script that reads it and then
             # asks usage(), or exits, must find the call counted.
