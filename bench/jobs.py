@@ -238,7 +238,8 @@ def burst(api: Api, stack_db: Path, function_id: str, count: int, *, timeout: fl
     submitted = time.perf_counter() - started
     statuses = terminal_statuses(stack_db, job_ids, deadline=time.monotonic() + timeout)
     elapsed = time.perf_counter() - started
-    return {"elapsed": elapsed, "submitted": submitted, "rate": len(statuses) / elapsed, "refused": count - len(job_ids),
+    return {"elapsed": elapsed, "submitted": submitted, "rate": len(statuses) / elapsed,
+            "refused": count - len(job_ids),
             "lost": len(job_ids) - len(statuses), "failed": sum(s != "succeeded" for s in statuses.values()),
             "job_ids": job_ids}
 

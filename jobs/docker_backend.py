@@ -35,6 +35,10 @@ class ContainerError(Exception):
         self.code = code
 
 
+class ContainerGone(ContainerError):
+    """A started container that was to run a job no longer exists; nothing of the job ran in it."""
+
+
 @dataclass(frozen=True)
 class ContainerSpec:
     job_id: str
@@ -134,7 +138,7 @@ class DockerBackend:
         try:
             container = self.client.containers.get(container_id)
         except NotFound:
-            raise ContainerError(f"The warm container {container_id[:12]} is gone.") from None
+            raise ContainerGone(f"The warm container {container_id[:12]} is gone.") from None
         except (DockerException, requests.RequestException) as exc:
             raise ContainerError(f"Docker engine unavailable: {exc}") from None
         return self._supervise(container, spec, begin=begin, should_cancel=should_cancel, on_started=on_started)

@@ -28,7 +28,7 @@ from models_catalog.services import node_named, route_model
 
 from . import results, warm_pool
 from .code_archive import extract_archive
-from .docker_backend import ContainerError, ContainerOutcome, ContainerSpec, DockerBackend
+from .docker_backend import ContainerError, ContainerGone, ContainerOutcome, ContainerSpec, DockerBackend
 from .exits import interpret_exit
 from .metering.gateway import GatewayConfig, JobGateway, ModelRoute, ResultReport
 from .metering.ledger import ledger_totals
@@ -108,7 +108,7 @@ def _run_warm(job: Job, backend: DockerBackend, pool: WarmPool, slot: Slot,
                 slot.container_id, spec, should_cancel=_cancel_checker(job.id), on_started=_recorder(job),
                 begin=lambda: slot.begin(spec.env, is_running=lambda: backend.is_running(slot.container_id)),
             )
-        except SlotUnavailable as exc:
+        except (SlotUnavailable, ContainerGone) as exc:
             logger.warning("job %s: warm container %s unusable (%s); cold path", job.id, slot.container_id[:12], exc)
             return None
         slot.finished = True

@@ -110,6 +110,15 @@ def test_a_pooled_container_killed_before_its_job_arrives_is_passed_over_and_the
     wait_for(lambda: not pool_containers(docker_client, warm_pool), timeout=20, message="the dead one to be removed")
 
 
+def test_a_pooled_container_removed_before_its_job_arrives_is_passed_over_and_the_job_runs_cold(
+        alice, warm_pool, docker_client):
+    slot = warm_pool.fill(default_profile())
+    docker_client.containers.get(slot.container_id).remove(force=True)
+    job = run(make_job(alice, CONSTANT))
+    assert job.status == "succeeded", (job.error_code, job.stderr)
+    assert job.container_id != slot.container_id
+
+
 def test_a_pooled_container_that_dies_while_waiting_is_replaced(alice, job_work_root, docker_client, monkeypatch):
     from jobs import warm_pool as pools
 

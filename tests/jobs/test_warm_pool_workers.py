@@ -1,12 +1,14 @@
 """A real Celery worker with the warm pool on and off: its jobs run on containers it started ahead; it removes its
 pool when it stops, and a worker that starts removes the pool (and the running job's container) of one that died."""
+import os
 import socket
 import time
+from pathlib import Path
 
 import pytest
 
 from jobs.models import Job
-from jobs.warm_pool import HOST_LABEL, PID_LABEL, POOL_LABEL
+from jobs.warm_pool import HOST_LABEL, PID_LABEL, POOL_LABEL, SLOT_LABEL
 from tests.conftest import deploy, submit, wait_for, wait_for_status
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("served_models")]
@@ -24,10 +26,24 @@ def running_pool_of(docker_client, worker) -> list:
     return [c for c in pool_of(docker_client, worker) if c.status == "running"]
 
 
+def ready_pool_of(docker_client, worker) -> list:
+    """The running pool containers whose runtime waits on its start FIFO (what the pool calls ready)."""
+    ready = []
+    for container in running_pool_of(docker_client, worker):
+        try:
+            os.close(os.open(Path(container.labels[SLOT_LABEL]) / "run" / "start", os.O_WRONLY | os.O_NONBLOCK))
+        except OSError:
+            continue
+        ready.append(container)
+    if ready:
+        time.sleep(0.2)  # the pool's own probe, every 10 ms, has seen it too
+    return ready
+
+
 def test_a_worker_with_the_pool_on_runs_its_jobs_on_containers_started_ahead(
         worker, alice, _isolated_broker, docker_client):
     running = worker(_isolated_broker, WARM_POOL_SIZE=1)
-    wait_for(lambda: running_pool_of(docker_client, running), timeout=30, message="the worker's pool")
+    wait_for(lambda: ready_pool_of(docker_client, running), timeout=30, message="the worker's pool")
     ahead = {c.id for c in running_pool_of(docker_client, running)}
     function = deploy(alice, CONSTANT)
     job_id = submit(alice, function["functionId"]).json()["jobId"]
@@ -54,7 +70,7 @@ def test_a_worker_with_the_pool_off_starts_no_container_ahead(worker, alice, _is
 def test_a_worker_that_starts_removes_the_pool_and_running_job_of_a_worker_that_died(
         worker, alice, _isolated_broker, docker_client):
     doomed = worker(_isolated_broker, WARM_POOL_SIZE=1, JOB_LOST_GRACE_SECONDS=1)
-    wait_for(lambda: running_pool_of(docker_client, doomed), timeout=30, message="the doomed worker's pool")
+    wait_for(lambda: ready_pool_of(docker_client, doomed), timeout=30, message="the doomed worker's pool")
     function = deploy(alice, "import time\ntime.sleep(600)\n", timeout_seconds=2)
     job_id = submit(alice, function["functionId"]).json()["jobId"]
 
