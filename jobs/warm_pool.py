@@ -106,12 +106,12 @@ class Slot:
             os.close(fd)
         self.fifo.unlink(missing_ok=True)
 
-    def wait_ready(self, timeout: float) -> bool:
+    def wait_ready(self, timeout: float, *, stop: threading.Event | None = None) -> bool:
         """Wait until the runtime holds the start FIFO open (so that a job given to it starts at once); True when it
         does. The probe opens the FIFO for writing and closes it unwritten: the runtime, which holds it open for
         writing too, never sees an end of file."""
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        while time.monotonic() < deadline and not (stop is not None and stop.is_set()):
             try:
                 os.close(os.open(self.fifo, os.O_WRONLY | os.O_NONBLOCK))
                 return True
@@ -321,7 +321,7 @@ class WarmPool:
             raise
         slot = Slot(container_id=container_id, path=path, profile=profile)
         # Ready means waiting on its FIFO: a job never waits for a runtime to start.
-        if not slot.wait_ready(READY_TIMEOUT_SECONDS):
+        if not slot.wait_ready(READY_TIMEOUT_SECONDS, stop=self._stopped):
             self._remove(backend, slot)
             raise ContainerError(f"a warm container's runtime did not start within {READY_TIMEOUT_SECONDS:g} s")
         return slot
