@@ -1,4 +1,7 @@
+from typing import Any
+
 from django.contrib.auth.models import User
+from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from rest_framework.authentication import BaseAuthentication
 from rest_framework.exceptions import AuthenticationFailed
 from rest_framework.request import Request
@@ -28,3 +31,17 @@ class ApiKeyAuthentication(BaseAuthentication):
     def authenticate_header(self, request: Request) -> str:
         # Makes DRF answer 401 (not 403) when no key is given.
         return 'Bearer realm="api"'
+
+
+class ApiKeySchemes(OpenApiAuthenticationExtension):
+    """How the OpenAPI schema describes ApiKeyAuthentication: either header will do."""
+
+    target_class = ApiKeyAuthentication
+    name = ["BearerAuth", "ApiKeyHeader"]
+
+    def get_security_requirement(self, auto_schema: Any) -> list[dict[str, list]]:
+        return [{"BearerAuth": []}, {"ApiKeyHeader": []}]
+
+    def get_security_definition(self, auto_schema: Any) -> list[dict[str, str]]:
+        return [{"type": "http", "scheme": "bearer", "description": "Authorization: Bearer KEY"},
+                {"type": "apiKey", "in": "header", "name": "x-api-key"}]

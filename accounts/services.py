@@ -18,7 +18,7 @@ def create_api_key(*, user: User, name: str = "") -> tuple[ApiKey, str]:
 def authenticate_key(raw_key: str) -> ApiKey | None:
     """The active key matching `raw_key`, or None. Marks the key used (at most once a minute, to spare writes)."""
     api_key = (
-        ApiKey.objects.select_related("user")
+        ApiKey.objects.select_related("user", "user__quota")
         .filter(key_hash=hash_key(raw_key), revoked_at__isnull=True, user__is_active=True)
         .first()
     )

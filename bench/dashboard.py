@@ -128,7 +128,7 @@ def run(args: argparse.Namespace) -> None:
           f"({connection.vendor})", flush=True)
 
     from billing.models import UsageDaily
-    from billing.services import rebuild_rollups
+    from jobs.metering.ledger import rebuild_rollups
 
     began = time.monotonic()
     rows = rebuild_rollups()
@@ -241,7 +241,7 @@ def dashboard_client():
     from django.test import Client
     from django.utils import timezone
 
-    from billing.services import DateRange
+    from billing.ranges import DateRange
 
     operator = User.objects.create_superuser("operator", "operator@example.org", "bench")
     client = Client()
@@ -267,7 +267,8 @@ def check_totals(span, client) -> None:
     import re
 
     from billing.formatting import count, money
-    from billing.services import LEDGER_SUMS, jobs_in_range
+    from jobs.export import jobs_in_range
+    from jobs.metering.ledger import LEDGER_SUMS
     from jobs.models import LLMCall
 
     page = render(client, span).decode()
@@ -284,7 +285,7 @@ def check_totals(span, client) -> None:
 
 
 def day_start(day):
-    from billing.services import day_start as start_of
+    from billing.ranges import day_start as start_of
 
     return start_of(day)
 
@@ -294,7 +295,8 @@ def aggregate_ledger(span) -> None:
     from django.db.models import Count
     from django.db.models.functions import TruncDate
 
-    from billing.services import LEDGER_SUMS, jobs_in_range
+    from jobs.export import jobs_in_range
+    from jobs.metering.ledger import LEDGER_SUMS
     from jobs.models import LLMCall
 
     calls = LLMCall.objects.filter(created_at__gte=day_start(span.start),

@@ -8,7 +8,8 @@ the gateway's Unix socket itself), then makes the same small call (temperature 0
 to the node and N times through the gateway, alternating the two so that both see the same node, non-streamed and
 streamed. Time is from sending the request to the answer's last byte. It prints figures only.
 
-The gateway writes each call's ledger row before it answers, so the database's commit time is part of what it adds.
+The gateway writes each call's ledger row just after it answers (the runner waits for it before a job's totals are
+taken), so the database's commit time is off the answer's path; it still shares the CPU with the next call.
 """
 from __future__ import annotations
 

@@ -3,7 +3,7 @@ from django.http import HttpRequest
 from django.utils import timezone
 
 from .models import ModelPrice, UsageDaily
-from .services import price_in_force
+from .pricing import price_in_force
 
 
 @admin.register(ModelPrice)

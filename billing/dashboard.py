@@ -11,10 +11,9 @@ from django.contrib.auth.models import User
 from django.db.models import Max, Min
 from django.utils import timezone
 
-from jobs.models import Function
-
 from .models import UsageDaily
-from .services import MAX_RANGE_DAYS, ROLLUP_SUMS, DateRange, Figures, rollups_in_range
+from .ranges import MAX_RANGE_DAYS, DateRange
+from .reports import ROLLUP_SUMS, Figures, rollups_in_range
 
 
 @dataclass
@@ -71,7 +70,10 @@ def usage_report(*, span: DateRange, currency: str) -> Report:
     usernames = dict(User.objects.filter(pk__in=by_user).values_list("pk", "username"))
     for group in by_user.values():
         group.label = usernames.get(group.key, group.label)
-    for pk, name, owner in Function.objects.filter(pk__in=by_function).values_list("pk", "name", "owner__username"):
+    # Names through the roll-ups' own foreign key: billing reads what jobs wrote, it does not import jobs.
+    functions = (UsageDaily.function.field.related_model.objects.filter(pk__in=by_function)
+                 .values_list("pk", "name", "owner__username"))
+    for pk, name, owner in functions:
         by_function[pk].label, by_function[pk].detail = name, owner
 
     totals = Figures()

@@ -50,7 +50,8 @@ class UsageDaily(models.Model):
     """The sums of one day's ledger rows of one (owner, function, model), and the jobs created that day with that
     model: what the dashboard and usage API read.
 
-    Token sums cover the metered calls only (both counts reported); `unmetered_calls` says how many were not. `cost`
+    Token sums cover the metered calls only (both counts known); `unmetered_calls` says how many were not, and
+    `estimated_calls` how many of the metered ones carry counts the gateway estimated. `cost`
     sums the calls whose cost is known; `uncosted_calls` says how many were left out (tokens or price unknown).
     The day is the call's date in the server's TIME_ZONE.
     """
@@ -62,6 +63,7 @@ class UsageDaily(models.Model):
     calls = models.PositiveBigIntegerField(default=0)
     failed_calls = models.PositiveBigIntegerField(default=0)
     unmetered_calls = models.PositiveBigIntegerField(default=0)
+    estimated_calls = models.PositiveBigIntegerField(default=0)
     uncosted_calls = models.PositiveBigIntegerField(default=0)
     prompt_tokens = models.PositiveBigIntegerField(default=0)
     completion_tokens = models.PositiveBigIntegerField(default=0)
@@ -85,3 +87,24 @@ class UsageDaily(models.Model):
     @property
     def total_tokens(self) -> int:
         return self.prompt_tokens + self.completion_tokens
+
+
+class Hold(models.Model):
+    """The part of a running job's worst case (its token budget at its model's price) not yet spent: what it may
+    still cost. Made when the job is admitted under a quota (billing.quotas.admit), shrunk as its calls are recorded,
+    and deleted when the job ends, which releases what it did not spend. A job id, not a key: billing imports nothing
+    from jobs."""
+
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
+    job_id = models.UUIDField(unique=True)
+    model_id = models.CharField(max_length=200)
+    cost = models.DecimalField(**COST_DIGITS, default=Decimal(0))
+    tokens = models.BigIntegerField(default=0)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["-created_at"]
+        indexes = [models.Index(fields=["owner"])]
+
+    def __str__(self) -> str:
+        return f"hold of job {self.job_id}"

@@ -8,5 +8,4 @@ app_name = "billing"
 
 urlpatterns = [
     path("", admin.site.admin_view(views.dashboard), name="dashboard"),
-    path("jobs.csv", admin.site.admin_view(views.jobs_csv), name="jobs-csv"),
 ]

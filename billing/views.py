@@ -1,7 +1,7 @@
-"""The operator's pages in the admin: the usage dashboard and the export of every user's jobs as CSV.
+"""The operator's usage dashboard in the admin.
 
-Both are wrapped in `admin.site.admin_view` by billing/urls.py (staff only, login redirect, never cached) and
-need the permission to view daily usage as well (superusers have it).
+It is wrapped in `admin.site.admin_view` by billing/urls.py (staff only, login redirect, never cached) and needs
+the permission to view daily usage as well (superusers have it).
 """
 from datetime import date
 from urllib.parse import urlencode
@@ -9,17 +9,16 @@ from urllib.parse import urlencode
 from django.conf import settings
 from django.contrib import admin
 from django.core.exceptions import PermissionDenied
-from django.db.models import QuerySet
-from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
+from django.http import HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
 
 from core.errors import DomainError
 
 from . import charts, formatting
 from .dashboard import Report, presets, usage_report
-from jobs.models import Job
-
-from .services import DateRange, Figures, jobs_csv_lines, jobs_in_range, range_from_query
+from .quotas import standings
+from .ranges import DateRange, range_from_query
+from .reports import Figures
 
 VIEW_USAGE = "billing.view_usagedaily"
 PROMPT, COMPLETION = charts.Series("prompt", "#4c78a8"), charts.Series("completion", "#f58518")
@@ -27,7 +26,7 @@ OK_CALLS, FAILED_CALLS = charts.Series("ok", "#72b7b2"), charts.Series("failed",
 COST = charts.Series("cost", "#54a24b")
 
 
-def _require(request: HttpRequest, *permissions: str) -> None:
+def require(request: HttpRequest, *permissions: str) -> None:
     if not request.user.has_perms(permissions):
         raise PermissionDenied
 
@@ -87,7 +86,7 @@ def _charts(report: Report) -> dict[str, str]:
 
 def dashboard(request: HttpRequest) -> HttpResponse:
     """Usage over a range of days (`from`, `to`; the last 30 days by default), read from the daily roll-ups."""
-    _require(request, VIEW_USAGE)
+    require(request, VIEW_USAGE)
     context = {**admin.site.each_context(request), "title": "Usage dashboard", "currency": settings.BILLING_CURRENCY,
                "presets": [(label, _query(span)) for label, span in presets()], "table_limit": 25,
                "legends": {"tokens": [PROMPT, COMPLETION], "calls": [OK_CALLS, FAILED_CALLS]}}
@@ -99,23 +98,5 @@ def dashboard(request: HttpRequest) -> HttpResponse:
         return TemplateResponse(request, "admin/billing/dashboard.html", context, status=exc.status)
     report = usage_report(span=span, currency=settings.BILLING_CURRENCY)
     context.update(report=report, charts=_charts(report), start=span.start.isoformat(), end=span.end.isoformat(),
-                   query=_query(span))
+                   query=_query(span), quotas=standings())
     return TemplateResponse(request, "admin/billing/dashboard.html", context)
-
-
-def jobs_csv(request: HttpRequest) -> HttpResponse:
-    """Every user's jobs created in the range, with tokens and cost, as a CSV download."""
-    _require(request, VIEW_USAGE, "jobs.view_job")
-    try:
-        span = range_from_query(request.GET)
-    except DomainError as exc:
-        return HttpResponse(f"{exc.detail}\n", status=exc.status, content_type="text/plain")
-    return csv_download(jobs_in_range(span), span)
-
-
-def csv_download(jobs: QuerySet[Job], span: DateRange) -> StreamingHttpResponse:
-    """`jobs` as a streamed CSV attachment named after the range (the admin's export and the users' API)."""
-    response = StreamingHttpResponse(jobs_csv_lines(jobs, currency=settings.BILLING_CURRENCY),
-                                     content_type="text/csv; charset=utf-8")
-    response["Content-Disposition"] = f'attachment; filename="jobs-{span.start}-{span.end}.csv"'
-    return response

@@ -33,3 +33,8 @@ class Conflict(DomainError):
 class TooLarge(DomainError):
     status = 413
     code = "payload_too_large"
+
+
+class Unprocessable(DomainError):
+    status = 422
+    code = "unprocessable"

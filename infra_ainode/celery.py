@@ -1,7 +1,14 @@
-"""The Celery application. Configuration comes from Django settings (CELERY_* names)."""
-import os
+"""The Celery application. Configuration comes from Django settings (CELERY_* names).
 
-from celery import Celery
+Besides the tasks, a worker may serve its metrics (WORKER_METRICS_PORT) and keep a liveness file fresh
+(WORKER_HEARTBEAT_FILE) for an orchestrator's probe.
+"""
+import os
+from pathlib import Path
+from typing import Any
+
+from celery import Celery, bootsteps
+from celery.signals import worker_init, worker_process_shutdown
 
 from .filesystem_broker import install as _install_atomic_filesystem_broker
 
@@ -22,3 +29,52 @@ def _prepare_broker(sender: Celery, **kwargs: object) -> None:
     for key in ("data_folder_in", "data_folder_out", "processed_folder", "control_folder"):
         if key in options:
             os.makedirs(options[key], exist_ok=True)
+
+
+class LivenessFile(bootsteps.StartStopStep):
+    """Touches WORKER_HEARTBEAT_FILE every WORKER_HEARTBEAT_SECONDS from the worker's own timer, so the file goes
+    stale when the worker hangs as well as when it dies; removed at a clean shutdown."""
+
+    requires = {"celery.worker.components:Timer"}
+
+    def __init__(self, parent: Any, **kwargs: Any) -> None:
+        super().__init__(parent, **kwargs)
+        self.timer_entry = None
+
+    def start(self, worker: Any) -> None:
+        from django.conf import settings
+
+        path = Path(settings.WORKER_HEARTBEAT_FILE) if settings.WORKER_HEARTBEAT_FILE else None
+        if path is None:
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.touch()
+        self.timer_entry = worker.timer.call_repeatedly(settings.WORKER_HEARTBEAT_SECONDS, path.touch, priority=10)
+
+    def stop(self, worker: Any) -> None:
+        from django.conf import settings
+
+        if self.timer_entry is not None:
+            self.timer_entry.cancel()
+            self.timer_entry = None
+            Path(settings.WORKER_HEARTBEAT_FILE).unlink(missing_ok=True)
+
+
+app.steps["worker"].add(LivenessFile)
+
+
+@worker_init.connect
+def _serve_worker_metrics(**kwargs: Any) -> None:
+    from django.conf import settings
+
+    from core import metrics
+
+    if settings.WORKER_METRICS_PORT:
+        metrics.start_worker_exporter(port=settings.WORKER_METRICS_PORT, address=settings.WORKER_METRICS_ADDRESS)
+
+
+@worker_process_shutdown.connect
+def _forget_pool_process(pid: int, **kwargs: Any) -> None:
+    from core import metrics
+
+    metrics.process_exited(pid)

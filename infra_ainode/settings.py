@@ -56,10 +56,42 @@ def env_bool(name: str, default: bool) -> bool:
 # ---------------------------------------------------------------------------------------------------------
 # Django core
 # ---------------------------------------------------------------------------------------------------------
-SECRET_KEY = env_str("SECRET_KEY", "dev-only-insecure-secret-key-change-me")
+# ENVIRONMENT=development (a checkout's default: tests, scripts/stack.sh) may run on a development SECRET_KEY.
+# ENVIRONMENT=production (the application image's default) refuses to start without a real one, and turns on
+# secure cookies, HSTS and the HTTPS redirect unless each is turned off by name.
+ENVIRONMENT = env_str("ENVIRONMENT", "development")
+if ENVIRONMENT not in ("development", "production"):
+    raise ImproperlyConfigured(f"ENVIRONMENT must be development or production, got {ENVIRONMENT!r}")
+PRODUCTION = ENVIRONMENT == "production"
 DEBUG = env_bool("DEBUG", False)
+_DEVELOPMENT_SECRET_KEY = "dev-only-insecure-secret-key-change-me"
+SECRET_KEY = env_str("SECRET_KEY", "" if PRODUCTION else _DEVELOPMENT_SECRET_KEY)
+if PRODUCTION and (len(SECRET_KEY) < 50 or len(set(SECRET_KEY)) < 5 or SECRET_KEY == _DEVELOPMENT_SECRET_KEY
+                   or SECRET_KEY.startswith("django-insecure")):
+    raise ImproperlyConfigured(
+        "ENVIRONMENT=production needs a real SECRET_KEY: at least 50 characters, 5 of them different, e.g. "
+        "python -c 'import secrets; print(secrets.token_urlsafe(50))'")
+if PRODUCTION and DEBUG:
+    raise ImproperlyConfigured("DEBUG must be false when ENVIRONMENT=production")
 ALLOWED_HOSTS = [h for h in env_str("ALLOWED_HOSTS", "127.0.0.1,localhost,testserver").split(",") if h]
 VAR_DIR = Path(env_str("VAR_DIR", str(BASE_DIR / "var")))
+
+# HTTPS. Behind a proxy that ends TLS, SECURE_PROXY_SSL_HEADER names the header it sets and the value meaning
+# HTTPS ("X-Forwarded-Proto: https"); only set it when the proxy overwrites that header on every request.
+CSRF_TRUSTED_ORIGINS = [o for o in env_str("CSRF_TRUSTED_ORIGINS", "").split(",") if o]
+SESSION_COOKIE_SECURE = env_bool("SESSION_COOKIE_SECURE", PRODUCTION)
+CSRF_COOKIE_SECURE = env_bool("CSRF_COOKIE_SECURE", PRODUCTION)
+SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", PRODUCTION)
+SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 31536000 if PRODUCTION else 0, minimum=0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", PRODUCTION)
+SECURE_HSTS_PRELOAD = env_bool("SECURE_HSTS_PRELOAD", PRODUCTION)
+_proxy_header = env_str("SECURE_PROXY_SSL_HEADER", "")
+if _proxy_header:
+    _name, _, _value = _proxy_header.partition(":")
+    if not _name.strip() or not _value.strip():
+        raise ImproperlyConfigured(f"SECURE_PROXY_SSL_HEADER must look like 'X-Forwarded-Proto: https', "
+                                   f"got {_proxy_header!r}")
+    SECURE_PROXY_SSL_HEADER = ("HTTP_" + _name.strip().upper().replace("-", "_"), _value.strip())
 
 INSTALLED_APPS = [
     "django.contrib.admin",
@@ -69,6 +101,8 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "rest_framework",
+    "drf_spectacular",
+    "drf_spectacular_sidecar",
     "accounts",
     "models_catalog",
     "jobs",
@@ -76,7 +110,14 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    # /healthz, /readyz and /metrics, answered before the host check and the HTTPS redirect (see its docstring).
+    "infra_ainode.probes.ProbesMiddleware",
     "django.middleware.security.SecurityMiddleware",
+    # Serves static files from the web process itself, so the admin, the dashboard and the API docs (Swagger UI and
+    # ReDoc, from drf-spectacular-sidecar) are styled with DEBUG off, need no CDN and no other web server:
+    # STATIC_ROOT once `manage.py collectstatic` has run (scripts/stack.sh runs it at start-up), else the apps' own
+    # folders (the finders).
+    "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -110,10 +151,16 @@ DATABASES = {
         env_str("DATABASE_URL", f"sqlite:///{BASE_DIR / 'db.sqlite3'}"), conn_max_age=60
     )
 }
+if DATABASES["default"]["ENGINE"].endswith("postgresql"):
+    # A database host that drops packets would hold a request (or a /readyz check's thread) for as long as the
+    # kernel retries; give up on connecting after this many seconds.
+    DATABASES["default"].setdefault("OPTIONS", {}).setdefault(
+        "connect_timeout", env_int("DATABASE_CONNECT_TIMEOUT", 10, minimum=1))
 if DATABASES["default"]["ENGINE"].endswith("sqlite3"):
-    # Web and worker processes share the file: wait for a lock instead of failing at once. A transaction takes the
-    # write lock when it begins (IMMEDIATE): one that began as a reader and then wrote would fail at once with
-    # "database is locked" when another writer held the lock, waiting or not. WAL lets readers go on beside a writer.
+    # Web and worker processes share the file. WAL lets readers run beside the one writer. IMMEDIATE takes the
+    # write lock when a transaction begins: a transaction that read first (submit_job reads the function's version)
+    # could not upgrade its read lock while another connection writes, and SQLite refuses that at once, without
+    # waiting. With the lock taken at BEGIN, a writer waits up to the busy timeout (20 s) for its turn instead.
     DATABASES["default"].setdefault("OPTIONS", {}).update({
         "timeout": 20,
         "transaction_mode": "IMMEDIATE",
@@ -128,17 +175,48 @@ TIME_ZONE = "UTC"
 USE_I18N = False
 USE_TZ = True
 STATIC_URL = "static/"
+# `manage.py collectstatic` copies the apps' static files here; WhiteNoise serves them (see MIDDLEWARE).
 STATIC_ROOT = VAR_DIR / "static"
-# Uploads of function code are checked by size in our own validator; allow DRF to read them first.
-DATA_UPLOAD_MAX_MEMORY_SIZE = 64 * 1024 * 1024
+WHITENOISE_USE_FINDERS = True
+WHITENOISE_AUTOREFRESH = DEBUG
 
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator", "OPTIONS": {"min_length": 12}},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+
+# LOG_FORMAT=json writes one JSON object per line (for a log collector); plain is for people.
+LOG_FORMAT = env_str("LOG_FORMAT", "plain")
+if LOG_FORMAT not in ("plain", "json"):
+    raise ImproperlyConfigured(f"LOG_FORMAT must be plain or json, got {LOG_FORMAT!r}")
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "formatters": {
+        "plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"},
+        "json": {"()": "core.logs.JsonFormatter"},
+    },
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": LOG_FORMAT}},
     "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},
 }
+
+# ---------------------------------------------------------------------------------------------------------
+# Operations: probes and metrics
+# ---------------------------------------------------------------------------------------------------------
+# Each /readyz check (database, broker, Redis, AI nodes) gets this many milliseconds; they run at once.
+READYZ_TIMEOUT = env_int("READYZ_TIMEOUT", 2000, minimum=1)
+# /metrics asks for `Authorization: Bearer METRICS_TOKEN`; with no token it answers only to loopback clients, and
+# in production to nobody.
+METRICS_TOKEN = env_str("METRICS_TOKEN", "")
+# A worker serves its own metrics on this port (0: not at all), on WORKER_METRICS_ADDRESS.
+WORKER_METRICS_PORT = env_int("WORKER_METRICS_PORT", 0, minimum=0)
+WORKER_METRICS_ADDRESS = env_str("WORKER_METRICS_ADDRESS", "127.0.0.1")
+# A worker touches this file every WORKER_HEARTBEAT_SECONDS from its own timer (empty: no file); a liveness
+# probe fails when the file is older than a few intervals.
+WORKER_HEARTBEAT_FILE = env_str("WORKER_HEARTBEAT_FILE", "")
+WORKER_HEARTBEAT_SECONDS = env_int("WORKER_HEARTBEAT_SECONDS", 10, minimum=1)
 
 # ---------------------------------------------------------------------------------------------------------
 # API
@@ -150,6 +228,31 @@ REST_FRAMEWORK = {
     "PAGE_SIZE": 50,
     "EXCEPTION_HANDLER": "core.api.exception_handler",
     "UNAUTHENTICATED_USER": None,
+    "DEFAULT_SCHEMA_CLASS": "core.schema.AutoSchema",
+    # Each user's request rate comes from their quota (accounts.Quota, set in the admin); none: no limit.
+    "DEFAULT_THROTTLE_CLASSES": ["accounts.throttling.QuotaRateThrottle"],
+}
+
+# The OpenAPI schema (/api/schema/) and its docs pages (/api/docs/, /api/redoc/), whose JavaScript comes from the
+# drf-spectacular-sidecar package: nothing is fetched from a CDN.
+SPECTACULAR_SETTINGS = {
+    "TITLE": "Infra AI Node API",
+    "DESCRIPTION": (
+        "Run Python functions as jobs in locked-down containers, with every language-model token metered.\n\n"
+        "Authenticate with `Authorization: Bearer KEY` or `x-api-key: KEY`. Every error answers "
+        "`{\"detail\": \"...\", \"code\": \"...\"}`; a failed job is not an HTTP error but a job with `status` "
+        "and `errorCode`."
+    ),
+    "VERSION": "1.0.0",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+    "COMPONENT_SPLIT_REQUEST": True,
+    "ENUM_NAME_OVERRIDES": {"JobStatusEnum": "jobs.models.JobStatus"},
+    "PREPROCESSING_HOOKS": ["core.schema.optional_trailing_slashes"],
+    "POSTPROCESSING_HOOKS": ["drf_spectacular.hooks.postprocess_schema_enums", "jobs.api.schema.add_links"],
+    "SCHEMA_PATH_PREFIX": r"/(api/v1/)?",
 }
 
 # ---------------------------------------------------------------------------------------------------------
@@ -203,8 +306,23 @@ CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
 # Results: the Job row is the source of truth; Redis (optional) carries result:{jobId} and a notification.
 # ---------------------------------------------------------------------------------------------------------
 REDIS_URL = env_str("REDIS_URL", "")
+# The cache holds the request-rate counters of the throttles: shared by every web process through Redis when there
+# is one, else each process counts its own.
+CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL}
+          if REDIS_URL else {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
 RESULT_TTL_SECONDS = env_int("RESULT_TTL_SECONDS", 86400, minimum=1)
 RUN_SYNC_TIMEOUT = env_float("RUN_SYNC_TIMEOUT", 30.0)
+
+# ---------------------------------------------------------------------------------------------------------
+# Live job events (GET /api/v1/jobs/{id}/events): kept in Redis streams when REDIS_URL is set, else in the
+# JobEvent table. Each listener holds one web thread (or one sync worker) while it follows a job: bound them.
+# ---------------------------------------------------------------------------------------------------------
+JOB_EVENTS_TTL_SECONDS = env_int("JOB_EVENTS_TTL_SECONDS", 86400, minimum=60)
+JOB_EVENTS_POLL_SECONDS = env_float("JOB_EVENTS_POLL_SECONDS", 0.25)
+JOB_EVENTS_KEEPALIVE_SECONDS = env_float("JOB_EVENTS_KEEPALIVE_SECONDS", 15.0)
+JOB_EVENTS_MAX_LISTENERS = env_int("JOB_EVENTS_MAX_LISTENERS", 100, minimum=1)
+JOB_EVENTS_FLUSH_SECONDS = env_float("JOB_EVENTS_FLUSH_SECONDS", 0.1)
+JOB_EVENTS_FLUSH_BYTES = env_int("JOB_EVENTS_FLUSH_BYTES", 64 * 1024, minimum=1024)
 
 # ---------------------------------------------------------------------------------------------------------
 # Functions and jobs
@@ -213,22 +331,44 @@ FUNCTION_MAX_CODE_BYTES = env_int("FUNCTION_MAX_CODE_BYTES", 5 * 1024 * 1024, mi
 FUNCTION_MAX_UNPACKED_BYTES = env_int("FUNCTION_MAX_UNPACKED_BYTES", 20 * 1024 * 1024, minimum=1)
 FUNCTION_MAX_FILES = env_int("FUNCTION_MAX_FILES", 500, minimum=1)
 JOB_INPUT_MAX_BYTES = env_int("JOB_INPUT_MAX_BYTES", 1024 * 1024, minimum=1)
+# The largest request body Django reads into memory: the largest code upload sent as base64 (4/3 of its size) or
+# the largest job input with its JSON escapes (taken as twice its size), plus room for the other fields. Our own
+# validators then check the decoded sizes.
+DATA_UPLOAD_MAX_MEMORY_SIZE = env_int(
+    "DATA_UPLOAD_MAX_MEMORY_SIZE",
+    max(FUNCTION_MAX_CODE_BYTES * 4 // 3, JOB_INPUT_MAX_BYTES * 2) + 1024 * 1024, minimum=1024,
+)
+# Multipart files count against the same limit (Django would otherwise spool any size to disk).
+FILE_UPLOAD_HANDLERS = [
+    "core.uploads.BoundedUploadHandler",
+    "django.core.files.uploadhandler.MemoryFileUploadHandler",
+    "django.core.files.uploadhandler.TemporaryFileUploadHandler",
+]
+# Uploaded Python is syntax-checked in a child process with at most this much memory (address space) and time;
+# a check that cannot finish within them leaves the syntax to the job container, which reports it as the job's error.
+FUNCTION_SYNTAX_CHECK_MEMORY_MB = env_int("FUNCTION_SYNTAX_CHECK_MEMORY_MB", 256, minimum=64)
+FUNCTION_SYNTAX_CHECK_SECONDS = env_int("FUNCTION_SYNTAX_CHECK_SECONDS", 5, minimum=1)
 JOB_PAYLOAD_ENV_MAX_BYTES = env_int("JOB_PAYLOAD_ENV_MAX_BYTES", 64 * 1024, minimum=0)
 JOB_DEFAULT_MEMORY_MB = env_int("JOB_DEFAULT_MEMORY_MB", 256, minimum=16)
 JOB_MAX_MEMORY_MB = env_int("JOB_MAX_MEMORY_MB", 4096, minimum=16)
 JOB_DEFAULT_TIMEOUT = env_int("JOB_DEFAULT_TIMEOUT", 60, minimum=1)
 JOB_CPUS = env_float("JOB_CPUS", 1.0)
 JOB_PIDS_LIMIT = env_int("JOB_PIDS_LIMIT", 64, minimum=4)
+JOB_NOFILE_LIMIT = env_int("JOB_NOFILE_LIMIT", 256, minimum=16)
 JOB_TMPFS_MB = env_int("JOB_TMPFS_MB", 64, minimum=1)
 JOB_OUTPUT_LIMIT_BYTES = env_int("JOB_OUTPUT_LIMIT_BYTES", 1024 * 1024, minimum=1024)
 JOB_RESULT_MAX_BYTES = env_int("JOB_RESULT_MAX_BYTES", 1024 * 1024, minimum=1024)
 # How long past its timeout a `running` job may stay before it is declared lost (its worker died).
 JOB_LOST_GRACE_SECONDS = env_int("JOB_LOST_GRACE_SECONDS", 60, minimum=0)
+# How long an Idempotency-Key on POST /run or a deploy is remembered (a repeat within it gets the first answer).
+IDEMPOTENCY_KEY_TTL = env_int("IDEMPOTENCY_KEY_TTL", 86400, minimum=1)
 JOB_RUNTIME_IMAGE = env_str("JOB_RUNTIME_IMAGE", "infra-ainode-runtime:bookworm-1")
 # Host folder for each job's code and sockets; it is bind-mounted into the job container, so it must be a path
 # the Docker engine sees (the worker and the engine share a host).
 # Each job's gateway socket is JOB_WORK_ROOT/<job uuid>/run/gateway.sock, and a Unix socket path holds at most
 # 107 bytes: the default moves to /tmp when the checkout's path is too deep, and a root set too long is refused.
+# Wherever it is, the runner refuses a root that is a link, is not owned by the worker's uid or that other users can
+# write to (jobs/workdir.py): a fallback in /tmp is used only if it is the worker's own.
 _SOCKET_TAIL = len("/00000000-0000-0000-0000-000000000000/run/gateway.sock")
 _default_work_root = VAR_DIR / "jobs"
 if len(str(_default_work_root).encode()) + _SOCKET_TAIL > 107:
@@ -251,6 +391,9 @@ WARM_POOL_MAX_AGE_SECONDS = env_int("WARM_POOL_MAX_AGE_SECONDS", 600, minimum=1)
 AI_NODE_URL = env_str("AI_NODE_URL", "http://127.0.0.1:8090")
 AI_NODE_KIND = env_str("AI_NODE_KIND", "openai")
 AI_NODE_TIMEOUT = env_int("AI_NODE_TIMEOUT", 2000, minimum=1)
+# A job for a model whose nodes did not answer at the last sync asks those nodes again (within AI_NODE_TIMEOUT)
+# before it is refused, at most once per this many seconds per node and process.
+AI_NODE_RECHECK_SECONDS = env_float("AI_NODE_RECHECK_SECONDS", 5.0)
 DEFAULT_MODEL_ID = env_str("DEFAULT_MODEL_ID", "smollm2:135m")
 AI_NODES = env_str("AI_NODES", "")
 # Seconds between catalogue syncs (Celery beat, task models_catalog.sync_models); 0 turns the schedule off.
@@ -262,6 +405,16 @@ CELERY_BEAT_SCHEDULE = {
         "task": "jobs.recover_lost_jobs",
         "schedule": 60.0,
         "options": {"queue": JOB_QUEUE, "routing_key": JOB_QUEUE, "expires": 60},
+    },
+    "purge-idempotency-keys": {
+        "task": "jobs.purge_idempotency_keys",
+        "schedule": 3600.0,
+        "options": {"queue": JOB_QUEUE, "routing_key": JOB_QUEUE, "expires": 3600},
+    },
+    "prune-job-events": {
+        "task": "jobs.prune_job_events",
+        "schedule": 3600.0,
+        "options": {"queue": JOB_QUEUE, "routing_key": JOB_QUEUE, "expires": 3600},
     },
 }
 if MODEL_SYNC_INTERVAL:
@@ -276,11 +429,20 @@ AI_CALL_TIMEOUT = env_int("AI_CALL_TIMEOUT", 120, minimum=1)
 AI_MAX_OUTPUT_TOKENS = env_int("AI_MAX_OUTPUT_TOKENS", 2048, minimum=1)
 GATEWAY_MAX_BODY_BYTES = env_int("GATEWAY_MAX_BODY_BYTES", 1024 * 1024, minimum=1024)
 GATEWAY_MAX_CONCURRENT_CALLS = env_int("GATEWAY_MAX_CONCURRENT_CALLS", 4, minimum=1)
+# Connections a job may hold open on its gateway at once (more are answered 503 too_many_connections), how long
+# the gateway waits for a silent script's bytes (or for it to read an answer), and how long a job's end waits for
+# its cancelled calls to be put on the ledger.
+GATEWAY_MAX_CONNECTIONS = env_int("GATEWAY_MAX_CONNECTIONS", 32, minimum=2)
+GATEWAY_SOCKET_TIMEOUT = env_int("GATEWAY_SOCKET_TIMEOUT", 30, minimum=1)
+GATEWAY_DRAIN_SECONDS = env_int("GATEWAY_DRAIN_SECONDS", 5, minimum=1)
 
 # ---------------------------------------------------------------------------------------------------------
 # Billing: prices are ModelPrice rows (admin); a call's cost is fixed in this currency when it is recorded.
 # ---------------------------------------------------------------------------------------------------------
 BILLING_CURRENCY = env_str("BILLING_CURRENCY", "USD")
+# The token budget of a job that has none, when its owner's quota limits tokens or cost per month: its worst case
+# (this budget at its model's price) is what is held against the quota while it runs.
+QUOTA_DEFAULT_TOKEN_BUDGET = env_int("QUOTA_DEFAULT_TOKEN_BUDGET", 4096, minimum=1)
 if not (len(BILLING_CURRENCY) == 3 and BILLING_CURRENCY.isascii() and BILLING_CURRENCY.isalpha()
         and BILLING_CURRENCY.isupper()):
     raise ImproperlyConfigured(f"BILLING_CURRENCY must be a three-letter ISO 4217 code, got {BILLING_CURRENCY!r}")

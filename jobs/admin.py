@@ -4,16 +4,18 @@ from typing import Any
 from django.conf import settings
 from django.contrib import admin, messages
 from django.db.models import F, QuerySet
-from django.http import HttpRequest, StreamingHttpResponse
-from django.urls import reverse
+from django.http import Http404, HttpRequest, JsonResponse, StreamingHttpResponse
+from django.urls import path, reverse
 from django.utils.html import format_html, format_html_join
-from django.utils.safestring import SafeString
+from django.utils.safestring import SafeString, mark_safe
 
 from billing.formatting import count, money
-from billing.services import jobs_csv_lines
 from core.errors import DomainError
 
 from . import services
+from .events.feed import event_stream_response, open_feed
+from .events.store import event_store
+from .export import jobs_csv_lines
 from .models import Function, FunctionVersion, Job, LLMCall
 
 
@@ -49,7 +51,7 @@ class LLMCallInline(admin.TabularInline):
 
     model = LLMCall
     fields = ("created_at", "model_id", "node", "endpoint", "streamed", "status", "prompt_tokens",
-              "completion_tokens", "cost", "duration_ms", "done_reason", "error_code")
+              "completion_tokens", "estimated", "cost", "duration_ms", "done_reason", "error_code")
     readonly_fields = fields
     ordering = ("created_at", "id")
     extra = 0
@@ -78,17 +80,50 @@ class JobAdmin(admin.ModelAdmin):
         (None, {"fields": ("id", "status", "owner", "function", "function_version", "model_id", "node", "queue",
                            "worker_id", "container_id", "deliveries")}),
         ("Input and result", {"fields": ("input_shown", "result_shown")}),
+        ("Live", {"fields": ("live_shown",)}),
         ("Output", {"fields": ("stdout_shown", "stdout_truncated", "stderr_shown", "stderr_truncated")}),
         ("Error", {"fields": ("error_code", "error_message", "exit_code")}),
         ("Resources", {"fields": ("memory_mb", "peak_memory", "timeout_seconds", "duration", "created_at",
                                   "started_at", "finished_at")}),
         ("Tokens and cost", {"fields": ("token_budget", "prompt_tokens", "completion_tokens", "llm_calls",
-                                        "unmetered_calls", "cost_shown", "uncosted_calls", "ledger_link")}),
+                                        "unmetered_calls", "estimated_calls", "cost_shown", "uncosted_calls",
+                                        "ledger_link")}),
     )
     readonly_fields = tuple(name for _, options in fieldsets for name in options["fields"])
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
+
+    def get_fieldsets(self, request: HttpRequest, obj: Job | None = None):
+        # The live panel only while the job can still change; a finished job's record is below it.
+        if obj is not None and obj.is_terminal:
+            return [fieldset for fieldset in self.fieldsets if fieldset[0] != "Live"]
+        return self.fieldsets
+
+    def get_urls(self):
+        events = path("<path:object_id>/events/", self.admin_site.admin_view(self.events_view),
+                      name="jobs_job_events")
+        return [events, *super().get_urls()]
+
+    def events_view(self, request: HttpRequest, object_id: str) -> StreamingHttpResponse:
+        """The job's live events for the admin page's EventSource (the same stream as the API's)."""
+        job = self.get_object(request, object_id)
+        if job is None or not self.has_view_permission(request, job):
+            raise Http404("No such job.")
+        try:
+            feed = open_feed(job, store=event_store(), last_event_id=request.headers.get("Last-Event-ID") or None)
+        except DomainError as exc:  # too many listeners: the page shows its record without the live panel
+            return JsonResponse({"detail": exc.detail, "code": exc.code}, status=exc.status)
+        return event_stream_response(feed)
+
+    @admin.display(description="live")
+    def live_shown(self, job: Job) -> SafeString:
+        url = reverse("admin:jobs_job_events", args=[job.pk])
+        return format_html('<div id="job-live" data-url="{}">{}{}</div>{}', url,
+                           format_html('<p id="job-live-line">{}: waiting for events…</p>', job.status),
+                           mark_safe('<pre id="job-live-output" style="white-space: pre-wrap; max-height: 30em; '
+                                     'overflow: auto; margin: 0"></pre>'),
+                           LIVE_SCRIPT)
 
     @admin.display(description="job", ordering="id")
     def short_id(self, job: Job) -> str:
@@ -132,7 +167,8 @@ class JobAdmin(admin.ModelAdmin):
         url = reverse("admin:jobs_llmcall_changelist") + f"?job__id__exact={job.pk}"
         return format_html('<a href="{}">the job\'s {} call(s) in the ledger</a>', url, count(job.llm_calls))
 
-    @admin.action(description="Cancel the selected jobs")
+    # Cancelling and re-running change jobs (and start new ones): only staff who may change jobs see these actions.
+    @admin.action(description="Cancel the selected jobs", permissions=["change"])
     def cancel_jobs(self, request: HttpRequest, queryset: QuerySet[Job]) -> None:
         cancelled = ended = 0
         for job in queryset:
@@ -145,7 +181,8 @@ class JobAdmin(admin.ModelAdmin):
         if ended:
             self.message_user(request, f"{ended} job(s) had already ended and were left alone.", messages.WARNING)
 
-    @admin.action(description="Re-run the selected jobs as new jobs (same function, model and input)")
+    @admin.action(description="Re-run the selected jobs as new jobs (same function, model and input)",
+                  permissions=["change"])
     def rerun_jobs(self, request: HttpRequest, queryset: QuerySet[Job]) -> None:
         new_jobs = []
         for job in queryset.select_related("function", "owner"):
@@ -163,7 +200,7 @@ class JobAdmin(admin.ModelAdmin):
             self.message_user(request, format_html("Queued {} new job(s), with their functions' current code: {}",
                                                    len(new_jobs), links), messages.SUCCESS)
 
-    @admin.action(description="Export the selected jobs as CSV (tokens and cost)")
+    @admin.action(description="Export the selected jobs as CSV (tokens and cost)", permissions=["view"])
     def export_csv(self, request: HttpRequest, queryset: QuerySet[Job]) -> StreamingHttpResponse:
         response = StreamingHttpResponse(jobs_csv_lines(queryset, currency=settings.BILLING_CURRENCY),
                                          content_type="text/csv; charset=utf-8")
@@ -171,13 +208,73 @@ class JobAdmin(admin.ModelAdmin):
         return response
 
 
+# Follows the job's events on its admin page: output as it comes, and a line with the status, the time since
+# it started, the calls and the tokens so far. No library: the browser's own EventSource.
+LIVE_SCRIPT = mark_safe(r"""<script>
+(function () {
+  var box = document.getElementById("job-live");
+  var line = document.getElementById("job-live-line");
+  var out = document.getElementById("job-live-output");
+  var state = {status: "", started: null, calls: 0, prompt: 0, completion: 0, remaining: null, inFlight: 0};
+  function show() {
+    var parts = [state.status];
+    if (state.started) { parts.push(((Date.now() - state.started) / 1000).toFixed(1) + " s"); }
+    parts.push(state.calls + " call(s)" + (state.inFlight ? " (" + state.inFlight + " running)" : ""));
+    parts.push(state.prompt + " prompt + " + state.completion + " completion tokens");
+    if (state.remaining !== null) { parts.push(state.remaining + " tokens left"); }
+    line.textContent = parts.join(" \u00b7 ");
+  }
+  function append(text, isError) {
+    var span = document.createElement("span");
+    if (isError) { span.style.color = "#ba2121"; }
+    span.textContent = text;
+    out.appendChild(span);
+    out.scrollTop = out.scrollHeight;
+  }
+  var source = new EventSource(box.dataset.url);
+  source.addEventListener("status", function (e) {
+    var data = JSON.parse(e.data);
+    state.status = data.status;
+    if (data.status === "running" && !state.started) { state.started = Date.now(); }
+    show();
+  });
+  source.addEventListener("stdout", function (e) {
+    var data = JSON.parse(e.data);
+    append(data.text + (data.truncated ? "\n[stdout truncated]\n" : ""), false);
+  });
+  source.addEventListener("stderr", function (e) {
+    var data = JSON.parse(e.data);
+    append(data.text + (data.truncated ? "\n[stderr truncated]\n" : ""), true);
+  });
+  source.addEventListener("llm_call", function (e) {
+    var data = JSON.parse(e.data);
+    state.inFlight += data.phase === "start" ? 1 : -1;
+    show();
+  });
+  source.addEventListener("usage", function (e) {
+    var data = JSON.parse(e.data);
+    state.calls = data.llmCalls; state.prompt = data.promptTokens; state.completion = data.completionTokens;
+    state.remaining = data.remainingTokens;
+    show();
+  });
+  source.addEventListener("result", function (e) {
+    source.close();  // the stream is over: do not let the browser reconnect
+    var data = JSON.parse(e.data);
+    state.status = data.status + " (reload the page for the full record)";
+    show();
+  });
+  setInterval(function () { if (source.readyState !== 2) { show(); } }, 1000);
+})();
+</script>""")
+
+
 @admin.register(LLMCall)
 class LLMCallAdmin(admin.ModelAdmin):
     """The billing ledger, read-only: rows are written by the gateway alone, and each cost is fixed."""
 
     list_display = ("created_at", "job", "model_id", "node", "endpoint", "status", "prompt_tokens",
-                    "completion_tokens", "cost", "duration_ms", "error_code")
-    list_filter = ("status", "model_id", "node", "streamed", "created_at")
+                    "completion_tokens", "estimated", "cost", "duration_ms", "error_code")
+    list_filter = ("status", "estimated", "model_id", "node", "streamed", "created_at")
     search_fields = ("model_id", "error_code", "node")
     list_select_related = ("job",)
     date_hierarchy = "created_at"

@@ -4,7 +4,6 @@ Code arrives as the text of main.py, as a main.py file, or as a zip holding main
 store is always a zip that we wrote ourselves from checked members, so a hostile archive's quirks (links, odd
 paths, huge headers) never reach the worker.
 """
-import ast
 import hashlib
 import io
 import stat
@@ -15,6 +14,8 @@ from pathlib import PurePosixPath
 from django.conf import settings
 
 from core.errors import DomainError, TooLarge
+
+from .syntax_check import find_syntax_error
 
 ENTRY_POINT = "main.py"
 
@@ -45,9 +46,7 @@ def build_archive(content: bytes, filename: str = ENTRY_POINT) -> CodeArchive:
         members = {ENTRY_POINT: content}
     if ENTRY_POINT not in members:
         raise CodeRejected("The code must contain main.py at its top level.", code="missing_main")
-    for name, data in members.items():
-        if name.endswith(".py"):
-            _check_python(name, data)
+    _check_python({name: data for name, data in members.items() if name.endswith(".py")})
     return _write_zip(members)
 
 
@@ -100,17 +99,18 @@ def _strip_common_folder(members: dict[str, bytes]) -> dict[str, bytes]:
     return members
 
 
-def _check_python(name: str, data: bytes) -> None:
-    try:
-        source = data.decode("utf-8")
-    except UnicodeDecodeError:
-        raise CodeRejected(f"{name} is not UTF-8 text.", code="not_utf8") from None
-    try:
-        ast.parse(source, filename=name)
-    except SyntaxError as exc:
-        raise CodeRejected(
-            f"{name} line {exc.lineno}: {exc.msg}.", code="syntax_error", line=exc.lineno, file=name
-        ) from None
+def _check_python(modules: dict[str, bytes]) -> None:
+    """Refuse modules that are not UTF-8, or whose syntax is wrong (as far as the bounded check can tell)."""
+    sources = {}
+    for name, data in modules.items():
+        try:
+            sources[name] = data.decode("utf-8")
+        except UnicodeDecodeError:
+            raise CodeRejected(f"{name} is not UTF-8 text.", code="not_utf8") from None
+    problem = find_syntax_error(sources)
+    if problem is not None:
+        raise CodeRejected(f"{problem.file} line {problem.line}: {problem.message}.", code="syntax_error",
+                           line=problem.line, file=problem.file)
 
 
 def _write_zip(members: dict[str, bytes]) -> CodeArchive:

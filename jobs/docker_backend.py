@@ -53,6 +53,7 @@ class ContainerSpec:
     user: str
     timeout_seconds: float
     output_limit_bytes: int
+    nofile_limit: int = 256
     working_dir: str = "/job"
 
 
@@ -71,19 +72,36 @@ class ContainerOutcome:
     peak_memory_bytes: int | None = None
 
 
+# Receives the bytes of one stream that are kept under the cap, as they arrive: (stream, data, truncated), where
+# `truncated` marks the last call for a stream that passed its cap. Called on the output pump's thread: it must
+# return at once (the runner's event writer only buffers).
+OutputCallback = Callable[[str, bytes, bool], None]
+
+
 @dataclass
 class _CappedStream:
     limit: int
+    name: str = "stdout"
+    on_kept: OutputCallback | None = None
     data: bytearray = field(default_factory=bytearray)
     total: int = 0
 
     def add(self, chunk: bytes | None) -> None:
         if not chunk:
             return
+        was_truncated = self.truncated
         self.total += len(chunk)
         room = self.limit - len(self.data)
-        if room > 0:
-            self.data += chunk[:room]
+        kept = chunk[:room] if room > 0 else b""
+        self.data += kept
+        if self.on_kept is not None and not was_truncated and (kept or self.truncated):
+            self._tell(kept)
+
+    def _tell(self, kept: bytes) -> None:
+        try:
+            self.on_kept(self.name, kept, self.truncated)
+        except Exception:  # a listener's trouble must never cost the job its output
+            logger.warning("output callback failed", exc_info=True)
 
     @property
     def truncated(self) -> bool:
@@ -108,12 +126,15 @@ class DockerBackend:
         return self._client
 
     def run(self, spec: ContainerSpec, *, should_cancel: Callable[[], bool] = lambda: False,
-            on_started: Callable[[str], None] = lambda container_id: None) -> ContainerOutcome:
-        """Run `spec` to its end; raises ContainerError when the engine fails before the script could run."""
+            on_started: Callable[[str], None] = lambda container_id: None,
+            on_output: OutputCallback | None = None) -> ContainerOutcome:
+        """Run `spec` to its end; raises ContainerError when the engine fails before the script could run.
+
+        `on_output` sees the output as it comes (only what is kept under the cap, see OutputCallback)."""
         container = self._create(spec, name=f"ainode-job-{spec.job_id}", labels={JOB_LABEL: spec.job_id})
         try:
             return self._supervise(container, spec, begin=lambda: self._start(container),
-                                   should_cancel=should_cancel, on_started=on_started)
+                                   should_cancel=should_cancel, on_started=on_started, on_output=on_output)
         finally:
             self._remove(container)
 
@@ -129,9 +150,11 @@ class DockerBackend:
 
     def supervise(self, container_id: str, spec: ContainerSpec, *, begin: Callable[[], None],
                   should_cancel: Callable[[], bool] = lambda: False,
-                  on_started: Callable[[str], None] = lambda container_id: None) -> ContainerOutcome:
+                  on_started: Callable[[str], None] = lambda container_id: None,
+                  on_output: OutputCallback | None = None) -> ContainerOutcome:
         """Run one job in the started container `container_id`: attach to its output, call `begin` (which hands
         the job to the waiting runtime), then wait exactly as `run` does, the timeout counted from `begin`.
+        `on_output` is as in `run`.
 
         An exception from `begin` propagates as it is (the job never started). The caller removes the container.
         """
@@ -141,12 +164,15 @@ class DockerBackend:
             raise ContainerGone(f"The warm container {container_id[:12]} is gone.") from None
         except (DockerException, requests.RequestException) as exc:
             raise ContainerError(f"Docker engine unavailable: {exc}") from None
-        return self._supervise(container, spec, begin=begin, should_cancel=should_cancel, on_started=on_started)
+        return self._supervise(container, spec, begin=begin, should_cancel=should_cancel, on_started=on_started,
+                               on_output=on_output)
 
     def _supervise(self, container, spec: ContainerSpec, *, begin: Callable[[], None],
-                   should_cancel: Callable[[], bool], on_started: Callable[[str], None]) -> ContainerOutcome:
+                   should_cancel: Callable[[], bool], on_started: Callable[[str], None],
+                   on_output: OutputCallback | None) -> ContainerOutcome:
         outcome = ContainerOutcome(container_id=container.id)
-        stdout, stderr = _CappedStream(spec.output_limit_bytes), _CappedStream(spec.output_limit_bytes)
+        stdout = _CappedStream(spec.output_limit_bytes, "stdout", on_output)
+        stderr = _CappedStream(spec.output_limit_bytes, "stderr", on_output)
         reader = self._start_reader(container, stdout, stderr)
         # Taken before `begin`: a cold container's own StartedAt is later and wins; a warm one started long ago.
         began = datetime.now(timezone.utc)
@@ -223,6 +249,8 @@ class DockerBackend:
                 cap_drop=["ALL"],
                 security_opt=["no-new-privileges:true"],
                 pids_limit=spec.pids_limit,
+                # Open files (and sockets to the gateway) are bounded too, soft and hard alike.
+                ulimits=[docker.types.Ulimit(name="nofile", soft=spec.nofile_limit, hard=spec.nofile_limit)],
                 mem_limit=spec.memory_bytes,
                 memswap_limit=spec.memory_bytes,
                 nano_cpus=spec.nano_cpus,

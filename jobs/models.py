@@ -7,6 +7,8 @@ from django.db import models
 from django.db.models import Q
 from django.utils import timezone
 
+from billing.quotas import release_hold
+
 
 class Function(models.Model):
     """A user's deployed script. Its code lives in immutable `FunctionVersion`s; updating code adds a version.
@@ -104,7 +106,16 @@ class JobQuerySet(models.QuerySet):
         sources = [status for status, targets in TRANSITIONS.items() if to in targets]
         if not sources:
             raise ValueError(f"no status may move to {to!r}")
-        return self.filter(pk=pk, status__in=sources).update(status=to, **fields) == 1
+        moved = self.filter(pk=pk, status__in=sources).update(status=to, **fields) == 1
+        if moved and to in TERMINAL:
+            # Every end of a job comes through here: what it did not spend of its quota hold is released.
+            release_hold(job_id=pk)
+        return moved
+
+    def queued_by_node(self, nodes: list[str]) -> dict[str, int]:
+        """How many jobs wait in the queue of each of `nodes`: what routing weighs between nodes."""
+        return dict(self.filter(status=JobStatus.QUEUED, node__in=nodes).values("node")
+                    .annotate(n=models.Count("pk")).values_list("node", "n"))
 
 
 class Job(models.Model):
@@ -146,7 +157,10 @@ class Job(models.Model):
     unmetered_calls = models.PositiveIntegerField(
         default=0, help_text="Calls whose token counts the node did not report (not billed as zero: unknown)."
     )
-    # The sum of the calls' costs that are known (each fixed when its call was recorded, see billing.services);
+    estimated_calls = models.PositiveIntegerField(
+        default=0, help_text="Calls billed with token counts the gateway estimated (the node did not report them)."
+    )
+    # The sum of the calls' costs that are known (each fixed when its call was recorded, see billing.pricing);
     # `uncosted_calls` counts the calls left out because their tokens or their model's price were unknown.
     cost = models.DecimalField(max_digits=24, decimal_places=10, default=Decimal(0))
     uncosted_calls = models.PositiveIntegerField(default=0)
@@ -181,8 +195,9 @@ class LLMCallStatus(models.TextChoices):
 class LLMCall(models.Model):
     """One model call made by a job's script through its gateway: the billing ledger.
 
-    Written only by the worker side (the gateway). Token counts are what the node itself reported; None means
-    the node did not report them, which is not the same as zero.
+    Written only by the worker side (the gateway). Token counts are what the node itself reported, or, when it
+    did not report them although it generated text, what the gateway counted (`estimated`); None means nothing
+    is known (the node generated nothing the gateway saw), which is not the same as zero.
     """
 
     job = models.ForeignKey(Job, on_delete=models.PROTECT, related_name="calls")
@@ -193,6 +208,9 @@ class LLMCall(models.Model):
     status = models.CharField(max_length=8, choices=LLMCallStatus.choices)
     prompt_tokens = models.PositiveIntegerField(null=True, blank=True)
     completion_tokens = models.PositiveIntegerField(null=True, blank=True)
+    estimated = models.BooleanField(
+        default=False, help_text="The counts are the gateway's (the node's tokenizer, or an upper bound), not the "
+                                 "node's report.")
     max_tokens_granted = models.PositiveIntegerField(null=True, blank=True)
     done_reason = models.CharField(max_length=40, blank=True)
     duration_ms = models.PositiveIntegerField(help_text="As the gateway measured it, request to last byte.")
@@ -219,5 +237,60 @@ class LLMCall(models.Model):
         return self.prompt_tokens is not None and self.completion_tokens is not None
 
     @property
+    def failed(self) -> bool:
+        return self.status == LLMCallStatus.ERROR
+
+    @property
     def total_tokens(self) -> int | None:
         return self.prompt_tokens + self.completion_tokens if self.is_metered else None
+
+
+class IdempotencyScope(models.TextChoices):
+    RUN = "run"
+    DEPLOY = "deploy"
+
+
+class IdempotencyKey(models.Model):
+    """A client's `Idempotency-Key` on a submit: the first request with it made `job` (or `function`), and a
+    repeat within IDEMPOTENCY_KEY_TTL answers that instead of making another.
+
+    The unique constraint is what makes concurrent duplicates safe: the row is inserted in the same transaction as
+    the job, so a second request with the key waits for the first to commit and then finds its row.
+    """
+
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
+    scope = models.CharField(max_length=16, choices=IdempotencyScope.choices)
+    key = models.CharField(max_length=255)
+    fingerprint = models.CharField(max_length=64, help_text="SHA-256 of the request's body.")
+    job = models.ForeignKey(Job, null=True, blank=True, on_delete=models.CASCADE, related_name="+")
+    function = models.ForeignKey(Function, null=True, blank=True, on_delete=models.CASCADE, related_name="+")
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [models.UniqueConstraint(fields=["owner", "scope", "key"], name="unique_idempotency_key")]
+
+    def __str__(self) -> str:
+        return f"{self.scope} {self.key}"
+
+
+class JobEvent(models.Model):
+    """One event of a job's live stream (status, output, model calls, usage, result), numbered per job.
+
+    The embedded store of `jobs.events` (without Redis): `seq` counts from 1 in each job, with no gaps, in the
+    order the events were written, so a listener resumes after the last number it saw. Rows older than
+    JOB_EVENTS_TTL_SECONDS are pruned by `jobs.events.prune_events`.
+    """
+
+    job = models.ForeignKey(Job, on_delete=models.CASCADE, related_name="events")
+    seq = models.PositiveIntegerField()
+    kind = models.CharField(max_length=16)
+    data = models.JSONField()
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+
+    class Meta:
+        ordering = ["job", "seq"]
+        constraints = [models.UniqueConstraint(fields=["job", "seq"], name="unique_job_event_seq")]
+
+    def __str__(self) -> str:
+        return f"{self.kind} #{self.seq} of job {self.job_id}"

@@ -46,6 +46,8 @@ def execution_result(job: Job) -> dict[str, Any]:
         "completionTokens": job.completion_tokens,
         "llmCalls": job.llm_calls,
         "unmeteredCalls": job.unmetered_calls,
+        # Calls billed with counts the gateway estimated because the node did not report them (see README).
+        "estimatedCalls": job.estimated_calls,
         # The sum of the calls' known costs, as a decimal string; uncostedCalls counts the calls it leaves out.
         "cost": format(job.cost, "f"),
         "uncostedCalls": job.uncosted_calls,

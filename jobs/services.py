@@ -10,16 +10,23 @@ from django.contrib.auth.models import User
 from django.db import transaction
 from django.utils import timezone
 
+from billing.quotas import admit, job_budget, lock_quota
+from billing.rollups import add_job_to_rollups
+from core import metrics
 from core.errors import Conflict, DomainError, NotFound, TooLarge
-
 from models_catalog.services import check_model_id, route_model
 
+from . import events
 from .code_archive import build_archive
-from .models import Function, FunctionVersion, Job, JobStatus
+from .dispatch import enqueue_job
+from .idempotency import once
+from .models import Function, FunctionVersion, IdempotencyKey, IdempotencyScope, Job, JobStatus
 
 logger = logging.getLogger(__name__)
 
 ENV_NAME_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
+# A trillion tokens: past any real job, and within every database's 64-bit integers.
+MAX_TOKEN_BUDGET = 10**12
 
 
 # --- functions ------------------------------------------------------------------------------------------------
@@ -44,6 +51,20 @@ def deploy_function(*, owner: User, name: str, code: bytes, filename: str = "mai
             files=archive.files, unpacked_bytes=archive.unpacked_bytes,
         )
     return function
+
+
+def deploy_function_once(*, owner: User, idempotency_key: str | None, body_fingerprint: str,
+                         **deploy: Any) -> tuple[Function, bool]:
+    """`deploy_function`, once per Idempotency-Key: returns (the function, whether it was made by an earlier
+    request with the key). Raises as deploy_function does, and Unprocessable `idempotency_key_reused`."""
+    if idempotency_key is None:
+        return deploy_function(owner=owner, **deploy), False
+    return once(
+        owner=owner, scope=IdempotencyScope.DEPLOY, key=idempotency_key, body_fingerprint=body_fingerprint,
+        make=lambda: deploy_function(owner=owner, **deploy),
+        made=lambda row: Function.objects.get(pk=row.function_id),
+        record=lambda row, function: IdempotencyKey.objects.filter(pk=row.pk).update(function=function),
+    )
 
 
 def update_function(*, function: Function, code: bytes | None = None, filename: str = "main.py",
@@ -123,8 +144,10 @@ def _env(env: dict[str, Any]) -> dict[str, str]:
 
 
 def _budget(value: int | None) -> int | None:
-    if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
-        raise DomainError("tokenBudget must be a positive integer.", code="invalid_token_budget")
+    if value is not None and (not isinstance(value, int) or isinstance(value, bool)
+                              or not 1 <= value <= MAX_TOKEN_BUDGET):
+        raise DomainError(f"tokenBudget must be an integer from 1 to {MAX_TOKEN_BUDGET}.",
+                          code="invalid_token_budget")
     return value
 
 
@@ -134,9 +157,15 @@ def submit_job(*, owner: User, function: Function, model_id: str | None, input_d
                token_budget: int | None = None) -> Job:
     """Record a queued job and enqueue it once the row is committed.
 
-    Raises TooLarge (input_too_large) and DomainError (invalid_model_id, unknown_model). If the broker refuses
-    the message, the job is failed with `queue_unavailable` rather than left queued forever.
+    Under a quota, the job is admitted first (billing.quotas.admit): its worst case is held until it ends, and a job
+    without a token budget gets the quota's default one. Raises TooLarge (input_too_large), DomainError
+    (invalid_input for text a database cannot store, invalid_model_id, unknown_model, too_many_jobs) and
+    QuotaExceeded (quota_exceeded). If the broker refuses the message, the job is failed with `queue_unavailable`
+    rather than left queued forever.
     """
+    if not _storable(input_data):
+        raise DomainError("inputData may not contain NUL characters (\\u0000) or unpaired surrogates.",
+                          code="invalid_input")
     payload_size = len(json.dumps(input_data).encode())
     if payload_size > settings.JOB_INPUT_MAX_BYTES:
         raise TooLarge(f"inputData is {payload_size} bytes; the limit is {settings.JOB_INPUT_MAX_BYTES}.",
@@ -144,30 +173,77 @@ def submit_job(*, owner: User, function: Function, model_id: str | None, input_d
     model = model_id or function.default_model or settings.DEFAULT_MODEL_ID
     # Raises invalid_model_id for an id that cannot be one, and unknown_model (400, with the available ids) for a
     # model no enabled node serves now.
-    node = route_model(model)
+    node = route_model(model, queued_jobs=Job.objects.queued_by_node)
     model = node.model_id or model  # an operator's alias runs, and is billed, as the model it stands for
     budgets = [b for b in (_budget(token_budget), function.token_budget) if b is not None]
     # Only the version's id: its archive (up to megabytes of code) is the runner's to read, not the admission's.
     version_id = function.versions.values_list("id", flat=True).get(number=function.version)
     with transaction.atomic():
-        job = Job.objects.create(
+        # Locked first: admissions of one user's jobs take turns, so each sees the holds of those before it.
+        quota = lock_quota(owner)
+        budget = job_budget(quota=quota, token_budget=min(budgets) if budgets else None)
+        job = create_job(
             owner=owner, function=function, function_version_id=version_id, model_id=model,
             node=node.name, queue=node.queue, input_data=input_data, memory_mb=function.memory_mb,
-            timeout_seconds=function.timeout_seconds, token_budget=min(budgets) if budgets else None,
+            timeout_seconds=function.timeout_seconds, token_budget=budget,
         )
+        if quota is not None:
+            admit(owner=owner, quota=quota, job_id=job.pk, model_id=model, token_budget=budget)
         transaction.on_commit(lambda: _enqueue(job))
+    metrics.job_submitted(model=model, queue=node.queue)
+    return job
+
+
+def _storable(value: Any) -> bool:
+    """Whether JSON `value` can be stored: PostgreSQL's JSON holds no NUL character, and no database takes an
+    unpaired surrogate (JSON text may spell both, as \\u0000 and \\ud800)."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return False
+        return "\x00" not in value
+    if isinstance(value, dict):
+        return all(_storable(key) and _storable(item) for key, item in value.items())
+    if isinstance(value, list):
+        return all(_storable(item) for item in value)
+    return True
+
+
+def submit_job_once(*, owner: User, idempotency_key: str | None, body_fingerprint: str,
+                    **submit: Any) -> tuple[Job, bool]:
+    """`submit_job`, once per Idempotency-Key: returns (the job, whether it was made by an earlier request with the
+    key). A repeat makes no second job, so nothing is run or billed twice. Raises as submit_job does, and
+    Unprocessable `idempotency_key_reused` when the key came with another body."""
+    if idempotency_key is None:
+        return submit_job(owner=owner, **submit), False
+    return once(
+        owner=owner, scope=IdempotencyScope.RUN, key=idempotency_key, body_fingerprint=body_fingerprint,
+        make=lambda: submit_job(owner=owner, **submit),
+        made=lambda row: Job.objects.select_related("function_version").get(pk=row.job_id),
+        record=lambda row, job: IdempotencyKey.objects.filter(pk=row.pk).update(job=job),
+    )
+
+
+def create_job(**fields: Any) -> Job:
+    """Insert a Job row and count it in the day's usage roll-up, in one transaction: the only way a job is made
+    (jobs that skip it are missing from the dashboard until `rebuild_usage_rollups`)."""
+    with transaction.atomic():
+        job = Job.objects.create(**fields)
+        add_job_to_rollups(job)
     return job
 
 
 def _enqueue(job: Job) -> None:
-    from .dispatch import enqueue_job
-
+    # The `queued` event before the message: the worker's `running` must come after it.
+    events.record_status(job)
     try:
         enqueue_job(job.pk, job.queue)
     except Exception as exc:  # the broker's client raises many types; each must fail the job visibly
         logger.error("job %s: could not enqueue: %s", job.pk, exc)
-        Job.objects.move(job.pk, JobStatus.FAILED, error_code="queue_unavailable",
-                         error_message=f"The job queue is unavailable: {exc}", finished_at=timezone.now())
+        if Job.objects.move(job.pk, JobStatus.FAILED, error_code="queue_unavailable",
+                            error_message=f"The job queue is unavailable: {exc}", finished_at=timezone.now()):
+            events.record_end(Job.objects.select_related("function_version").get(pk=job.pk))
 
 
 def get_job(*, owner: User, job_id: Any) -> Job:
@@ -184,8 +260,14 @@ def cancel_job(*, job: Job) -> Job:
 
     Raises Conflict (job_finished) when the job already ended.
     """
-    if not Job.objects.move(job.pk, JobStatus.CANCELLED, error_code="cancelled",
-                            error_message="Cancelled by the user.", finished_at=timezone.now()):
+    fields = {"error_code": "cancelled", "error_message": "Cancelled by the user.", "finished_at": timezone.now()}
+    # A queued job will never reach a worker: its events end here. A running one's worker notices within a second,
+    # kills the container and writes its last events itself (its status, then the result with the output).
+    if Job.objects.filter(status=JobStatus.QUEUED).move(job.pk, JobStatus.CANCELLED, **fields):
+        job.refresh_from_db()
+        events.record_end(job)
+        return job
+    if not Job.objects.move(job.pk, JobStatus.CANCELLED, **fields):
         job.refresh_from_db()
         raise Conflict(f"Job {job.pk} already ended ({job.status}).", code="job_finished", status=409)
     job.refresh_from_db()

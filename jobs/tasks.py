@@ -1,6 +1,8 @@
 from celery import shared_task
 from celery.signals import worker_process_init, worker_process_shutdown, worker_ready, worker_shutdown
 
+from .events import prune_events
+from .idempotency import purge_expired_keys
 from .runner import reap_orphan_containers, recover_lost_jobs, run_job, start_warm_pool, stop_warm_pool
 
 
@@ -12,6 +14,11 @@ def run_job_task(job_id: str) -> None:
 @shared_task(name="jobs.recover_lost_jobs", ignore_result=True)
 def recover_lost_jobs_task() -> None:
     recover_lost_jobs()
+
+
+@shared_task(name="jobs.purge_idempotency_keys", ignore_result=True)
+def purge_idempotency_keys_task() -> None:
+    purge_expired_keys()
 
 
 @worker_ready.connect
@@ -32,3 +39,8 @@ def _warm_child(**kwargs: object) -> None:
 @worker_process_shutdown.connect
 def _drain_pool(**kwargs: object) -> None:
     stop_warm_pool()
+
+
+@shared_task(name="jobs.prune_job_events", ignore_result=True)
+def prune_job_events_task() -> None:
+    prune_events()

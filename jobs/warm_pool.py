@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .docker_backend import POOL_LABEL, ContainerError, ContainerSpec, DockerBackend
+from .workdir import share_socket
 
 logger = logging.getLogger(__name__)
 
@@ -62,11 +63,12 @@ class Profile:
     nano_cpus: int
     pids_limit: int
     tmpfs_mb: int
+    nofile_limit: int
 
     @property
     def key(self) -> str:
         return (f"{self.memory_bytes // MiB}m-{self.nano_cpus / 1e9:g}cpu-{self.pids_limit}pids-"
-                f"{self.tmpfs_mb}tmpfs-{self.image}")
+                f"{self.tmpfs_mb}tmpfs-{self.nofile_limit}nofile-{self.image}")
 
 
 @dataclass
@@ -146,7 +148,7 @@ class WarmPool:
     """The warm containers of one worker process. Thread-safe: jobs take slots from several threads."""
 
     def __init__(self, *, size: int, root: Path, spec_for: Callable[[Profile, Path], ContainerSpec],
-                 layout: Callable[[Path], None], backend_factory: Callable[[], DockerBackend],
+                 layout: Callable[[Path], object], backend_factory: Callable[[], DockerBackend],
                  max_age_seconds: float = 600.0, max_profiles: int = 4, owner: str | None = None):
         self.size = size
         self.root = Path(root)
@@ -313,7 +315,7 @@ class WarmPool:
         spec = self._spec_for(profile, path)
         try:
             self._layout(path)
-            _make_fifo(path / "run" / START_FIFO, spec.user)
+            _make_fifo(path / "run" / START_FIFO)
             container_id = backend.start_idle(spec, name=f"ainode-warm-{path.name[len(SLOT_PREFIX):]}",
                                               labels=self._labels(profile, path))
         except BaseException:
@@ -378,13 +380,11 @@ def _process_start(pid: int) -> str | None:
     return stat.rpartition(")")[2].split()[19]
 
 
-def _make_fifo(path: Path, user: str) -> None:
+def _make_fifo(path: Path) -> None:
+    """The start FIFO in the slot's run folder (made by `workdir`, 0750 with the container's group): owner the
+    worker, group the container's user, 0660, as the gateway's socket beside it (the runtime opens it read-write)."""
     os.mkfifo(path, 0o600)
-    uid, _, gid = user.partition(":")
-    try:
-        os.chown(path, int(uid), int(gid or uid))
-    except PermissionError:  # a worker that is not root: let the container's user read it as "other"
-        path.chmod(0o644)
+    share_socket(path)
 
 
 def _safe_labelled(backend: DockerBackend, label: str) -> list[dict]:

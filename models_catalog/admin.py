@@ -11,7 +11,7 @@ NODE_WRITTEN = ("name", "size", "family", "parameter_size", "quantization", "loa
 
 
 def _report_sync(modeladmin: admin.ModelAdmin, request: HttpRequest) -> None:
-    answer = services.list_models()
+    answer = services.sync_catalogue()
     for node in answer.nodes:
         if node.answered:
             modeladmin.message_user(request, f"Node {node.name}: {node.model_count} model(s) listed.", messages.SUCCESS)

@@ -7,9 +7,18 @@ Two kinds of node sit behind one interface, `NodeClient`:
 - `OpenAIClient`: any OpenAI-compatible server such as llama.cpp's or vLLM's (`/v1/models`,
   `/v1/chat/completions`, `/v1/completions`, SSE streaming with `stream_options.include_usage`).
 
-Token counts always come from the node's own answer (`Usage`), never from counting here: they are what the
-operator bills. Every failure is a `NodeError` with a stable `.code`; no library exception leaks out.
-Standard library only, and nothing from Django: callers pass the URL and timeout.
+Token counts come from the node's own answer (`Usage`): they are what the operator bills. Where a node did not
+report them (it died half way, or a call was cancelled), `count_prompt_tokens` and `count_text_tokens` ask the
+node's own tokenizer when it has one (llama.cpp and vLLM serve POST /tokenize); they answer None otherwise.
+A call in flight can be stopped from another thread with a `Cancellation`: it shuts the call's connection, which
+the node sees as its client hanging up (llama.cpp and Ollama then stop generating).
+Every failure is a `NodeError` with a stable `.code`; no library exception leaks out.
+Standard library only, and nothing from Django: callers pass the URL and timeout. So the development AI node
+(devnode/) may import it too.
+
+It holds the one table of model options, `OLLAMA_TO_OPENAI_OPTIONS`, that the gateway's wire translation and
+devnode's Ollama front read as well. Only the SDK keeps a copy of its own: the job container has the standard
+library and the SDK, nothing of ours.
 """
 
 from __future__ import annotations
@@ -17,7 +26,9 @@ from __future__ import annotations
 import http.client
 import json
 import logging
+import re
 import socket
+import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -26,9 +37,20 @@ from urllib.parse import urlsplit
 
 logger = logging.getLogger(__name__)
 
-# The option names callers use, whatever the node's kind; each client maps them to its own API.
-COMMON_OPTIONS = frozenset({"max_tokens", "temperature", "seed", "top_p", "top_k", "stop"})
-_OLLAMA_OPTION_NAMES = {"max_tokens": "num_predict"}
+# The model options the platform passes on: Ollama's name -> OpenAI's. The OpenAI names are the ones callers of
+# these clients use, whatever the node's kind; each client maps them to its own API.
+OLLAMA_TO_OPENAI_OPTIONS: dict[str, str] = {
+    "num_predict": "max_tokens",
+    "temperature": "temperature",
+    "seed": "seed",
+    "top_p": "top_p",
+    "top_k": "top_k",
+    "stop": "stop",
+}
+COMMON_OPTIONS = frozenset(OLLAMA_TO_OPENAI_OPTIONS.values())
+_OLLAMA_OPTION_NAMES = {openai: ollama for ollama, openai in OLLAMA_TO_OPENAI_OPTIONS.items()}
+# Counting tokens is a quick question; a node slow to answer it is treated as one without a tokenizer.
+TOKENIZE_TIMEOUT = 5.0
 _Connection = http.client.HTTPConnection
 _Response = http.client.HTTPResponse
 # Picks the text out of one answer, stream event or choice.
@@ -38,8 +60,9 @@ _TextOf = Callable[[dict[str, Any]], Any]
 class NodeError(Exception):
     """A call to an AI node failed.
 
-    `code` is one of: node_unreachable, node_timeout, node_bad_response, node_http_error, model_not_found.
-    `status` is the HTTP status when the node answered with one.
+    `code` is one of: node_unreachable, node_timeout, node_bad_response, node_http_error, model_not_found,
+    call_cancelled. `status` is the HTTP status when the node answered with one. `str()` names the node's address
+    (for logs and the ledger); `public_message` does not (for whoever made the call).
     """
 
     def __init__(self, code: str, message: str, status: int | None = None) -> None:
@@ -49,6 +72,60 @@ class NodeError(Exception):
 
     def __str__(self) -> str:
         return f"{self.code}: {self.args[0]}"
+
+    @property
+    def public_message(self) -> str:
+        """The message with every URL and host:port in it replaced by "the AI node"."""
+        return f"{self.code}: {_ADDRESS.sub('the AI node', str(self.args[0]))}"
+
+
+# URLs, and bare host:port pairs (an IP, "localhost" or a dotted name followed by a port).
+_ADDRESS = re.compile(r"\b[a-z][a-z0-9+.-]*://[^\s'\"<>]+|\b(?:\d{1,3}(?:\.\d{1,3}){3}|localhost|"
+                      r"[a-z0-9-]+(?:\.[a-z0-9-]+)+)(?::\d{1,5})\b", re.IGNORECASE)
+
+
+class Cancellation:
+    """Stops one call in flight from any thread: `cancel()` shuts the call's connection to the node.
+
+    The thread reading the answer then gets a NodeError `call_cancelled`. A call started after `cancel()` is
+    refused before it is sent.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        # The sockets themselves: http.client hands a streamed answer's socket over to the response object, so
+        # the connection object may no longer hold it.
+        self._sockets: set[socket.socket] = set()
+        self.reason = ""
+
+    @property
+    def cancelled(self) -> bool:
+        return bool(self.reason)
+
+    def cancel(self, reason: str) -> None:
+        with self._lock:
+            if self.reason:
+                return
+            self.reason = reason
+            sockets = list(self._sockets)
+        for sock in sockets:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def error(self) -> NodeError:
+        return NodeError("call_cancelled", f"The call was cancelled: {self.reason}.")
+
+    def attach(self, sock: socket.socket) -> None:
+        with self._lock:
+            if self.reason:
+                raise self.error()
+            self._sockets.add(sock)
+
+    def detach(self, sock: socket.socket | None) -> None:
+        with self._lock:
+            self._sockets.discard(sock)  # type: ignore[arg-type]
 
 
 @dataclass(frozen=True)
@@ -118,18 +195,34 @@ class NodeClient(ABC):
     def list_models(self) -> list[NodeModel]: ...
 
     @abstractmethod
-    def generate(self, model: str, prompt: str, **options: Any) -> Completion: ...
+    def generate(self, model: str, prompt: str, *, system: str | None = None, raw: bool = False,
+                 **options: Any) -> Completion:
+        """Complete `prompt`. Like Ollama's /api/generate, the prompt is wrapped in the model's chat template (as
+        one user message, after `system` when given) unless `raw` is true."""
 
     @abstractmethod
     def chat(self, model: str, messages: list[dict[str, Any]], **options: Any) -> Completion: ...
 
     @abstractmethod
-    def stream_generate(self, model: str, prompt: str, **options: Any) -> Iterator[str | Completion]:
+    def stream_generate(self, model: str, prompt: str, *, system: str | None = None, raw: bool = False,
+                        cancel: Cancellation | None = None, **options: Any) -> Iterator[str | Completion]:
         """Yield text pieces as they come, then one final Completion carrying the whole text and usage."""
 
     @abstractmethod
-    def stream_chat(self, model: str, messages: list[dict[str, Any]], **options: Any) -> Iterator[str | Completion]:
+    def stream_chat(self, model: str, messages: list[dict[str, Any]], *, cancel: Cancellation | None = None,
+                    **options: Any) -> Iterator[str | Completion]:
         """Yield text pieces as they come, then one final Completion carrying the whole text and usage."""
+
+    def count_prompt_tokens(self, model: str, *, prompt: str | None = None,
+                            messages: list[dict[str, Any]] | None = None, system: str | None = None,
+                            raw: bool = False) -> int | None:
+        """How many prompt tokens the node will count for this call (a generate when `prompt` is given, else a
+        chat), asked of its own tokenizer; None when it has none or does not answer. Never raises."""
+        return None
+
+    def count_text_tokens(self, model: str, text: str) -> int | None:
+        """How many tokens `text` is for the node's tokenizer; None when it has none or does not answer."""
+        return None
 
     @abstractmethod
     def health(self) -> bool:
@@ -140,31 +233,47 @@ class NodeClient(ABC):
 
     # --- HTTP plumbing shared by both kinds -----------------------------------------------------------------
 
-    def _open(self, method: str, path: str, payload: dict[str, Any] | None = None) -> tuple[_Connection, _Response]:
+    def _open(self, method: str, path: str, payload: dict[str, Any] | None = None, *,
+              cancel: Cancellation | None = None, timeout: float | None = None) -> tuple[_Connection, _Response]:
         """Send one request; return (connection, response) once the status is known to be 2xx.
 
-        The caller must close the connection, which closes the response with it.
+        The caller must close the connection, which closes the response with it (and detach it from `cancel`).
         """
         conn_class = http.client.HTTPSConnection if self._parts.scheme == "https" else http.client.HTTPConnection
-        conn = conn_class(self._host, self._parts.port, timeout=self.timeout)
+        conn = conn_class(self._host, self._parts.port, timeout=timeout or self.timeout)
         body = None if payload is None else json.dumps(payload).encode()
         headers = {"Accept": "application/json", "Content-Type": "application/json"}
         try:
+            if cancel is not None:
+                conn.connect()
+                cancel.attach(conn.sock)
             conn.request(method, self._parts.path.rstrip("/") + path, body=body, headers=headers)
             resp = conn.getresponse()
             if resp.status >= 400:
                 text = resp.read(64 * 1024).decode("utf-8", errors="replace")
                 raise self._status_error(resp.status, text, path)
         except (OSError, http.client.HTTPException) as exc:
-            conn.close()
+            self._close(conn, None, cancel)
+            if cancel is not None and cancel.cancelled:
+                raise cancel.error() from exc
             raise self._transport_error(exc, path) from exc
         except NodeError:
-            conn.close()
+            self._close(conn, None, cancel)
             raise
         return conn, resp
 
-    def _json(self, method: str, path: str, payload: dict[str, Any] | None = None) -> dict[str, Any]:
-        conn, resp = self._open(method, path, payload)
+    @staticmethod
+    def _close(conn: _Connection, resp: _Response | None, cancel: Cancellation | None) -> None:
+        """Close the connection for good: the node sees its client gone (and stops generating)."""
+        if cancel is not None:
+            cancel.detach(conn.sock)
+        if resp is not None:
+            resp.close()  # a streamed answer's socket belongs to the response once http.client handed it over
+        conn.close()
+
+    def _json(self, method: str, path: str, payload: dict[str, Any] | None = None, *,
+              timeout: float | None = None) -> dict[str, Any]:
+        conn, resp = self._open(method, path, payload, timeout=timeout)
         try:
             data = json.loads(resp.read())
         except ValueError as exc:
@@ -177,21 +286,26 @@ class NodeClient(ABC):
             raise NodeError("node_bad_response", f"{self.url}{path} sent JSON that is not an object")
         return data
 
-    def _lines(self, path: str, payload: dict[str, Any]) -> Iterator[bytes]:
-        """The non-empty lines of a streamed answer; the connection closes when the generator does."""
-        conn, resp = self._open("POST", path, payload)
+    def _lines(self, path: str, payload: dict[str, Any], cancel: Cancellation | None = None) -> Iterator[bytes]:
+        """The non-empty lines of a streamed answer; the connection closes when the generator does. Once `cancel`
+        is cancelled, the next line raises NodeError call_cancelled."""
+        conn, resp = self._open("POST", path, payload, cancel=cancel)
         try:
             while True:
                 try:
                     line = resp.readline()
                 except (OSError, http.client.HTTPException) as exc:
+                    if cancel is not None and cancel.cancelled:
+                        raise cancel.error() from exc
                     raise self._transport_error(exc, path) from exc
+                if cancel is not None and cancel.cancelled:
+                    raise cancel.error()
                 if not line:
                     return
                 if line.strip():
                     yield line.strip()
         finally:
-            conn.close()
+            self._close(conn, resp, cancel)
 
     def _transport_error(self, exc: BaseException, path: str) -> NodeError:
         where = f"{self.url}{path}"
@@ -242,6 +356,19 @@ def _check_options(options: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in options.items() if v is not None}
 
 
+def _generate_fields(system: str | None, raw: bool) -> dict[str, Any]:
+    fields: dict[str, Any] = {"raw": True} if raw else {}
+    if system:
+        fields["system"] = system
+    return fields
+
+
+def _generate_messages(prompt: str, system: str | None) -> list[dict[str, str]]:
+    """A templated generate as a chat: what Ollama's /api/generate does with the model's template."""
+    messages = [{"role": "system", "content": system}] if system else []
+    return messages + [{"role": "user", "content": prompt}]
+
+
 def _int_or_none(value: Any) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
@@ -282,8 +409,10 @@ class OllamaClient(NodeClient):
             return set()
         return {str(m.get("model") or m.get("name")) for m in running if isinstance(m, dict)}
 
-    def generate(self, model: str, prompt: str, **options: Any) -> Completion:
-        data = self._json("POST", "/api/generate", self._payload(model, options, prompt=prompt, stream=False))
+    def generate(self, model: str, prompt: str, *, system: str | None = None, raw: bool = False,
+                 **options: Any) -> Completion:
+        payload = self._payload(model, options, prompt=prompt, stream=False, **_generate_fields(system, raw))
+        data = self._json("POST", "/api/generate", payload)
         return self._completion(data, data.get("response"), model)
 
     def chat(self, model: str, messages: list[dict[str, Any]], **options: Any) -> Completion:
@@ -292,13 +421,16 @@ class OllamaClient(NodeClient):
         # A message without content (say, only tool calls) is an empty answer; no message at all is not one.
         return self._completion(data, message.get("content") or "" if isinstance(message, dict) else None, model)
 
-    def stream_generate(self, model: str, prompt: str, **options: Any) -> Iterator[str | Completion]:
-        payload = self._payload(model, options, prompt=prompt, stream=True)
-        yield from self._stream("/api/generate", payload, lambda event: event.get("response"))
+    def stream_generate(self, model: str, prompt: str, *, system: str | None = None, raw: bool = False,
+                        cancel: Cancellation | None = None, **options: Any) -> Iterator[str | Completion]:
+        payload = self._payload(model, options, prompt=prompt, stream=True, **_generate_fields(system, raw))
+        yield from self._stream("/api/generate", payload, lambda event: event.get("response"), cancel)
 
-    def stream_chat(self, model: str, messages: list[dict[str, Any]], **options: Any) -> Iterator[str | Completion]:
+    def stream_chat(self, model: str, messages: list[dict[str, Any]], *, cancel: Cancellation | None = None,
+                    **options: Any) -> Iterator[str | Completion]:
         payload = self._payload(model, options, messages=messages, stream=True)
-        yield from self._stream("/api/chat", payload, lambda event: (event.get("message") or {}).get("content"))
+        yield from self._stream("/api/chat", payload, lambda event: (event.get("message") or {}).get("content"),
+                                cancel)
 
     def health(self) -> bool:
         try:
@@ -309,12 +441,13 @@ class OllamaClient(NodeClient):
 
     @staticmethod
     def _payload(model: str, options: dict[str, Any], **fields: Any) -> dict[str, Any]:
-        mapped = {_OLLAMA_OPTION_NAMES.get(k, k): v for k, v in _check_options(options).items()}
+        mapped = {_OLLAMA_OPTION_NAMES[k]: v for k, v in _check_options(options).items()}
         return {"model": model, **fields, "options": mapped}
 
-    def _stream(self, path: str, payload: dict[str, Any], text_of: _TextOf) -> Iterator[str | Completion]:
+    def _stream(self, path: str, payload: dict[str, Any], text_of: _TextOf,
+                cancel: Cancellation | None = None) -> Iterator[str | Completion]:
         pieces: list[str] = []
-        for line in self._lines(path, payload):
+        for line in self._lines(path, payload, cancel):
             # Ollama reports a failure after the stream began as an {"error": ...} line.
             event = self._stream_event(line, path, "NDJSON line")
             if text := text_of(event):
@@ -384,7 +517,10 @@ class OpenAIClient(NodeClient):
         if model not in self._known:
             raise NodeError("model_not_found", f"model '{model}' not found on {self.url}", 404)
 
-    def generate(self, model: str, prompt: str, **options: Any) -> Completion:
+    def generate(self, model: str, prompt: str, *, system: str | None = None, raw: bool = False,
+                 **options: Any) -> Completion:
+        if not raw:  # templated, as Ollama's /api/generate: a chat of one user message
+            return self.chat(model, _generate_messages(prompt, system), **options)
         payload = self._payload(model, options, prompt=prompt)
         self._require_model(model)
         data = self._json("POST", "/v1/completions", payload)
@@ -396,15 +532,55 @@ class OpenAIClient(NodeClient):
         data = self._json("POST", "/v1/chat/completions", payload)
         return self._completion(data, lambda choice: (choice.get("message") or {}).get("content"), model)
 
-    def stream_generate(self, model: str, prompt: str, **options: Any) -> Iterator[str | Completion]:
+    def stream_generate(self, model: str, prompt: str, *, system: str | None = None, raw: bool = False,
+                        cancel: Cancellation | None = None, **options: Any) -> Iterator[str | Completion]:
+        if not raw:
+            yield from self.stream_chat(model, _generate_messages(prompt, system), cancel=cancel, **options)
+            return
         payload = self._payload(model, options, prompt=prompt, stream=True)
         self._require_model(model)
-        yield from self._stream("/v1/completions", payload, lambda choice: choice.get("text"))
+        yield from self._stream("/v1/completions", payload, lambda choice: choice.get("text"), cancel)
 
-    def stream_chat(self, model: str, messages: list[dict[str, Any]], **options: Any) -> Iterator[str | Completion]:
+    def stream_chat(self, model: str, messages: list[dict[str, Any]], *, cancel: Cancellation | None = None,
+                    **options: Any) -> Iterator[str | Completion]:
         payload = self._payload(model, options, messages=messages, stream=True)
         self._require_model(model)
-        yield from self._stream("/v1/chat/completions", payload, lambda c: (c.get("delta") or {}).get("content"))
+        yield from self._stream("/v1/chat/completions", payload, lambda c: (c.get("delta") or {}).get("content"),
+                                cancel)
+
+    # llama.cpp: POST /apply-template {"messages"} -> {"prompt"}, POST /tokenize {"content"} -> {"tokens"}.
+    # vLLM: POST /tokenize {"model", "prompt" | "messages"} -> {"count", "tokens"}. One body serves both.
+    def count_prompt_tokens(self, model: str, *, prompt: str | None = None,
+                            messages: list[dict[str, Any]] | None = None, system: str | None = None,
+                            raw: bool = False) -> int | None:
+        if prompt is not None and raw:
+            return self._tokenize(model, prompt, add_special=True)
+        chat = messages if prompt is None else _generate_messages(prompt, system)
+        try:
+            templated = self._json("POST", "/apply-template", {"messages": chat}, timeout=TOKENIZE_TIMEOUT)
+        except NodeError as exc:
+            if exc.status not in (404, 405, 501):
+                return None
+            return self._count({"model": model, "messages": chat})  # vLLM templates the messages itself
+        text = templated.get("prompt")
+        return self._tokenize(model, text, add_special=True) if isinstance(text, str) else None
+
+    def count_text_tokens(self, model: str, text: str) -> int | None:
+        return self._tokenize(model, text, add_special=False)
+
+    def _tokenize(self, model: str, text: str, *, add_special: bool) -> int | None:
+        return self._count({"model": model, "content": text, "prompt": text, "add_special": add_special,
+                            "add_special_tokens": add_special, "parse_special": True})
+
+    def _count(self, body: dict[str, Any]) -> int | None:
+        try:
+            data = self._json("POST", "/tokenize", body, timeout=TOKENIZE_TIMEOUT)
+        except NodeError:
+            return None
+        count, tokens = data.get("count"), data.get("tokens")
+        if isinstance(count, int) and not isinstance(count, bool):
+            return count
+        return len(tokens) if isinstance(tokens, list) else None
 
     def health(self) -> bool:
         for path in ("/health", "/v1/models"):  # not every OpenAI-compatible server has /health
@@ -424,12 +600,13 @@ class OpenAIClient(NodeClient):
             payload.update(stream=True, stream_options={"include_usage": True})
         return payload
 
-    def _stream(self, path: str, payload: dict[str, Any], text_of: _TextOf) -> Iterator[str | Completion]:
+    def _stream(self, path: str, payload: dict[str, Any], text_of: _TextOf,
+                cancel: Cancellation | None = None) -> Iterator[str | Completion]:
         pieces: list[str] = []
         last: dict[str, Any] = {}
         finish: str | None = None
         usage: dict[str, Any] | None = None
-        for line in self._lines(path, payload):
+        for line in self._lines(path, payload, cancel):
             if line.startswith(b"error:"):  # llama.cpp's way to fail after the stream began
                 raise self._status_error(None, line[6:].decode("utf-8", errors="replace"), path)
             if not line.startswith(b"data:"):

@@ -1,6 +1,6 @@
 """The model catalogue: which AI nodes exist, what they serve, and which node serves a model.
 
-`list_models` asks every enabled node at once, bounded by a timeout, and merges the answers into
+`sync_catalogue` asks every enabled node at once, bounded by a timeout, and merges the answers into
 `ModelCatalog` rows; `route_model` reads those rows to pick a node. Only `nodes.py` speaks HTTP to a node, and
 that HTTP always happens outside database transactions (a slow node must not hold row locks).
 """
@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import re
+import threading
 import time
+from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from datetime import datetime
@@ -17,7 +20,7 @@ from datetime import datetime
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 from django.db import transaction
-from django.db.models import Case, Count, QuerySet, Value, When
+from django.db.models import Case, QuerySet, Value, When
 from django.utils import timezone
 
 from core.errors import DomainError
@@ -137,7 +140,8 @@ def sync_node_rows() -> list[AINode]:
 
 
 def set_nodes_enabled(*, nodes: QuerySet[AINode], enabled: bool) -> int:
-    """The operator's switch for nodes. A re-enabled node's models stay unavailable until the next sync."""
+    """The operator's switch for nodes. A re-enabled node's models stay unavailable until the next sync, or until a
+    job asks for one of them (route_model then asks the node)."""
     count = nodes.update(enabled=enabled)
     if enabled:
         ModelCatalog.objects.filter(node__in=nodes, status=ModelStatus.AVAILABLE).update(
@@ -146,7 +150,8 @@ def set_nodes_enabled(*, nodes: QuerySet[AINode], enabled: bool) -> int:
 
 
 def set_models_enabled(*, models: QuerySet[ModelCatalog], enabled: bool) -> int:
-    """The operator's switch for models (and aliases). A re-enabled model is unavailable until the next sync."""
+    """The operator's switch for models (and aliases). A re-enabled model is unavailable until the next sync, or
+    until a job asks for it (route_model then asks its node)."""
     if enabled:
         return models.update(enabled=True, status=Case(
             When(status=ModelStatus.DISABLED, then=Value(ModelStatus.UNAVAILABLE)), default="status"))
@@ -159,7 +164,7 @@ def _config(node: AINode, model_id: str = "") -> NodeConfig:
 
 # --- the catalogue ----------------------------------------------------------------------------------------------
 
-def list_models(*, timeout_ms: int | None = None) -> CatalogAnswer:
+def sync_catalogue(*, timeout_ms: int | None = None) -> CatalogAnswer:
     """Ask every enabled node for its models at once, record the answers, and return the whole catalogue.
 
     The answer comes within `timeout_ms` (default AI_NODE_TIMEOUT) plus the time of a few queries, whatever the
@@ -282,12 +287,19 @@ def _upsert(node: AINode, model: NodeModel, now: datetime) -> None:
 
 # --- routing ----------------------------------------------------------------------------------------------------
 
-def route_model(model_id: str) -> NodeConfig:
+# Given the names of the nodes that could serve a job, how many jobs each has queued. The caller (jobs) counts
+# them: the catalogue knows nothing of jobs.
+QueuedCounter = Callable[[list[str]], Mapping[str, int]]
+
+
+def route_model(model_id: str, *, queued_jobs: QueuedCounter | None = None) -> NodeConfig:
     """The node that serves `model_id`, with `model_id` resolved through the operator's aliases.
 
-    Only an enabled model that its enabled node listed at the last sync is routed. When several nodes serve it,
+    Only an enabled model that its enabled node listed at the last sync is routed; when its only nodes had not
+    answered then, they are asked again first (see `_recheck_nodes_of`). When several nodes serve it,
     the choice is deterministic: a node that holds the model in memory (`loaded`) first, then the node with the
-    fewest queued jobs, then the node whose name sorts first. When the catalogue is empty (first start), the
+    fewest queued jobs (as `queued_jobs` counts them; without it, ties go by name), then the node whose name sorts
+    first. When the catalogue is empty (first start), the
     nodes are asked once, synchronously.
 
     Raises DomainError `invalid_model_id` (400) for an id that cannot be a model id, and `unknown_model` (400,
@@ -295,13 +307,41 @@ def route_model(model_id: str) -> NodeConfig:
     """
     model_id = check_model_id(model_id)
     if not ModelCatalog.objects.real().exists():
-        list_models(timeout_ms=settings.AI_NODE_TIMEOUT)
+        sync_catalogue(timeout_ms=settings.AI_NODE_TIMEOUT)
     target = _resolve_alias(model_id)
     candidates = list(ModelCatalog.objects.routable().filter(model_id=target).select_related("node"))
+    if not candidates and _recheck_nodes_of(target):
+        candidates = list(ModelCatalog.objects.routable().filter(model_id=target).select_related("node"))
     if not candidates:
         raise _unknown_model(model_id, target)
-    chosen = _pick(candidates)
+    chosen = _pick(candidates, queued_jobs)
     return _config(chosen.node, model_id=chosen.model_id)
+
+
+_last_recheck: dict[str, float] = {}  # by node URL
+_recheck_lock = threading.Lock()
+
+
+def _recheck_nodes_of(model_id: str) -> bool:
+    """Ask again the enabled nodes that had `model_id` but did not answer at the last sync; True if any was asked.
+
+    A node that came back would otherwise stay refused until the next catalogue sync. Each node is asked at most
+    once per AI_NODE_RECHECK_SECONDS in this process (a node that stays down must not cost every request a
+    timeout, nor be flooded), and the asking is bounded by AI_NODE_TIMEOUT.
+    """
+    nodes = list(AINode.objects.filter(
+        enabled=True, models__model_id=model_id, models__enabled=True, models__status=ModelStatus.UNAVAILABLE,
+    ).distinct())
+    now = time.monotonic()
+    with _recheck_lock:
+        nodes = [n for n in nodes if now - _last_recheck.get(n.url, -math.inf) >= settings.AI_NODE_RECHECK_SECONDS]
+        for node in nodes:
+            _last_recheck[node.url] = now
+    if not nodes:
+        return False
+    logger.info("model %s is unavailable: asking its nodes %s again", model_id, [n.name for n in nodes])
+    _record(nodes, _ask_nodes(nodes, settings.AI_NODE_TIMEOUT), timezone.now())
+    return True
 
 
 def available_model_ids() -> list[str]:
@@ -328,14 +368,10 @@ def _resolve_alias(model_id: str) -> str:
     return alias.alias_of if alias is not None else model_id
 
 
-def _pick(candidates: list[ModelCatalog]) -> ModelCatalog:
+def _pick(candidates: list[ModelCatalog], queued_jobs: QueuedCounter | None) -> ModelCatalog:
     if len(candidates) == 1:
         return candidates[0]
-    from jobs.models import Job, JobStatus  # lazily: jobs imports this module
-
-    names = [row.node.name for row in candidates]
-    queued = dict(Job.objects.filter(status=JobStatus.QUEUED, node__in=names).values("node")
-                  .annotate(n=Count("pk")).values_list("node", "n"))
+    queued = queued_jobs([row.node.name for row in candidates]) if queued_jobs else {}
     return min(candidates, key=lambda row: (not row.loaded, queued.get(row.node.name, 0), row.node.name))
 
 

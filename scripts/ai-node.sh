@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Start, stop or ask after the development AI node (scripts/ai_node.py): llama.cpp serving smollm2:135m with
+# Start, stop or ask after the development AI node (python -m devnode): llama.cpp serving smollm2:135m with
 # the OpenAI API on AI_NODE_PORT and the Ollama API on AI_NODE_OLLAMA_PORT, both on 127.0.0.1.
 #
 #   scripts/ai-node.sh start|stop|status
@@ -17,15 +17,22 @@ XLLAMACPP="xllamacpp==2026.10.11549"
 READY_TIMEOUT=120
 
 PORTS=(--port "${AI_NODE_PORT:-8090}" --ollama-port "${AI_NODE_OLLAMA_PORT:-11435}")
+# `python -m devnode` finds the package in the current folder.
+cd "$ROOT"
 
-answers() { "$PY" "$ROOT/scripts/ai_node.py" "${PORTS[@]}" --check; }
+answers() { "$PY" -m devnode "${PORTS[@]}" --check; }
 
-# The pid in the pid file, only if that process is still our ai_node.py (pids get reused).
+if [[ ! -x $PY ]]; then
+    echo "ai-node.sh: finding $PY failed: run scripts/bootstrap.sh first" >&2
+    exit 1
+fi
+
+# The pid in the pid file, only if that process is still our `python -m devnode` (pids get reused).
 node_pid() {
     [[ -f "$PID_FILE" ]] || return 1
     local pid
     pid="$(cat "$PID_FILE")"
-    [[ -r "/proc/$pid/cmdline" ]] && tr '\0' ' ' <"/proc/$pid/cmdline" | grep -q "scripts/ai_node.py" && echo "$pid"
+    [[ -r "/proc/$pid/cmdline" ]] && tr '\0' ' ' <"/proc/$pid/cmdline" | grep -qF -- "-m devnode" && echo "$pid"
 }
 
 start() {
@@ -35,22 +42,26 @@ start() {
     fi
     if ! "$PY" -c "import xllamacpp" 2>/dev/null; then
         echo "installing $XLLAMACPP into the venv"
-        "$PY" -m pip install --quiet "$XLLAMACPP"
+        "$PY" -m pip install --quiet "$XLLAMACPP" || {
+            echo "ai-node.sh: installing $XLLAMACPP failed: see pip's error above; run scripts/bootstrap.sh" >&2
+            return 1
+        }
     fi
     mkdir -p "$ROOT/var/log" "$ROOT/var/run"
-    cd "$ROOT"
-    setsid nohup "$PY" scripts/ai_node.py "${PORTS[@]}" --threads "${AI_NODE_THREADS:-1}" \
+    setsid nohup "$PY" -m devnode "${PORTS[@]}" --threads "${AI_NODE_THREADS:-1}" \
         --ctx "${AI_NODE_CTX:-2048}" --parallel "${AI_NODE_PARALLEL:-2}" >>"$LOG_FILE" 2>&1 </dev/null &
     local child=$!
     for ((i = 0; i < READY_TIMEOUT * 2; i++)); do
-        if answers; then
-            echo "ai-node ready (pid $child, log $LOG_FILE)"
-            return 0
-        fi
+        # Checked before asking the ports: a node that died at start-up (its port taken, say) must not be reported
+        # ready because another server answers there.
         if ! kill -0 "$child" 2>/dev/null; then
             echo "ai-node exited during start-up; see $LOG_FILE" >&2
             tail -n 20 "$LOG_FILE" >&2
             return 1
+        fi
+        if answers; then
+            echo "ai-node ready (pid $child, log $LOG_FILE)"
+            return 0
         fi
         sleep 0.5
     done

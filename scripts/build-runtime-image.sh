@@ -39,41 +39,12 @@ IMAGE="${IMAGE:-${JOB_RUNTIME_IMAGE:-infra-ainode-runtime:bookworm-1}}"
 
 log() { printf '[build-runtime-image +%ss] %s\n' "$SECONDS" "$*"; }
 
+docker info >/dev/null 2>&1 \
+  || fail "reaching the Docker engine" "run scripts/services.sh docker (it installs and starts dockerd), then this again"
 if [[ $FORCE -eq 0 ]] && docker image inspect "$IMAGE" >/dev/null 2>&1; then
   log "$IMAGE already exists; nothing to do (use --force to rebuild)"
   exit 0
 fi
-
-# Print the first mirror URI that apt uses for SUITE (argument 1), reading both
-# one-line .list files and deb822 .sources files. Prints nothing if none.
-apt_mirror_for() {
-  local suite="$1" f
-  for f in /etc/apt/sources.list /etc/apt/sources.list.d/*.list; do
-    [[ -r $f ]] || continue
-    # deb [options] URI SUITE COMPONENTS...
-    awk -v s="$suite" '$1 == "deb" {
-        i = 2; if ($i ~ /^\[/) { while ($i !~ /\]$/) i++; i++ }
-        if ($(i + 1) == s) { print $i; exit }
-      }' "$f"
-  done
-  for f in /etc/apt/sources.list.d/*.sources; do
-    [[ -r $f ]] || continue
-    # One stanza per paragraph; skip disabled ones and deb-src-only ones.
-    awk -v s="$suite" 'BEGIN { RS = "" } {
-        types = ""; uri = ""; suites = ""; enabled = "yes"
-        n = split($0, lines, "\n")
-        for (j = 1; j <= n; j++) {
-          l = lines[j]; if (l ~ /^#/) continue
-          k = tolower(l); sub(/:.*/, "", k); v = l; sub(/^[^:]*:[ \t]*/, "", v)
-          if (k == "types") types = v
-          else if (k == "uris") { split(v, u, /[ \t]+/); uri = u[1] }
-          else if (k == "suites") suites = v
-          else if (k == "enabled") enabled = tolower(v)
-        }
-        if (enabled != "no" && (" " types " ") ~ / deb / && (" " suites " ") ~ (" " s " ")) { print uri; exit }
-      }' "$f"
-  done
-}
 
 # True when runtime/Dockerfile can be built the normal way: the base image is
 # here or can be pulled. A missing registry fails in well under a second; a
@@ -85,7 +56,13 @@ can_docker_build() {
 }
 
 WORK=""
+# The step under way whose failure the exit trap names (step, what to do), as `fail` would.
+FAILING_STEP=()
 cleanup() {
+  local status=$?
+  if ((status != 0 && ${#FAILING_STEP[@]})); then
+    echo "$(basename "$0"): ${FAILING_STEP[0]} failed: ${FAILING_STEP[1]}" >&2
+  fi
   [[ -n $WORK && -d $WORK ]] || return 0
   # debootstrap mounts /proc and /sys inside the root; if it was interrupted
   # they may still be mounted, and rm must never walk into them.
@@ -202,13 +179,18 @@ if can_docker_build; then
 else
   log "no registry reachable (docker pull debian:bookworm-slim failed); building offline"
 fi
-[[ -n $IID ]] || IID="$(build_with_debootstrap)"
+if [[ -z $IID ]]; then
+  # Not `IID=... || fail`: bash ignores -e inside a command on the left of ||, so a failed step would go unseen.
+  FAILING_STEP=("building $IMAGE offline (debootstrap, docker import)"
+                "see the lines above; DEBIAN_MIRROR=URL picks another Debian mirror")
+  IID="$(build_with_debootstrap)"
+  FAILING_STEP=()
+fi
 
 log "verifying $IID"
 if ! verify "$IID"; then
   docker image rm "$IID" >/dev/null 2>&1 || true
-  log "verification failed; image removed"
-  exit 1
+  fail "verifying $IMAGE" "the image was removed; see the lines above, then run with --force --offline"
 fi
 OLD_IID="$(docker image inspect -f '{{.Id}}' "$IMAGE" 2>/dev/null || true)"
 docker tag "$IID" "$IMAGE"

@@ -2,6 +2,8 @@
 
 Run by scripts/demo.sh once the stack is up. Talks to the API over HTTP as any client would; only the API key is
 made directly, with the same service as `manage.py create_api_key`.
+
+Exits 0 only when the job succeeded and was metered for more than 0 tokens (CI relies on it: .ci/fresh-path).
 """
 import argparse
 import json
@@ -22,11 +24,16 @@ def api_key() -> str:
 
     django.setup()
     from django.contrib.auth.models import User
+    from django.db import DatabaseError
 
     from accounts.services import create_api_key
 
-    user, _ = User.objects.get_or_create(username="demo")
-    return create_api_key(user=user, name="demo")[1]
+    try:
+        user, _ = User.objects.get_or_create(username="demo")
+        return create_api_key(user=user, name="demo")[1]
+    except DatabaseError as exc:
+        sys.exit(f"demo.py: making the demo's API key failed: {exc}; scripts/stack.sh start migrates the database "
+                 "(with the same DATABASE_URL)")
 
 
 def call(base: str, key: str, method: str, path: str, body: dict | None = None) -> tuple[int, dict]:
@@ -43,6 +50,9 @@ def call(base: str, key: str, method: str, path: str, body: dict | None = None) 
             return exc.code, json.loads(body or b"{}")
         except ValueError:
             return exc.code, {"detail": body[:300].decode(errors="replace")}
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        sys.exit(f"demo.py: calling {method} {base}{path} failed: {reason}; is the stack up? (scripts/stack.sh status)")
 
 
 def main() -> int:
@@ -78,6 +88,9 @@ def main() -> int:
     print(f"stdout: {job['stdout'].strip()}")
     print(f"tokens: {job['promptTokens']} prompt + {job['completionTokens']} completion = "
           f"{job['llm_token_count']} in {job['llmCalls']} model calls")
+    if not job["llm_token_count"]:
+        print("the job was metered for no tokens", file=sys.stderr)
+        return 1
     return 0
 
 

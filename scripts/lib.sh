@@ -30,3 +30,34 @@ need() {
   apt_install "$2" || fail "installing $2 (for $1)" "run: apt-get update && apt-get install -y $2"
   command -v "$1" >/dev/null 2>&1 || fail "installing $2" "apt-get installed $2 but $1 is still not on the PATH"
 }
+
+# Print the first mirror URI that apt uses for SUITE (argument 1), reading both
+# one-line .list files and deb822 .sources files. Prints nothing if none.
+apt_mirror_for() {
+  local suite="$1" f
+  for f in /etc/apt/sources.list /etc/apt/sources.list.d/*.list; do
+    [[ -r $f ]] || continue
+    # deb [options] URI SUITE COMPONENTS...
+    awk -v s="$suite" '$1 == "deb" {
+        i = 2; if ($i ~ /^\[/) { while ($i !~ /\]$/) i++; i++ }
+        if ($(i + 1) == s) { print $i; exit }
+      }' "$f"
+  done
+  for f in /etc/apt/sources.list.d/*.sources; do
+    [[ -r $f ]] || continue
+    # One stanza per paragraph; skip disabled ones and deb-src-only ones.
+    awk -v s="$suite" 'BEGIN { RS = "" } {
+        types = ""; uri = ""; suites = ""; enabled = "yes"
+        n = split($0, lines, "\n")
+        for (j = 1; j <= n; j++) {
+          l = lines[j]; if (l ~ /^#/) continue
+          k = tolower(l); sub(/:.*/, "", k); v = l; sub(/^[^:]*:[ \t]*/, "", v)
+          if (k == "types") types = v
+          else if (k == "uris") { split(v, u, /[ \t]+/); uri = u[1] }
+          else if (k == "suites") suites = v
+          else if (k == "enabled") enabled = tolower(v)
+        }
+        if (enabled != "no" && (" " types " ") ~ / deb / && (" " suites " ") ~ (" " s " ")) { print uri; exit }
+      }' "$f"
+  done
+}

@@ -68,9 +68,9 @@ start_docker() {
     echo "docker: already running"
     return 0
   fi
-  if ! command -v dockerd >/dev/null || ! command -v docker >/dev/null; then
-    apt_install docker.io
-  fi
+  # A Docker client can be on the machine without the engine: Debian's docker.io brings both.
+  need dockerd docker.io
+  need docker docker.io
   local log="$LOG_DIR/infra-ainode-dockerd.log" pid
   # A dockerd that is still starting up has written its pid file; a second one
   # would refuse to start, so wait for the first instead.
@@ -109,9 +109,7 @@ start_redis() {
     echo "redis: port $HOST:$REDIS_PORT is taken by something that does not answer PING" >&2
     return 1
   fi
-  if ! command -v redis-server >/dev/null; then
-    apt_install redis-server
-  fi
+  need redis-server redis-server
   # A cache and a result store for tests: nothing needs to survive a restart,
   # so no snapshots and no append-only file.
   redis-server --daemonize yes --bind "$HOST" --port "$REDIS_PORT" \
@@ -181,8 +179,11 @@ start_postgres() {
   local did="already running"
   if ! command -v pg_isready >/dev/null || ! command -v pg_ctlcluster >/dev/null \
      || [[ ! -d /etc/postgresql ]]; then
-    postgres_problem "not installed; apt-get install postgresql to run the PostgreSQL tests"
-    return
+    # Required (CI): install the server, its client (psql, pg_isready) and Debian's cluster wrapper.
+    if [[ $REQUIRE_POSTGRES != 1 ]] || ! apt_install postgresql; then
+      postgres_problem "not installed; apt-get install postgresql to run the PostgreSQL tests"
+      return
+    fi
   fi
   if ! pg_ready; then
     # Debian's wrapper; --skip-systemctl-redirect because there is no systemd
@@ -205,7 +206,8 @@ start_postgres() {
   local can_create
   can_create="$(PGCONNECT_TIMEOUT=5 psql -w -h "$HOST" -p "$PGPORT" -U postgres -d postgres -tA \
     -c 'select rolsuper or rolcreatedb from pg_roles where rolname = current_user' 2>&1)" || {
-    postgres_problem "$did on $HOST:$PGPORT, but psql -U postgres fails: $can_create"
+    postgres_problem "$did on $HOST:$PGPORT, but psql -U postgres fails (pg_hba.conf needs" \
+      "'host all postgres 127.0.0.1/32 trust'): $can_create"
     return
   }
   if [[ $can_create != t ]]; then
@@ -224,7 +226,8 @@ start_browser() {
     echo "browser: chromium and chromedriver already installed"
     return 0
   fi
-  apt_install chromium chromium-driver
+  apt_install chromium chromium-driver \
+    || fail "installing chromium" "run: apt-get update && apt-get install -y chromium chromium-driver"
   if [[ ! -x /usr/bin/chromium || ! -x /usr/bin/chromedriver ]]; then
     echo "browser: chromium or chromedriver still missing after apt-get install" >&2
     return 1

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Start, stop or ask after the development stack: the web API (127.0.0.1:8000) and one Celery worker, on the
-# defaults (SQLite, kombu's filesystem broker) unless the environment says otherwise.
+# Start, stop or ask after the development stack: the web API (127.0.0.1:8000, gunicorn as in the application
+# image; WEB_SERVER=runserver for Django's own) and one Celery worker, on the defaults (SQLite, kombu's filesystem
+# broker) unless the environment says otherwise.
 #
 #   scripts/stack.sh start|stop|status
 set -euo pipefail
@@ -11,7 +12,10 @@ source "$ROOT/scripts/lib.sh"
 need curl curl
 PY=.venv/bin/python
 WEB_PORT=${WEB_PORT:-8000}
-mkdir -p var/run var/log
+# Pid files and logs live under VAR_DIR (as the settings' broker folder, static files and job folders do), so a
+# stack started with a VAR_DIR of its own is started, stopped and asked after apart from any other.
+VAR=${VAR_DIR:-var}
+mkdir -p "$VAR/run" "$VAR/log"
 
 # A job waiting on its model uses no CPU, so the number of jobs at once is bounded by memory, not by CPUs: one
 # process per 1 GB available (room for a job at the default 256 MB and its worker process), from 2 to 8.
@@ -21,20 +25,20 @@ default_concurrency() {
     echo "$n"
 }
 
-running() { [[ -f "var/run/$1.pid" ]] && kill -0 "$(cat "var/run/$1.pid")" 2>/dev/null; }
+running() { [[ -f "$VAR/run/$1.pid" ]] && kill -0 "$(cat "$VAR/run/$1.pid")" 2>/dev/null; }
 
 start_one() {  # name, command...
     local name=$1; shift
-    if running "$name"; then echo "$name: already running (pid $(cat "var/run/$name.pid"))"; return; fi
-    setsid nohup "$@" >>"var/log/$name.log" 2>&1 </dev/null &
-    echo $! >"var/run/$name.pid"
-    echo "$name: started (pid $!, log var/log/$name.log)"
+    if running "$name"; then echo "$name: already running (pid $(cat "$VAR/run/$name.pid"))"; return; fi
+    setsid nohup "$@" >>"$VAR/log/$name.log" 2>&1 </dev/null &
+    echo $! >"$VAR/run/$name.pid"
+    echo "$name: started (pid $!, log $VAR/log/$name.log)"
 }
 
 stop_one() {
     local name=$1
     if running "$name"; then
-        local pid; pid=$(cat "var/run/$name.pid")
+        local pid; pid=$(cat "$VAR/run/$name.pid")
         kill "$pid"
         for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
         kill -9 "$pid" 2>/dev/null || true
@@ -42,27 +46,43 @@ stop_one() {
     else
         echo "$name: not running"
     fi
-    rm -f "var/run/$name.pid"
+    rm -f "$VAR/run/$name.pid"
 }
 
 case "${1:-}" in
 start)
-    $PY manage.py migrate --noinput -v0
+    [[ -x $PY ]] || fail "finding $PY" "run scripts/bootstrap.sh first"
+    if ! running web && curl -s -o /dev/null "http://127.0.0.1:$WEB_PORT/"; then
+        fail "starting the web server" "127.0.0.1:$WEB_PORT is taken by another server; set WEB_PORT to a free port"
+    fi
+    $PY manage.py migrate --noinput -v0 || fail "migrating the database" "see the error above; check DATABASE_URL"
+    # The admin's and the dashboard's CSS, served by WhiteNoise from STATIC_ROOT (VAR_DIR/static).
+    $PY manage.py collectstatic --noinput -v0 || fail "collecting static files" "see the error above"
     # Each worker process keeps WARM_POOL_SIZE containers started ahead of its jobs (off: 0).
     WARM_POOL_SIZE=${WARM_POOL_SIZE:-2} start_one worker .venv/bin/celery -A infra_ainode worker \
         -Q "${JOB_QUEUE:-jobs}" -c "${WORKER_CONCURRENCY:-$(default_concurrency)}" \
         -l info --without-gossip --without-mingle -B
-    start_one web $PY manage.py runserver "127.0.0.1:$WEB_PORT" --noreload
+    if [[ ${WEB_SERVER:-gunicorn} == runserver ]]; then
+        start_one web $PY manage.py runserver "127.0.0.1:$WEB_PORT" --noreload
+    else
+        # The web workers add up their metrics in this folder; values of an earlier run must not count.
+        rm -rf "$VAR/prometheus-web" && mkdir -p "$VAR/prometheus-web"
+        start_one web env PROMETHEUS_MULTIPROC_DIR="$VAR/prometheus-web" WEB_BIND="127.0.0.1:$WEB_PORT" \
+            WEB_WORKERS="${WEB_WORKERS:-2}" .venv/bin/gunicorn --config infra_ainode/gunicorn.conf.py infra_ainode.wsgi
+    fi
     for _ in $(seq 1 60); do
-        curl -s -o /dev/null "http://127.0.0.1:$WEB_PORT/api/v1/" && break
+        curl -s -o /dev/null "http://127.0.0.1:$WEB_PORT/healthz" && break
+        running web || fail "starting the web server" "it exited at start-up; see $VAR/log/web.log"
         sleep 0.5
     done
+    curl -s -o /dev/null "http://127.0.0.1:$WEB_PORT/api/v1/" \
+        || fail "starting the web server" "nothing answers on 127.0.0.1:$WEB_PORT after 30 s; see $VAR/log/web.log"
     ;;
 stop) stop_one web; stop_one worker ;;
 status)
     for name in web worker; do
-        if running "$name"; then echo "$name: running (pid $(cat "var/run/$name.pid"))"; else echo "$name: stopped"; fi
+        if running "$name"; then echo "$name: running (pid $(cat "$VAR/run/$name.pid"))"; else echo "$name: stopped"; fi
     done
     ;;
-*) sed -n '2,5s/^# \{0,1\}//p' "$0"; exit 2 ;;
+*) sed -n '2,6s/^# \{0,1\}//p' "$0"; exit 2 ;;
 esac

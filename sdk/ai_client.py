@@ -159,11 +159,17 @@ def _lines(path: str, body: dict[str, Any], timeout: float) -> Iterator[dict[str
         connection.close()
 
 
-def generate(prompt: str, model: str | None = None, *, stream: bool = False, options: dict[str, Any] | None = None,
-             timeout: float = DEFAULT_TIMEOUT, **option_keywords: Any) -> str | Iterator[str]:
-    """The model's completion of `prompt` as text; with stream=True, an iterator of text pieces."""
-    body = {"model": _model(model), "prompt": prompt, "stream": stream,
-            "options": _options(options, option_keywords)}
+def generate(prompt: str, model: str | None = None, *, stream: bool = False, system: str | None = None,
+             raw: bool = False, options: dict[str, Any] | None = None, timeout: float = DEFAULT_TIMEOUT,
+             **option_keywords: Any) -> str | Iterator[str]:
+    """The model's completion of `prompt` as text; with stream=True, an iterator of text pieces. As with Ollama,
+    the prompt goes through the model's chat template (after `system` when given) unless `raw` is true."""
+    body: dict[str, Any] = {"model": _model(model), "prompt": prompt, "stream": stream,
+                            "options": _options(options, option_keywords)}
+    if system is not None:
+        body["system"] = system
+    if raw:
+        body["raw"] = True
     if stream:
         return (event.get("response", "") for event in _lines("/api/generate", body, timeout))
     return _json("POST", "/api/generate", body, timeout).get("response", "")

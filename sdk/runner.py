@@ -63,7 +63,8 @@ def peak_memory_bytes() -> int:
 
 def report(result: Any, error: dict[str, Any] | None) -> bool:
     """Post the script's end to the gateway; False when the result is not JSON (reported as an error instead)."""
-    endpoint = os.environ.get("JOB_GATEWAY", f"unix://{transport.DEFAULT_SOCKET}")
+    # The mounted socket itself, never an address from the environment, which the script may have changed.
+    endpoint = f"unix://{transport.DEFAULT_SOCKET}"
     is_json = True
     try:
         # No `default=`: a result that is not JSON (a set, an object, NaN) must fail the job, not turn into its repr.

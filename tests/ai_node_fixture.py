@@ -1,8 +1,8 @@
 """The `ai_node` pytest fixture: a real AI node (llama.cpp + Ollama front) for the whole test session.
 
 It reuses a node that already answers at AI_NODE_URL (OpenAI API) and AI_NODE_OLLAMA_URL (Ollama API) when
-both are set; otherwise it starts scripts/ai_node.py on free ports and stops it at the end of the session.
-Use it from a test module or conftest with `from tests.ai_node_fixture import ai_node  # noqa: F401`.
+both are set; otherwise it starts `python -m devnode` on free ports and stops it at the end of the session.
+tests/conftest.py registers this module as a plugin: a test asks for `ai_node` by name.
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ from pathlib import Path
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-AI_NODE_SCRIPT = REPO_ROOT / "scripts" / "ai_node.py"
 # From nothing (model download included) the node was ready in under 10 s here; leave room for a slow mirror.
 START_TIMEOUT_S = 180.0
 
@@ -81,14 +80,14 @@ def ai_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AINode]:
     with log_path.open("w") as log:
         # Port 0 lets the node pick free ports and tell them in its ready line: no race with other tests.
         proc = subprocess.Popen(
-            [sys.executable, str(AI_NODE_SCRIPT), "--port", "0", "--ollama-port", "0", "--threads", "1",
+            [sys.executable, "-m", "devnode", "--port", "0", "--ollama-port", "0", "--threads", "1",
              "--pid-file", str(workdir / "ai_node.pid")],
             cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=log, text=True,
         )
     try:
         line = _read_ready_line(proc, START_TIMEOUT_S)
         if line is None:
-            pytest.fail(f"scripts/ai_node.py did not get ready; its log:\n{log_path.read_text()[-4000:]}")
+            pytest.fail(f"python -m devnode did not get ready; its log:\n{log_path.read_text()[-4000:]}")
         fields = {key: value for key, _, value in (part.partition("=") for part in line.split()[2:])}
         yield AINode(fields["openai"], fields["ollama"], fields["model"])
     finally:

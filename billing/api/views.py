@@ -1,40 +1,43 @@
 from django.conf import settings
-from django.http import StreamingHttpResponse
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from core.api import Pagination
+from core.schema import errors
 
-from .. import services
-from ..views import csv_download
-from .serializers import FiguresSerializer, UsageRowSerializer
+from ..quotas import standing
+from ..ranges import range_from_query
+from ..reports import user_usage
+from .serializers import FiguresSerializer, QuotaStandingSerializer, UsageRowSerializer, UsageSerializer
 
 
 class UsageView(APIView):
     """The caller's own usage over `from`..`to` (YYYY-MM-DD, both included; default the last 30 days), grouped by
-    `group_by` = day (default), model or function: totals, and one paginated row per group."""
+    `group_by` = day (default), model or function: totals, one paginated row per group, and where the caller stands
+    against their quota this month."""
 
+    @extend_schema(
+        summary="Your usage", responses={200: UsageSerializer, **errors(
+            (400, "invalid_date"), (400, "invalid_range"), (400, "invalid_group_by"), (404, "not_found"))},
+        parameters=[
+            OpenApiParameter("from", OpenApiTypes.DATE, description="First day (YYYY-MM-DD)."),
+            OpenApiParameter("to", OpenApiTypes.DATE, description="Last day, included (YYYY-MM-DD)."),
+            OpenApiParameter("group_by", OpenApiTypes.STR, enum=["day", "model", "function"]),
+            OpenApiParameter("page", {"type": "integer", "minimum": 1}),
+            OpenApiParameter("page_size", {"type": "integer", "minimum": 1, "maximum": Pagination.max_page_size}),
+        ])
     def get(self, request: Request) -> Response:
-        span = services.range_from_query(request.query_params)
-        group_by = request.query_params.get("group_by") or "day"
-        totals, rows = services.user_usage(owner=request.user, span=span, group_by=group_by)
+        span = range_from_query(request.query_params, blank_is_absent=False)
+        group_by = request.query_params.get("group_by", "day")
+        totals, rows = user_usage(owner=request.user, span=span, group_by=group_by)
         paginator = Pagination()
         page = paginator.paginate_queryset(rows, request, view=self)
         response = paginator.get_paginated_response(UsageRowSerializer(page, many=True).data)
+        quota = standing(owner=request.user)
         response.data = {"from": span.start.isoformat(), "to": span.end.isoformat(), "groupBy": group_by,
                          "currency": settings.BILLING_CURRENCY, "totals": FiguresSerializer(totals).data,
-                         **response.data}
+                         **response.data, "quota": QuotaStandingSerializer(quota).data if quota else None}
         return response
-
-
-class JobsCsvView(APIView):
-    """The caller's own jobs created in `from`..`to`, with tokens and cost, as CSV."""
-
-    def perform_content_negotiation(self, request: Request, force: bool = False):
-        # The answer is CSV whatever the client accepts; errors (bad dates) still answer in the JSON error shape.
-        return super().perform_content_negotiation(request, force=True)
-
-    def get(self, request: Request) -> StreamingHttpResponse:
-        span = services.range_from_query(request.query_params)
-        return csv_download(services.jobs_in_range(span, owner=request.user), span)

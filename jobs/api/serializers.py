@@ -2,9 +2,13 @@ import base64
 import binascii
 from typing import Any
 
+from django.conf import settings
 from rest_framework import serializers
 
-from ..models import Function, Job
+from core.errors import TooLarge
+
+from ..models import Function, Job, JobStatus
+from ..services import MAX_TOKEN_BUDGET
 from ..results import execution_result
 
 
@@ -18,7 +22,8 @@ class FunctionSerializer(serializers.ModelSerializer):
     defaultModel = serializers.CharField(source="default_model", required=False, allow_blank=True, max_length=200)
     allowedModels = serializers.ListField(source="allowed_models", child=serializers.CharField(max_length=200),
                                           required=False, max_length=50)
-    tokenBudget = serializers.IntegerField(source="token_budget", required=False, allow_null=True, min_value=1)
+    tokenBudget = serializers.IntegerField(source="token_budget", required=False, allow_null=True, min_value=1,
+                                           max_value=MAX_TOKEN_BUDGET)
     env = serializers.DictField(child=serializers.CharField(allow_blank=True, max_length=4096), required=False)
     code = serializers.CharField(write_only=True, required=False, trim_whitespace=False)
     codeBase64 = serializers.CharField(write_only=True, required=False)
@@ -45,6 +50,9 @@ class FunctionSerializer(serializers.ModelSerializer):
         data = self.validated_data
         if "file" in data:
             upload = data["file"]
+            # A multipart file is spooled to disk, not read into memory by Django: refuse a large one unread.
+            if upload.size is not None and upload.size > settings.FUNCTION_MAX_CODE_BYTES:
+                raise TooLarge(f"Code is larger than {settings.FUNCTION_MAX_CODE_BYTES} bytes.", code="code_too_large")
             return upload.read(), upload.name or "main.py"
         if "codeBase64" in data:
             try:
@@ -60,11 +68,20 @@ class FunctionSerializer(serializers.ModelSerializer):
         return {name: self.validated_data[name] for name in names if name in self.validated_data}
 
 
+class FunctionJsonSerializer(FunctionSerializer):
+    """A function as a JSON body gives it (documentation only): code as `code` or `codeBase64`, never a file."""
+
+    file = None
+
+    class Meta(FunctionSerializer.Meta):
+        fields = [name for name in FunctionSerializer.Meta.fields if name != "file"]
+
+
 class RunSerializer(serializers.Serializer):
     functionId = serializers.CharField(max_length=100)
     modelId = serializers.CharField(required=False, allow_blank=True, allow_null=True, max_length=10_000)
     inputData = serializers.JSONField(required=False, allow_null=True)
-    tokenBudget = serializers.IntegerField(required=False, allow_null=True, min_value=1)
+    tokenBudget = serializers.IntegerField(required=False, allow_null=True, min_value=1, max_value=MAX_TOKEN_BUDGET)
 
 
 class JobSerializer(serializers.ModelSerializer):
@@ -74,3 +91,52 @@ class JobSerializer(serializers.ModelSerializer):
 
     def to_representation(self, job: Job) -> dict[str, Any]:
         return execution_result(job)
+
+
+class ExecutionResultSerializer(serializers.Serializer):
+    """A job's state or result (jobs.results.execution_result): the original platform's names, and ours. Read
+    only; it documents the shape that `execution_result` builds."""
+
+    requestId = serializers.UUIDField(help_text="The job's id (the original platform's name).")
+    jobId = serializers.UUIDField()
+    functionId = serializers.UUIDField()
+    functionVersion = serializers.IntegerField()
+    modelId = serializers.CharField()
+    node = serializers.CharField(allow_blank=True)
+    workerId = serializers.CharField(allow_blank=True)
+    status = serializers.ChoiceField(choices=JobStatus.choices)
+    errorCode = serializers.CharField(allow_blank=True, help_text="Why a job failed; empty when it did not.")
+    errorMessage = serializers.CharField(allow_blank=True)
+    exitCode = serializers.IntegerField(allow_null=True)
+    stdout = serializers.CharField(allow_blank=True)
+    stderr = serializers.CharField(allow_blank=True)
+    stdoutTruncated = serializers.BooleanField()
+    stderrTruncated = serializers.BooleanField()
+    result = serializers.JSONField(allow_null=True, help_text="What the handler returned (JSON).")
+    durationMs = serializers.IntegerField(allow_null=True)
+    peakMemoryBytes = serializers.IntegerField(allow_null=True)
+    llm_token_count = serializers.IntegerField(help_text="promptTokens + completionTokens.")
+    promptTokens = serializers.IntegerField()
+    completionTokens = serializers.IntegerField()
+    llmCalls = serializers.IntegerField()
+    unmeteredCalls = serializers.IntegerField(help_text="Calls whose tokens nothing could count (nothing reached the "
+                                                        "script).")
+    estimatedCalls = serializers.IntegerField(help_text="Calls whose counts we estimated because the node did not "
+                                                        "report them (billed all the same).")
+    cost = serializers.DecimalField(max_digits=24, decimal_places=10, coerce_to_string=True,
+                                    help_text="The sum of the calls' known costs, as a decimal string.")
+    uncostedCalls = serializers.IntegerField()
+    currency = serializers.CharField()
+    tokenBudget = serializers.IntegerField(allow_null=True)
+    createdAt = serializers.DateTimeField()
+    startedAt = serializers.DateTimeField(allow_null=True)
+    finishedAt = serializers.DateTimeField(allow_null=True)
+
+
+class AcceptedSerializer(serializers.Serializer):
+    """The answer of an asynchronous run (x-async: true), or of a synchronous one whose wait ended first."""
+
+    status = serializers.ChoiceField(choices=["ACCEPTED"])
+    jobId = serializers.UUIDField()
+    jobStatus = serializers.ChoiceField(choices=JobStatus.choices)
+    statusUrl = serializers.CharField(help_text="Where to ask for the job's state: /status/{jobId}.")

@@ -3,35 +3,51 @@
 The worker starts one for each job and mounts its folder into the container. It serves:
 - the model APIs (Ollama's and OpenAI's, whatever the node's kind), forwarding only the models the job may use to
   the node each is routed to, capping each call's output to the job's budget, and writing one ledger row per call
-  with the token counts taken from the node's own answer;
+  with the token counts taken from the node's own answer (or, where the node did not report them, counted by the
+  gateway and marked estimated);
 - `/_job/usage` (the running totals) and `/_job/result` (the runtime's report of the script's end).
 Everything a request body may hold is bounded, node management is refused, and an unknown route gets 404, so a
-hostile script reaches nothing else and cannot change what it is billed.
+hostile script reaches nothing else and cannot change what it is billed. Its resources are bounded too: the
+connections it may hold open, how long a connection may stay silent, and the calls in flight (a call's slot is
+taken before its body is read, so waiting requests hold no memory).
+
+A call lives only as long as someone wants its answer: when the script hangs up, or the job's container ends, the
+node's answer is cancelled (the gateway closes its connection to the node) and the call is billed for what the
+node generated until then; requests not yet forwarded are dropped unstarted.
 """
-import functools
+import itertools
 import json
 import logging
 import os
+import select
 import socket
 import socketserver
+import struct
 import threading
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler
-from collections.abc import Callable
 from typing import Any
 
 from django.db import connections
 
-from models_catalog.nodes import Completion, NodeError, client_for
+from models_catalog.nodes import Cancellation, Completion, NodeClient, NodeError, Usage, client_for
 
+from ..models import LLMCall
 from . import wire
 from .ledger import record_call
-from .meter import BudgetExhausted, Meter, prompt_bound
+from .meter import BudgetExhausted, Meter, Reservation, WaitAbandoned, prompt_bound
 
 logger = logging.getLogger(__name__)
 
 SOCKET_NAME = "gateway.sock"
+PROMPT_COUNT_CACHE = 256  # prompts whose token count a gateway remembers (a script often repeats its prompt)
+_REFUSED = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nConnection: close\r\n"
+            b"Content-Length: %d\r\n\r\n%s")
+# The uid the job container's processes run as (jobs.runner.RUNTIME_USER): only they may report the result.
+RUNTIME_UID = 10001
 
 
 @dataclass
@@ -65,7 +81,13 @@ class GatewayConfig:
     call_timeout: float = 120.0
     max_body_bytes: int = 1024 * 1024
     max_concurrent_calls: int = 4
+    max_connections: int = 32
+    socket_timeout: float = 30.0
+    drain_timeout: float = 5.0
     result_limit: int = 1024 * 1024
+    # Told of each model call's start and end and of the running totals after it: (kind, data), kinds `llm_call`
+    # and `usage` (see jobs.events). Called on the request's thread: it must return at once.
+    on_event: Callable[[str, dict[str, Any]], None] | None = None
 
 
 def _status_for(error: NodeError) -> int:
@@ -90,7 +112,8 @@ def _refuse_constant(name: str) -> None:
 
 
 class _Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
-    """Counts the connections being served, from their accept to their end, so that `stop` can wait for them."""
+    """Counts the connections being served, from their accept to their end, so that `stop` can wait for them;
+    refuses connections past the job's cap (and all of them once the job has ended) without starting a thread."""
 
     daemon_threads = True
     # A script's threads may connect all at once; socketserver's default backlog of 5 refuses the rest (EAGAIN).
@@ -101,14 +124,27 @@ class _Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
         super().__init__(*args, **kwargs)
         self.active = 0
         self.idle = threading.Condition()
+        self.open_sockets: set[socket.socket] = set()
+        self.refused = 0
+        self.stopping = False
 
     def process_request(self, request: Any, client_address: Any) -> None:
+        gateway = self.gateway
         with self.idle:
-            self.active += 1
+            refuse = gateway.closing or self.active >= gateway.config.max_connections
+            if not refuse:
+                self.active += 1
+                self.open_sockets.add(request)
+        if refuse and self.stopping and _peer_pid(request) == os.getpid():
+            self.shutdown_request(request)  # shutdown's own wake-up call, not a script's: nothing to answer
+            return
+        if refuse:
+            self._refuse(request, "job_ended" if gateway.closing else "too_many_connections")
+            return
         try:
             super().process_request(request, client_address)
         except BaseException:
-            self._served()
+            self._served(request)
             raise
 
     def process_request_thread(self, request: Any, client_address: Any) -> None:
@@ -118,16 +154,32 @@ class _Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
             # Each request has a thread of its own, and Django a connection per thread: close the ones this request
             # opened (to write the ledger), or every model call would leave a database session behind.
             connections.close_all()
-            self._served()
+            self._served(request)
 
-    def _served(self) -> None:
+    def _refuse(self, request: socket.socket, code: str) -> None:
+        """Answer 503 and hang up, from the accepting thread: a few bytes that fit any socket buffer, sent without
+        waiting, so a script cannot stall the gateway by not reading them."""
+        if not self.refused:  # once per job: a script may try thousands
+            logger.warning("job %s: gateway connections refused (%s)", self.gateway.job_id, code)
+        self.refused += 1
+        body = json.dumps({"error": "The gateway refused the connection.", "code": code}).encode()
+        try:
+            request.setblocking(False)
+            request.send(_REFUSED % (len(body), body))
+        except OSError:
+            pass
+        self.shutdown_request(request)
+
+    def _served(self, request: Any) -> None:
         with self.idle:
             self.active -= 1
+            self.open_sockets.discard(request)
             self.idle.notify_all()
 
     def shutdown(self) -> None:
         """socketserver's, but the serving loop is woken by a connection at once instead of noticing at its next
         poll: a job's end would otherwise wait up to the poll interval."""
+        self.stopping = True
         stopper = threading.Thread(target=super().shutdown, daemon=True)
         stopper.start()
         while stopper.is_alive():
@@ -141,6 +193,16 @@ class _Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
                 poke.connect(self.server_address)
         except OSError:
             pass
+
+    def hang_up_all(self) -> None:
+        """Shut every connection still open: handlers waiting for a script's bytes wake up and end."""
+        with self.idle:
+            sockets = list(self.open_sockets)
+        for sock in sockets:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -172,35 +234,54 @@ class _Handler(BaseHTTPRequestHandler):
     def do_OPTIONS(self) -> None:
         self._dispatch("OPTIONS")
 
+    def setup(self) -> None:
+        # Every read and write on the script's connection waits at most this long: a script that goes silent
+        # half way through a request, or stops reading an answer, loses the connection instead of holding a thread.
+        self.timeout = self.server.gateway.config.socket_timeout
+        super().setup()
+
     def _dispatch(self, method: str) -> None:
         gateway = self.server.gateway
         # One handler serves every request of a kept-alive connection: per-request state starts afresh.
         self.body_read, self.stream_started, self.listening = False, False, True
-        self.after_answer = None
+        self.deferred: list[Callable[[], None]] = []
         self.route_path = path = self.path.split("?", 1)[0]
         try:
-            try:
-                if path in wire.FORBIDDEN_ROUTES or path.startswith("/api/blobs/"):
-                    raise GatewayRequestError(403, "route_forbidden", f"{path} is not available to jobs.")
-                route = gateway.routes.get((method, path))
-                if route is None:
-                    raise GatewayRequestError(404, "not_found", f"No route {method} {path}.")
-                answer = route(self)
-            except GatewayRequestError as exc:
-                answer = exc.status, {"error": exc.detail, "code": exc.code}
-                self.close_connection = True
-                self._discard_body(gateway.config.max_body_bytes)
+            if path in wire.FORBIDDEN_ROUTES or path.startswith("/api/blobs/"):
+                raise GatewayRequestError(403, "route_forbidden", f"{path} is not available to jobs.")
+            route = gateway.routes.get((method, path))
+            if route is None:
+                raise GatewayRequestError(404, "not_found", f"No route {method} {path}.")
+            answer = route(self)
+        except GatewayRequestError as exc:
+            answer = exc.status, {"error": exc.detail, "code": exc.code}
+            self.close_connection = True
+            self._discard_body(gateway.config.max_body_bytes)
+        except Exception:
+            logger.exception("job %s: gateway failed on %s %s", gateway.job_id, method, path)
+            answer = None if self.stream_started else (500, {"error": "The gateway failed.", "code": "internal_error"})
+            self.close_connection = True
+        try:
             if answer is not None:  # a streamed answer has been written already
                 self.send_json(*answer)
+        except OSError:
+            self.close_connection = True  # the script hung up or stopped reading
         finally:
-            # Work deferred until the answer is out (a model call's ledger row). It runs before this request counts
-            # as served, so the gateway's stop, and the job's totals after it, still wait for it.
-            after, self.after_answer = self.after_answer, None
-            if after is not None:
-                after()
+            if self.stream_started:
+                self._end_stream()
+            # Work that needs no answer (the ledger row) runs after the answer, off its path.
+            for work in self.deferred:
+                work()
+
+    def _end_stream(self) -> None:
+        """A stream's body ends with its connection: say so now, not once the ledger row is written."""
+        try:
+            self.wfile.flush()
+            self.connection.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
 
     body_read = False
-    after_answer: Callable[[], Any] | None = None
 
     def read_json(self, limit: int) -> Any:
         """The request's JSON body; refuses bodies over `limit` bytes before reading them."""
@@ -212,23 +293,53 @@ class _Handler(BaseHTTPRequestHandler):
             raise GatewayRequestError(413, "body_too_large", f"Body larger than {limit} bytes.")
         self.body_read = True
         try:
+            data = self.rfile.read(length)
+        except TimeoutError:
+            raise GatewayRequestError(408, "request_timeout", "The body did not arrive in time.") from None
+        try:
             # NaN and Infinity are not JSON: PostgreSQL would refuse them and clients could not parse them back.
-            return json.loads(self.rfile.read(length), parse_constant=_refuse_constant)
-        except (ValueError, UnicodeDecodeError):
-            raise GatewayRequestError(400, "malformed_json", "The body is not valid JSON.") from None
+            return json.loads(data, parse_constant=_refuse_constant)
+        except (ValueError, UnicodeDecodeError, RecursionError):
+            raise GatewayRequestError(400, "malformed_json", "The body is not valid JSON (or nests too deep).") from None
 
     def _discard_body(self, limit: int) -> None:
         """Read and drop a refused request's body when it is small: a client still sending it would otherwise hit
         a broken pipe instead of reading why it was refused. A large body is not read: the refusal closes on it."""
         if self.body_read:
             return
+        self.body_read = True
         try:
             length = int(self.headers.get("Content-Length", "0"))
         except ValueError:
             return
-        if 0 < length <= limit:
-            self.body_read = True
-            self.rfile.read(length)
+        if not 0 < length <= limit:
+            return
+        try:
+            while length > 0:
+                chunk = self.rfile.read(min(length, 64 * 1024))
+                if not chunk:
+                    return
+                length -= len(chunk)
+        except OSError:
+            pass
+
+    def peer_gone(self) -> bool:
+        """True when the script has hung up (its end of the socket is closed, with nothing left unread)."""
+        if not self.listening:
+            return True
+        poller = select.poll()
+        poller.register(self.connection, select.POLLIN | select.POLLRDHUP)
+        try:
+            events = poller.poll(0)
+            if not events:
+                return False
+            if events[0][1] & (select.POLLHUP | select.POLLERR | select.POLLNVAL):
+                return True
+            # Readable: either the script's next bytes (still there) or its end of file (gone). The socket has a
+            # timeout, so recv would wait on an empty socket; here it cannot be empty.
+            return self.connection.recv(1, socket.MSG_PEEK) == b""
+        except OSError:
+            return True
 
     stream_started = False
     listening = True  # False once the script has hung up on a stream
@@ -272,8 +383,28 @@ class _Handler(BaseHTTPRequestHandler):
         logger.debug("job %s gateway: " + format, self.server.gateway.job_id, *args)
 
 
+def _peer_uid(connection: socket.socket) -> int | None:
+    """The uid of the process at the other end of a Unix socket connection (SO_PEERCRED), None when unknown."""
+    return _peer_credentials(connection)[1]
+
+
+def _peer_pid(connection: socket.socket) -> int | None:
+    """The pid (as this process sees it) at the other end; a container's processes never have the worker's."""
+    return _peer_credentials(connection)[0]
+
+
+def _peer_credentials(connection: socket.socket) -> tuple[int | None, int | None]:
+    try:
+        credentials = connection.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    except OSError:
+        return None, None
+    pid, uid, _gid = struct.unpack("3i", credentials)
+    return pid, uid
+
+
 class JobGateway:
-    """Serves one job. `start()` binds the socket; `stop()` closes it; `report` holds the posted result."""
+    """Serves one job. `start()` binds the socket; `stop()` ends the job's calls and closes it; `report` holds the
+    posted result."""
 
     def __init__(self, config: GatewayConfig, *, socket_dir: str):
         self.config = config
@@ -281,8 +412,18 @@ class JobGateway:
         self.socket_path = os.path.join(socket_dir, SOCKET_NAME)
         self.report = ResultReport()
         self.meter = Meter(budget=config.budget, max_output_tokens=config.max_output_tokens)
+        self.closing = False
         self._lock = threading.Lock()
-        self._calls = threading.BoundedSemaphore(config.max_concurrent_calls)
+        self._slots = threading.Condition()
+        self._slots_used = 0
+        self._in_flight: set[Cancellation] = set()
+        # One client per node route for the gateway's life: they remember what a node serves between calls.
+        self._clients: dict[str, NodeClient] = {
+            model: client_for(route.kind, route.url, config.call_timeout) for model, route in config.routes.items()
+        }
+        self._prompt_counts: dict[tuple, int] = {}
+        self._events_lock = threading.Lock()
+        self._call_numbers = itertools.count(1)
         self.routes = {
             ("POST", "/_job/result"): self._post_result,
             ("GET", "/_job/usage"): lambda request: (200, self.meter.snapshot()),
@@ -308,18 +449,30 @@ class JobGateway:
         return self
 
     def stop(self, drain_timeout: float | None = None) -> None:
-        """Stop accepting, wait (at most `drain_timeout`, default the call timeout) for the requests being served,
-        then close. Once the job's container has gone, the only requests left are model calls whose node is still
-        answering (a script may hang up on a stream and exit): waiting puts them on the ledger before the job's
-        totals are written. Idempotent."""
-        if self._server is not None:
-            self._server.shutdown()
-            timeout = self.config.call_timeout if drain_timeout is None else drain_timeout
-            with self._server.idle:
-                if not self._server.idle.wait_for(lambda: self._server.active == 0, timeout):
+        """End the job's traffic and close; call it once the job's container has ended. Idempotent.
+
+        New connections are refused; requests not yet forwarded to a node are dropped unstarted; calls in flight
+        are cancelled at their node (their connection is closed) and put on the ledger with what the node
+        generated until then. Waits at most `drain_timeout` (default `config.drain_timeout`) seconds for all that,
+        so that the ledger is complete before the job's totals are taken from it.
+        """
+        server = self._server
+        if server is not None:
+            with self._lock:
+                self.closing = True
+                in_flight = list(self._in_flight)
+            server.shutdown()  # no more accepts
+            with self._slots:
+                self._slots.notify_all()  # requests waiting for a call slot see `closing` and give up
+            for cancellation in in_flight:
+                cancellation.cancel("the job ended")
+            server.hang_up_all()
+            timeout = self.config.drain_timeout if drain_timeout is None else drain_timeout
+            with server.idle:
+                if not server.idle.wait_for(lambda: server.active == 0, timeout):
                     logger.warning("job %s: %d gateway requests still running after %.0f s; they are recorded "
-                                   "when they end", self.job_id, self._server.active, timeout)
-            self._server.server_close()
+                                   "when they end", self.job_id, server.active, timeout)
+            server.server_close()
             self._server = None
         try:
             os.unlink(self.socket_path)
@@ -327,6 +480,8 @@ class JobGateway:
             pass
 
     def _post_result(self, request: _Handler) -> tuple[int, dict[str, Any]]:
+        if _peer_uid(request.connection) != RUNTIME_UID:
+            raise GatewayRequestError(403, "not_the_job", "Only the job's own container may report its result.")
         try:
             body = request.read_json(self.config.result_limit)
         except GatewayRequestError as exc:
@@ -349,94 +504,230 @@ class JobGateway:
     # --- model calls -------------------------------------------------------------------------------------------
 
     def _model_call(self, request: _Handler) -> tuple[int, Any] | None:
-        path = request.route_path
-        try:
-            call = wire.parse_request(path, request.read_json(self.config.max_body_bytes),
-                                          default_model=self.config.default_model)
-        except wire.WireError as exc:
-            raise GatewayRequestError(400, "invalid_request", str(exc)) from None
-        route = self.config.routes.get(call.model)
-        if route is None:
-            raise GatewayRequestError(
-                403, "model_not_allowed",
-                f"This job may not use model {call.model[:200]!r}; allowed: {', '.join(sorted(self.config.routes))}.",
-            )
-        call.model = route.model_id  # an alias the function allowed is forwarded (and billed) as its target
-        # Bounding the calls in flight keeps one script from flooding the node (and holding many reservations).
-        if not self._calls.acquire(timeout=self.config.call_timeout):
-            raise GatewayRequestError(429, "too_many_calls", "Too many model calls in flight for this job.")
-        try:
-            return self._metered_call(request, path, call, route)
-        finally:
-            self._calls.release()
+        # The slot is taken before the body is read: requests waiting for one hold a thread but no memory.
+        with self._call_slot():
+            call = self._parse(request)
+            route = self.config.routes.get(call.model)
+            if route is None:
+                raise GatewayRequestError(
+                    403, "model_not_allowed",
+                    f"This job may not use model {call.model[:200]!r}; allowed: "
+                    f"{', '.join(sorted(self.config.routes))}.",
+                )
+            client = self._clients[call.model]
+            call.model = route.model_id  # an alias the function allowed is forwarded (and billed) as its target
+            return self._metered_call(request, call, route, client)
 
-    def _metered_call(self, request: _Handler, path: str, call: wire.LLMRequest,
-                      route: ModelRoute) -> tuple[int, Any] | None:
-        """Reserve budget, forward the call, and put it on the ledger whatever happened."""
+    @contextmanager
+    def _call_slot(self) -> Iterator[None]:
+        """Hold one of the job's call slots: bounding the calls in flight keeps one script from flooding the node
+        (and from holding many reservations)."""
+        deadline = time.monotonic() + self.config.call_timeout
+        with self._slots:
+            while self._slots_used >= self.config.max_concurrent_calls and not self.closing:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise GatewayRequestError(429, "too_many_calls", "Too many model calls in flight for this job.")
+                self._slots.wait(min(left, 0.5))
+            if self.closing:
+                raise GatewayRequestError(503, "job_ended", "The job has ended.")
+            self._slots_used += 1
         try:
-            reservation = self.meter.reserve(prompt_tokens_bound=prompt_bound(call.prompt_texts()),
-                                             requested=call.options.get("max_tokens"))
-        except BudgetExhausted as exc:
-            raise GatewayRequestError(402, "budget_exhausted", str(exc)) from None
+            yield
+        finally:
+            with self._slots:
+                self._slots_used -= 1
+                self._slots.notify()
+
+    def _parse(self, request: _Handler) -> wire.LLMRequest:
+        body = request.read_json(self.config.max_body_bytes)
+        try:
+            return wire.parse_request(request.route_path, body, default_model=self.config.default_model)
+        except wire.WireError as exc:
+            raise GatewayRequestError(400, exc.code, str(exc)) from None
+        except (TypeError, AttributeError, RecursionError):  # a shape the parser did not foresee
+            raise GatewayRequestError(400, "invalid_request", "The request's fields have the wrong types.") from None
+
+    def _metered_call(self, request: _Handler, call: wire.LLMRequest, route: ModelRoute,
+                      client: NodeClient) -> tuple[int, Any] | None:
+        """Reserve budget, forward the call, answer, and put the call on the ledger whatever happened."""
+        reservation = self._reserve(request, call, client)
+        cancellation = Cancellation()
+        with self._lock:
+            dropped = self.closing or request.peer_gone()
+            if not dropped:
+                self._in_flight.add(cancellation)
+        if dropped:  # nobody waits for the answer any more: the call is never started, and not billed
+            self.meter.release(reservation)
+            raise GatewayRequestError(503, "call_dropped", "The job ended or the script hung up.")
         options = {**call.options, "max_tokens": reservation.max_tokens}
-        client = client_for(route.kind, route.url, self.config.call_timeout)
+        number = next(self._call_numbers)
+        described = {"call": number, "model": call.model, "streamed": call.stream, "endpoint": request.route_path}
+        self._tell("llm_call", {"phase": "start", **described, "maxTokens": reservation.max_tokens})
         frames = wire.StreamRenderer(call) if call.stream else None
         started = time.monotonic()
-        completion: Completion | None = None
-        error: NodeError | None = None
+        outcome = _Outcome()
         try:
-            if frames is not None:
-                completion = self._stream(request, call, client, options, frames)
-            elif call.op == wire.GENERATE:
-                completion = client.generate(call.model, call.prompt, **options)
-            else:
-                completion = client.chat(call.model, call.messages, **options)
-        except NodeError as exc:
-            error = exc
+            self._relay(request, call, client, options, cancellation, frames, outcome)
+        except Exception:  # a fault of ours: the call still settles, so its reservation is not held for ever
+            logger.exception("job %s: relaying a %s call failed", self.job_id, call.model)
+            outcome.error = NodeError("node_bad_response", "The gateway could not relay the node's answer.")
         finally:
-            # No completion means the node reported no counts: recorded as unknown, and the reservation stays
-            # spent so that the budget holds even then.
-            usage = completion.usage if completion else None
-            self.meter.settle(reservation, usage)
-            record = functools.partial(
-                record_call,
-                job_id=self.job_id, model_id=call.model, node=route.node, endpoint=path, streamed=call.stream,
-                usage=usage, max_tokens=reservation.max_tokens,
-                done_reason=completion.done_reason if completion else None,
-                duration_ms=round((time.monotonic() - started) * 1000),
+            with self._lock:
+                self._in_flight.discard(cancellation)
+        usage, estimated = self._usage_of(client, call, reservation, outcome)
+        self.meter.settle(reservation, usage, estimated=estimated)
+        completion, error = outcome.completion, outcome.error
+        endpoint, duration_ms = request.route_path, round((time.monotonic() - started) * 1000)
+        request.deferred.append(lambda: self._record(call, endpoint, route, reservation, usage, estimated,
+                                                     completion, error, duration_ms, described))
+        if frames is not None and request.stream_started:
+            # A stream's last frame goes out once the call is settled: a script that reads it and then asks
+            # usage() must find the call counted. (Its ledger row is written right after; the runner waits.)
+            if request.listening:
+                request.write_frame(frames.final(completion) if completion is not None
+                                    else frames.error(error.code, error.public_message))
+            return None
+        if error is not None:
+            return _status_for(error), {"error": error.public_message, "code": error.code}
+        return 200, wire.render(call, completion)
+
+    def _reserve(self, request: _Handler, call: wire.LLMRequest, client: NodeClient) -> Reservation:
+        """Hold room in the budget for the call: its prompt's exact count where the node can tokenize (only asked
+        when the job has a budget), else a bound. Waits (at most the call timeout) for calls in flight to settle."""
+        exact = self._prompt_count(client, call) if self.meter.budget is not None else None
+        try:
+            return self.meter.reserve(
+                prompt_tokens=exact if exact is not None else prompt_bound(call.prompt_texts()),
+                prompt_exact=exact is not None, requested=call.options.get("max_tokens"),
+                wait=self.config.call_timeout, abandon=lambda: self.closing or request.peer_gone(),
+            )
+        except BudgetExhausted as exc:
+            raise GatewayRequestError(402, "budget_exhausted", str(exc)) from None
+        except WaitAbandoned:
+            raise GatewayRequestError(503, "call_dropped", "The job ended or the script hung up.") from None
+
+    def _prompt_count(self, client: NodeClient, call: wire.LLMRequest) -> int | None:
+        if call.op == wire.GENERATE:
+            key: tuple = (call.model, call.op, call.raw, call.system, call.prompt)
+        else:
+            key = (call.model, call.op, json.dumps(call.messages))
+        with self._lock:
+            if key in self._prompt_counts:
+                return self._prompt_counts[key]
+        if call.op == wire.GENERATE:
+            count = client.count_prompt_tokens(call.model, prompt=call.prompt, system=call.system, raw=call.raw)
+        else:
+            count = client.count_prompt_tokens(call.model, messages=call.messages)
+        if count is not None:
+            with self._lock:
+                if len(self._prompt_counts) >= PROMPT_COUNT_CACHE:
+                    self._prompt_counts.clear()
+                self._prompt_counts[key] = count
+        return count
+
+    def _relay(self, request: _Handler, call: wire.LLMRequest, client: NodeClient, options: dict[str, Any],
+               cancellation: Cancellation, frames: "wire.StreamRenderer | None", outcome: "_Outcome") -> None:
+        """Forward the call and relay its answer. The node is always asked for a stream, so that the gateway
+        knows what it generated even when the call does not end well; a streamed call is relayed piece by piece,
+        a whole one gathered. The call is cancelled at the node as soon as the script hangs up, and a whole call
+        (whose script waits with nothing) once it runs past the call timeout."""
+        if frames is not None:
+            request.close_connection = True
+        deadline = time.monotonic() + self.config.call_timeout
+        events = (client.stream_generate(call.model, call.prompt, system=call.system, raw=call.raw,
+                                         cancel=cancellation, **options)
+                  if call.op == wire.GENERATE else
+                  client.stream_chat(call.model, call.messages, cancel=cancellation, **options))
+        try:
+            for event in events:
+                if isinstance(event, Completion):
+                    outcome.completion = event
+                    return
+                outcome.pieces.append(event)
+                if frames is not None:
+                    if request.listening and not request.stream_started:
+                        request.listening = request.start_stream(frames.content_type)
+                    if request.listening:
+                        request.listening = request.write_frame(frames.chunk(event))
+                if request.peer_gone():
+                    cancellation.cancel("the script hung up")
+                elif frames is None and time.monotonic() > deadline:
+                    outcome.timed_out = True
+                    cancellation.cancel(f"it ran past the call timeout ({self.config.call_timeout:g} s)")
+            outcome.error = NodeError("node_bad_response", "The node's stream ended without its final event.")
+        except NodeError as exc:
+            outcome.error = exc
+            if outcome.timed_out:
+                outcome.error = NodeError("node_timeout", f"The call ran past {self.config.call_timeout:g} s.")
+        finally:
+            events.close()
+
+    def _usage_of(self, client: NodeClient, call: wire.LLMRequest, reservation: Reservation,
+                  outcome: "_Outcome") -> tuple[Usage | None, bool]:
+        """The call's tokens, and whether the gateway estimated them: the node's counts where it reported them;
+        where it did not, the gateway's own count (the node's tokenizer, else an upper bound, see README). None
+        (unknown) only when the node generated nothing the gateway saw."""
+        reported = outcome.completion.usage if outcome.completion is not None else None
+        if reported is not None and reported.known:
+            return reported, False
+        if outcome.completion is None and not outcome.pieces:
+            return None, False
+        text = outcome.completion.text if outcome.completion is not None else "".join(outcome.pieces)
+        prompt = reported.prompt_tokens if reported is not None else None
+        if prompt is None:
+            prompt = reservation.prompt_tokens if reservation.prompt_exact else self._prompt_count(client, call)
+        if prompt is None:
+            prompt = prompt_bound(call.prompt_texts())
+        generated = reported.completion_tokens if reported is not None else None
+        if generated is None:
+            counted = client.count_text_tokens(call.model, text) if text else 0
+            generated = min(reservation.max_tokens, len(text.encode("utf-8")) if counted is None else counted)
+        return Usage(prompt, generated), True
+
+    def _record(self, call: wire.LLMRequest, endpoint: str, route: ModelRoute, reservation: Reservation,
+                usage: Usage | None, estimated: bool, completion: Completion | None, error: NodeError | None,
+                duration_ms: int, described: dict[str, Any]) -> None:
+        try:
+            recorded = record_call(
+                job_id=self.job_id, model_id=call.model, node=route.node, endpoint=endpoint,
+                streamed=call.stream, usage=usage, estimated=estimated, max_tokens=reservation.max_tokens,
+                done_reason=completion.done_reason if completion else None, duration_ms=duration_ms,
                 node_duration_ms=completion.total_duration_ms if completion else None,
                 error_code=error.code if error else "", error_message=str(error) if error else "",
             )
-            if frames is None:
-                # A whole answer goes out before its ledger row is written (the meter, which `usage()` reads, is
-                # settled already): the row is written right after, before the request counts as served.
-                request.after_answer = record
-            else:
-                record()
-        if frames is not None and request.stream_started:
-            # A stream's last frame goes out only once the call is on the ledger: a script that reads it and then
-            # asks usage(), or exits, must find the call counted.
-            if request.listening:
-                request.write_frame(frames.final(completion) if completion is not None
-                                    else frames.error(error.code, str(error)))
-            return None
-        if error is not None:
-            return _status_for(error), {"error": str(error), "code": error.code}
-        return 200, wire.render(call, completion)
+        except Exception:
+            # The meter has counted the call already; the job's totals are recomputed from the ledger at its end.
+            logger.exception("job %s: could not record a %s call on the ledger", self.job_id, call.model)
+            return
+        self._tell_call_end(described, recorded)
 
-    def _stream(self, request: _Handler, call: wire.LLMRequest, client, options: dict[str, Any],
-                frames: wire.StreamRenderer) -> Completion:
-        """Relay a streamed answer's text; the caller writes its last frame. If the script hangs up half way, the
-        node's stream is still read to its end: the node generates those tokens either way, and only its final
-        event says how many there were."""
-        events = (client.stream_generate(call.model, call.prompt, **options) if call.op == wire.GENERATE
-                  else client.stream_chat(call.model, call.messages, **options))
-        request.close_connection = True
-        for event in events:
-            if request.listening and not request.stream_started:
-                request.listening = request.start_stream(frames.content_type)
-            if isinstance(event, Completion):
-                return event
-            if request.listening:
-                request.listening = request.write_frame(frames.chunk(event))
-        raise NodeError("node_bad_response", "The node's stream ended without its final event.")
+    def _tell(self, kind: str, data: dict[str, Any]) -> None:
+        if self.config.on_event is None:
+            return
+        try:
+            self.config.on_event(kind, data)
+        except Exception:  # events are for watching; they never fail a call
+            logger.warning("job %s: event callback failed", self.job_id, exc_info=True)
+
+    def _tell_call_end(self, described: dict[str, Any], recorded: LLMCall) -> None:
+        """The call's end as the ledger recorded it, then the totals. One at a time: the last `usage` event of
+        the job is then always the latest totals, whatever order concurrent calls end in."""
+        with self._events_lock:
+            self._tell("llm_call", {
+                "phase": "end", **described, "status": recorded.status, "errorCode": recorded.error_code,
+                "promptTokens": recorded.prompt_tokens, "completionTokens": recorded.completion_tokens,
+                "estimated": recorded.estimated, "doneReason": recorded.done_reason,
+                "durationMs": recorded.duration_ms,
+            })
+            self._tell("usage", self.meter.snapshot())
+
+
+@dataclass
+class _Outcome:
+    """What a forwarded call came to: the node's final answer, or an error and the text generated before it."""
+
+    pieces: list[str] = field(default_factory=list)
+    completion: Completion | None = None
+    error: NodeError | None = None
+    timed_out: bool = False

@@ -1,12 +1,23 @@
 """The ledger: one `LLMCall` row per model call, priced when it is recorded, added to its job's totals and to the
-daily roll-ups in the same transaction."""
+daily roll-ups in the same transaction; and the rebuild of those roll-ups from the ledger and the jobs."""
+import functools
 import logging
+from datetime import date
+from decimal import Decimal
+from typing import Any
 
-from django.db import close_old_connections, transaction
-from django.db.models import Count, F, Sum
+from django.db import close_old_connections, connection, transaction
+from django.db.models import Count, DecimalField, F, Q, Sum, Value
+from django.db.models.functions import Coalesce, TruncDate
 from django.utils import timezone
 
-from billing.services import add_call_to_rollups, cost_of_call, job_cost_increments
+from billing.models import UsageDaily
+from billing.pricing import cost_of_call, job_cost_increments
+from billing.quotas import spend_from_hold
+from billing.ranges import created_in_days
+from billing.reports import CALL_FIELDS
+from billing.rollups import add_call_to_rollups, replace_rollups
+from core import metrics
 from models_catalog.nodes import Usage
 
 from ..models import METERED, Job, LLMCall, LLMCallStatus
@@ -14,10 +25,18 @@ from ..models import METERED, Job, LLMCall, LLMCallStatus
 logger = logging.getLogger(__name__)
 
 
+@functools.lru_cache(maxsize=4096)
+def _job_owner_and_function(job_id: Any) -> tuple[int, Any]:
+    """A job's owner and function never change: read once per job and process, not once per call."""
+    return Job.objects.filter(pk=job_id).values_list("owner_id", "function_id").get()
+
+
 def record_call(*, job_id: str, model_id: str, node: str, endpoint: str, streamed: bool, usage: Usage | None,
                 max_tokens: int | None, done_reason: str | None, duration_ms: int, node_duration_ms: float | None,
-                error_code: str = "", error_message: str = "") -> LLMCall:
+                error_code: str = "", error_message: str = "", estimated: bool = False) -> LLMCall:
     """Write one ledger row and add it to the job's running totals (with F(), never read-modify-write).
+
+    `usage` is what the node reported, or with `estimated` what the gateway counted in its place; both are billed.
 
     Called from the gateway's request threads, which must not keep a database connection open after the job.
     """
@@ -33,7 +52,7 @@ def record_call(*, job_id: str, model_id: str, node: str, endpoint: str, streame
             job_id=job_id, model_id=model_id, node=node, endpoint=endpoint, streamed=streamed,
             status=LLMCallStatus.ERROR if error_code else LLMCallStatus.OK,
             prompt_tokens=usage.prompt_tokens if usage else None,
-            completion_tokens=usage.completion_tokens if usage else None,
+            completion_tokens=usage.completion_tokens if usage else None, estimated=known and estimated,
             max_tokens_granted=max_tokens, done_reason=done_reason or "", duration_ms=duration_ms,
             node_duration_ms=round(node_duration_ms) if node_duration_ms is not None else None,
             error_code=error_code, error_message=error_message[:2000], cost=cost, created_at=now,
@@ -42,27 +61,98 @@ def record_call(*, job_id: str, model_id: str, node: str, endpoint: str, streame
         if known:
             totals.update(prompt_tokens=F("prompt_tokens") + usage.prompt_tokens,
                           completion_tokens=F("completion_tokens") + usage.completion_tokens)
+            if estimated:
+                totals["estimated_calls"] = F("estimated_calls") + 1
         else:
             totals["unmetered_calls"] = F("unmetered_calls") + 1
         Job.objects.filter(pk=job_id).update(**totals)
-        add_call_to_rollups(call)
-    logger.info("job %s: %s call to %s on %s: %s prompt + %s completion tokens%s", job_id, endpoint, model_id, node,
-                call.prompt_tokens, call.completion_tokens, f" ({error_code})" if error_code else "")
+        spend_from_hold(job_id=job_id, cost=cost,
+                        tokens=usage.prompt_tokens + usage.completion_tokens if known else None)
+        owner_id, function_id = _job_owner_and_function(job_id)
+        add_call_to_rollups(call, owner_id=owner_id, function_id=function_id)
+    metrics.model_call(model=model_id, node=node, error_code=error_code,
+                       prompt_tokens=call.prompt_tokens, completion_tokens=call.completion_tokens,
+                       duration_ms=duration_ms, node_duration_ms=node_duration_ms)
+    logger.info("job %s: %s call to %s on %s: %s prompt + %s completion tokens%s%s", job_id, endpoint, model_id,
+                node, call.prompt_tokens, call.completion_tokens, " (estimated)" if call.estimated else "",
+                f" ({error_code})" if error_code else "")
     return call
 
 
 def ledger_totals(job_id: str) -> dict[str, int]:
     """The job's totals recomputed from its ledger rows: what the Job row must agree with.
 
-    Like `record_call`, it adds up only the calls whose two counts are both known; the others are unmetered.
+    Like `record_call`, it adds up only the calls whose two counts are both known (reported or estimated); the
+    others are unmetered.
     """
     totals = LLMCall.objects.filter(job_id=job_id).aggregate(
         prompt=Sum("prompt_tokens", filter=METERED), completion=Sum("completion_tokens", filter=METERED),
         calls=Count("id"), unmetered=Count("id", filter=~METERED),
+        estimated=Count("id", filter=METERED & Q(estimated=True)),
     )
     return {
         "prompt_tokens": totals["prompt"] or 0,
         "completion_tokens": totals["completion"] or 0,
         "llm_calls": totals["calls"],
         "unmetered_calls": totals["unmetered"],
+        "estimated_calls": totals["estimated"],
     }
+
+
+# Sums over ledger rows, named as Figures.from_sums reads them ("sum_" + the roll-up field).
+LEDGER_SUMS = {
+    "sum_calls": Count("id"),
+    "sum_failed_calls": Count("id", filter=Q(status=LLMCallStatus.ERROR)),
+    "sum_unmetered_calls": Count("id", filter=~METERED),
+    "sum_estimated_calls": Count("id", filter=METERED & Q(estimated=True)),
+    "sum_uncosted_calls": Count("id", filter=Q(cost__isnull=True)),
+    "sum_prompt_tokens": Coalesce(Sum("prompt_tokens", filter=METERED), 0),
+    "sum_completion_tokens": Coalesce(Sum("completion_tokens", filter=METERED), 0),
+    "sum_cost": Coalesce(Sum("cost"), Value(Decimal(0)), output_field=DecimalField(max_digits=24, decimal_places=10)),
+}
+
+
+def _lock_sources() -> None:
+    """Keep new calls and jobs out until the transaction ends, so a rebuild sees them as they are at one moment.
+
+    PostgreSQL: SHARE mode blocks writes to the ledger and to jobs (the gateway and the workers wait) but not
+    reads. SQLite: the DELETE that follows takes the database's single write lock, which does the same; there a
+    writer gives up after the connection's timeout (20 s), so a long rebuild is best done range by range.
+    """
+    if connection.vendor == "postgresql":
+        tables = ", ".join(connection.ops.quote_name(model._meta.db_table) for model in (LLMCall, Job))
+        with connection.cursor() as cursor:
+            cursor.execute(f"LOCK TABLE {tables} IN SHARE MODE")
+
+
+def rebuild_rollups(*, start: date | None = None, end: date | None = None) -> int:
+    """Recompute the roll-ups of days `start`..`end` (inclusive; open ends reach the first or last day) from the
+    ledger and the Job rows, in one transaction; returns how many roll-up rows were written.
+
+    Calls and jobs wait while it runs (see _lock_sources), so the result is exact even on a live system.
+    """
+    with transaction.atomic():
+        _lock_sources()
+        rows: dict[tuple, UsageDaily] = {}
+
+        def row(day: date, owner_id: int, function_id: Any, model_id: str) -> UsageDaily:
+            key = (day, owner_id, function_id, model_id)
+            if key not in rows:
+                rows[key] = UsageDaily(day=day, owner_id=owner_id, function_id=function_id, model_id=model_id)
+            return rows[key]
+
+        calls = (created_in_days(LLMCall.objects.all(), start, end).annotate(day=TruncDate("created_at"))
+                 .values("day", "model_id", owner=F("job__owner_id"), function=F("job__function_id"))
+                 .annotate(**LEDGER_SUMS).order_by())
+        for group in calls:
+            target = row(group["day"], group["owner"], group["function"], group["model_id"])
+            for name in CALL_FIELDS:
+                setattr(target, name, group[f"sum_{name}"])
+        jobs = (created_in_days(Job.objects.all(), start, end).annotate(day=TruncDate("created_at"))
+                .values("day", "owner_id", "function_id", "model_id").annotate(count=Count("id")).order_by())
+        for group in jobs:
+            row(group["day"], group["owner_id"], group["function_id"], group["model_id"]).jobs = group["count"]
+        deleted, written = replace_rollups(rows.values(), start=start, end=end)
+    logger.info("rebuilt usage roll-ups %s..%s: %d rows replaced by %d", start or "first day", end or "last day",
+                deleted, written)
+    return written

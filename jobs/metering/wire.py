@@ -9,7 +9,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from models_catalog.nodes import Completion
+from models_catalog.nodes import OLLAMA_TO_OPENAI_OPTIONS, Completion
 
 OLLAMA, OPENAI = "ollama", "openai"
 GENERATE, CHAT = "generate", "chat"
@@ -27,13 +27,24 @@ FORBIDDEN_ROUTES = frozenset({"/api/pull", "/api/push", "/api/create", "/api/cop
 # The roles both APIs define; short words that the per-message template allowance of the budget covers.
 ROLES = frozenset({"system", "developer", "user", "assistant", "tool"})
 
-_OLLAMA_OPTIONS = {"num_predict": "max_tokens", "temperature": "temperature", "seed": "seed", "top_p": "top_p",
-                   "top_k": "top_k", "stop": "stop"}
-_OPENAI_OPTIONS = ("max_tokens", "temperature", "seed", "top_p", "top_k", "stop")
-
 
 class WireError(ValueError):
     """The request is not a valid call of the API it was sent to."""
+
+    code = "invalid_request"
+
+
+class OptionError(WireError):
+    """An option has the wrong type or is out of bounds."""
+
+    code = "invalid_option"
+
+
+# Bounds of the sampling options, whatever the API: the node would refuse or misread anything outside them.
+STOP_MAX_SEQUENCES = 16
+STOP_MAX_CHARS = 256
+NUMBER_OPTIONS = {"temperature": (0.0, 100.0), "top_p": (0.0, 1.0)}
+INTEGER_OPTIONS = {"max_tokens": (-1, 10 ** 9), "top_k": (0, 1_000_000), "seed": (-(2 ** 63), 2 ** 64 - 1)}
 
 
 @dataclass
@@ -46,9 +57,13 @@ class LLMRequest:
     messages: list[dict[str, str]] = field(default_factory=list)
     options: dict[str, Any] = field(default_factory=dict)
     include_usage: bool = False
+    system: str | None = None  # a generate's system prompt (Ollama's /api/generate `system`)
+    raw: bool = False  # a generate without the chat template: /v1/completions, or /api/generate with raw=true
 
     def prompt_texts(self) -> list[str]:
-        return [self.prompt] if self.op == GENERATE else [m["content"] for m in self.messages]
+        if self.op == CHAT:
+            return [m["content"] for m in self.messages]
+        return [self.prompt] if self.raw or not self.system else [self.system, self.prompt]
 
 
 def parse_request(route: str, body: Any, *, default_model: str) -> LLMRequest:
@@ -66,24 +81,65 @@ def parse_request(route: str, body: Any, *, default_model: str) -> LLMRequest:
         if not isinstance(prompt, str):
             raise WireError("prompt must be a string.")
         request.prompt = prompt
+        # OpenAI's completions are raw; Ollama's generate applies the model's template unless asked not to.
+        request.raw = api == OPENAI or _flag(body, "raw")
+        system = body.get("system") if api == OLLAMA else None
+        if system is not None and not isinstance(system, str):
+            raise WireError("system must be a string.")
+        request.system = system or None
     else:
         request.messages = _messages(body.get("messages"))
     if api == OLLAMA:
         options = body.get("options") or {}
         if not isinstance(options, dict):
             raise WireError("options must be an object.")
-        request.options = {ours: options[theirs] for theirs, ours in _OLLAMA_OPTIONS.items() if theirs in options}
+        request.options = {ours: options[theirs] for theirs, ours in OLLAMA_TO_OPENAI_OPTIONS.items()
+                           if theirs in options}
     else:
-        request.options = {name: body[name] for name in _OPENAI_OPTIONS if body.get(name) is not None}
+        request.options = {name: body[name] for name in OLLAMA_TO_OPENAI_OPTIONS.values()
+                           if body.get(name) is not None}
         if body.get("max_completion_tokens") is not None:
             request.options["max_tokens"] = body["max_completion_tokens"]
-        request.include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
-    max_tokens = request.options.get("max_tokens")
-    if max_tokens is not None and (not isinstance(max_tokens, int) or isinstance(max_tokens, bool)):
-        raise WireError("max_tokens / num_predict must be an integer.")
-    if max_tokens is not None and max_tokens < 1:
+        stream_options = body.get("stream_options") or {}
+        if not isinstance(stream_options, dict):
+            raise WireError("stream_options must be an object.")
+        request.include_usage = bool(stream_options.get("include_usage"))
+    _check_options(request.options)
+    if request.options.get("max_tokens") is not None and request.options["max_tokens"] < 1:
         request.options.pop("max_tokens")  # Ollama's -1 means "no limit": the gateway's cap applies
     return request
+
+
+def _flag(body: dict[str, Any], name: str) -> bool:
+    value = body.get(name, False)
+    if not isinstance(value, bool):
+        raise WireError(f"{name} must be true or false.")
+    return value
+
+
+def _is_integer(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_options(options: dict[str, Any]) -> None:
+    """Types and sizes of the options forwarded to the node; raises OptionError."""
+    for name, value in options.items():
+        if value is None:
+            continue
+        if name in INTEGER_OPTIONS:
+            low, high = INTEGER_OPTIONS[name]
+            if not _is_integer(value) or not low <= value <= high:
+                raise OptionError(f"{name} must be an integer from {low} to {high}.")
+        elif name in NUMBER_OPTIONS:
+            low, high = NUMBER_OPTIONS[name]
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not low <= value <= high:
+                raise OptionError(f"{name} must be a number from {low:g} to {high:g}.")
+        elif name == "stop":
+            stops = [value] if isinstance(value, str) else value
+            if (not isinstance(stops, list) or len(stops) > STOP_MAX_SEQUENCES
+                    or not all(isinstance(s, str) and 0 < len(s) <= STOP_MAX_CHARS for s in stops)):
+                raise OptionError(f"stop must be a string or a list of at most {STOP_MAX_SEQUENCES} strings of "
+                                  f"1 to {STOP_MAX_CHARS} characters.")
 
 
 def _messages(value: Any) -> list[dict[str, str]]:
@@ -99,7 +155,12 @@ def _messages(value: Any) -> list[dict[str, str]]:
             raise WireError(f"a message's role must be one of {', '.join(sorted(ROLES))}.")
         content = message.get("content", "")
         if isinstance(content, list):  # OpenAI's content parts: keep the text parts
-            content = "".join(p.get("text", "") for p in content if isinstance(p, dict))
+            texts = [p.get("text", "") for p in content if isinstance(p, dict)]
+            if not all(isinstance(text, str) for text in texts):
+                raise WireError("a content part's text must be a string.")
+            content = "".join(texts)
+        if content is None:
+            content = ""  # OpenAI allows an assistant message without content
         if not isinstance(content, str):
             raise WireError("message content must be text.")
         messages.append({"role": message["role"], "content": content})

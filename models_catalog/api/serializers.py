@@ -18,3 +18,11 @@ class CatalogEntrySerializer(serializers.Serializer):
     details = ModelDetailsSerializer(source="*")
     loaded = serializers.BooleanField()
     aliases = serializers.ListField(child=serializers.CharField())
+
+
+class ModelListSerializer(serializers.Serializer):
+    """`GET /models`: the original platform's shape."""
+
+    models = CatalogEntrySerializer(many=True)
+    warning = serializers.CharField(required=False, help_text="Present when a node did not answer: its models come "
+                                                               "from the last known catalogue, marked unavailable.")

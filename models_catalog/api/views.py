@@ -1,10 +1,11 @@
 from django.conf import settings
+from drf_spectacular.utils import extend_schema
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from .. import services
-from .serializers import CatalogEntrySerializer
+from .serializers import CatalogEntrySerializer, ModelListSerializer
 
 
 class ModelListView(APIView):
@@ -14,8 +15,9 @@ class ModelListView(APIView):
     models then come from the last known catalogue, marked unavailable).
     """
 
+    @extend_schema(summary="The models the AI nodes serve, asked live", responses=ModelListSerializer)
     def get(self, request: Request) -> Response:
-        answer = services.list_models(timeout_ms=settings.AI_NODE_TIMEOUT)
+        answer = services.sync_catalogue(timeout_ms=settings.AI_NODE_TIMEOUT)
         body: dict = {"models": CatalogEntrySerializer(answer.models, many=True).data}
         if answer.warning:
             body["warning"] = answer.warning

@@ -5,47 +5,11 @@ Set DASHBOARD_SCREENSHOT=docs/dashboard.png to keep the dashboard's screenshot f
 """
 import os
 import shutil
-from collections.abc import Iterator
 from datetime import timedelta
-from pathlib import Path
-
-import pytest
 
 from billing.formatting import count, money
-
-CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
-FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",
-         "--disable-component-update", "--disable-sync", "--no-first-run", "--window-size=1400,2200",
-         "--force-device-scale-factor=1", "--lang=en-US")
-WAIT = 20
-
-
-@pytest.fixture
-def browser(tmp_path: Path) -> Iterator["WebDriver"]:  # noqa: F821
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    assert shutil.which(CHROMIUM) and shutil.which(CHROMEDRIVER), (
-        "Chromium is missing: scripts/services.sh browser installs Debian's chromium and chromium-driver")
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for flag in FLAGS:
-        options.add_argument(flag)
-    options.add_argument(f"--user-data-dir={tmp_path / 'chromium-profile'}")
-    # The driver's path is given, so Selenium Manager never looks for (or downloads) a browser or driver.
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER, log_output=str(tmp_path / "chromedriver.log")),
-                              options=options)
-    driver.set_page_load_timeout(60)
-    try:
-        yield driver
-    finally:
-        driver.quit()
-
-
-def text_of(browser, element_id: str) -> str:
-    from selenium.webdriver.common.by import By
-
-    return browser.find_element(By.ID, element_id).text.strip()
+from tests.helpers import BROWSER_WAIT as WAIT
+from tests.helpers import text_of
 
 
 def test_an_operator_logs_in_reads_the_dashboard_and_opens_a_job(live_server, browser, admin_user, alice, bob,

@@ -68,7 +68,7 @@ def test_rerun_submits_a_new_job_with_the_same_function_model_and_input(admin_cl
 
     # The model catalogue is not what this tests: route every model to the default queue, as itself.
     monkeypatch.setattr(services, "route_model",
-                        lambda model_id: SimpleNamespace(name="default", queue="jobs", model_id=model_id))
+                        lambda model_id, **_: SimpleNamespace(name="default", queue="jobs", model_id=model_id))
 
     response = admin_client.post(JOBS, {"action": "rerun_jobs", "_selected_action": [finished_job.pk]}, follow=True)
 

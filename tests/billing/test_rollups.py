@@ -8,7 +8,7 @@ from django.db import connection
 from django.utils import timezone
 
 from billing.models import UsageDaily
-from billing.services import rebuild_rollups
+from jobs.metering.ledger import rebuild_rollups
 
 
 def rollups() -> dict[tuple, dict]:

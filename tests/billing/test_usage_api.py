@@ -36,7 +36,7 @@ def test_it_answers_the_callers_usage_by_day(alice, alices_march):
     second = body["results"][1]
     assert (second["failedCalls"], second["unmeteredCalls"], second["uncostedCalls"]) == (1, 1, 1)
     assert body["totals"] == {
-        "calls": 4, "failedCalls": 1, "unmeteredCalls": 1, "uncostedCalls": 1, "promptTokens": 3300,
+        "calls": 4, "failedCalls": 1, "unmeteredCalls": 1, "estimatedCalls": 0, "uncostedCalls": 1, "promptTokens": 3300,
         "completionTokens": 800, "totalTokens": 4100, "jobs": 4,
         "cost": body["totals"]["cost"],
     }

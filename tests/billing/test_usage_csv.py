@@ -38,7 +38,8 @@ def test_it_lists_the_callers_jobs_with_tokens_and_cost(alice, two_users_jobs):
     assert rows[0] == {
         "job_id": str(first.pk), "created_at": "2026-03-01T00:00:00+00:00", "owner": "alice",
         "function_id": str(first.function_id), "function_name": "ask", "model_id": "llama3.1:8b",
-        "status": "queued", "duration_ms": "", "llm_calls": "2", "unmetered_calls": "1", "uncosted_calls": "1",
+        "status": "queued", "duration_ms": "", "llm_calls": "2", "unmetered_calls": "1", "estimated_calls": "0",
+        "uncosted_calls": "1",
         "prompt_tokens": "1000", "completion_tokens": "500", "total_tokens": "1500", "cost": "0.0900000000",
         "currency": "USD",
     }

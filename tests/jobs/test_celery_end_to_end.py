@@ -1,13 +1,13 @@
 """End to end through a real broker and a real Celery worker process: the API enqueues, the worker runs the job
 in Docker, the API answers the result. Each test runs over kombu's filesystem transport and over SQS
-(moto_server)."""
+(moto_server). The tests share the module's worker of each kind, except the one that starts its worker late."""
 import time
 
 import pytest
 
 from jobs.dispatch import enqueue_job
 from jobs.models import Job
-from tests.conftest import container_creations, deploy, submit, wait_for, wait_for_status
+from tests.helpers import container_creations, deploy, submit, wait_for, wait_for_status
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("served_models")]
 
@@ -20,27 +20,25 @@ CODE = (
 )
 
 
-def test_a_job_submitted_with_x_async_is_run_by_the_worker(broker, worker, alice):
-    running = worker(broker)
+def test_a_job_submitted_with_x_async_is_run_by_the_worker(running_worker, alice):
     function = deploy(alice, CODE)
     response = submit(alice, function["functionId"], {"numbers": [1, 2, 3]}, model_id="smollm2:135m")
     assert response.status_code == 202, response.content
     job_id = response.json()["jobId"]
 
     body = wait_for_status(alice, job_id)
-    assert body["status"] == "succeeded", (body, running.log()[-3000:])
+    assert body["status"] == "succeeded", body
     assert body["result"] == {"sum": 6, "model": "smollm2:135m"}
     assert body["stdout"] == "working on {'numbers': [1, 2, 3]}\n"
-    assert body["workerId"] == running.worker_id
+    assert body["workerId"] == running_worker.worker_id
     assert body["exitCode"] == 0
     assert Job.objects.get(pk=job_id).deliveries == 1
     same = alice.client.get(f"/api/v1/jobs/{job_id}/").json()
     assert (same["status"], same["result"]) == ("succeeded", body["result"])
 
 
-def test_a_synchronous_run_answers_the_result(broker, worker, alice, settings):
+def test_a_synchronous_run_answers_the_result(running_worker, alice, settings):
     settings.RUN_SYNC_TIMEOUT = 60
-    worker(broker)
     function = deploy(alice, CODE)
     response = submit(alice, function["functionId"], {"numbers": [40, 2]}, asynchronous=False)
     assert response.status_code == 200, response.content
@@ -49,9 +47,8 @@ def test_a_synchronous_run_answers_the_result(broker, worker, alice, settings):
     assert body["requestId"] == body["jobId"]
 
 
-def test_a_failing_script_is_a_failed_job_answered_with_200(broker, worker, alice, settings):
+def test_a_failing_script_is_a_failed_job_answered_with_200(running_worker, alice, settings):
     settings.RUN_SYNC_TIMEOUT = 60
-    worker(broker)
     function = deploy(alice, "def handler(event, context):\n    raise KeyError('missing')\n")
     response = submit(alice, function["functionId"], {}, asynchronous=False)
     assert response.status_code == 200, response.content
@@ -60,9 +57,8 @@ def test_a_failing_script_is_a_failed_job_answered_with_200(broker, worker, alic
     assert "KeyError: 'missing'" in body["stderr"]
 
 
-def test_a_message_delivered_again_does_not_run_the_job_again(broker, worker, alice, docker_client):
+def test_a_message_delivered_again_does_not_run_the_job_again(running_worker, alice, docker_client):
     since = time.time()
-    worker(broker)
     function = deploy(alice, CODE)
     job_id = submit(alice, function["functionId"], {"numbers": [1]}).json()["jobId"]
     first = wait_for_status(alice, job_id)

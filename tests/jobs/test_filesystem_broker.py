@@ -4,8 +4,7 @@ import subprocess
 import sys
 import textwrap
 
-from tests.conftest import REPO_ROOT
-
+from tests.helpers import REPO_ROOT
 
 CONSUMER = textwrap.dedent("""
     import sys, time

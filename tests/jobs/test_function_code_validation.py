@@ -4,8 +4,7 @@ import base64
 import pytest
 
 from jobs.models import Function
-from tests.conftest import make_zip
-
+from tests.helpers import make_zip
 
 HANDLER = "def handler(event, context):\n    return event\n"
 

@@ -6,7 +6,7 @@ import io
 import pytest
 
 from jobs.models import Function, FunctionVersion, Job
-from tests.conftest import deploy, make_zip
+from tests.helpers import deploy, make_zip
 
 pytestmark = pytest.mark.usefixtures("served_models")
 
@@ -91,8 +91,12 @@ def test_it_refuses_a_second_live_function_with_the_same_name(alice):
 
 
 def test_two_users_may_use_the_same_function_name(alice, bob):
-    deploy(alice, HANDLER, name="shared-name")
-    deploy(bob, HANDLER, name="shared-name")
+    alices = deploy(alice, HANDLER, name="shared-name")
+    bobs = deploy(bob, HANDLER, name="shared-name")
+    assert alices["functionId"] != bobs["functionId"]
+    for account, own in ((alice, alices), (bob, bobs)):
+        listed = account.client.get("/api/v1/functions/").json()["results"]
+        assert [(f["functionId"], f["name"]) for f in listed] == [(own["functionId"], "shared-name")]
 
 
 def test_it_requires_some_code(alice):

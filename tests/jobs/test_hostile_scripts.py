@@ -11,7 +11,7 @@ import pytest
 
 from jobs.models import Job
 from jobs.runner import run_job
-from tests.conftest import job_containers, make_job
+from tests.helpers import job_containers, make_job
 
 # Every test runs on a cold container and on a pooled (warm) one.
 pytestmark = pytest.mark.usefixtures("served_models", "execution")
@@ -232,7 +232,7 @@ def test_a_result_report_with_nan_neither_breaks_the_job_row_nor_the_apis_json(a
     # The script skips the runtime (which refuses NaN) and posts its own report to the gateway.
     code = (
         "import os, transport\n"
-        "connection, prefix = transport.connect(os.environ['JOB_GATEWAY'], timeout=5)\n"
+        "connection, prefix = transport.connect(os.environ['AI_ENDPOINT'], timeout=5)\n"
         "connection.request('POST', prefix + '/_job/result', b'{\"result\": NaN, \"error\": null}',\n"
         "                   {'Content-Type': 'application/json'})\n"
         "connection.getresponse().read()\n"

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from jobs.models import Job
-from tests.conftest import deploy, make_job
+from tests.helpers import deploy, make_job
 
 pytestmark = pytest.mark.usefixtures("served_models")
 

@@ -9,7 +9,7 @@ import pytest
 from jobs.models import Job
 from jobs.results import channel, wait_for_job
 from jobs.runner import run_job
-from tests.conftest import REDIS_TEST_URL, deploy, make_job, submit, wait_for
+from tests.helpers import REDIS_TEST_URL, deploy, make_job, submit, wait_for
 
 pytestmark = pytest.mark.usefixtures("served_models")
 
@@ -91,10 +91,15 @@ def test_redis_being_down_does_not_fail_the_job(alice, job_work_root, settings):
     assert wait_for_job(job.pk, timeout=1).status == "succeeded"
 
 
+@pytest.fixture(scope="module")
+def shared_worker_env() -> dict[str, str]:
+    """The module's worker writes results to the test Redis."""
+    return {"REDIS_URL": REDIS_TEST_URL}
+
+
 @pytest.mark.django_db(transaction=True)
-def test_a_worker_with_redis_answers_a_synchronous_run(broker, worker, alice, redis_results, settings):
+def test_a_worker_with_redis_answers_a_synchronous_run(running_worker, alice, redis_results, settings):
     settings.RUN_SYNC_TIMEOUT = 60
-    worker(broker, REDIS_URL=REDIS_TEST_URL)
     function = deploy(alice, HANDLER)
     response = submit(alice, function["functionId"], {"via": "redis"}, asynchronous=False)
     assert response.status_code == 200, response.content

@@ -9,7 +9,7 @@ import pytest
 
 from jobs.models import Job
 from jobs.runner import run_job
-from tests.conftest import make_job
+from tests.helpers import make_job, make_zip
 
 pytestmark = pytest.mark.usefixtures("served_models")
 
@@ -150,8 +150,6 @@ def test_the_script_may_write_to_OUTPUT_DIR_and_tmp(alice, job_work_root):
 
 
 def test_modules_next_to_main_py_can_be_imported(alice, job_work_root):
-    from tests.conftest import make_zip
-
     from jobs import services
 
     archive = make_zip({"main.py": "import helper\ndef handler(event, context):\n    return helper.twice(event)\n",

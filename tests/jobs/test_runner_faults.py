@@ -10,7 +10,7 @@ import pytest
 
 from jobs.models import Job
 from jobs.runner import run_job
-from tests.conftest import job_containers, make_job
+from tests.helpers import job_containers, make_job
 
 pytestmark = pytest.mark.usefixtures("served_models")
 

@@ -3,8 +3,10 @@
 The runner is called in-process, as a redelivered message would call it. What ran is counted from the Docker
 engine's own event log, not from our code.
 """
+import logging
 import threading
 import time
+import uuid
 from datetime import timedelta
 
 import pytest
@@ -14,7 +16,7 @@ from django.utils import timezone
 from jobs.docker_backend import JOB_LABEL
 from jobs.models import Job
 from jobs.runner import run_job
-from tests.conftest import container_creations, job_containers, make_job
+from tests.helpers import container_creations, job_containers, make_job
 
 pytestmark = pytest.mark.usefixtures("served_models")
 
@@ -74,10 +76,17 @@ def test_two_deliveries_at_the_same_moment_start_one_container(alice, transactio
     assert container_creations(docker_client, job.pk, since) == 1
 
 
-def test_a_message_for_a_job_that_does_not_exist_is_dropped(db, job_work_root):
-    import uuid
+def test_a_message_for_a_job_that_does_not_exist_is_dropped(db, settings, tmp_path, caplog):
+    settings.JOB_WORK_ROOT = tmp_path
+    missing = uuid.uuid4()
 
-    run_job(uuid.uuid4())  # nothing to claim, nothing raised
+    with caplog.at_level(logging.WARNING, logger="jobs.runner"):
+        run_job(missing)  # nothing to claim, nothing raised
+
+    assert not Job.objects.exists()  # no row was made for it
+    assert list(tmp_path.iterdir()) == []  # nothing was prepared to run
+    assert [record.getMessage() for record in caplog.records] == [
+        f"job {missing}: delivered but does not exist; dropped"]
 
 
 def test_a_job_cancelled_while_queued_is_never_started(alice, job_work_root, docker_client):

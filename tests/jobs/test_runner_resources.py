@@ -7,7 +7,7 @@ import pytest
 from django.db import connections
 
 from jobs.runner import run_job
-from tests.conftest import job_containers, make_job, wait_for
+from tests.helpers import job_containers, make_job, wait_for
 
 pytestmark = pytest.mark.usefixtures("served_models")
 

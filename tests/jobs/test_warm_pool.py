@@ -8,7 +8,7 @@ from django.db import connections
 
 from jobs.docker_backend import POOL_LABEL
 from jobs.runner import _profile, default_profile, run_job
-from tests.conftest import container_creations, job_containers, make_job, make_warm_pool, wait_for
+from tests.helpers import container_creations, job_containers, make_job, make_warm_pool, wait_for
 
 pytestmark = pytest.mark.usefixtures("served_models")
 

@@ -9,7 +9,7 @@ import pytest
 
 from jobs.models import Job
 from jobs.warm_pool import HOST_LABEL, PID_LABEL, POOL_LABEL, SLOT_LABEL
-from tests.conftest import deploy, submit, wait_for, wait_for_status
+from tests.helpers import deploy, submit, wait_for, wait_for_status
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("served_models")]
 

@@ -10,7 +10,15 @@ import time
 import pytest
 
 from jobs.models import Job
-from tests.conftest import container_creations, deploy, job_containers, sqs_broker, submit, wait_for, wait_for_status
+from tests.helpers import (
+    container_creations,
+    deploy,
+    job_containers,
+    sqs_broker,
+    submit,
+    wait_for,
+    wait_for_status,
+)
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("served_models")]
 

@@ -1,13 +1,12 @@
 """The ledger: one LLMCall row per model call, the job's totals as sums of its rows, unknown counts kept unknown,
 and a job delivered twice billed once.
 """
-from tests.conftest import as_json
 from jobs.metering.ledger import ledger_totals
 from jobs.metering.meter import prompt_bound
 from jobs.models import Job, LLMCall
 from jobs.runner import run_job
-
-from .conftest import RAW_HTTP, assert_billed_as_node_counted
+from tests.helpers import as_json
+from tests.metering.helpers import RAW_HTTP, assert_billed_as_node_counted
 
 FOUR_CALLS = '''
 import ai_client
@@ -59,22 +58,32 @@ def test_each_call_is_one_row_with_the_nodes_counts_and_the_job_totals_are_their
         job.prompt_tokens, job.completion_tokens, 4)
 
 
-def test_a_call_whose_counts_the_node_did_not_report_is_recorded_as_unknown_not_zero(run_script, node_without_counts,
-                                                                                    alice):
+def test_a_call_whose_counts_the_node_did_not_report_is_billed_with_estimated_counts_not_zero(
+        run_script, node_without_counts, alice):
     job = run_script(FOUR_CALLS)
 
     assert job.status == "succeeded", job.stderr
     assert len(job.result["answers"]) == 4  # the script got its answers
-    rows = list(LLMCall.objects.filter(job=job))
-    assert len(rows) == 4 == len(node_without_counts.answers)
-    assert all(r.prompt_tokens is None and r.completion_tokens is None and r.total_tokens is None for r in rows)
-    assert all(r.status == "ok" for r in rows)
-    assert (job.llm_calls, job.unmetered_calls, job.prompt_tokens, job.completion_tokens) == (4, 4, 0, 0)
-    assert ledger_totals(str(job.pk)) == {"prompt_tokens": 0, "completion_tokens": 0, "llm_calls": 4,
-                                          "unmetered_calls": 4}
+    rows = list(LLMCall.objects.filter(job=job).order_by("created_at", "id"))
+    real = [(a.prompt_tokens, a.completion_tokens) for a in node_without_counts.answers]  # the proxy saw them
+    assert len(rows) == 4 == len(real)
+    assert all(r.status == "ok" and r.estimated for r in rows)
+    for row, (prompt, completion) in zip(rows, real):
+        assert row.completion_tokens <= 5  # never more than the call was granted
+        if node_without_counts.kind == "openai":  # the node's own tokenizer counted them
+            assert row.prompt_tokens == prompt
+            assert abs(row.completion_tokens - completion) <= 1
+        else:  # no tokenizer: an upper bound
+            assert row.prompt_tokens >= prompt and row.completion_tokens >= completion
+    assert (job.llm_calls, job.unmetered_calls, job.estimated_calls) == (4, 0, 4)
+    assert job.prompt_tokens == sum(r.prompt_tokens for r in rows) > 0
+    assert job.completion_tokens == sum(r.completion_tokens for r in rows) > 0
+    assert ledger_totals(str(job.pk)) == {"prompt_tokens": job.prompt_tokens, "completion_tokens":
+                                          job.completion_tokens, "llm_calls": 4, "unmetered_calls": 0,
+                                          "estimated_calls": 4}
     shown = as_json(alice.client.get(f"/status/{job.pk}"))
-    assert (shown["llmCalls"], shown["unmeteredCalls"]) == (4, 4)
-    assert job.result["usage"]["unmeteredCalls"] == 4
+    assert (shown["llmCalls"], shown["unmeteredCalls"], shown["estimatedCalls"]) == (4, 0, 4)
+    assert job.result["usage"]["estimatedCalls"] == 4 and job.result["usage"]["unmeteredCalls"] == 0
 
 
 def test_a_call_the_node_refuses_is_one_error_row_and_is_not_retried(run_script, node, settings):

@@ -6,8 +6,7 @@ the API the script used, and bills every call with the node's own counts.
 import pytest
 
 from jobs.models import LLMCall
-
-from .conftest import RAW_HTTP, assert_billed_as_node_counted
+from tests.metering.helpers import RAW_HTTP, assert_billed_as_node_counted
 
 WIRE_SCRIPT = RAW_HTTP + '''
 MODEL = os.environ["LLM_MODEL"]

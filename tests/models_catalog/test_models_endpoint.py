@@ -4,8 +4,7 @@ from __future__ import annotations
 import pytest
 
 from models_catalog.models import AINode, ModelCatalog, ModelStatus
-
-from tests.models_catalog.catalog_fixtures import MODEL, Node, by_node, models_of
+from tests.models_catalog.helpers import MODEL, Node, by_node, models_of
 
 pytestmark = pytest.mark.django_db
 

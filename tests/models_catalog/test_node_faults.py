@@ -6,8 +6,8 @@ import time
 import pytest
 
 from models_catalog.models import AINode, ModelCatalog
-
-from tests.models_catalog.catalog_fixtures import MODEL, Node, by_node, models_of
+from tests.helpers import deploy
+from tests.models_catalog.helpers import MODEL, Node, by_node, models_of
 
 pytestmark = pytest.mark.django_db
 
@@ -124,11 +124,10 @@ def test_ids_a_node_lists_that_no_job_could_use_are_skipped(alice, use_nodes, sc
     assert [m["id"] for m in models] == ["good:1b"]
 
 
-def test_a_model_that_disappears_is_unavailable_and_refused_on_run(alice, use_nodes, scripted_node,
-                                                                  deploy_function) -> None:
+def test_a_model_that_disappears_is_unavailable_and_refused_on_run(alice, use_nodes, scripted_node) -> None:
     scripted_node.openai_models("stays:1b", "goes:1b")
     use_nodes(Node("shrinking", "openai", scripted_node.url))
-    function = deploy_function(alice, "def handler(event, context):\n    return 1\n")
+    function = deploy(alice, "def handler(event, context):\n    return 1\n")
     alice.client.get("/models")
     assert alice.client.post("/run", {"functionId": function["functionId"], "modelId": "goes:1b"}, format="json",
                              HTTP_X_ASYNC="true").status_code == 202

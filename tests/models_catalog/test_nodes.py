@@ -18,7 +18,7 @@ import ollama
 import pytest
 
 from models_catalog.nodes import Completion, NodeClient, NodeError, client_for
-from tests.ai_node_fixture import AINode, ai_node  # noqa: F401 - the fixture is used by name
+from tests.ai_node_fixture import AINode
 
 KINDS = ("openai", "ollama")
 DETERMINISTIC = {"temperature": 0, "seed": 42, "max_tokens": 8}
@@ -31,7 +31,7 @@ def _url(node: AINode, kind: str) -> str:
 
 
 @pytest.fixture(params=KINDS)
-def client(request: pytest.FixtureRequest, ai_node: AINode) -> NodeClient:  # noqa: F811
+def client(request: pytest.FixtureRequest, ai_node: AINode) -> NodeClient:
     return client_for(request.param, _url(ai_node, request.param), timeout=30)
 
 
@@ -65,7 +65,7 @@ def _drain(stream: Iterator[str | Completion]) -> tuple[list[str], Completion]:
 
 
 class TestRealNode:
-    def test_it_lists_the_served_model(self, client: NodeClient, ai_node: AINode) -> None:  # noqa: F811
+    def test_it_lists_the_served_model(self, client: NodeClient, ai_node: AINode) -> None:
         models = {m.id: m for m in client.list_models()}
         model = models[ai_node.model_id]
         assert model.parameter_size == "135M"
@@ -76,21 +76,21 @@ class TestRealNode:
     def test_it_reports_health(self, client: NodeClient) -> None:
         assert client.health() is True
 
-    def test_generate_meters_the_tokens_the_node_reports(self, client: NodeClient, ai_node: AINode) -> None:  # noqa: F811
+    def test_generate_meters_the_tokens_the_node_reports(self, client: NodeClient, ai_node: AINode) -> None:
         completion = client.generate(ai_node.model_id, PROMPT, **DETERMINISTIC)
         _assert_metered(completion)
         assert completion.model == ai_node.model_id
 
-    def test_chat_meters_the_tokens_the_node_reports(self, client: NodeClient, ai_node: AINode) -> None:  # noqa: F811
+    def test_chat_meters_the_tokens_the_node_reports(self, client: NodeClient, ai_node: AINode) -> None:
         completion = client.chat(ai_node.model_id, HELLO, **DETERMINISTIC)
         _assert_metered(completion)
 
-    def test_max_tokens_caps_the_answer(self, client: NodeClient, ai_node: AINode) -> None:  # noqa: F811
+    def test_max_tokens_caps_the_answer(self, client: NodeClient, ai_node: AINode) -> None:
         completion = client.chat(ai_node.model_id, HELLO, temperature=0, seed=42, max_tokens=2)
         assert completion.usage.completion_tokens == 2
         assert completion.done_reason == "length"
 
-    def test_stream_chat_yields_text_then_a_metered_completion(self, client: NodeClient, ai_node: AINode) -> None:  # noqa: F811
+    def test_stream_chat_yields_text_then_a_metered_completion(self, client: NodeClient, ai_node: AINode) -> None:
         pieces, final = _drain(client.stream_chat(ai_node.model_id, HELLO, **DETERMINISTIC))
         assert pieces, "a stream of up to 8 tokens should carry some text"
         assert "".join(pieces) == final.text
@@ -98,12 +98,12 @@ class TestRealNode:
         # The same prompt costs the same prompt tokens, streamed or not.
         assert final.usage.prompt_tokens == client.chat(ai_node.model_id, HELLO, **DETERMINISTIC).usage.prompt_tokens
 
-    def test_stream_generate_yields_text_then_a_metered_completion(self, client: NodeClient, ai_node: AINode) -> None:  # noqa: F811
+    def test_stream_generate_yields_text_then_a_metered_completion(self, client: NodeClient, ai_node: AINode) -> None:
         pieces, final = _drain(client.stream_generate(ai_node.model_id, PROMPT, **DETERMINISTIC))
         assert "".join(pieces) == final.text
         _assert_metered(final)
 
-    def test_a_stream_can_be_abandoned_midway(self, client: NodeClient, ai_node: AINode) -> None:  # noqa: F811
+    def test_a_stream_can_be_abandoned_midway(self, client: NodeClient, ai_node: AINode) -> None:
         stream = client.stream_chat(ai_node.model_id, HELLO, temperature=0, seed=42, max_tokens=64)
         assert isinstance(next(stream), str)
         stream.close()  # closes the connection; the node stays usable
@@ -117,11 +117,11 @@ class TestRealNode:
             list(result) if call.startswith("stream") else None
         assert caught.value.code == "model_not_found"
 
-    def test_it_refuses_options_outside_the_common_vocabulary(self, client: NodeClient, ai_node: AINode) -> None:  # noqa: F811
+    def test_it_refuses_options_outside_the_common_vocabulary(self, client: NodeClient, ai_node: AINode) -> None:
         with pytest.raises(ValueError):
             client.chat(ai_node.model_id, HELLO, num_predict=4)
 
-    def test_both_apis_count_the_same_prompt_alike(self, ai_node: AINode) -> None:  # noqa: F811
+    def test_both_apis_count_the_same_prompt_alike(self, ai_node: AINode) -> None:
         # The Ollama front goes through llama.cpp's chat template too, so the prompt costs the same.
         openai = client_for("openai", ai_node.openai_url, 30).chat(ai_node.model_id, HELLO, **DETERMINISTIC)
         ollama_ = client_for("ollama", ai_node.ollama_url, 30).chat(ai_node.model_id, HELLO, **DETERMINISTIC)
@@ -130,12 +130,12 @@ class TestRealNode:
 
 class TestOllamaFrontWithTheOfficialClient:
     @pytest.fixture
-    def official(self, ai_node: AINode) -> ollama.Client:  # noqa: F811
+    def official(self, ai_node: AINode) -> ollama.Client:
         return ollama.Client(host=ai_node.ollama_url, timeout=30)
 
     OPTIONS = {"temperature": 0, "seed": 42, "num_predict": 8}
 
-    def test_it_lists_shows_and_reports_the_loaded_model(self, official: ollama.Client, ai_node: AINode) -> None:  # noqa: F811
+    def test_it_lists_shows_and_reports_the_loaded_model(self, official: ollama.Client, ai_node: AINode) -> None:
         listed = {m.model: m for m in official.list().models}
         model = listed[ai_node.model_id]
         assert model.details is not None and model.details.parameter_size == "135M"
@@ -147,7 +147,7 @@ class TestOllamaFrontWithTheOfficialClient:
         assert shown.template
         assert [m.model for m in official.ps().models] == [ai_node.model_id]
 
-    def test_generate_answers_with_ollama_counts(self, official: ollama.Client, ai_node: AINode) -> None:  # noqa: F811
+    def test_generate_answers_with_ollama_counts(self, official: ollama.Client, ai_node: AINode) -> None:
         answer = official.generate(model=ai_node.model_id, prompt=PROMPT, options=self.OPTIONS, stream=False)
         assert answer.done is True and answer.done_reason in ("stop", "length")
         assert isinstance(answer.response, str)
@@ -155,12 +155,12 @@ class TestOllamaFrontWithTheOfficialClient:
         assert answer.eval_count and 0 < answer.eval_count <= 8
         assert answer.total_duration and answer.eval_duration and answer.prompt_eval_duration
 
-    def test_generate_streams_by_default_and_ends_with_counts(self, official: ollama.Client, ai_node: AINode) -> None:  # noqa: F811
+    def test_generate_streams_by_default_and_ends_with_counts(self, official: ollama.Client, ai_node: AINode) -> None:
         parts = list(official.generate(model=ai_node.model_id, prompt=PROMPT, options=self.OPTIONS, stream=True))
         assert all(p.done is False for p in parts[:-1]) and parts[-1].done is True
         assert parts[-1].prompt_eval_count and parts[-1].eval_count and parts[-1].eval_count <= 8
 
-    def test_chat_answers_with_and_without_streaming(self, official: ollama.Client, ai_node: AINode) -> None:  # noqa: F811
+    def test_chat_answers_with_and_without_streaming(self, official: ollama.Client, ai_node: AINode) -> None:
         answer = official.chat(model=ai_node.model_id, messages=HELLO, options=self.OPTIONS)
         assert answer.message.role == "assistant" and isinstance(answer.message.content, str)
         assert answer.prompt_eval_count and answer.eval_count
@@ -168,7 +168,7 @@ class TestOllamaFrontWithTheOfficialClient:
         assert parts[-1].done is True and parts[-1].eval_count and parts[-1].prompt_eval_count
         assert parts[-1].prompt_eval_count == answer.prompt_eval_count
 
-    def test_num_predict_caps_the_answer(self, official: ollama.Client, ai_node: AINode) -> None:  # noqa: F811
+    def test_num_predict_caps_the_answer(self, official: ollama.Client, ai_node: AINode) -> None:
         answer = official.chat(model=ai_node.model_id, messages=HELLO, options={"num_predict": 3, "temperature": 0})
         assert answer.eval_count == 3 and answer.done_reason == "length"
 
@@ -178,7 +178,7 @@ class TestOllamaFrontWithTheOfficialClient:
         assert caught.value.status_code == 404
         assert caught.value.error == "model 'no-such-model:1b' not found"
 
-    def test_the_root_says_ollama_is_running(self, ai_node: AINode) -> None:  # noqa: F811
+    def test_the_root_says_ollama_is_running(self, ai_node: AINode) -> None:
         import urllib.request
 
         with urllib.request.urlopen(ai_node.ollama_url + "/", timeout=5) as resp:

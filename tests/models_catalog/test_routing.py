@@ -7,8 +7,8 @@ from core.errors import DomainError
 from jobs.models import Job
 from models_catalog import services
 from models_catalog.models import AINode, ModelCatalog
-
-from tests.models_catalog.catalog_fixtures import MODEL, Node
+from tests.helpers import make_job
+from tests.models_catalog.helpers import MODEL, Node
 
 pytestmark = pytest.mark.django_db
 
@@ -18,13 +18,13 @@ def two_nodes(use_nodes, openai_node, ollama_node) -> list[Node]:
     """The same real node registered twice: b-openai and a-ollama, on queues of their own."""
     nodes = use_nodes(Node("b-openai", "openai", openai_node.url, queue="gpu-b"),
                       Node("a-ollama", "ollama", ollama_node.url, queue="gpu-a"))
-    services.list_models()
+    services.sync_catalogue()
     return nodes
 
 
 def test_it_routes_a_model_to_the_node_that_serves_it(use_nodes, openai_node) -> None:
     use_nodes(openai_node)
-    services.list_models()
+    services.sync_catalogue()
 
     node = services.route_model(MODEL)
 
@@ -63,7 +63,7 @@ def test_with_every_node_down_nothing_is_invented(use_nodes, dead_url, settings)
 
 def test_a_disabled_model_is_refused(use_nodes, openai_node) -> None:
     use_nodes(openai_node)
-    services.list_models()
+    services.sync_catalogue()
     services.set_models_enabled(models=ModelCatalog.objects.filter(model_id=MODEL), enabled=False)
 
     with pytest.raises(DomainError) as caught:
@@ -75,11 +75,11 @@ def test_a_disabled_model_is_refused(use_nodes, openai_node) -> None:
 
 def test_a_reenabled_model_routes_again_after_the_next_sync(use_nodes, openai_node) -> None:
     use_nodes(openai_node)
-    services.list_models()
+    services.sync_catalogue()
     services.set_models_enabled(models=ModelCatalog.objects.all(), enabled=False)
     services.set_models_enabled(models=ModelCatalog.objects.all(), enabled=True)
 
-    services.list_models()
+    services.sync_catalogue()
 
     assert services.route_model(MODEL).name == "real-openai"
 
@@ -95,14 +95,18 @@ def test_a_node_holding_the_model_in_memory_wins(two_nodes) -> None:
 
 
 def test_the_node_with_fewer_queued_jobs_wins(two_nodes, alice) -> None:
-    from tests.conftest import make_job
-
     job = make_job(alice, "print(1)")
     Job.objects.filter(pk=job.pk).update(node="a-ollama")
 
-    node = services.route_model(MODEL)
+    node = services.route_model(MODEL, queued_jobs=Job.objects.queued_by_node)
 
     assert (node.name, node.queue) == ("b-openai", "gpu-b")
+
+
+def test_without_queue_counts_ties_go_by_name(two_nodes, alice) -> None:
+    Job.objects.filter(pk=make_job(alice, "print(1)").pk).update(node="a-ollama")
+
+    assert services.route_model(MODEL).name == "a-ollama"
 
 
 def test_a_disabled_node_is_not_routed_to(two_nodes) -> None:
@@ -113,7 +117,7 @@ def test_a_disabled_node_is_not_routed_to(two_nodes) -> None:
 
 def test_an_alias_routes_to_the_model_it_stands_for(use_nodes, openai_node) -> None:
     use_nodes(openai_node)
-    services.list_models()
+    services.sync_catalogue()
     ModelCatalog.objects.create(model_id="fast", alias_of=MODEL)
 
     node = services.route_model("fast")
@@ -124,7 +128,7 @@ def test_an_alias_routes_to_the_model_it_stands_for(use_nodes, openai_node) -> N
 
 def test_a_disabled_alias_is_refused(use_nodes, openai_node) -> None:
     use_nodes(openai_node)
-    services.list_models()
+    services.sync_catalogue()
     ModelCatalog.objects.create(model_id="fast", alias_of=MODEL, enabled=False)
 
     with pytest.raises(DomainError) as caught:
@@ -137,7 +141,7 @@ def test_an_alias_cannot_shadow_or_invent_a_model(use_nodes, openai_node) -> Non
     from django.core.exceptions import ValidationError
 
     use_nodes(openai_node)
-    services.list_models()
+    services.sync_catalogue()
 
     with pytest.raises(ValidationError):
         ModelCatalog(model_id=MODEL, alias_of=MODEL).full_clean()
@@ -168,7 +172,7 @@ def test_node_named_finds_settings_and_admin_nodes(use_nodes, openai_node, ai_no
 
 def test_node_named_ignores_a_disabled_node(use_nodes, openai_node) -> None:
     use_nodes(openai_node)
-    services.list_models()
+    services.sync_catalogue()
     AINode.objects.filter(name="real-openai").update(enabled=False)
 
     assert services.node_named("real-openai") is None

@@ -6,8 +6,8 @@ import pytest
 from jobs.models import Job
 from models_catalog import services
 from models_catalog.models import ModelCatalog
-
-from tests.models_catalog.catalog_fixtures import MODEL, Node
+from tests.helpers import deploy
+from tests.models_catalog.helpers import MODEL, Node
 
 pytestmark = pytest.mark.django_db
 
@@ -15,9 +15,9 @@ CODE = "def handler(event, context):\n    return event\n"
 
 
 @pytest.fixture
-def function(alice, use_nodes, openai_node, deploy_function) -> dict:
+def function(alice, use_nodes, openai_node) -> dict:
     use_nodes(Node(openai_node.name, "openai", openai_node.url, queue="gpu-1"))
-    return deploy_function(alice, CODE)
+    return deploy(alice, CODE)
 
 
 def run(account, body: dict):
@@ -44,7 +44,7 @@ def test_an_unknown_model_is_refused_with_the_available_ids(alice, function) -> 
 
 
 def test_a_disabled_model_is_refused(alice, function) -> None:
-    services.list_models()
+    services.sync_catalogue()
     services.set_models_enabled(models=ModelCatalog.objects.all(), enabled=False)
 
     response = run(alice, {"functionId": function["functionId"], "modelId": MODEL})
@@ -61,11 +61,10 @@ def test_a_missing_model_id_takes_the_platform_default(alice, function, settings
     assert Job.objects.get().model_id == MODEL
 
 
-def test_a_missing_model_id_takes_the_functions_default_first(alice, use_nodes, openai_node, deploy_function,
-                                                               settings) -> None:
+def test_a_missing_model_id_takes_the_functions_default_first(alice, use_nodes, openai_node, settings) -> None:
     use_nodes(openai_node)
     settings.DEFAULT_MODEL_ID = "platform-default:1b"
-    function = deploy_function(alice, CODE, default_model=MODEL)
+    function = deploy(alice, CODE, default_model=MODEL)
 
     response = run(alice, {"functionId": function["functionId"], "modelId": None})
 
@@ -82,7 +81,7 @@ def test_a_platform_default_no_node_serves_is_refused_not_invented(alice, functi
 
 
 def test_an_alias_runs_as_the_model_it_stands_for(alice, function) -> None:
-    services.list_models()
+    services.sync_catalogue()
     ModelCatalog.objects.create(model_id="fast", alias_of=MODEL)
 
     response = run(alice, {"functionId": function["functionId"], "modelId": "fast"})

@@ -7,8 +7,7 @@ import pytest
 from django.core.management import call_command
 
 from models_catalog.models import AINode, ModelCatalog, ModelStatus
-
-from tests.models_catalog.catalog_fixtures import MODEL, Node
+from tests.models_catalog.helpers import MODEL, Node
 
 pytestmark = pytest.mark.django_db
 
@@ -40,6 +39,7 @@ def test_the_task_syncs_the_catalogue(use_nodes, ollama_node) -> None:
 def test_beat_runs_the_task_every_model_sync_interval(settings) -> None:
     from infra_ainode.celery import app
 
+    app.loader.import_default_modules()  # as a worker or beat does at start: the apps' tasks modules register
     entry = settings.CELERY_BEAT_SCHEDULE["sync-models"]
     assert entry["task"] == "models_catalog.sync_models" and entry["task"] in app.tasks
     assert entry["schedule"] == settings.MODEL_SYNC_INTERVAL == 60

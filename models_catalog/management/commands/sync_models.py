@@ -1,7 +1,7 @@
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandParser
 
-from models_catalog.services import list_models
+from models_catalog.services import sync_catalogue
 
 
 class Command(BaseCommand):
@@ -12,7 +12,7 @@ class Command(BaseCommand):
                             help="How long to wait for the nodes (default AI_NODE_TIMEOUT).")
 
     def handle(self, *args, timeout_ms: int, **options) -> None:
-        answer = list_models(timeout_ms=timeout_ms)
+        answer = sync_catalogue(timeout_ms=timeout_ms)
         for node in answer.nodes:
             if node.answered:
                 self.stdout.write(f"node {node.name} ({node.url}): {node.model_count} model(s)")

@@ -1,0 +1,34 @@
+"""Pricing a model call: the price in force when the call is recorded fixes its cost for good.
+
+Costs are fixed once: `cost_of_call` prices a call when the gateway records it, with the price then in force, and
+the cost is written on the ledger row. Everything downstream (a job's cost, the roll-ups, the dashboard, the API,
+the CSV) adds up those fixed costs; nothing re-prices an old call.
+"""
+from datetime import datetime
+from decimal import Decimal
+
+from django.db.models import F
+
+from .models import ModelPrice
+
+
+def price_in_force(*, model_id: str, at: datetime) -> ModelPrice | None:
+    """The price of `model_id` at the moment `at`: the row with the latest `effective_from` not after it."""
+    return ModelPrice.objects.filter(model_id=model_id, effective_from__lte=at).order_by("-effective_from").first()
+
+
+def cost_of_call(*, model_id: str, prompt_tokens: int | None, completion_tokens: int | None,
+                 at: datetime) -> Decimal | None:
+    """What a call costs at the price in force at `at`; None (unknown, never zero) when either token count is
+    unknown or the model has no price then."""
+    if prompt_tokens is None or completion_tokens is None:
+        return None
+    price = price_in_force(model_id=model_id, at=at)
+    if price is None:
+        return None
+    return price.cost_of(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens)
+
+
+def job_cost_increments(cost: Decimal | None) -> dict[str, F]:
+    """What a call of cost `cost` adds to its Job row: to `cost` when known, else to `uncosted_calls`."""
+    return {"cost": F("cost") + cost} if cost is not None else {"uncosted_calls": F("uncosted_calls") + 1}

@@ -1,0 +1,49 @@
+"""Gunicorn's configuration, for the application image and scripts/stack.sh alike.
+
+    gunicorn --config infra_ainode/gunicorn.conf.py infra_ainode.wsgi
+
+Settings from the environment: WEB_BIND (default 127.0.0.1:8000), WEB_WORKERS (default 2 × CPUs + 1),
+WEB_THREADS (default 1), WEB_TIMEOUT (seconds, default 60: longer than RUN_SYNC_TIMEOUT, which a synchronous
+/run may wait). Metrics of every worker process are summed through PROMETHEUS_MULTIPROC_DIR when it is set.
+"""
+import multiprocessing
+import os
+
+bind = os.environ.get("WEB_BIND", "127.0.0.1:8000")
+workers = int(os.environ.get("WEB_WORKERS") or multiprocessing.cpu_count() * 2 + 1)
+threads = int(os.environ.get("WEB_THREADS") or 1)
+timeout = int(os.environ.get("WEB_TIMEOUT") or 60)
+graceful_timeout = 30
+# A load balancer keeps connections open between requests; close ours a little after it would.
+keepalive = 5
+accesslog = "-"
+errorlog = "-"
+# One line per request: client, request line, status, bytes, duration in microseconds.
+access_log_format = '%(h)s "%(r)s" %(s)s %(b)s %(D)sus'
+worker_tmp_dir = "/dev/shm" if os.path.isdir("/dev/shm") else None
+
+
+def child_exit(server, worker) -> None:  # noqa: ANN001 - gunicorn's hook signature
+    """A dead worker's live gauges must stop counting; its counters stay in the sum."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(worker.pid)
+
+
+# LOG_FORMAT=json: gunicorn's own lines (start-up, workers, the access log) as JSON lines too, like the app's.
+if os.environ.get("LOG_FORMAT") == "json":
+    logconfig_dict = {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {"json": {"()": "core.logs.JsonFormatter"}},
+        "handlers": {
+            "error_console": {"class": "logging.StreamHandler", "formatter": "json", "stream": "ext://sys.stderr"},
+            "console": {"class": "logging.StreamHandler", "formatter": "json", "stream": "ext://sys.stdout"},
+        },
+        "loggers": {
+            "gunicorn.error": {"level": "INFO", "handlers": ["error_console"], "propagate": False},
+            "gunicorn.access": {"level": "INFO", "handlers": ["console"], "propagate": False},
+        },
+        "root": {"level": "INFO", "handlers": []},
+    }

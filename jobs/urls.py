@@ -1,0 +1,11 @@
+"""The operator's jobs export, mounted under /admin/usage/ beside the dashboard (before the admin's own routes)."""
+from django.contrib import admin
+from django.urls import path
+
+from . import views
+
+app_name = "jobs"
+
+urlpatterns = [
+    path("jobs.csv", admin.site.admin_view(views.jobs_csv), name="jobs-csv"),
+]

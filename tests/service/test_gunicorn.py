@@ -1,0 +1,127 @@
+"""The web API as the image serves it: gunicorn with several worker processes, whose metrics add up through
+PROMETHEUS_MULTIPROC_DIR, and whose /readyz names a database that does not answer."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import REPO_ROOT, VENV_BIN, database_url, wait_for
+from tests.service.ops_helpers import closed_port, parse_metrics, total
+
+GUNICORN = VENV_BIN / "gunicorn"
+
+
+def get(url: str, **headers: str) -> tuple[int, bytes]:
+    request = urllib.request.Request(url, headers=headers)
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+def post(url: str, body: dict, **headers: str) -> int:
+    request = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",
+                                     headers={"Content-Type": "application/json", **headers})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+@pytest.fixture
+def gunicorn(tmp_path: Path, _isolated_broker) -> Iterator[Callable[..., str]]:
+    """Start gunicorn (the image's configuration file) with `env`; returns its base URL. Stopped at the end."""
+    started: list[subprocess.Popen] = []
+
+    def start(workers: int = 3, **env: str) -> str:
+        port = closed_port()
+        metrics_dir = tmp_path / f"prometheus-{port}"
+        metrics_dir.mkdir()
+        full_env = {key: value for key, value in os.environ.items() if not key.startswith(("CELERY_", "SQS_"))}
+        full_env.update(_isolated_broker.env)
+        full_env.update({"PROMETHEUS_MULTIPROC_DIR": str(metrics_dir), "WEB_BIND": f"127.0.0.1:{port}",
+                         "WEB_WORKERS": str(workers), "DJANGO_SETTINGS_MODULE": "infra_ainode.settings", **env})
+        log = open(tmp_path / f"gunicorn-{port}.log", "wb")
+        process = subprocess.Popen([str(GUNICORN), "--config", "infra_ainode/gunicorn.conf.py", "infra_ainode.wsgi"],
+                                   cwd=REPO_ROOT, env=full_env, stdout=log, stderr=subprocess.STDOUT,
+                                   start_new_session=True)
+        started.append(process)
+        base = f"http://127.0.0.1:{port}"
+
+        def up() -> bool:
+            assert process.poll() is None, (tmp_path / f"gunicorn-{port}.log").read_text()
+            try:
+                return get(base + "/healthz")[0] == 200
+            except OSError:
+                return False
+
+        wait_for(up, timeout=30, interval=0.2, message="gunicorn to answer /healthz")
+        return base
+
+    yield start
+    for process in started:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def metric_samples(base: str) -> dict:
+    status, body = get(base + "/metrics")
+    assert status == 200, body
+    return parse_metrics(body.decode())
+
+
+def test_metrics_of_every_gunicorn_worker_add_up(transactional_db, alice, served_models, deploy_function,
+                                                 gunicorn, tmp_path):
+    function = deploy_function(alice, "def handler(event, context):\n    return 1\n")
+    base = gunicorn(workers=3, DATABASE_URL=database_url(), METRICS_TOKEN="")
+    metrics_dir = next(tmp_path.glob("prometheus-*"))
+    headers = {"Authorization": f"Bearer {alice.key}", "x-async": "true"}
+    body = {"functionId": function["functionId"], "modelId": "model-a"}
+    sent = 0
+    # Several at once, so that more than one worker takes some; a few rounds in case one worker was quick enough.
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        while sent < 40 and len(list(metrics_dir.glob("counter_*.db"))) < 2:
+            assert list(pool.map(lambda _: post(base + "/run", body, **headers), range(8))) == [202] * 8
+            sent += 8
+    assert len(list(metrics_dir.glob("counter_*.db"))) >= 2, "only one worker served the submissions"
+    for _ in range(3):  # whichever worker answers the scrape, it reports all of them
+        assert total(metric_samples(base), "ainode_jobs_submitted_total", model="model-a") == sent
+
+
+def test_with_log_format_json_gunicorn_logs_json_lines_too(gunicorn, tmp_path):
+    base = gunicorn(workers=1, LOG_FORMAT="json")
+    assert get(base + "/healthz")[0] == 200
+    log = next(tmp_path.glob("gunicorn-*.log"))
+
+    def access_line() -> dict | None:
+        entries = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+        return next((e for e in entries if e["logger"] == "gunicorn.access" and "/healthz" in e["message"]), None)
+
+    entry = wait_for(access_line, timeout=10, message="the access log line")
+    assert entry["level"] == "INFO" and '" 200 ' in entry["message"]
+
+
+def test_readyz_names_the_database_when_it_does_not_answer_while_healthz_still_answers(gunicorn):
+    base = gunicorn(workers=1, DATABASE_URL=f"postgres://postgres@127.0.0.1:{closed_port()}/nowhere",
+                    AI_NODE_URL=f"http://127.0.0.1:{closed_port()}")
+    assert get(base + "/healthz")[0] == 200
+    status, body = get(base + "/readyz")
+    assert status == 503
+    detail = json.loads(body)
+    assert detail["down"] == ["ai_nodes", "database"]
+    assert detail["checks"]["broker"]["ok"] is True
