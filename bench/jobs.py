@@ -249,9 +249,9 @@ def engine_rate(image: str, count: int, concurrency: int) -> float:
     from jobs.docker_backend import DockerBackend
     from jobs.runner import default_profile, hardened_spec, make_workdir_folders
 
-    folder = Path(tempfile.mkdtemp(prefix="bench-engine-"))
-    make_workdir_folders(folder)
-    spec = hardened_spec(default_profile(), folder, job_id="", env={}, with_input=True,
+    folder = Path(tempfile.mkdtemp(prefix="bench-engine-"))  # a work root of its own (0700), as JOB_WORK_ROOT
+    slot = make_workdir_folders(folder / "w-bench").path
+    spec = hardened_spec(default_profile(), slot, job_id="", env={}, with_input=True,
                          command=["python3", "-c", "pass"], timeout_seconds=60)
     backend = DockerBackend()
 
