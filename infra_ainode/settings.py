@@ -5,6 +5,7 @@ malformed value at start-up rather than at the first request. Each setting is li
 configuration table with its default. The defaults run out of the box: SQLite, kombu's filesystem broker, no
 Redis.
 """
+import logging
 import os
 import socket
 from pathlib import Path
@@ -201,6 +202,10 @@ LOGGING = {
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": LOG_FORMAT}},
     "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},
 }
+if LOG_FORMAT == "json":
+    # Python's warnings (a library's UserWarning, say) go through logging too: printed raw, they would break the
+    # stream of JSON lines a collector parses.
+    logging.captureWarnings(True)
 
 # ---------------------------------------------------------------------------------------------------------
 # Operations: probes and metrics

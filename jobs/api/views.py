@@ -13,8 +13,8 @@ from rest_framework.views import APIView
 
 from billing.ranges import range_from_query
 from core.errors import DomainError
-from models_catalog.services import check_model_id
 from core.schema import errors
+from models_catalog.services import check_model_id
 
 from .. import services
 from ..events.feed import event_stream_response, open_feed
@@ -258,6 +258,20 @@ class JobsCsvView(APIView):
         return csv_download(jobs_in_range(span, owner=request.user), span)
 
 
+@extend_schema(
+    summary="Follow a job's live events", tags=["jobs"],
+    description="Server-Sent Events: `status`, `stdout`, `stderr`, `llm_call`, `usage`, then `result` (the body of "
+                "`GET /status/{id}`), after which the stream ends. Resume with the `Last-Event-ID` header or the "
+                "`lastEventId` parameter; keep-alive comments every `JOB_EVENTS_KEEPALIVE_SECONDS`.",
+    parameters=[
+        OpenApiParameter("id", OpenApiTypes.UUID, OpenApiParameter.PATH, description="The job's id."),
+        OpenApiParameter("lastEventId", OpenApiTypes.STR, description="Resume after this event id."),
+        OpenApiParameter("Last-Event-ID", OpenApiTypes.STR, OpenApiParameter.HEADER,
+                         description="Resume after this event id (what EventSource sends when it reconnects)."),
+    ],
+    responses={(200, "text/event-stream"): OpenApiResponse(OpenApiTypes.STR, description="The event stream."),
+               **JOB_NOT_FOUND, **errors((400, "invalid_last_event_id"), (503, "too_many_listeners"))},
+)
 class JobEventsView(APIView):
     """The job's live events as Server-Sent Events (see jobs.events), from `Last-Event-ID` (header, or the
     `lastEventId` query parameter) to its `result` event. Only the owner's jobs; 404 for the rest."""

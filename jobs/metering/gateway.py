@@ -35,7 +35,7 @@ from django.db import connections
 
 from models_catalog.nodes import Cancellation, Completion, NodeClient, NodeError, Usage, client_for
 
-from ..models import LLMCall
+from ..models import LLMCallStatus
 from . import wire
 from .ledger import record_call
 from .meter import BudgetExhausted, Meter, Reservation, WaitAbandoned, prompt_bound
@@ -579,8 +579,12 @@ class JobGateway:
         self.meter.settle(reservation, usage, estimated=estimated)
         completion, error = outcome.completion, outcome.error
         endpoint, duration_ms = request.route_path, round((time.monotonic() - started) * 1000)
+        # Told before the answer goes out, so that a watcher sees the call end before whatever the script does
+        # next; the counts are those the ledger row will hold.
+        self._tell_call_end(described, usage=usage, estimated=estimated, completion=completion, error=error,
+                            duration_ms=duration_ms)
         request.deferred.append(lambda: self._record(call, endpoint, route, reservation, usage, estimated,
-                                                     completion, error, duration_ms, described))
+                                                     completion, error, duration_ms))
         if frames is not None and request.stream_started:
             # A stream's last frame goes out once the call is settled: a script that reads it and then asks
             # usage() must find the call counted. (Its ledger row is written right after; the runner waits.)
@@ -687,9 +691,9 @@ class JobGateway:
 
     def _record(self, call: wire.LLMRequest, endpoint: str, route: ModelRoute, reservation: Reservation,
                 usage: Usage | None, estimated: bool, completion: Completion | None, error: NodeError | None,
-                duration_ms: int, described: dict[str, Any]) -> None:
+                duration_ms: int) -> None:
         try:
-            recorded = record_call(
+            record_call(
                 job_id=self.job_id, model_id=call.model, node=route.node, endpoint=endpoint,
                 streamed=call.stream, usage=usage, estimated=estimated, max_tokens=reservation.max_tokens,
                 done_reason=completion.done_reason if completion else None, duration_ms=duration_ms,
@@ -699,8 +703,6 @@ class JobGateway:
         except Exception:
             # The meter has counted the call already; the job's totals are recomputed from the ledger at its end.
             logger.exception("job %s: could not record a %s call on the ledger", self.job_id, call.model)
-            return
-        self._tell_call_end(described, recorded)
 
     def _tell(self, kind: str, data: dict[str, Any]) -> None:
         if self.config.on_event is None:
@@ -710,15 +712,18 @@ class JobGateway:
         except Exception:  # events are for watching; they never fail a call
             logger.warning("job %s: event callback failed", self.job_id, exc_info=True)
 
-    def _tell_call_end(self, described: dict[str, Any], recorded: LLMCall) -> None:
-        """The call's end as the ledger recorded it, then the totals. One at a time: the last `usage` event of
+    def _tell_call_end(self, described: dict[str, Any], *, usage: Usage | None, estimated: bool,
+                       completion: Completion | None, error: NodeError | None, duration_ms: int) -> None:
+        """The call's end as the ledger records it, then the totals. One at a time: the last `usage` event of
         the job is then always the latest totals, whatever order concurrent calls end in."""
         with self._events_lock:
             self._tell("llm_call", {
-                "phase": "end", **described, "status": recorded.status, "errorCode": recorded.error_code,
-                "promptTokens": recorded.prompt_tokens, "completionTokens": recorded.completion_tokens,
-                "estimated": recorded.estimated, "doneReason": recorded.done_reason,
-                "durationMs": recorded.duration_ms,
+                "phase": "end", **described, "status": LLMCallStatus.ERROR if error else LLMCallStatus.OK,
+                "errorCode": error.code if error else "",
+                "promptTokens": usage.prompt_tokens if usage else None,
+                "completionTokens": usage.completion_tokens if usage else None,
+                "estimated": estimated, "doneReason": (completion.done_reason if completion else None) or "",
+                "durationMs": duration_ms,
             })
             self._tell("usage", self.meter.snapshot())
 

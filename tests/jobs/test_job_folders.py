@@ -13,7 +13,10 @@ from jobs.models import Job
 from jobs.runner import run_job
 from tests.helpers import make_job, make_zip, wait_for
 
-pytestmark = pytest.mark.usefixtures("served_models")
+# The runner's own threads (the gateway's, the job's event writer) write to the database: the tests' rows must be
+# committed, and no test transaction may hold the write lock they wait for. Every test here runs the real runner,
+# most of them a container: the slow tier.
+pytestmark = [pytest.mark.usefixtures("served_models"), pytest.mark.django_db(transaction=True), pytest.mark.slow]
 
 OTHER_UID = 12345
 # Processes of other uids cannot read the virtualenv's interpreter under /root; the system's will do.

@@ -1,5 +1,5 @@
 """What the gateway tells a job's live stream about its model calls: each call's start and end with the tokens as
-the ledger recorded them (or unknown, and then estimated), and running totals that end at the ledger's totals and
+the ledger recorded them (the gateway's estimate where the node did not report them), and running totals that end at the ledger's totals and
 count the budget down. Real jobs, real model; the events are read back from the store."""
 from jobs.events.store import event_store
 from jobs.metering.ledger import ledger_totals
@@ -44,21 +44,23 @@ def test_each_call_starts_then_ends_with_the_tokens_the_ledger_recorded(run_scri
         ledger["prompt_tokens"], ledger["completion_tokens"], ledger["unmetered_calls"])
 
 
-def test_a_call_whose_counts_the_node_did_not_report_is_unknown_and_estimated(run_script, node_without_counts):
+def test_a_call_whose_counts_the_node_did_not_report_ends_with_the_estimate_the_ledger_billed(run_script,
+                                                                                               node_without_counts):
     job = run_script(THREE_CALLS, job_budget=5000)
 
     calls, usages = calls_and_usage(job)
     ends = [c for c in calls if c["phase"] == "end"]
-    assert len(ends) == 3
-    for end in ends:
-        assert (end["promptTokens"], end["completionTokens"], end["estimated"]) == (None, None, True)
-        assert end["estimatedTokens"] > 0
-    assert [u["unmeteredCalls"] for u in usages] == [0, 1, 2, 3]
-    assert usages[-1]["promptTokens"] == usages[-1]["completionTokens"] == 0
-    # The budget counts each unknown call's whole reservation as spent.
-    spent = [5000 - u["remainingTokens"] for u in usages]
-    assert spent == [0, *[sum(e["estimatedTokens"] for e in ends[:n]) for n in (1, 2, 3)]]
-    assert ledger_totals(str(job.pk))["unmetered_calls"] == 3
+    rows = list(LLMCall.objects.filter(job=job).order_by("created_at", "id"))
+    assert len(ends) == len(rows) == 3
+    assert [(e["promptTokens"], e["completionTokens"], e["estimated"]) for e in ends] == [
+        (row.prompt_tokens, row.completion_tokens, True) for row in rows]
+    assert all(row.estimated and row.prompt_tokens > 0 for row in rows)  # delivered text is never billed as zero
+    assert [u["estimatedCalls"] for u in usages] == [0, 1, 2, 3]
+    ledger = ledger_totals(str(job.pk))
+    assert (usages[-1]["promptTokens"], usages[-1]["completionTokens"], usages[-1]["unmeteredCalls"]) == (
+        ledger["prompt_tokens"], ledger["completion_tokens"], 0)
+    # The budget counts the estimates down like reported counts.
+    assert usages[-1]["remainingTokens"] == 5000 - ledger["prompt_tokens"] - ledger["completion_tokens"]
 
 
 def test_the_remaining_budget_goes_down_with_each_call(run_script, node):

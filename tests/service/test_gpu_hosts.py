@@ -166,11 +166,9 @@ def _remove_namespace(host: Host) -> None:
 
 def _model_dir() -> Path:
     """The node's model file, fetched on the control side (the hosts reach nothing outside)."""
-    code = ("import sys; sys.path.insert(0, 'scripts'); from pathlib import Path; from ai_node import ensure_model; "
-            "print(ensure_model(Path('var/models')))")
-    run = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=600,
-                         check=True)
-    return Path(run.stdout.strip().splitlines()[-1]).parent
+    from devnode.__main__ import ensure_model
+
+    return ensure_model(REPO_ROOT / "var" / "models").parent
 
 
 def _over(url: str, address: str) -> str:

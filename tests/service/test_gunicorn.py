@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import REPO_ROOT, VENV_BIN, database_url, wait_for
+from tests.helpers import REPO_ROOT, VENV_BIN, database_url, deploy, wait_for
 from tests.service.ops_helpers import closed_port, parse_metrics, total
 
 GUNICORN = VENV_BIN / "gunicorn"
@@ -85,9 +85,8 @@ def metric_samples(base: str) -> dict:
     return parse_metrics(body.decode())
 
 
-def test_metrics_of_every_gunicorn_worker_add_up(transactional_db, alice, served_models, deploy_function,
-                                                 gunicorn, tmp_path):
-    function = deploy_function(alice, "def handler(event, context):\n    return 1\n")
+def test_metrics_of_every_gunicorn_worker_add_up(transactional_db, alice, served_models, gunicorn, tmp_path):
+    function = deploy(alice, "def handler(event, context):\n    return 1\n")
     base = gunicorn(workers=3, DATABASE_URL=database_url(), METRICS_TOKEN="")
     metrics_dir = next(tmp_path.glob("prometheus-*"))
     headers = {"Authorization": f"Bearer {alice.key}", "x-async": "true"}
