@@ -277,7 +277,9 @@ if CELERY_BROKER_URL.startswith("filesystem://"):
         "processed_folder": str(BROKER_DIR / "processed"),
         "control_folder": str(BROKER_DIR / "control"),
         "store_processed": False,
-        "polling_interval": 0.1,
+        # A consumer is woken by a doorbell when a message lands (infra_ainode/filesystem_broker.py); this is only
+        # the fallback look at the folder.
+        "polling_interval": 1.0,
     }
 elif CELERY_BROKER_URL.startswith("sqs://"):
     CELERY_BROKER_TRANSPORT_OPTIONS = {
@@ -381,6 +383,12 @@ if len(str(JOB_WORK_ROOT).encode()) + _SOCKET_TAIL > 107:
     raise ImproperlyConfigured(f"JOB_WORK_ROOT {JOB_WORK_ROOT} is too long for Unix socket paths; use a shorter one.")
 DOCKER_HOST = env_str("DOCKER_HOST", "")
 WORKER_ID = env_str("WORKER_ID", f"{socket.gethostname()}-{os.getpid()}")
+# Warm single-use containers: each worker process keeps WARM_POOL_SIZE started containers per resource profile
+# (the default one from the start, others once a job asked for them; at most WARM_POOL_PROFILES), each used by one
+# job only. 0 turns the pool off: every job creates its container (the cold path).
+WARM_POOL_SIZE = env_int("WARM_POOL_SIZE", 0, minimum=0)
+WARM_POOL_PROFILES = env_int("WARM_POOL_PROFILES", 4, minimum=1)
+WARM_POOL_MAX_AGE_SECONDS = env_int("WARM_POOL_MAX_AGE_SECONDS", 600, minimum=1)
 
 # ---------------------------------------------------------------------------------------------------------
 # AI nodes and models

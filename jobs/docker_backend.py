@@ -1,15 +1,17 @@
 """The only module that speaks to the Docker engine.
 
 `DockerBackend.run` starts one hardened container from a `ContainerSpec`, streams its output (capped), enforces
-the wall-clock timeout and cancellation, samples memory, and always removes the container. Every failure of the
-engine surfaces as our own `ContainerError`, never as a docker-py or requests exception.
+the wall-clock timeout and cancellation, samples memory, and always removes the container. A warm container
+(created and started ahead of demand, its runtime waiting for one job) is driven by `start_idle` and then
+`supervise`, which counts the timeout from the moment its job begins. Every failure of the engine surfaces as our
+own `ContainerError`, never as a docker-py or requests exception.
 """
 import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timezone
 from pathlib import Path
 
 import docker
@@ -19,7 +21,10 @@ from docker.errors import DockerException, ImageNotFound, NotFound
 logger = logging.getLogger(__name__)
 
 JOB_LABEL = "infra-ainode.job-id"
+POOL_LABEL = "infra-ainode.pool-owner"
 POLL_SECONDS = 0.1
+# The engine's wait call tells the exit at once; the state is still looked at this often in case that call failed.
+STATE_CHECK_SECONDS = 1.0
 
 
 class ContainerError(Exception):
@@ -28,6 +33,10 @@ class ContainerError(Exception):
     def __init__(self, message: str, *, code: str = "executor_unavailable"):
         super().__init__(message)
         self.code = code
+
+
+class ContainerGone(ContainerError):
+    """A started container that was to run a job no longer exists; nothing of the job ran in it."""
 
 
 @dataclass(frozen=True)
@@ -122,44 +131,113 @@ class DockerBackend:
         """Run `spec` to its end; raises ContainerError when the engine fails before the script could run.
 
         `on_output` sees the output as it comes (only what is kept under the cap, see OutputCallback)."""
-        container = self._create(spec)
-        outcome = ContainerOutcome(container_id=container.id)
+        container = self._create(spec, name=f"ainode-job-{spec.job_id}", labels={JOB_LABEL: spec.job_id})
         try:
-            stdout = _CappedStream(spec.output_limit_bytes, "stdout", on_output)
-            stderr = _CappedStream(spec.output_limit_bytes, "stderr", on_output)
-            reader = self._start_reader(container, stdout, stderr)
-            try:
-                container.start()
-            except (DockerException, requests.RequestException) as exc:
-                raise ContainerError(f"Docker could not start the job container: {exc}") from None
-            on_started(container.id)
-            self._wait(container, spec, outcome, should_cancel)
-            reader.join(timeout=10)
-            outcome.stdout, outcome.stderr = bytes(stdout.data), bytes(stderr.data)
-            outcome.stdout_truncated, outcome.stderr_truncated = stdout.truncated, stderr.truncated
-            return outcome
+            return self._supervise(container, spec, begin=lambda: self._start(container),
+                                   should_cancel=should_cancel, on_started=on_started, on_output=on_output)
         finally:
             self._remove(container)
+
+    def start_idle(self, spec: ContainerSpec, *, name: str, labels: dict[str, str]) -> str:
+        """Create and start a warm container whose runtime waits for a job; returns its id."""
+        container = self._create(spec, name=name, labels=labels)
+        try:
+            self._start(container)
+        except ContainerError:
+            self._remove(container)
+            raise
+        return container.id
+
+    def supervise(self, container_id: str, spec: ContainerSpec, *, begin: Callable[[], None],
+                  should_cancel: Callable[[], bool] = lambda: False,
+                  on_started: Callable[[str], None] = lambda container_id: None,
+                  on_output: OutputCallback | None = None) -> ContainerOutcome:
+        """Run one job in the started container `container_id`: attach to its output, call `begin` (which hands
+        the job to the waiting runtime), then wait exactly as `run` does, the timeout counted from `begin`.
+        `on_output` is as in `run`.
+
+        An exception from `begin` propagates as it is (the job never started). The caller removes the container.
+        """
+        try:
+            container = self.client.containers.get(container_id)
+        except NotFound:
+            raise ContainerGone(f"The warm container {container_id[:12]} is gone.") from None
+        except (DockerException, requests.RequestException) as exc:
+            raise ContainerError(f"Docker engine unavailable: {exc}") from None
+        return self._supervise(container, spec, begin=begin, should_cancel=should_cancel, on_started=on_started,
+                               on_output=on_output)
+
+    def _supervise(self, container, spec: ContainerSpec, *, begin: Callable[[], None],
+                   should_cancel: Callable[[], bool], on_started: Callable[[str], None],
+                   on_output: OutputCallback | None) -> ContainerOutcome:
+        outcome = ContainerOutcome(container_id=container.id)
+        stdout = _CappedStream(spec.output_limit_bytes, "stdout", on_output)
+        stderr = _CappedStream(spec.output_limit_bytes, "stderr", on_output)
+        reader = self._start_reader(container, stdout, stderr)
+        # Taken before `begin`: a cold container's own StartedAt is later and wins; a warm one started long ago.
+        began = datetime.now(timezone.utc)
+        begin()
+        on_started(container.id)
+        self._wait(container, spec, outcome, should_cancel, began)
+        reader.join(timeout=10)
+        outcome.stdout, outcome.stderr = bytes(stdout.data), bytes(stderr.data)
+        outcome.stdout_truncated, outcome.stderr_truncated = stdout.truncated, stderr.truncated
+        return outcome
+
+    def _start(self, container) -> None:
+        try:
+            container.start()
+        except (DockerException, requests.RequestException) as exc:
+            raise ContainerError(f"Docker could not start the job container: {exc}") from None
 
     def remove_job_containers(self, job_id: str | None = None) -> int:
         """Remove containers that a dead worker left behind (all job containers, or one job's)."""
         label = f"{JOB_LABEL}={job_id}" if job_id else JOB_LABEL
-        try:
-            containers = self.client.containers.list(all=True, filters={"label": label})
-        except (DockerException, requests.RequestException) as exc:
-            raise ContainerError(f"Docker engine unavailable: {exc}") from None
+        containers = self._list(label)
         for container in containers:
             self._remove(container)
         return len(containers)
 
-    def _create(self, spec: ContainerSpec):
+    def labelled(self, label: str) -> list[dict]:
+        """The containers carrying `label` (`name` or `name=value`), running or not: id, status, labels."""
+        # Sparse: the engine's list as it is, without inspecting each container (one may go in between).
+        return [{"id": c.id, "status": c.attrs.get("State", ""), "labels": dict(c.attrs.get("Labels") or {})}
+                for c in self._list(label, sparse=True)]
+
+    def remove_container(self, container_id: str) -> None:
+        """Kill and remove one container; nothing happens when it is already gone."""
+        try:
+            container = self.client.containers.get(container_id)
+        except NotFound:
+            return
+        except (DockerException, requests.RequestException) as exc:
+            raise ContainerError(f"Docker engine unavailable: {exc}") from None
+        self._remove(container)
+
+    def is_running(self, container_id: str) -> bool:
+        try:
+            container = self.client.containers.get(container_id)
+        except NotFound:
+            return False
+        except (DockerException, requests.RequestException) as exc:
+            raise ContainerError(f"Docker engine unavailable: {exc}") from None
+        return container.status == "running"
+
+    def _list(self, label: str, *, sparse: bool = False) -> list:
+        try:
+            return self.client.containers.list(all=True, filters={"label": label}, sparse=sparse,
+                                               ignore_removed=True)
+        except (DockerException, requests.RequestException) as exc:
+            raise ContainerError(f"Docker engine unavailable: {exc}") from None
+
+    def _create(self, spec: ContainerSpec, *, name: str, labels: dict[str, str]):
         try:
             return self.client.containers.create(
                 image=spec.image,
                 command=spec.command,
-                name=f"ainode-job-{spec.job_id}",
+                name=name,
                 environment=spec.env,
-                labels={JOB_LABEL: spec.job_id},
+                labels=labels,
                 working_dir=spec.working_dir,
                 user=spec.user,
                 # The hardening: no network at all (the gateway socket is the only door), nothing writable but
@@ -211,26 +289,44 @@ class DockerBackend:
         return reader
 
     def _wait(self, container, spec: ContainerSpec, outcome: ContainerOutcome,
-              should_cancel: Callable[[], bool]) -> None:
+              should_cancel: Callable[[], bool], began: datetime) -> None:
         deadline = time.monotonic() + spec.timeout_seconds
         memory = _MemorySampler(container.id)
+        exited = self._exit_watch(container)
+        last_look = 0.0
         while True:
-            state = self._state(container)
             memory.sample()
-            if state.get("Status") in ("exited", "dead"):
-                break
+            if exited.is_set() or time.monotonic() - last_look >= STATE_CHECK_SECONDS:
+                state, last_look = self._state(container), time.monotonic()
+                if state.get("Status") in ("exited", "dead"):
+                    break
+                exited.clear()  # the wait call failed rather than saw an exit: the periodic look remains
             if should_cancel():
                 outcome.cancelled = True
                 self._kill(container)
             elif time.monotonic() >= deadline:
                 outcome.timed_out = True
                 self._kill(container)
-            else:
-                time.sleep(POLL_SECONDS)
+            exited.wait(POLL_SECONDS)
         outcome.exit_code = int(state.get("ExitCode", -1))
         outcome.oom_killed = bool(state.get("OOMKilled"))
-        outcome.duration_ms = _duration_ms(state)
+        outcome.duration_ms = _duration_ms(state, began)
         outcome.peak_memory_bytes = memory.peak
+
+    def _exit_watch(self, container) -> threading.Event:
+        """An event set when the container stops, from the engine's own wait call (no polling delay)."""
+        exited = threading.Event()
+
+        def watch() -> None:
+            try:
+                self.client.api.wait(container.id, timeout=None)
+            except Exception:  # the engine went away, or the container was removed: the periodic look decides
+                logger.debug("wait on %s failed", container.id, exc_info=True)
+            finally:
+                exited.set()
+
+        threading.Thread(target=watch, name=f"exit-{container.id[:12]}", daemon=True).start()
+        return exited
 
     def _state(self, container) -> dict:
         try:
@@ -284,9 +380,10 @@ class _MemorySampler:
             return
 
 
-def _duration_ms(state: dict) -> int:
+def _duration_ms(state: dict, began: datetime) -> int:
+    """From the job's start (the container's, or the moment a warm container got its job) to the container's end."""
     try:
-        started = _parse_docker_time(state["StartedAt"])
+        started = max(_parse_docker_time(state["StartedAt"]), began)
         finished = _parse_docker_time(state["FinishedAt"])
     except (KeyError, ValueError):
         return 0

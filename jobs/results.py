@@ -2,9 +2,14 @@
 
 The Job row is the source of truth. When REDIS_URL is set, a finished job is also written to `result:{jobId}`
 (with a TTL) and published on `job:{jobId}`, so that a synchronous request wakes at once instead of polling.
+Without Redis (the embedded default, web and worker on one host), a waiting request listens on an abstract Unix
+datagram socket named after the database and the job, and the worker sends it one datagram when the job ends.
 """
+import hashlib
 import json
 import logging
+import select
+import socket
 import time
 from typing import Any
 
@@ -66,8 +71,39 @@ def channel(job_id: Any) -> str:
     return f"job:{job_id}"
 
 
+def _doorbell_address(job_id: Any) -> str:
+    """An abstract socket name (no file; private to this host's network namespace, so job containers, which have
+    none of it, cannot reach it) shared by every process on the same database."""
+    database = settings.DATABASES["default"]
+    scope = hashlib.sha256(
+        f"{database['ENGINE']}|{database.get('HOST')}|{database.get('PORT')}|{database['NAME']}".encode()
+    ).hexdigest()[:16]
+    return f"\0infra-ainode-done-{scope}-{job_id}"
+
+
+def _ring(job_id: Any) -> None:
+    """Wake a request on this host that waits for the job; nobody may be waiting, which is fine."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sender:
+        try:
+            sender.sendto(b"done", _doorbell_address(job_id))
+        except OSError:
+            pass
+
+
+def _listen(job_id: Any) -> socket.socket | None:
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    try:
+        listener.bind(_doorbell_address(job_id))
+    except OSError:  # someone else waits on this job already: they keep the doorbell, this one re-reads the row
+        listener.close()
+        return None
+    return listener
+
+
 def publish(job: Job) -> None:
-    """Copy a finished job's result to Redis. Redis is a convenience: its failure never fails the job."""
+    """Announce a finished job: its waiter on this host is woken, and its result copied to Redis if configured.
+    Redis is a convenience: its failure never fails the job."""
+    _ring(job.id)
     client = _redis()
     if client is None:
         return
@@ -83,12 +119,16 @@ def wait_for_job(job_id: Any, timeout: float) -> Job:
     """Wait up to `timeout` seconds for the job to finish; returns the job as it then is.
 
     With Redis, it subscribes before reading the row, so a result that lands between the read and the
-    subscription cannot be missed; without Redis, it polls the row.
+    subscription cannot be missed; without Redis, it listens on the job's doorbell, also opened before the read.
+    Either way it re-reads the row now and then, in case a notification was lost.
     """
     deadline = time.monotonic() + timeout
     client = _redis()
     pubsub = None
-    if client is not None:
+    doorbell = None
+    if client is None:
+        doorbell = _listen(job_id)
+    else:
         try:
             pubsub = client.pubsub(ignore_subscribe_messages=True)
             pubsub.subscribe(channel(job_id))
@@ -105,8 +145,14 @@ def wait_for_job(job_id: Any, timeout: float) -> Job:
                 # A message means "look again"; the row is still what we answer from. The 1 s bound re-reads
                 # the row now and then in case a publish was lost.
                 pubsub.get_message(timeout=min(remaining, 1.0))
+            elif doorbell is not None:
+                # A worker on another host cannot ring: the 0.5 s bound is then the polling interval.
+                if select.select([doorbell], [], [], min(remaining, 0.5))[0]:
+                    doorbell.recv(64)
             else:
                 time.sleep(min(remaining, 0.1))
     finally:
         if pubsub is not None:
             pubsub.close()
+        if doorbell is not None:
+            doorbell.close()

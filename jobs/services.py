@@ -176,12 +176,14 @@ def submit_job(*, owner: User, function: Function, model_id: str | None, input_d
     node = route_model(model, queued_jobs=Job.objects.queued_by_node)
     model = node.model_id or model  # an operator's alias runs, and is billed, as the model it stands for
     budgets = [b for b in (_budget(token_budget), function.token_budget) if b is not None]
+    # Only the version's id: its archive (up to megabytes of code) is the runner's to read, not the admission's.
+    version_id = function.versions.values_list("id", flat=True).get(number=function.version)
     with transaction.atomic():
         # Locked first: admissions of one user's jobs take turns, so each sees the holds of those before it.
         quota = lock_quota(owner)
         budget = job_budget(quota=quota, token_budget=min(budgets) if budgets else None)
         job = create_job(
-            owner=owner, function=function, function_version=function.current_version, model_id=model,
+            owner=owner, function=function, function_version_id=version_id, model_id=model,
             node=node.name, queue=node.queue, input_data=input_data, memory_mb=function.memory_mb,
             timeout_seconds=function.timeout_seconds, token_budget=budget,
         )

@@ -1,9 +1,9 @@
 from celery import shared_task
-from celery.signals import worker_ready
+from celery.signals import worker_process_init, worker_process_shutdown, worker_ready, worker_shutdown
 
 from .events import prune_events
 from .idempotency import purge_expired_keys
-from .runner import recover_lost_jobs, run_job
+from .runner import reap_orphan_containers, recover_lost_jobs, run_job, start_warm_pool, stop_warm_pool
 
 
 @shared_task(name="jobs.run_job", acks_late=True, reject_on_worker_lost=True, ignore_result=True)
@@ -22,8 +22,23 @@ def purge_idempotency_keys_task() -> None:
 
 
 @worker_ready.connect
-def _recover_on_start(**kwargs: object) -> None:
+def _recover_on_start(sender: object = None, **kwargs: object) -> None:
+    reap_orphan_containers()
     recover_lost_jobs()
+    # Tasks run in this process unless the pool forks children, which warm their own (worker_process_init).
+    if "prefork" not in type(getattr(sender, "pool", None)).__module__:
+        start_warm_pool()
+
+
+@worker_process_init.connect
+def _warm_child(**kwargs: object) -> None:
+    start_warm_pool()
+
+
+@worker_shutdown.connect
+@worker_process_shutdown.connect
+def _drain_pool(**kwargs: object) -> None:
+    stop_warm_pool()
 
 
 @shared_task(name="jobs.prune_job_events", ignore_result=True)

@@ -17,6 +17,14 @@ WEB_PORT=${WEB_PORT:-8000}
 VAR=${VAR_DIR:-var}
 mkdir -p "$VAR/run" "$VAR/log"
 
+# A job waiting on its model uses no CPU, so the number of jobs at once is bounded by memory, not by CPUs: one
+# process per 1 GB available (room for a job at the default 256 MB and its worker process), from 2 to 8.
+default_concurrency() {
+    local mb; mb=$(awk '/MemAvailable/ {print int($2 / 1024)}' /proc/meminfo 2>/dev/null || echo 2048)
+    local n=$((mb / 1024)); ((n < 2)) && n=2; ((n > 8)) && n=8
+    echo "$n"
+}
+
 running() { [[ -f "$VAR/run/$1.pid" ]] && kill -0 "$(cat "$VAR/run/$1.pid")" 2>/dev/null; }
 
 start_one() {  # name, command...
@@ -50,7 +58,9 @@ start)
     $PY manage.py migrate --noinput -v0 || fail "migrating the database" "see the error above; check DATABASE_URL"
     # The admin's and the dashboard's CSS, served by WhiteNoise from STATIC_ROOT (VAR_DIR/static).
     $PY manage.py collectstatic --noinput -v0 || fail "collecting static files" "see the error above"
-    start_one worker .venv/bin/celery -A infra_ainode worker -Q "${JOB_QUEUE:-jobs}" -c "${WORKER_CONCURRENCY:-2}" \
+    # Each worker process keeps WARM_POOL_SIZE containers started ahead of its jobs (off: 0).
+    WARM_POOL_SIZE=${WARM_POOL_SIZE:-2} start_one worker .venv/bin/celery -A infra_ainode worker \
+        -Q "${JOB_QUEUE:-jobs}" -c "${WORKER_CONCURRENCY:-$(default_concurrency)}" \
         -l info --without-gossip --without-mingle -B
     if [[ ${WEB_SERVER:-gunicorn} == runserver ]]; then
         start_one web $PY manage.py runserver "127.0.0.1:$WEB_PORT" --noreload

@@ -16,6 +16,7 @@ pytest_plugins = [
     "tests.fixtures.containers",
     "tests.fixtures.results",
     "tests.fixtures.browser",
+    "tests.fixtures.warm",
     "tests.ai_node_fixture",
 ]
 
@@ -24,6 +25,7 @@ pytest_plugins = [
 # `-m "not slow"` is the fast loop; the full run still runs it.
 SLOW_FIXTURES = frozenset({
     "docker_client", "job_work_root",          # Docker
+    "warm_pool", "execution",                  # warm containers (Docker)
     "worker", "running_worker",                # a Celery worker
     "moto_endpoint",                           # SQS
     "ai_node", "real_node",                    # the model

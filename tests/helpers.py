@@ -361,7 +361,7 @@ def job_containers(docker_client: Any, job_id: Any) -> list[Any]:
     """The containers (running or not) that carry job `job_id`'s label."""
     from jobs.docker_backend import JOB_LABEL
 
-    return docker_client.containers.list(all=True, filters={"label": f"{JOB_LABEL}={job_id}"})
+    return docker_client.containers.list(all=True, filters={"label": f"{JOB_LABEL}={job_id}"}, ignore_removed=True)
 
 
 def container_creations(docker_client: Any, job_id: Any, since: float) -> int:
@@ -382,6 +382,40 @@ def remove_containers_of_jobs_in_the_database() -> None:
     backend = DockerBackend()
     for job_id in Job.objects.values_list("pk", flat=True):
         backend.remove_job_containers(str(job_id))
+
+
+# --- warm containers --------------------------------------------------------------------------------------------
+
+def make_warm_pool(root: Path, *, size: int = 0, max_age_seconds: float = 600.0, primed: bool = False) -> Any:
+    """A warm pool of real containers under `root`, built as the worker builds its own (not yet started). A primed
+    pool makes a container on the spot when none of the job's profile is ready (see `primed_pool_class`)."""
+    from jobs.docker_backend import DockerBackend
+    from jobs.runner import make_workdir_folders, warm_spec
+    from jobs.warm_pool import WarmPool
+
+    cls = primed_pool_class() if primed else WarmPool
+    return cls(size=size, root=root, spec_for=warm_spec, layout=make_workdir_folders, backend_factory=DockerBackend,
+               max_age_seconds=max_age_seconds)
+
+
+def primed_pool_class() -> type:
+    """For tests only: a WarmPool that, when no container of the job's profile is ready, makes one on the spot, so
+    that every job of the test runs on a pooled container. Its `served` holds the containers it handed out."""
+    from jobs.warm_pool import WarmPool
+
+    class PrimedPool(WarmPool):
+        def __init__(self, **kwargs: Any):
+            super().__init__(**kwargs)
+            self.served: set[str] = set()
+
+        def take(self, profile: Any) -> Any:
+            if not self.ready_count(profile):
+                self.fill(profile)
+            slot = super().take(profile)
+            self.served.add(slot.container_id)
+            return slot
+
+    return PrimedPool
 
 
 # --- a real browser ---------------------------------------------------------------------------------------------

@@ -126,6 +126,7 @@ class _Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
         self.idle = threading.Condition()
         self.open_sockets: set[socket.socket] = set()
         self.refused = 0
+        self.stopping = False
 
     def process_request(self, request: Any, client_address: Any) -> None:
         gateway = self.gateway
@@ -134,6 +135,9 @@ class _Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
             if not refuse:
                 self.active += 1
                 self.open_sockets.add(request)
+        if refuse and self.stopping and _peer_pid(request) == os.getpid():
+            self.shutdown_request(request)  # shutdown's own wake-up call, not a script's: nothing to answer
+            return
         if refuse:
             self._refuse(request, "job_ended" if gateway.closing else "too_many_connections")
             return
@@ -171,6 +175,24 @@ class _Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
             self.active -= 1
             self.open_sockets.discard(request)
             self.idle.notify_all()
+
+    def shutdown(self) -> None:
+        """socketserver's, but the serving loop is woken by a connection at once instead of noticing at its next
+        poll: a job's end would otherwise wait up to the poll interval."""
+        self.stopping = True
+        stopper = threading.Thread(target=super().shutdown, daemon=True)
+        stopper.start()
+        while stopper.is_alive():
+            self._poke()
+            stopper.join(0.005)
+
+    def _poke(self) -> None:
+        try:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as poke:
+                poke.settimeout(1)
+                poke.connect(self.server_address)
+        except OSError:
+            pass
 
     def hang_up_all(self) -> None:
         """Shut every connection still open: handlers waiting for a script's bytes wake up and end."""
@@ -363,12 +385,21 @@ class _Handler(BaseHTTPRequestHandler):
 
 def _peer_uid(connection: socket.socket) -> int | None:
     """The uid of the process at the other end of a Unix socket connection (SO_PEERCRED), None when unknown."""
+    return _peer_credentials(connection)[1]
+
+
+def _peer_pid(connection: socket.socket) -> int | None:
+    """The pid (as this process sees it) at the other end; a container's processes never have the worker's."""
+    return _peer_credentials(connection)[0]
+
+
+def _peer_credentials(connection: socket.socket) -> tuple[int | None, int | None]:
     try:
         credentials = connection.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
     except OSError:
-        return None
-    _pid, uid, _gid = struct.unpack("3i", credentials)
-    return uid
+        return None, None
+    pid, uid, _gid = struct.unpack("3i", credentials)
+    return pid, uid
 
 
 class JobGateway:

@@ -13,7 +13,8 @@ from jobs.models import Job
 from jobs.runner import run_job
 from tests.helpers import job_containers, make_job
 
-pytestmark = pytest.mark.usefixtures("served_models")
+# Every test runs on a cold container and on a pooled (warm) one.
+pytestmark = pytest.mark.usefixtures("served_models", "execution")
 
 
 def run(job: Job) -> Job:

@@ -9,6 +9,9 @@ import pytest
 from jobs.models import LLMCall
 from tests.metering.helpers import RAW_HTTP, assert_billed_as_node_counted
 
+# Every test runs on a cold container and on a pooled (warm) one.
+pytestmark = pytest.mark.usefixtures("execution")
+
 ONE_REAL_CALL = '''
 import ai_client
 

@@ -1,0 +1,421 @@
+"""Warm single-use containers: each worker process keeps job containers created and started ahead of demand.
+
+A pooled container is hardened exactly as a cold one (same image, mounts, limits, user). It is started with its
+slot folder mounted (code, input, and the run folder that will hold the job's gateway socket and that holds the
+start FIFO); its runtime (`sdk/warm.py`) waits on the FIFO. A claimed job takes a ready slot of its resource
+profile, fills it, binds its gateway there and writes its environment to the FIFO: the script starts. The
+container serves that one job and is removed after it; it never saw another job's code, input, files or processes.
+
+Pools are keyed by `Profile`. A job whose profile has no ready slot takes the cold path, and makes its profile
+wanted, so the pool keeps a few of those too (at most `max_profiles` profiles, the least recently used dropped).
+Refill, pruning of dead or old containers, and removal of used ones run in background threads, off the job's path.
+
+Ownership: every pool container carries POOL_LABEL (this pool's owner id) and the host name, process id and
+process start time of its owner. A pool removes only its own containers, and at start the orphans of owners on
+this host whose process is gone; it never touches containers it did not create.
+"""
+from __future__ import annotations
+
+import errno
+import json
+import logging
+import os
+import queue
+import shutil
+import socket
+import threading
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .docker_backend import POOL_LABEL, ContainerError, ContainerSpec, DockerBackend
+from .workdir import share_socket
+
+logger = logging.getLogger(__name__)
+
+HOST_LABEL = "infra-ainode.pool-host"
+PID_LABEL = "infra-ainode.pool-pid"
+PID_START_LABEL = "infra-ainode.pool-pid-start"
+PROFILE_LABEL = "infra-ainode.pool-profile"
+SLOT_LABEL = "infra-ainode.pool-slot"
+START_FIFO = "start"
+SLOT_PREFIX = "w-"
+# How long a claim waits for a freshly started runtime to reach its FIFO before it takes the cold path instead.
+START_WAIT_SECONDS = 2.0
+CHECK_SECONDS = 2.0
+READY_TIMEOUT_SECONDS = 30.0
+MiB = 1024 * 1024
+
+
+class SlotUnavailable(Exception):
+    """The slot's runtime is not waiting (its container died or was killed): the job was not started in it."""
+
+
+@dataclass(frozen=True)
+class Profile:
+    """What a container is created with and cannot change afterwards: the key of a pool."""
+
+    image: str
+    memory_bytes: int
+    nano_cpus: int
+    pids_limit: int
+    tmpfs_mb: int
+    nofile_limit: int
+
+    @property
+    def key(self) -> str:
+        return (f"{self.memory_bytes // MiB}m-{self.nano_cpus / 1e9:g}cpu-{self.pids_limit}pids-"
+                f"{self.tmpfs_mb}tmpfs-{self.nofile_limit}nofile-{self.image}")
+
+
+@dataclass
+class Slot:
+    """A started container waiting for one job, and its folder on the host."""
+
+    container_id: str
+    path: Path
+    profile: Profile
+    created: float = field(default_factory=time.monotonic)
+    finished: bool = False
+
+    @property
+    def run_dir(self) -> Path:
+        return self.path / "run"
+
+    @property
+    def fifo(self) -> Path:
+        return self.run_dir / START_FIFO
+
+    def begin(self, env: dict[str, str], *, is_running: Callable[[], bool]) -> None:
+        """Hand the job's environment to the waiting runtime, which then runs the script.
+
+        Raises SlotUnavailable when no runtime is waiting (checked with `is_running` while a fresh container may
+        still be starting); nothing of the job has run then.
+        """
+        fd = self._open_writer(is_running)
+        try:
+            os.set_blocking(fd, True)
+            data = memoryview(json.dumps(env).encode() + b"\n")  # JSON escapes newlines: this one ends it
+            while data:
+                data = data[os.write(fd, data):]
+        except BrokenPipeError:
+            # The runtime acts only on a complete signal (up to its newline), so the script did not start.
+            raise SlotUnavailable("the warm runtime went away while it was given its job") from None
+        finally:
+            os.close(fd)
+        self.fifo.unlink(missing_ok=True)
+
+    def wait_ready(self, timeout: float, *, stop: threading.Event | None = None) -> bool:
+        """Wait until the runtime holds the start FIFO open (so that a job given to it starts at once); True when it
+        does. The probe opens the FIFO for writing and closes it unwritten: the runtime, which holds it open for
+        writing too, never sees an end of file."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and not (stop is not None and stop.is_set()):
+            try:
+                os.close(os.open(self.fifo, os.O_WRONLY | os.O_NONBLOCK))
+                return True
+            except OSError as exc:
+                if exc.errno != errno.ENXIO:
+                    return False
+            time.sleep(0.01)
+        return False
+
+    def _open_writer(self, is_running: Callable[[], bool]) -> int:
+        # O_NONBLOCK: opening a FIFO for writing fails at once (ENXIO) when no reader has it open, instead of
+        # blocking forever on a dead container.
+        deadline = time.monotonic() + START_WAIT_SECONDS
+        next_check = 0.0
+        while True:
+            try:
+                return os.open(self.fifo, os.O_WRONLY | os.O_NONBLOCK)
+            except OSError as exc:
+                if exc.errno != errno.ENXIO:
+                    raise SlotUnavailable(f"the start FIFO cannot be opened: {exc}") from None
+            now = time.monotonic()
+            if now > deadline:
+                raise SlotUnavailable("the warm runtime did not reach its start FIFO in time")
+            if now >= next_check:
+                if not is_running():
+                    raise SlotUnavailable("the warm container is not running")
+                next_check = now + 0.05
+            time.sleep(0.002)
+
+
+class WarmPool:
+    """The warm containers of one worker process. Thread-safe: jobs take slots from several threads."""
+
+    def __init__(self, *, size: int, root: Path, spec_for: Callable[[Profile, Path], ContainerSpec],
+                 layout: Callable[[Path], object], backend_factory: Callable[[], DockerBackend],
+                 max_age_seconds: float = 600.0, max_profiles: int = 4, owner: str | None = None):
+        self.size = size
+        self.root = Path(root)
+        self.max_age_seconds = max_age_seconds
+        self.max_profiles = max_profiles
+        self.owner = owner or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        self._spec_for = spec_for
+        self._layout = layout
+        self._backend_factory = backend_factory
+        self._lock = threading.Lock()
+        self._ready: dict[Profile, deque[Slot]] = {}
+        self._wanted: dict[Profile, float] = {}  # profile -> last time a job asked for it
+        self._wake = threading.Event()
+        self._stopped = threading.Event()
+        self._retired: queue.Queue[Slot | None] = queue.Queue()
+        self._threads: list[threading.Thread] = []
+
+    # --- life cycle --------------------------------------------------------------------------------------------
+
+    def start(self, profiles: Iterable[Profile] = ()) -> WarmPool:
+        """Remove the orphans of dead owners on this host, then keep `size` ready containers of each profile."""
+        reap_orphans(self._backend_factory(), root=self.root)
+        for profile in profiles:
+            self._want(profile)
+        self._threads = [
+            threading.Thread(target=self._refill_loop, name="warm-pool-refill", daemon=True),
+            threading.Thread(target=self._remove_loop, name="warm-pool-remove", daemon=True),
+        ]
+        for thread in self._threads:
+            thread.start()
+        logger.info("warm pool %s: started, %d per profile", self.owner, self.size)
+        return self
+
+    def stop(self) -> None:
+        """Stop refilling and remove every container of this pool, used or not."""
+        self._stopped.set()
+        self._wake.set()
+        self._retired.put(None)
+        for thread in self._threads:
+            thread.join(timeout=30)
+        with self._lock:
+            slots = [slot for ready in self._ready.values() for slot in ready]
+            self._ready.clear()
+        backend = self._backend_factory()
+        for slot in slots:
+            self._remove(backend, slot)
+        # Anything else still labelled as ours: used containers not yet removed, and a job's still running when
+        # the pool is stopped under it (a worker stops its pool only once its jobs are over).
+        for container in _safe_labelled(backend, f"{POOL_LABEL}={self.owner}"):
+            _remove_container(backend, container, root=self.root)
+        logger.info("warm pool %s: stopped", self.owner)
+
+    # --- the job's side -----------------------------------------------------------------------------------------
+
+    def take(self, profile: Profile) -> Slot | None:
+        """A ready slot of `profile`, or None (the job takes the cold path). Never waits for a container."""
+        stale: list[Slot] = []
+        slot = None
+        with self._lock:
+            self._want(profile)
+            ready = self._ready.get(profile, deque())
+            while ready and slot is None:
+                candidate = ready.popleft()
+                if time.monotonic() - candidate.created > self.max_age_seconds:
+                    stale.append(candidate)
+                else:
+                    slot = candidate
+        for old in stale:
+            self._retired.put(old)
+        self._wake.set()
+        return slot
+
+    def release(self, slot: Slot) -> None:
+        """The job is done with `slot`: its container and folder go. A container that ended is removed in the
+        background; one that may still run (the job failed half way) is removed now."""
+        if slot.finished:
+            self._retired.put(slot)
+        else:
+            self._remove(self._backend_factory(), slot)
+
+    def ready_count(self, profile: Profile | None = None) -> int:
+        with self._lock:
+            if profile is not None:
+                return len(self._ready.get(profile, ()))
+            return sum(len(ready) for ready in self._ready.values())
+
+    def fill(self, profile: Profile, *, backend: DockerBackend | None = None) -> Slot:
+        """Create, start and add one container of `profile` now (the refill thread's step; tests call it too)."""
+        slot = self._create(backend or self._backend_factory(), profile)
+        with self._lock:
+            self._want(profile)
+            self._ready.setdefault(profile, deque()).append(slot)
+        return slot
+
+    # --- background work ---------------------------------------------------------------------------------------
+
+    def _want(self, profile: Profile) -> None:
+        """Mark `profile` as wanted (called with the lock held); the least recently wanted one beyond
+        `max_profiles` is dropped and its containers retired."""
+        self._wanted[profile] = time.monotonic()
+        while len(self._wanted) > self.max_profiles:
+            oldest = min(self._wanted, key=self._wanted.__getitem__)
+            del self._wanted[oldest]
+            for slot in self._ready.pop(oldest, ()):
+                self._retired.put(slot)
+
+    def _refill_loop(self) -> None:
+        backend = self._backend_factory()
+        last_check = time.monotonic()
+        while not self._stopped.is_set():
+            try:
+                if time.monotonic() - last_check >= CHECK_SECONDS:
+                    last_check = time.monotonic()
+                    self._prune(backend)
+                self._top_up(backend)
+            except ContainerError as exc:
+                logger.warning("warm pool %s: %s", self.owner, exc)
+                self._stopped.wait(1.0)
+            except Exception:
+                logger.exception("warm pool %s: refill failed", self.owner)
+                self._stopped.wait(1.0)
+            self._wake.wait(timeout=CHECK_SECONDS)
+            self._wake.clear()
+
+    def _top_up(self, backend: DockerBackend) -> None:
+        while not self._stopped.is_set():
+            with self._lock:
+                short = [p for p in self._wanted if len(self._ready.get(p, ())) < self.size]
+            if not short:
+                return
+            slot = self._create(backend, short[0])
+            with self._lock:
+                if short[0] in self._wanted and not self._stopped.is_set():
+                    self._ready.setdefault(short[0], deque()).append(slot)
+                    slot = None
+            if slot is not None:  # its profile was dropped, or the pool stopped, while it was being made
+                self._remove(backend, slot)
+
+    def _prune(self, backend: DockerBackend) -> None:
+        """Retire ready containers that died (killed, or their runtime exited) or outlived the maximum age."""
+        alive = {c["id"] for c in backend.labelled(f"{POOL_LABEL}={self.owner}") if c["status"] == "running"}
+        now = time.monotonic()
+        with self._lock:
+            for profile, ready in self._ready.items():
+                keep = deque(s for s in ready if s.container_id in alive and now - s.created <= self.max_age_seconds)
+                for slot in ready:
+                    if slot not in keep:
+                        logger.info("warm pool %s: replacing %s (dead or too old)", self.owner, slot.container_id[:12])
+                        self._retired.put(slot)
+                self._ready[profile] = keep
+
+    def _remove_loop(self) -> None:
+        backend = self._backend_factory()
+        while True:
+            slot = self._retired.get()
+            if slot is None:
+                return
+            self._remove(backend, slot)
+
+    # --- containers and folders ---------------------------------------------------------------------------------
+
+    def _create(self, backend: DockerBackend, profile: Profile) -> Slot:
+        path = self.root / f"{SLOT_PREFIX}{uuid.uuid4().hex[:12]}"
+        spec = self._spec_for(profile, path)
+        try:
+            self._layout(path)
+            _make_fifo(path / "run" / START_FIFO)
+            container_id = backend.start_idle(spec, name=f"ainode-warm-{path.name[len(SLOT_PREFIX):]}",
+                                              labels=self._labels(profile, path))
+        except BaseException:
+            shutil.rmtree(path, ignore_errors=True)
+            raise
+        slot = Slot(container_id=container_id, path=path, profile=profile)
+        # Ready means waiting on its FIFO: a job never waits for a runtime to start.
+        if not slot.wait_ready(READY_TIMEOUT_SECONDS, stop=self._stopped):
+            self._remove(backend, slot)
+            raise ContainerError(f"a warm container's runtime did not start within {READY_TIMEOUT_SECONDS:g} s")
+        return slot
+
+    def _labels(self, profile: Profile, path: Path) -> dict[str, str]:
+        pid = os.getpid()
+        return {POOL_LABEL: self.owner, HOST_LABEL: socket.gethostname(), PID_LABEL: str(pid),
+                PID_START_LABEL: _process_start(pid) or "", PROFILE_LABEL: profile.key, SLOT_LABEL: str(path)}
+
+    @staticmethod
+    def _remove(backend: DockerBackend, slot: Slot) -> None:
+        try:
+            backend.remove_container(slot.container_id)
+        except ContainerError as exc:
+            logger.warning("warm pool: could not remove %s: %s", slot.container_id[:12], exc)
+        shutil.rmtree(slot.path, ignore_errors=True)
+
+
+def reap_orphans(backend: DockerBackend, *, root: Path | None = None) -> int:
+    """Remove the pool containers whose owner was a process on this host that is gone (a worker that died).
+
+    Containers of live owners, and of owners on other hosts, are left alone. A removed container's slot folder is
+    deleted too when it lies under `root`. Returns how many containers were removed.
+    """
+    removed = 0
+    host = socket.gethostname()
+    for container in _safe_labelled(backend, POOL_LABEL):
+        labels = container["labels"]
+        if labels.get(HOST_LABEL) != host or _owner_alive(labels):
+            continue
+        _remove_container(backend, container, root=root)
+        removed += 1
+    if removed:
+        logger.info("warm pool: removed %d containers of dead workers", removed)
+    return removed
+
+
+def _owner_alive(labels: dict[str, str]) -> bool:
+    try:
+        pid = int(labels.get(PID_LABEL, ""))
+    except ValueError:
+        return False
+    started = _process_start(pid)
+    # The start time tells a live owner from a new process that got the dead owner's pid.
+    return started is not None and started == labels.get(PID_START_LABEL)
+
+
+def _process_start(pid: int) -> str | None:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # Field 22 (start time), counted after the command name, which is in parentheses and may hold spaces.
+    return stat.rpartition(")")[2].split()[19]
+
+
+def _make_fifo(path: Path) -> None:
+    """The start FIFO in the slot's run folder (made by `workdir`, 0750 with the container's group): owner the
+    worker, group the container's user, 0660, as the gateway's socket beside it (the runtime opens it read-write)."""
+    os.mkfifo(path, 0o600)
+    share_socket(path)
+
+
+def _safe_labelled(backend: DockerBackend, label: str) -> list[dict]:
+    try:
+        return backend.labelled(label)
+    except ContainerError as exc:
+        logger.warning("warm pool: cannot list containers: %s", exc)
+        return []
+
+
+def _remove_container(backend: DockerBackend, container: dict, *, root: Path | None) -> None:
+    """Remove a labelled container, and its slot folder when that lies under `root`."""
+    try:
+        backend.remove_container(container["id"])
+    except ContainerError as exc:
+        logger.warning("warm pool: could not remove %s: %s", container["id"][:12], exc)
+    slot = Path(container["labels"].get(SLOT_LABEL, ""))
+    if root is not None and slot.name.startswith(SLOT_PREFIX) and slot.parent == Path(root):
+        shutil.rmtree(slot, ignore_errors=True)
+
+
+_current: WarmPool | None = None
+
+
+def current() -> WarmPool | None:
+    """This process's pool, or None when the pool is off."""
+    return _current
+
+
+def install(pool: WarmPool | None) -> WarmPool | None:
+    """Make `pool` this process's pool; returns the one it replaces (which the caller stops)."""
+    global _current
+    previous, _current = _current, pool
+    return previous
