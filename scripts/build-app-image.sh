@@ -43,19 +43,11 @@ docker_build() {
 }
 
 can_docker_build() {
-  [[ $OFFLINE -eq 0 ]] || return 1
-  docker image inspect debian:bookworm-slim >/dev/null 2>&1 && return 0
-  timeout 60 docker pull -q debian:bookworm-slim >/dev/null 2>&1
+  [[ $OFFLINE -eq 0 ]] && debian_base_available
 }
 
 WORK=""
-cleanup() {
-  [[ -n $WORK && -d $WORK ]] || return 0
-  local m
-  awk -v w="$WORK" 'index($2, w) == 1 { print $2 }' /proc/mounts | sort -r |
-    while read -r m; do umount -l "$m" 2>/dev/null || true; done
-  rm -rf --one-file-system "$WORK"
-}
+cleanup() { remove_build_dir "$WORK"; }
 trap cleanup EXIT
 trap 'exit 130' INT TERM HUP
 

@@ -46,13 +46,10 @@ if [[ $FORCE -eq 0 ]] && docker image inspect "$IMAGE" >/dev/null 2>&1; then
   exit 0
 fi
 
-# True when runtime/Dockerfile can be built the normal way: the base image is
-# here or can be pulled. A missing registry fails in well under a second; a
-# slow one is given 60 s before we fall back.
+# True when runtime/Dockerfile can be built the normal way (not --offline, and
+# the base image is here or can be pulled).
 can_docker_build() {
-  [[ $OFFLINE -eq 0 ]] || return 1
-  docker image inspect debian:bookworm-slim >/dev/null 2>&1 && return 0
-  timeout 60 docker pull -q debian:bookworm-slim >/dev/null 2>&1
+  [[ $OFFLINE -eq 0 ]] && debian_base_available
 }
 
 WORK=""
@@ -63,13 +60,7 @@ cleanup() {
   if ((status != 0 && ${#FAILING_STEP[@]})); then
     echo "$(basename "$0"): ${FAILING_STEP[0]} failed: ${FAILING_STEP[1]}" >&2
   fi
-  [[ -n $WORK && -d $WORK ]] || return 0
-  # debootstrap mounts /proc and /sys inside the root; if it was interrupted
-  # they may still be mounted, and rm must never walk into them.
-  local m
-  awk -v w="$WORK" 'index($2, w) == 1 { print $2 }' /proc/mounts | sort -r |
-    while read -r m; do umount -l "$m" 2>/dev/null || true; done
-  rm -rf --one-file-system "$WORK"
+  remove_build_dir "$WORK"
 }
 trap cleanup EXIT
 # Make Ctrl-C and kill run the cleanup too.

@@ -61,3 +61,20 @@ apt_mirror_for() {
       }' "$f"
   done
 }
+
+# remove_build_dir DIR: remove a build folder. debootstrap mounts /proc and /sys inside its root; if it was
+# interrupted they may still be mounted, and rm must never walk into them.
+remove_build_dir() {
+  [[ -n $1 && -d $1 ]] || return 0
+  local m
+  awk -v w="$1" 'index($2, w) == 1 { print $2 }' /proc/mounts | sort -r |
+    while read -r m; do umount -l "$m" 2>/dev/null || true; done
+  rm -rf --one-file-system "$1"
+}
+
+# debian_base_available: true when debian:bookworm-slim is here or can be pulled, so a Dockerfile can be built the
+# normal way. A missing registry fails in well under a second; a slow one is given 60 s.
+debian_base_available() {
+  docker image inspect debian:bookworm-slim >/dev/null 2>&1 && return 0
+  timeout 60 docker pull -q debian:bookworm-slim >/dev/null 2>&1
+}
