@@ -13,6 +13,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 import uuid
@@ -416,6 +417,23 @@ def primed_pool_class() -> type:
             return slot
 
     return PrimedPool
+
+
+def run_in_thread(job_id: Any) -> threading.Thread:
+    """Run a job with the real runner in a thread of this process (for a test that acts while it runs)."""
+    from django.db import connections
+
+    from jobs.runner import run_job
+
+    def target() -> None:
+        try:
+            run_job(job_id)
+        finally:
+            connections.close_all()
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    return thread
 
 
 # --- a real browser ---------------------------------------------------------------------------------------------

@@ -1,13 +1,11 @@
 """What the runner records and cleans up: peak memory, duration, the container and work folder, and a cancel
 that kills a running job's container."""
-import threading
 import time
 
 import pytest
-from django.db import connections
 
 from jobs.runner import run_job
-from tests.helpers import job_containers, make_job, wait_for
+from tests.helpers import job_containers, make_job, run_in_thread, wait_for
 
 pytestmark = pytest.mark.usefixtures("served_models")
 
@@ -58,7 +56,7 @@ def test_containers_are_labelled_with_their_job_id_while_they_run(alice, transac
     from jobs.docker_backend import JOB_LABEL
 
     job = make_job(alice, "import time\ntime.sleep(2)\n", timeout_seconds=20)
-    runner = _run_in_thread(job.pk)
+    runner = run_in_thread(job.pk)
     wait_for(lambda: job_containers(docker_client, job.pk), timeout=20, message="the job's container")
     (container,) = job_containers(docker_client, job.pk)
     assert container.labels[JOB_LABEL] == str(job.pk)
@@ -66,22 +64,10 @@ def test_containers_are_labelled_with_their_job_id_while_they_run(alice, transac
     assert job_containers(docker_client, job.pk) == []
 
 
-def _run_in_thread(job_id) -> threading.Thread:
-    def target() -> None:
-        try:
-            run_job(job_id)
-        finally:
-            connections.close_all()
-
-    thread = threading.Thread(target=target, daemon=True)
-    thread.start()
-    return thread
-
-
 def test_cancelling_a_running_job_kills_its_container(alice, transactional_db, job_work_root, docker_client):
     code = "import time\nprint('started', flush=True)\ntime.sleep(120)\n"
     job = make_job(alice, code, timeout_seconds=100)
-    runner = _run_in_thread(job.pk)
+    runner = run_in_thread(job.pk)
 
     def running_in_its_container() -> bool:
         job.refresh_from_db()

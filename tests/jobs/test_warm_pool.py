@@ -1,14 +1,12 @@
 """Warm single-use containers: a job runs on a pooled container of its profile when one is ready, else cold; each
 pooled container serves one job and leaves no trace for the next; limits count from the job's start."""
-import threading
 import time
 
 import pytest
-from django.db import connections
 
 from jobs.docker_backend import POOL_LABEL
 from jobs.runner import _profile, default_profile, run_job
-from tests.helpers import container_creations, job_containers, make_job, make_warm_pool, wait_for
+from tests.helpers import container_creations, job_containers, make_job, make_warm_pool, run_in_thread, wait_for
 
 pytestmark = pytest.mark.usefixtures("served_models")
 
@@ -24,18 +22,6 @@ def run(job):
     run_job(job.pk)
     job.refresh_from_db()
     return job
-
-
-def run_in_thread(job_id) -> threading.Thread:
-    def target() -> None:
-        try:
-            run_job(job_id)
-        finally:
-            connections.close_all()
-
-    thread = threading.Thread(target=target, daemon=True)
-    thread.start()
-    return thread
 
 
 def test_a_job_runs_on_the_ready_container_of_its_profile_and_the_container_is_removed_after(
