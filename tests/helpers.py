@@ -419,6 +419,21 @@ def primed_pool_class() -> type:
     return PrimedPool
 
 
+def pump(source: socket.socket, target: socket.socket) -> None:
+    """Copy `source` into `target` until either end closes, then shut both (one direction of a TCP relay)."""
+    try:
+        while data := source.recv(65536):
+            target.sendall(data)
+    except OSError:
+        pass
+    finally:
+        for sock in (source, target):
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+
 def run_in_thread(job_id: Any) -> threading.Thread:
     """Run a job with the real runner in a thread of this process (for a test that acts while it runs)."""
     from django.db import connections

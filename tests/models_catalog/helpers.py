@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from tests.helpers import pump
+
 MODEL = "smollm2:135m"
 
 
@@ -73,20 +75,6 @@ class Listener:
             conn.close()
 
 
-def _pump(source: socket.socket, target: socket.socket) -> None:
-    try:
-        while data := source.recv(65536):
-            target.sendall(data)
-    except OSError:
-        pass
-    finally:
-        for sock in (source, target):
-            try:
-                sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-
-
 class Relay:
     """A TCP relay to a real node: the node as seen on another port, which `stop()` takes down mid-test. A relay
     started on the `port` of a stopped one is that node coming back."""
@@ -105,8 +93,8 @@ class Relay:
             return
         upstream.settimeout(None)
         self._listener.connections.append(upstream)
-        threading.Thread(target=_pump, args=(upstream, conn), daemon=True).start()
-        _pump(conn, upstream)
+        threading.Thread(target=pump, args=(upstream, conn), daemon=True).start()
+        pump(conn, upstream)
 
     def stop(self) -> None:
         self._listener.close()

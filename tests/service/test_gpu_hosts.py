@@ -36,6 +36,7 @@ from tests.helpers import (
     database_url,
     deploy,
     job_containers,
+    pump,
     sqs_broker,
     submit,
     wait_for,
@@ -58,22 +59,8 @@ class _Pipe(socketserver.BaseRequestHandler):
         except OSError:
             return
         upstream.settimeout(None)
-        threading.Thread(target=_copy, args=(upstream, self.request), daemon=True).start()
-        _copy(self.request, upstream)
-
-
-def _copy(source: socket.socket, sink: socket.socket) -> None:
-    try:
-        while data := source.recv(65536):
-            sink.sendall(data)
-    except OSError:
-        pass
-    finally:
-        for end in (source, sink):
-            try:
-                end.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
+        threading.Thread(target=pump, args=(upstream, self.request), daemon=True).start()
+        pump(self.request, upstream)
 
 
 class Forwarder(socketserver.ThreadingTCPServer):
