@@ -28,6 +28,8 @@ from .pricing import price_in_force
 
 logger = logging.getLogger(__name__)
 
+NOT_READ = object()
+
 
 class QuotaExceeded(DomainError):
     status = 402
@@ -66,8 +68,11 @@ def lock_quota(owner: User) -> Quota | None:
     """`owner`'s quota with its row locked until the transaction ends (None when they have none).
 
     The lock is an UPDATE, not SELECT ... FOR UPDATE: it also takes SQLite's write lock first thing, where a
-    transaction that reads before it writes could fail to get it.
+    transaction that reads before it writes could fail to get it. An owner read with their quota (as authentication
+    reads them: accounts.services.authenticate_key) and found to have none costs no statement.
     """
+    if User.quota.related.get_cached_value(owner, default=NOT_READ) is None:
+        return None
     if not Quota.objects.filter(user=owner).update(updated_at=timezone.now()):
         return None
     return Quota.objects.get(user=owner)

@@ -311,10 +311,17 @@ CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
 # Results: the Job row is the source of truth; Redis (optional) carries result:{jobId} and a notification.
 # ---------------------------------------------------------------------------------------------------------
 REDIS_URL = env_str("REDIS_URL", "")
-# The cache holds the request-rate counters of the throttles: shared by every web process through Redis when there
-# is one, else each process counts its own.
+# The cache holds the throttles' request counts and the generations of the cached look-ups (core.lookups): it must
+# be shared by every web process, so it is Redis when there is one, else files under VAR_DIR (every process on this
+# host; web processes on several hosts need REDIS_URL).
 CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL}
-          if REDIS_URL else {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
+          if REDIS_URL else {"BACKEND": "django.core.cache.backends.filebased.FileBasedCache",
+                             "LOCATION": str(VAR_DIR / "cache"), "OPTIONS": {"MAX_ENTRIES": 10_000}}}
+# How long a process may keep a look-up of an API key (with its user and quota), a function or a model's route. A
+# revoked key, a changed quota, function or catalogue is seen by every process at its next request (the change
+# writes a new generation to the cache); the time to live only bounds changes made behind the services' back (a
+# queryset update in a shell). 0 turns the caching off.
+LOOKUP_CACHE_SECONDS = env_float("LOOKUP_CACHE_SECONDS", 60.0)
 RESULT_TTL_SECONDS = env_int("RESULT_TTL_SECONDS", 86400, minimum=1)
 RUN_SYNC_TIMEOUT = env_float("RUN_SYNC_TIMEOUT", 30.0)
 

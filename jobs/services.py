@@ -1,6 +1,7 @@
 """Use cases of functions and jobs. Views, tasks, admin actions and commands all come through here."""
 import json
 import logging
+import pickle
 import re
 import uuid
 from typing import Any
@@ -8,12 +9,14 @@ from typing import Any
 from django.conf import settings
 from django.contrib.auth.models import User
 from django.db import transaction
+from django.db.models import OuterRef, Subquery
 from django.utils import timezone
 
 from billing.quotas import admit, job_budget, lock_quota
 from billing.rollups import add_job_to_rollups
 from core import metrics
 from core.errors import Conflict, DomainError, NotFound, TooLarge
+from core.lookups import CachedLookup
 from models_catalog.services import check_model_id, route_model
 
 from . import events
@@ -25,6 +28,10 @@ from .models import Function, FunctionVersion, IdempotencyKey, IdempotencyScope,
 logger = logging.getLogger(__name__)
 
 ENV_NAME_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
+# What get_function names the id of a function's current version, read with the function.
+CURRENT_VERSION_ID = "current_version_pk"
+# Live functions by owner and id, pickled (each request unpickles its own copy).
+_live_functions: CachedLookup[bytes] = CachedLookup("functions", ttl_seconds=lambda: settings.LOOKUP_CACHE_SECONDS)
 # A trillion tokens: past any real job, and within every database's 64-bit integers.
 MAX_TOKEN_BUDGET = 10**12
 
@@ -101,15 +108,30 @@ def update_function(*, function: Function, code: bytes | None = None, filename: 
 def delete_function(*, function: Function) -> None:
     """Hide the function from its owner; its jobs and versions stay for the bill."""
     Function.objects.filter(pk=function.pk, deleted_at__isnull=True).update(deleted_at=timezone.now())
+    functions_changed()
 
 
 def get_function(*, owner: User, function_id: Any) -> Function:
-    """The owner's live function; NotFound for another user's function as for one that never existed."""
+    """The owner's live function, with its current version's id (CURRENT_VERSION_ID); NotFound for another user's
+    function as for one that never existed. Cached (core.lookups): a hit runs no SQL."""
     pk = _uuid(function_id)
-    function = pk and Function.objects.filter(pk=pk, owner=owner, deleted_at__isnull=True).first()
-    if not function:
+    cached = pk and _live_functions.get(f"{owner.pk}:{pk}", lambda: _load_function(owner, pk))
+    if not cached:
         raise NotFound(f"Function {function_id} not found.", code="function_not_found")
-    return function
+    return pickle.loads(cached)
+
+
+def _load_function(owner: User, pk: uuid.UUID) -> bytes | None:
+    current = FunctionVersion.objects.filter(function=OuterRef("pk"), number=OuterRef("version")).values("pk")
+    function = (Function.objects.filter(pk=pk, owner=owner, deleted_at__isnull=True)
+                .annotate(**{CURRENT_VERSION_ID: Subquery(current)}).first())
+    return pickle.dumps(function) if function is not None else None
+
+
+def functions_changed(**_: Any) -> None:
+    """Every process looks its functions up again (once the current transaction commits). Also a signal receiver
+    (jobs.apps), for saves and deletes of functions and versions anywhere."""
+    _live_functions.invalidate()
 
 
 def _uuid(value: Any) -> uuid.UUID | None:
@@ -177,7 +199,8 @@ def submit_job(*, owner: User, function: Function, model_id: str | None, input_d
     model = node.model_id or model  # an operator's alias runs, and is billed, as the model it stands for
     budgets = [b for b in (_budget(token_budget), function.token_budget) if b is not None]
     # Only the version's id: its archive (up to megabytes of code) is the runner's to read, not the admission's.
-    version_id = function.versions.values_list("id", flat=True).get(number=function.version)
+    version_id = (getattr(function, CURRENT_VERSION_ID, None)
+                  or function.versions.values_list("id", flat=True).get(number=function.version))
     with transaction.atomic():
         # Locked first: admissions of one user's jobs take turns, so each sees the holds of those before it.
         quota = lock_quota(owner)
@@ -189,6 +212,8 @@ def submit_job(*, owner: User, function: Function, model_id: str | None, input_d
         )
         if quota is not None:
             admit(owner=owner, quota=quota, job_id=job.pk, model_id=model, token_budget=budget)
+        # The `queued` event commits with the job, before the message: the worker's `running` must come after it.
+        events.record_queued(job)
         transaction.on_commit(lambda: _enqueue(job))
     metrics.job_submitted(model=model, queue=node.queue)
     return job
@@ -228,15 +253,14 @@ def submit_job_once(*, owner: User, idempotency_key: str | None, body_fingerprin
 def create_job(**fields: Any) -> Job:
     """Insert a Job row and count it in the day's usage roll-up, in one transaction: the only way a job is made
     (jobs that skip it are missing from the dashboard until `rebuild_usage_rollups`)."""
-    with transaction.atomic():
+    # No savepoint inside a caller's transaction (submit_job's): a failure here fails the whole admission anyway.
+    with transaction.atomic(savepoint=False):
         job = Job.objects.create(**fields)
         add_job_to_rollups(job)
     return job
 
 
 def _enqueue(job: Job) -> None:
-    # The `queued` event before the message: the worker's `running` must come after it.
-    events.record_status(job)
     try:
         enqueue_job(job.pk, job.queue)
     except Exception as exc:  # the broker's client raises many types; each must fail the job visibly

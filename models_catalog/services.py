@@ -16,6 +16,7 @@ from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
@@ -24,6 +25,7 @@ from django.db.models import Case, QuerySet, Value, When
 from django.utils import timezone
 
 from core.errors import DomainError
+from core.lookups import CachedLookup
 
 from .models import AINode, ModelCatalog, ModelStatus, NodeKind, NodeSource
 from .nodes import NodeError, NodeModel, client_for
@@ -131,6 +133,7 @@ def sync_node_rows() -> list[AINode]:
             AINode.objects.get_or_create(name=config.name, defaults=wanted)
         elif any(getattr(row, field) != value for field, value in wanted.items()):
             AINode.objects.filter(pk=row.pk).update(**wanted)
+            catalogue_changed()
     gone = list(AINode.objects.filter(source=NodeSource.SETTINGS).exclude(name__in=[c.name for c in configured])
                 .values_list("name", flat=True))
     if gone:
@@ -146,6 +149,7 @@ def set_nodes_enabled(*, nodes: QuerySet[AINode], enabled: bool) -> int:
     if enabled:
         ModelCatalog.objects.filter(node__in=nodes, status=ModelStatus.AVAILABLE).update(
             status=ModelStatus.UNAVAILABLE, loaded=False)
+    catalogue_changed()
     return count
 
 
@@ -153,9 +157,12 @@ def set_models_enabled(*, models: QuerySet[ModelCatalog], enabled: bool) -> int:
     """The operator's switch for models (and aliases). A re-enabled model is unavailable until the next sync, or
     until a job asks for it (route_model then asks its node)."""
     if enabled:
-        return models.update(enabled=True, status=Case(
+        count = models.update(enabled=True, status=Case(
             When(status=ModelStatus.DISABLED, then=Value(ModelStatus.UNAVAILABLE)), default="status"))
-    return models.update(enabled=False, status=ModelStatus.DISABLED)
+    else:
+        count = models.update(enabled=False, status=ModelStatus.DISABLED)
+    catalogue_changed()
+    return count
 
 
 def _config(node: AINode, model_id: str = "") -> NodeConfig:
@@ -267,6 +274,7 @@ def _record(nodes: list[AINode], results: dict[int, list[NodeModel] | str], now:
             rows.exclude(model_id__in=list(models)).filter(status=ModelStatus.AVAILABLE).update(
                 status=ModelStatus.UNAVAILABLE, loaded=False)
             reports.append(NodeReport(node.name, node.url, True, len(models), ""))
+        catalogue_changed()
     return reports
 
 
@@ -292,6 +300,23 @@ def _upsert(node: AINode, model: NodeModel, now: datetime) -> None:
 QueuedCounter = Callable[[list[str]], Mapping[str, int]]
 
 
+@dataclass(frozen=True)
+class Route:
+    """Where a model id can run now: the nodes that serve it (its alias resolved), as `route_model` caches them."""
+
+    candidates: tuple[tuple[NodeConfig, bool], ...]  # (the node, with the model's id on it; whether it is loaded)
+
+
+# Routes by the model id asked for. Invalidated by every change to the catalogue (`catalogue_changed`): each sync,
+# the operator's switches, and saves and deletes of nodes and models (models_catalog.apps).
+_routes: CachedLookup[Route] = CachedLookup("model-routes", ttl_seconds=lambda: settings.LOOKUP_CACHE_SECONDS)
+
+
+def catalogue_changed(**_: Any) -> None:
+    """Every process looks its routes up again (once the current transaction commits). Also a signal receiver."""
+    _routes.invalidate()
+
+
 def route_model(model_id: str, *, queued_jobs: QueuedCounter | None = None) -> NodeConfig:
     """The node that serves `model_id`, with `model_id` resolved through the operator's aliases.
 
@@ -299,23 +324,29 @@ def route_model(model_id: str, *, queued_jobs: QueuedCounter | None = None) -> N
     answered then, they are asked again first (see `_recheck_nodes_of`). When several nodes serve it,
     the choice is deterministic: a node that holds the model in memory (`loaded`) first, then the node with the
     fewest queued jobs (as `queued_jobs` counts them; without it, ties go by name), then the node whose name sorts
-    first. When the catalogue is empty (first start), the
-    nodes are asked once, synchronously.
+    first. When the catalogue is empty (first start), the nodes are asked once, synchronously. Routes are cached
+    (core.lookups): a model routed before runs no SQL unless several nodes serve it.
 
     Raises DomainError `invalid_model_id` (400) for an id that cannot be a model id, and `unknown_model` (400,
     with `available`: the ids one may use) when the model is unknown, disabled or unavailable.
     """
     model_id = check_model_id(model_id)
+    route = _routes.get(model_id, lambda: _load_route(model_id))
+    if route is None:
+        target = _resolve_alias(model_id)
+        if _recheck_nodes_of(target):
+            route = _load_route(model_id)
+        if route is None:
+            raise _unknown_model(model_id, target)
+    return _pick(route.candidates, queued_jobs)
+
+
+def _load_route(model_id: str) -> Route | None:
     if not ModelCatalog.objects.real().exists():
         sync_catalogue(timeout_ms=settings.AI_NODE_TIMEOUT)
-    target = _resolve_alias(model_id)
-    candidates = list(ModelCatalog.objects.routable().filter(model_id=target).select_related("node"))
-    if not candidates and _recheck_nodes_of(target):
-        candidates = list(ModelCatalog.objects.routable().filter(model_id=target).select_related("node"))
-    if not candidates:
-        raise _unknown_model(model_id, target)
-    chosen = _pick(candidates, queued_jobs)
-    return _config(chosen.node, model_id=chosen.model_id)
+    rows = ModelCatalog.objects.routable().filter(model_id=_resolve_alias(model_id)).select_related("node")
+    candidates = tuple((_config(row.node, model_id=row.model_id), row.loaded) for row in rows)
+    return Route(candidates) if candidates else None
 
 
 _last_recheck: dict[str, float] = {}  # by node URL
@@ -368,11 +399,12 @@ def _resolve_alias(model_id: str) -> str:
     return alias.alias_of if alias is not None else model_id
 
 
-def _pick(candidates: list[ModelCatalog], queued_jobs: QueuedCounter | None) -> ModelCatalog:
+def _pick(candidates: tuple[tuple[NodeConfig, bool], ...], queued_jobs: QueuedCounter | None) -> NodeConfig:
     if len(candidates) == 1:
-        return candidates[0]
-    queued = queued_jobs([row.node.name for row in candidates]) if queued_jobs else {}
-    return min(candidates, key=lambda row: (not row.loaded, queued.get(row.node.name, 0), row.node.name))
+        return candidates[0][0]
+    queued = queued_jobs([node.name for node, _ in candidates]) if queued_jobs else {}
+    node, _ = min(candidates, key=lambda c: (not c[1], queued.get(c[0].name, 0), c[0].name))
+    return node
 
 
 def _unknown_model(asked: str, target: str) -> DomainError:

@@ -8,7 +8,7 @@ Kinds, in the order they happen:
 - `usage`    the job's running totals and what is left of its budget (the gateway's `/_job/usage` shape).
 - `result`   the execution result (`GET /status/{id}`'s body); the stream ends with it.
 
-Producers: the web process (`record_status`, `record_end`), the worker (an `EventWriter` per job, fed by the
+Producers: the web process (`record_queued`, `record_end`), the worker (an `EventWriter` per job, fed by the
 runner, the Docker backend's output callback and the gateway's event callback). Stores: `store`. Listeners:
 `feed`.
 """
@@ -37,8 +37,14 @@ def status_event(job: Job) -> tuple[str, dict[str, Any]]:
     return "status", {"status": job.status, "errorCode": job.error_code, "workerId": job.worker_id}
 
 
-def record_status(job: Job) -> None:
-    record(job.pk, [status_event(job)])
+def record_queued(job: Job) -> None:
+    """The first event of a new job, written in the transaction that creates it (jobs.services.submit_job): the
+    admission writes its row, its roll-up and this event in one commit."""
+    try:
+        event_store().start(str(job.pk), [status_event(job)])
+    except Exception:
+        # Redis may fail alone; a database that fails here fails the admission's commit as well.
+        logger.warning("job %s: could not record its queued event", job.pk, exc_info=True)
 
 
 def end_events(job: Job) -> list[tuple[str, dict[str, Any]]]:

@@ -39,6 +39,10 @@ class EventStore(Protocol):
     def append(self, job_id: str, events: list[tuple[str, dict[str, Any]]]) -> None:
         """Add `events` (kind, data) after the job's last ones, in order."""
 
+    def start(self, job_id: str, events: list[tuple[str, dict[str, Any]]]) -> None:
+        """Add a job's first `events`, in the transaction that creates the job (no one else can write its events
+        before it commits)."""
+
     def read(self, job_id: str, *, after: str | None, wait: float) -> list[Event]:
         """The job's events after `after` (all when None), oldest first; waits up to `wait` s when there are none."""
 
@@ -64,6 +68,12 @@ class DatabaseEventStore:
                     raise
                 logger.info("job %s: events numbered again (%s)", job_id, exc)
                 time.sleep(0.05 * attempt)
+
+    def start(self, job_id: str, events: list[tuple[str, dict[str, Any]]]) -> None:
+        # Numbered from 1 in one INSERT, in the caller's transaction: no savepoint and no numbering query.
+        now = timezone.now()
+        JobEvent.objects.bulk_create([JobEvent(job_id=job_id, seq=seq, kind=kind, data=payload, created_at=now)
+                                      for seq, (kind, payload) in enumerate(events, start=1)])
 
     def _insert(self, job_id: str, events: list[tuple[str, dict[str, Any]]]) -> None:
         table = connection.ops.quote_name(JobEvent._meta.db_table)
@@ -131,6 +141,9 @@ class RedisEventStore:
             pipe.xadd(self.key(job_id), {"kind": kind, "data": json.dumps(payload)})
         pipe.expire(self.key(job_id), settings.JOB_EVENTS_TTL_SECONDS)
         pipe.execute()
+
+    def start(self, job_id: str, events: list[tuple[str, dict[str, Any]]]) -> None:
+        self.append(job_id, events)
 
     def read(self, job_id: str, *, after: str | None, wait: float) -> list[Event]:
         block = max(1, int(wait * 1000))

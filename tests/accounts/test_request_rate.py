@@ -1,16 +1,6 @@
 """Request rates per user from their quota: over the rate, 429 `throttled` with Retry-After; other users, and users
 without a rate, are not limited."""
-import pytest
-from django.core.cache import cache
-
 from accounts.models import Quota
-
-
-@pytest.fixture(autouse=True)
-def fresh_counters():
-    cache.clear()
-    yield
-    cache.clear()
 
 
 def test_requests_over_the_rate_answer_429_with_retry_after(alice):
