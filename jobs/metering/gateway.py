@@ -417,9 +417,11 @@ class JobGateway:
         self._slots = threading.Condition()
         self._slots_used = 0
         self._in_flight: set[Cancellation] = set()
-        # One client per node route for the gateway's life: they remember what a node serves between calls.
+        # One client per node route for the gateway's life: they remember what a node serves between calls, and
+        # keep their connections to it alive (one per call slot), so that a call does not wait for a new one.
         self._clients: dict[str, NodeClient] = {
-            model: client_for(route.kind, route.url, config.call_timeout) for model, route in config.routes.items()
+            model: client_for(route.kind, route.url, config.call_timeout, keep_alive=config.max_concurrent_calls)
+            for model, route in config.routes.items()
         }
         self._prompt_counts: dict[tuple, int] = {}
         self._events_lock = threading.Lock()
@@ -474,6 +476,8 @@ class JobGateway:
                                    "when they end", self.job_id, server.active, timeout)
             server.server_close()
             self._server = None
+        for client in self._clients.values():
+            client.close()
         try:
             os.unlink(self.socket_path)
         except FileNotFoundError:
