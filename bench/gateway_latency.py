@@ -3,13 +3,18 @@
     .venv/bin/python bench/gateway_latency.py [--calls 30] [--max-tokens 2] [--node-url URL] [--kind openai|ollama]
                                               [--database-url postgres://...]
 
-It starts the real `JobGateway` for a job row in a throw-away SQLite database (no container: the bench talks to
-the gateway's Unix socket itself), then makes the same small call (temperature 0, a few tokens) N times directly
-to the node and N times through the gateway, alternating the two so that both see the same node, non-streamed and
-streamed. Time is from sending the request to the answer's last byte. It prints figures only.
+It starts the real `JobGateway` for a job row in a throw-away SQLite database, in a process of its own as the
+worker runs it (no container: the bench talks to the gateway's Unix socket itself, from this process), then makes
+the same small call (temperature 0, a few tokens) N times directly to the node and N times through the gateway,
+alternating the two so that both see the same node, non-streamed and streamed. Time is from sending the request to
+the answer's last byte. It prints figures only: the two series' medians and 95th percentiles and their differences
+("added"), and the median and 95th percentile of the differences between each gateway call and the direct call made
+just before it ("paired"), which a busy machine disturbs less.
 
 The gateway writes each call's ledger row just after it answers (the runner waits for it before a job's totals are
-taken), so the database's commit time is off the answer's path; it still shares the CPU with the next call.
+taken), so the database's commit time is off the answer's path; it still shares the CPU with the next call. Until
+November 2026 the gateway ran in the bench's own process: the timed client then waited for the interpreter lock
+while the gateway wrote the ledger row, up to Python's 5 ms switch interval, which no script in a container does.
 """
 from __future__ import annotations
 
@@ -18,6 +23,7 @@ import http.client
 import json
 import logging
 import math
+import multiprocessing
 import os
 import shutil
 import statistics
@@ -26,6 +32,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable
+from multiprocessing.connection import Connection
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -59,6 +66,42 @@ def _job_row(model: str) -> str:
                              model_id=model, node="bench", queue="jobs", memory_mb=function.memory_mb,
                              timeout_seconds=function.timeout_seconds, status=JobStatus.RUNNING)
     return str(job.pk)
+
+
+class _GatewayProcess:
+    """The real `JobGateway` in a process of its own, as in production: the worker runs it and the script is in a
+    container. Sharing this process with the timed client would make the client wait for the interpreter lock
+    while the gateway writes the ledger row just after answering, which no script ever does."""
+
+    def __init__(self, job_id: str, model: str, kind: str, node_url: str, workdir: str):
+        from django.db import connections
+
+        from jobs.metering.gateway import SOCKET_NAME
+
+        connections.close_all()  # the child opens its own database connection
+        self.socket_path = os.path.join(workdir, SOCKET_NAME)
+        context = multiprocessing.get_context("fork")
+        self._control, child_end = context.Pipe()
+        self._process = context.Process(target=_serve, args=(child_end, job_id, model, kind, node_url, workdir),
+                                        daemon=True)
+        self._process.start()
+        if not self._control.poll(60) or self._control.recv() != "ready":
+            raise SystemExit("the gateway process did not start")
+
+    def stop(self) -> None:
+        self._control.send("stop")
+        self._process.join(30)
+
+
+def _serve(control: Connection, job_id: str, model: str, kind: str, node_url: str, workdir: str) -> None:
+    from jobs.metering.gateway import GatewayConfig, JobGateway, ModelRoute
+
+    config = GatewayConfig(job_id=job_id, default_model=model,
+                           routes={model: ModelRoute(model, "bench", kind, node_url)})
+    gateway = JobGateway(config, socket_dir=workdir).start()
+    control.send("ready")
+    control.recv()
+    gateway.stop(drain_timeout=10)
 
 
 def _model_of(node_url: str, kind: str) -> str:
@@ -115,22 +158,19 @@ def main() -> None:
 
     workdir = tempfile.mkdtemp(prefix="bench-gw-")
     _setup_django(workdir, args.database_url)
-    from jobs.metering.gateway import GatewayConfig, JobGateway, ModelRoute
+    from django.db import connection
 
     model = _model_of(args.node_url, args.kind)
     job_id = _job_row(model)
-    config = GatewayConfig(job_id=job_id, default_model=model,
-                           routes={model: ModelRoute(model, "bench", args.kind, args.node_url)})
-    gateway = JobGateway(config, socket_dir=workdir).start()
+    vendor = connection.vendor
+    gateway = _GatewayProcess(job_id, model, args.kind, args.node_url, workdir)
     node = urlsplit(args.node_url)
     direct = lambda: http.client.HTTPConnection(node.hostname, node.port, timeout=120)  # noqa: E731
     from sdk.transport import UnixHTTPConnection
 
     through = lambda: UnixHTTPConnection(gateway.socket_path, 120)  # noqa: E731
 
-    from django.db import connection
-
-    print(f"node {args.node_url} (kind {args.kind}), model {model}, ledger on {connection.vendor}, "
+    print(f"node {args.node_url} (kind {args.kind}), model {model}, ledger on {vendor}, "
           f"{args.calls} calls of {args.max_tokens} tokens each way")
     try:
         for stream in (False, True):
@@ -149,8 +189,12 @@ def main() -> None:
             d_p95, g_p95 = _p95(times["direct"]), _p95(times["gateway"])
             print(f"{label:13} added    median {g_med - d_med:+7.1f} ms   p95 {g_p95 - d_p95:+7.1f} ms   "
                   f"ratio median {g_med / d_med:.2f}x   p95 {g_p95 / d_p95:.2f}x")
+            # Each gateway call against the direct call just before it: on a shared machine, load that comes and
+            # goes slows both alike and drops out of their difference.
+            paired = [g - d for d, g in zip(times["direct"], times["gateway"])]
+            print(f"{label:13} paired   median {statistics.median(paired):+7.1f} ms   p95 {_p95(paired):+7.1f} ms")
     finally:
-        gateway.stop(drain_timeout=10)
+        gateway.stop()
         shutil.rmtree(workdir, ignore_errors=True)
 
 

@@ -12,6 +12,9 @@ report them (it died half way, or a call was cancelled), `count_prompt_tokens` a
 node's own tokenizer when it has one (llama.cpp and vLLM serve POST /tokenize); they answer None otherwise.
 A call in flight can be stopped from another thread with a `Cancellation`: it shuts the call's connection, which
 the node sees as its client hanging up (llama.cpp and Ollama then stop generating).
+A client made with `keep_alive` keeps that many idle connections to its node between calls (HTTP/1.1 keep-alive),
+so that a call skips the TCP handshake and the node's accept; `close()` closes them. Only an answer read to its end
+leaves its connection for the next call; a cancelled or broken one is closed.
 Every failure is a `NodeError` with a stable `.code`; no library exception leaks out.
 Standard library only, and nothing from Django: callers pass the URL and timeout. So the development AI node
 (devnode/) may import it too.
@@ -27,6 +30,7 @@ import http.client
 import json
 import logging
 import re
+import select
 import socket
 import threading
 from abc import ABC, abstractmethod
@@ -51,6 +55,9 @@ COMMON_OPTIONS = frozenset(OLLAMA_TO_OPENAI_OPTIONS.values())
 _OLLAMA_OPTION_NAMES = {openai: ollama for ollama, openai in OLLAMA_TO_OPENAI_OPTIONS.items()}
 # Counting tokens is a quick question; a node slow to answer it is treated as one without a tokenizer.
 TOKENIZE_TIMEOUT = 5.0
+# Once a stream's last event is in, the rest of its body (a chunked body's terminator, sent with that event) has
+# this long to arrive; a node slower than that loses the connection instead of keeping it for the next call.
+BODY_END_TIMEOUT = 0.1
 _Connection = http.client.HTTPConnection
 _Response = http.client.HTTPResponse
 # Picks the text out of one answer, stream event or choice.
@@ -128,6 +135,62 @@ class Cancellation:
             self._sockets.discard(sock)  # type: ignore[arg-type]
 
 
+# How a kept-alive connection fails when the node closed it while it sat idle (llama.cpp closes idle connections
+# after a few seconds): the request was never read, so it is sent again on a fresh connection. A timeout is not
+# among them: a call that was read and is slow to answer may be running.
+_CLOSED_WHILE_IDLE = (ConnectionResetError, BrokenPipeError, ConnectionAbortedError, http.client.RemoteDisconnected)
+
+
+def _idle_and_open(sock: socket.socket | None) -> bool:
+    """True when a kept-alive connection can carry a request: open, and with nothing to read (an idle connection
+    that is readable was closed by the node, or holds bytes that no request asked for)."""
+    if sock is None:
+        return False
+    poller = select.poll()
+    poller.register(sock, select.POLLIN | select.POLLRDHUP | select.POLLHUP | select.POLLERR)
+    try:
+        return not poller.poll(0)
+    except OSError:
+        return False
+
+
+class _KeptAlive:
+    """The idle connections to one node that a client keeps between calls: at most `size`, each used by one call
+    at a time. Thread-safe: the gateway's request threads share one client per node."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._idle: list[_Connection] = []
+        self._lock = threading.Lock()
+        self._closed = False
+
+    def take(self) -> _Connection | None:
+        """The most recently used idle connection that is still open, or None."""
+        while True:
+            with self._lock:
+                if not self._idle:
+                    return None
+                conn = self._idle.pop()
+            if _idle_and_open(conn.sock):
+                return conn
+            conn.close()
+
+    def give_back(self, conn: _Connection) -> None:
+        with self._lock:
+            if not self._closed and len(self._idle) < self.size:
+                self._idle.append(conn)
+                return
+        conn.close()
+
+    def close(self) -> None:
+        """Close the idle connections; connections given back later are closed too."""
+        with self._lock:
+            self._closed = True
+            idle, self._idle = self._idle, []
+        for conn in idle:
+            conn.close()
+
+
 @dataclass(frozen=True)
 class NodeModel:
     id: str
@@ -175,13 +238,14 @@ class NodeClient(ABC):
     """One AI node. `timeout` (seconds) bounds the connection and every wait for bytes from the node.
 
     It is not a deadline for the whole answer: a stream may last longer while tokens keep coming. Calls are
-    not retried here; the caller decides. Streams open the connection on the first `next()`, so their errors
+    not retried here (the caller decides), but for a request on a kept-alive connection that the node had closed
+    (see `_open`). Streams open the connection on the first `next()`, so their errors
     surface there. Unknown options raise ValueError (a caller's mistake, not the node's).
     """
 
     kind: str
 
-    def __init__(self, url: str, timeout: float) -> None:
+    def __init__(self, url: str, timeout: float, *, keep_alive: int = 0) -> None:
         parts = urlsplit(url)
         host = parts.hostname
         if parts.scheme not in ("http", "https") or not host:
@@ -190,6 +254,9 @@ class NodeClient(ABC):
         self.timeout = timeout
         self._parts = parts
         self._host: str = host
+        # Off by default: a client made for one question (the catalogue's, the probes') would leave its connection
+        # open for nobody. A long-lived client (the gateway's) keeps them and closes them with `close()`.
+        self._kept = _KeptAlive(keep_alive) if keep_alive > 0 else None
 
     @abstractmethod
     def list_models(self) -> list[NodeModel]: ...
@@ -237,30 +304,49 @@ class NodeClient(ABC):
               cancel: Cancellation | None = None, timeout: float | None = None) -> tuple[_Connection, _Response]:
         """Send one request; return (connection, response) once the status is known to be 2xx.
 
-        The caller must close the connection, which closes the response with it (and detach it from `cancel`).
+        The connection is a kept-alive one when the client holds one, else a new one. A kept-alive connection that
+        the node closed while it sat idle fails before the node read the request: the request goes once more, on a
+        new connection (the node never started it, so nothing is counted twice). The caller hands the connection
+        to `_done` once the answer is read to its end, or to `_close`; `_close` closes the response with it (and
+        detaches it from `cancel`).
         """
-        conn_class = http.client.HTTPSConnection if self._parts.scheme == "https" else http.client.HTTPConnection
-        conn = conn_class(self._host, self._parts.port, timeout=timeout or self.timeout)
         body = None if payload is None else json.dumps(payload).encode()
         headers = {"Accept": "application/json", "Content-Type": "application/json"}
-        try:
-            if cancel is not None:
-                conn.connect()
-                cancel.attach(conn.sock)
-            conn.request(method, self._parts.path.rstrip("/") + path, body=body, headers=headers)
-            resp = conn.getresponse()
-            if resp.status >= 400:
-                text = resp.read(64 * 1024).decode("utf-8", errors="replace")
-                raise self._status_error(resp.status, text, path)
-        except (OSError, http.client.HTTPException) as exc:
-            self._close(conn, None, cancel)
-            if cancel is not None and cancel.cancelled:
-                raise cancel.error() from exc
-            raise self._transport_error(exc, path) from exc
-        except NodeError:
-            self._close(conn, None, cancel)
-            raise
-        return conn, resp
+        while True:
+            conn = self._kept.take() if self._kept is not None else None
+            reused = conn is not None
+            try:
+                conn = self._prepare(conn, timeout or self.timeout)
+                if cancel is not None:
+                    cancel.attach(conn.sock)
+                conn.request(method, self._parts.path.rstrip("/") + path, body=body, headers=headers)
+                resp = conn.getresponse()
+                if resp.status >= 400:
+                    text = resp.read(64 * 1024).decode("utf-8", errors="replace")
+                    raise self._status_error(resp.status, text, path)
+            except (OSError, http.client.HTTPException) as exc:
+                if conn is not None:
+                    self._close(conn, None, cancel)
+                if cancel is not None and cancel.cancelled:
+                    raise cancel.error() from exc
+                if reused and isinstance(exc, _CLOSED_WHILE_IDLE):
+                    continue
+                raise self._transport_error(exc, path) from exc
+            except NodeError:
+                if conn is not None:
+                    self._close(conn, None, cancel)
+                raise
+            return conn, resp
+
+    def _prepare(self, conn: _Connection | None, timeout: float) -> _Connection:
+        """A connected connection whose reads wait at most `timeout`: `conn` (kept alive), or a new one."""
+        if conn is None:
+            conn_class = http.client.HTTPSConnection if self._parts.scheme == "https" else http.client.HTTPConnection
+            conn = conn_class(self._host, self._parts.port, timeout=timeout)
+            conn.connect()
+        conn.timeout = timeout
+        conn.sock.settimeout(timeout)
+        return conn
 
     @staticmethod
     def _close(conn: _Connection, resp: _Response | None, cancel: Cancellation | None) -> None:
@@ -271,41 +357,39 @@ class NodeClient(ABC):
             resp.close()  # a streamed answer's socket belongs to the response once http.client handed it over
         conn.close()
 
+    def _done(self, conn: _Connection, resp: _Response, cancel: Cancellation | None = None) -> None:
+        """The answer was read to its end: keep the connection for the next call where the node keeps it open."""
+        if self._kept is None or resp.will_close or not resp.isclosed() or (cancel is not None and cancel.cancelled):
+            self._close(conn, resp, cancel)
+            return
+        if cancel is not None:
+            cancel.detach(conn.sock)
+        self._kept.give_back(conn)
+
+    def close(self) -> None:
+        """Close the kept-alive connections. Calls may still be made: they open connections and keep none."""
+        if self._kept is not None:
+            self._kept.close()
+
     def _json(self, method: str, path: str, payload: dict[str, Any] | None = None, *,
               timeout: float | None = None) -> dict[str, Any]:
         conn, resp = self._open(method, path, payload, timeout=timeout)
         try:
             data = json.loads(resp.read())
         except ValueError as exc:
+            self._close(conn, resp, None)
             raise NodeError("node_bad_response", f"{self.url}{path} sent invalid JSON") from exc
         except (OSError, http.client.HTTPException) as exc:
+            self._close(conn, resp, None)
             raise self._transport_error(exc, path) from exc
-        finally:
-            conn.close()
+        self._done(conn, resp)
         if not isinstance(data, dict):
             raise NodeError("node_bad_response", f"{self.url}{path} sent JSON that is not an object")
         return data
 
-    def _lines(self, path: str, payload: dict[str, Any], cancel: Cancellation | None = None) -> Iterator[bytes]:
-        """The non-empty lines of a streamed answer; the connection closes when the generator does. Once `cancel`
-        is cancelled, the next line raises NodeError call_cancelled."""
-        conn, resp = self._open("POST", path, payload, cancel=cancel)
-        try:
-            while True:
-                try:
-                    line = resp.readline()
-                except (OSError, http.client.HTTPException) as exc:
-                    if cancel is not None and cancel.cancelled:
-                        raise cancel.error() from exc
-                    raise self._transport_error(exc, path) from exc
-                if cancel is not None and cancel.cancelled:
-                    raise cancel.error()
-                if not line:
-                    return
-                if line.strip():
-                    yield line.strip()
-        finally:
-            self._close(conn, resp, cancel)
+    def _lines(self, path: str, payload: dict[str, Any], cancel: Cancellation | None = None) -> "_Lines":
+        """The lines of a streamed answer (see `_Lines`); the request is sent on the first `next()`."""
+        return _Lines(self, path, payload, cancel)
 
     def _transport_error(self, exc: BaseException, path: str) -> NodeError:
         where = f"{self.url}{path}"
@@ -336,6 +420,60 @@ class NodeClient(ABC):
             return NodeError("model_not_found", message, status)
         how = f"answered HTTP {status}" if status else "reported an error inside its stream"
         return NodeError("node_http_error", f"{self.url}{path} {how}: {message}", status)
+
+
+class _Lines:
+    """The non-empty lines of one streamed answer, stripped, as the node sends them.
+
+    The request is sent on the first `next()`. Once `cancel` is cancelled, the next line raises NodeError
+    call_cancelled. The reader calls `finish()` when it has the answer's last event, so that the connection may
+    carry the next call, and `close()` in any case (which closes a connection not finished, and the node stops
+    generating). NodeError for every failure.
+    """
+
+    def __init__(self, client: NodeClient, path: str, payload: dict[str, Any], cancel: Cancellation | None) -> None:
+        self._client, self._path, self._payload, self._cancel = client, path, payload, cancel
+        self._conn: _Connection | None = None
+        self._resp: _Response | None = None
+
+    def __iter__(self) -> Iterator[bytes]:
+        client, path, cancel = self._client, self._path, self._cancel
+        self._conn, self._resp = client._open("POST", path, self._payload, cancel=cancel)
+        while True:
+            try:
+                line = self._resp.readline()
+            except (OSError, http.client.HTTPException) as exc:
+                if cancel is not None and cancel.cancelled:
+                    raise cancel.error() from exc
+                raise client._transport_error(exc, path) from exc
+            if cancel is not None and cancel.cancelled:
+                raise cancel.error()
+            if not line:
+                return
+            if line.strip():
+                yield line.strip()
+
+    def finish(self) -> None:
+        """The last event is in: read the rest of the body (normally only its end, already sent) for at most
+        BODY_END_TIMEOUT, and keep the connection if the body ended there; close it otherwise."""
+        conn, resp = self._conn, self._resp
+        if conn is None or resp is None or resp.will_close or self._client._kept is None:
+            return  # nothing to keep: close() closes it without waiting for the body's end
+        self._conn = None
+        try:
+            if not resp.isclosed():
+                conn.sock.settimeout(BODY_END_TIMEOUT)
+                if resp.read(1024).strip():  # more than the blank line that ends an event: not the end
+                    raise http.client.HTTPException("bytes after the last event")
+        except (OSError, http.client.HTTPException):
+            self._client._close(conn, resp, self._cancel)
+            return
+        self._client._done(conn, resp, self._cancel)
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._client._close(self._conn, self._resp, self._cancel)
+            self._conn = None
 
 
 def _error_message(text: str) -> str:
@@ -447,15 +585,20 @@ class OllamaClient(NodeClient):
     def _stream(self, path: str, payload: dict[str, Any], text_of: _TextOf,
                 cancel: Cancellation | None = None) -> Iterator[str | Completion]:
         pieces: list[str] = []
-        for line in self._lines(path, payload, cancel):
-            # Ollama reports a failure after the stream began as an {"error": ...} line.
-            event = self._stream_event(line, path, "NDJSON line")
-            if text := text_of(event):
-                pieces.append(text)
-                yield text
-            if event.get("done"):
-                yield self._completion(event, "".join(pieces), payload["model"])
-                return
+        lines = self._lines(path, payload, cancel)
+        try:
+            for line in lines:
+                # Ollama reports a failure after the stream began as an {"error": ...} line.
+                event = self._stream_event(line, path, "NDJSON line")
+                if text := text_of(event):
+                    pieces.append(text)
+                    yield text
+                if event.get("done"):
+                    lines.finish()
+                    yield self._completion(event, "".join(pieces), payload["model"])
+                    return
+        finally:
+            lines.close()
         raise NodeError("node_bad_response", f"{self.url}{path} ended the stream before done")
 
     def _completion(self, data: dict[str, Any], text: Any, model: str) -> Completion:
@@ -479,8 +622,8 @@ class OllamaClient(NodeClient):
 class OpenAIClient(NodeClient):
     kind = "openai"
 
-    def __init__(self, url: str, timeout: float) -> None:
-        super().__init__(url, timeout)
+    def __init__(self, url: str, timeout: float, *, keep_alive: int = 0) -> None:
+        super().__init__(url, timeout, keep_alive=keep_alive)
         # Names this node serves (ids and aliases), learnt from /v1/models. llama.cpp answers a request for
         # any model name with the one model it holds, so we check the name ourselves before each call.
         self._known: frozenset[str] = frozenset()
@@ -606,24 +749,29 @@ class OpenAIClient(NodeClient):
         last: dict[str, Any] = {}
         finish: str | None = None
         usage: dict[str, Any] | None = None
-        for line in self._lines(path, payload, cancel):
-            if line.startswith(b"error:"):  # llama.cpp's way to fail after the stream began
-                raise self._status_error(None, line[6:].decode("utf-8", errors="replace"), path)
-            if not line.startswith(b"data:"):
-                continue  # SSE comments and keep-alive pings
-            data = line[5:].strip()
-            if data == b"[DONE]":
-                break
-            event = self._stream_event(data, path, "SSE event")
-            last = event
-            # Usage arrives in a last event with no choices on llama.cpp's chat route, and inside the
-            # finishing event on its completions route: take it wherever it appears.
-            usage = event.get("usage") or usage
-            for choice in event.get("choices") or []:
-                finish = choice.get("finish_reason") or finish
-                if text := text_of(choice):
-                    pieces.append(text)
-                    yield text
+        lines = self._lines(path, payload, cancel)
+        try:
+            for line in lines:
+                if line.startswith(b"error:"):  # llama.cpp's way to fail after the stream began
+                    raise self._status_error(None, line[6:].decode("utf-8", errors="replace"), path)
+                if not line.startswith(b"data:"):
+                    continue  # SSE comments and keep-alive pings
+                data = line[5:].strip()
+                if data == b"[DONE]":
+                    break
+                event = self._stream_event(data, path, "SSE event")
+                last = event
+                # Usage arrives in a last event with no choices on llama.cpp's chat route, and inside the
+                # finishing event on its completions route: take it wherever it appears.
+                usage = event.get("usage") or usage
+                for choice in event.get("choices") or []:
+                    finish = choice.get("finish_reason") or finish
+                    if text := text_of(choice):
+                        pieces.append(text)
+                        yield text
+            lines.finish()  # after [DONE], or at the body's end for a node that does not send it
+        finally:
+            lines.close()
         if not last or (finish is None and usage is None):
             raise NodeError("node_bad_response", f"{self.url}{path} ended the stream before finishing")
         final = {**last, "usage": usage} if usage else last
@@ -660,10 +808,11 @@ class OpenAIClient(NodeClient):
 _CLIENTS: dict[str, type[NodeClient]] = {"ollama": OllamaClient, "openai": OpenAIClient}
 
 
-def client_for(kind: str, url: str, timeout: float) -> NodeClient:
-    """The client for a node of this kind ("ollama" or "openai"); ValueError for another kind."""
+def client_for(kind: str, url: str, timeout: float, *, keep_alive: int = 0) -> NodeClient:
+    """The client for a node of this kind ("ollama" or "openai"), keeping up to `keep_alive` idle connections to it
+    (close them with `close()`); ValueError for another kind."""
     try:
         client_class = _CLIENTS[kind]
     except KeyError:
         raise ValueError(f"unknown AI node kind {kind!r}; expected one of {sorted(_CLIENTS)}") from None
-    return client_class(url, timeout)
+    return client_class(url, timeout, keep_alive=keep_alive)

@@ -37,7 +37,7 @@ from models_catalog.nodes import Cancellation, Completion, NodeClient, NodeError
 
 from ..models import LLMCallStatus
 from . import wire
-from .ledger import record_call
+from .ledger import LedgerWriter, record_call
 from .meter import BudgetExhausted, Meter, Reservation, WaitAbandoned, prompt_bound
 
 logger = logging.getLogger(__name__)
@@ -151,8 +151,8 @@ class _Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
         try:
             super().process_request_thread(request, client_address)
         finally:
-            # Each request has a thread of its own, and Django a connection per thread: close the ones this request
-            # opened (to write the ledger), or every model call would leave a database session behind.
+            # Each request has a thread of its own, and Django a connection per thread: the ledger is written on a
+            # thread of its own (see LedgerWriter), but a row queued after the job's end is written here.
             connections.close_all()
             self._served(request)
 
@@ -244,7 +244,6 @@ class _Handler(BaseHTTPRequestHandler):
         gateway = self.server.gateway
         # One handler serves every request of a kept-alive connection: per-request state starts afresh.
         self.body_read, self.stream_started, self.listening = False, False, True
-        self.deferred: list[Callable[[], None]] = []
         self.route_path = path = self.path.split("?", 1)[0]
         try:
             if path in wire.FORBIDDEN_ROUTES or path.startswith("/api/blobs/"):
@@ -269,12 +268,9 @@ class _Handler(BaseHTTPRequestHandler):
         finally:
             if self.stream_started:
                 self._end_stream()
-            # Work that needs no answer (the ledger row) runs after the answer, off its path.
-            for work in self.deferred:
-                work()
 
     def _end_stream(self) -> None:
-        """A stream's body ends with its connection: say so now, not once the ledger row is written."""
+        """A stream's body ends with its connection: say so now, not once the request's thread is done."""
         try:
             self.wfile.flush()
             self.connection.shutdown(socket.SHUT_WR)
@@ -417,11 +413,14 @@ class JobGateway:
         self._slots = threading.Condition()
         self._slots_used = 0
         self._in_flight: set[Cancellation] = set()
-        # One client per node route for the gateway's life: they remember what a node serves between calls.
+        # One client per node route for the gateway's life: they remember what a node serves between calls, and
+        # keep their connections to it alive (one per call slot), so that a call does not wait for a new one.
         self._clients: dict[str, NodeClient] = {
-            model: client_for(route.kind, route.url, config.call_timeout) for model, route in config.routes.items()
+            model: client_for(route.kind, route.url, config.call_timeout, keep_alive=config.max_concurrent_calls)
+            for model, route in config.routes.items()
         }
         self._prompt_counts: dict[tuple, int] = {}
+        self._ledger = LedgerWriter(config.job_id)
         self._events_lock = threading.Lock()
         self._call_numbers = itertools.count(1)
         self.routes = {
@@ -454,7 +453,8 @@ class JobGateway:
         New connections are refused; requests not yet forwarded to a node are dropped unstarted; calls in flight
         are cancelled at their node (their connection is closed) and put on the ledger with what the node
         generated until then. Waits at most `drain_timeout` (default `config.drain_timeout`) seconds for all that,
-        so that the ledger is complete before the job's totals are taken from it.
+        and as long again for the ledger rows of the calls, so that the ledger is complete before the job's totals
+        are taken from it.
         """
         server = self._server
         if server is not None:
@@ -474,6 +474,11 @@ class JobGateway:
                                    "when they end", self.job_id, server.active, timeout)
             server.server_close()
             self._server = None
+            # The calls that ended are settled; their rows may still be queued. A second wait, as long as the first,
+            # bounds a database that does not answer; normally it takes a few milliseconds.
+            self._ledger.close(timeout)
+        for client in self._clients.values():
+            client.close()
         try:
             os.unlink(self.socket_path)
         except FileNotFoundError:
@@ -583,11 +588,12 @@ class JobGateway:
         # next; the counts are those the ledger row will hold.
         self._tell_call_end(described, usage=usage, estimated=estimated, completion=completion, error=error,
                             duration_ms=duration_ms)
-        request.deferred.append(lambda: self._record(call, endpoint, route, reservation, usage, estimated,
-                                                     completion, error, duration_ms))
+        # The row is written on the ledger's thread, off the answer's path (`stop` waits for it).
+        self._ledger.write(lambda: self._record(call, endpoint, route, reservation, usage, estimated,
+                                                completion, error, duration_ms))
         if frames is not None and request.stream_started:
             # A stream's last frame goes out once the call is settled: a script that reads it and then asks
-            # usage() must find the call counted. (Its ledger row is written right after; the runner waits.)
+            # usage() must find the call counted.
             if request.listening:
                 request.write_frame(frames.final(completion) if completion is not None
                                     else frames.error(error.code, error.public_message))

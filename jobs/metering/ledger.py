@@ -2,11 +2,14 @@
 daily roll-ups in the same transaction; and the rebuild of those roll-ups from the ledger and the jobs."""
 import functools
 import logging
+import threading
+from collections import deque
+from collections.abc import Callable
 from datetime import date
 from decimal import Decimal
 from typing import Any
 
-from django.db import close_old_connections, connection, transaction
+from django.db import close_old_connections, connection, connections, transaction
 from django.db.models import Count, DecimalField, F, Q, Sum, Value
 from django.db.models.functions import Coalesce, TruncDate
 from django.utils import timezone
@@ -38,7 +41,7 @@ def record_call(*, job_id: str, model_id: str, node: str, endpoint: str, streame
 
     `usage` is what the node reported, or with `estimated` what the gateway counted in its place; both are billed.
 
-    Called from the gateway's request threads, which must not keep a database connection open after the job.
+    Called from a job's `LedgerWriter` thread, which closes its database connection when the job ends.
     """
     close_old_connections()
     known = usage is not None and usage.known
@@ -77,6 +80,63 @@ def record_call(*, job_id: str, model_id: str, node: str, endpoint: str, streame
                 node, call.prompt_tokens, call.completion_tokens, " (estimated)" if call.estimated else "",
                 f" ({error_code})" if error_code else "")
     return call
+
+
+class LedgerWriter:
+    """Writes one job's ledger rows, in the order they come, on a thread of its own that keeps one database
+    connection for the job's life: a call's answer never waits for its row, and a row does not pay for a new
+    connection (a thread per request, as the gateway has, would open one per call: on SQLite that alone costs about
+    as much as the row's writes).
+
+    `write(record)` queues one row's writing (`record` logs its own failures); `close(timeout)` waits for the rows
+    queued so far and ends the thread. A row queued after `close` is written on the caller's thread, so that a call
+    that outlived its job's drain is still recorded.
+    """
+
+    def __init__(self, job_id: str):
+        self.job_id = job_id
+        self._queue: deque[Callable[[], None]] = deque()
+        self._changed = threading.Condition()
+        self._closed = False
+        self._thread: threading.Thread | None = None
+
+    def write(self, record: Callable[[], None]) -> None:
+        with self._changed:
+            if not self._closed:
+                self._queue.append(record)
+                if self._thread is None:  # started by the first call: a job that calls no model opens nothing
+                    self._thread = threading.Thread(target=self._run, name=f"ledger-{self.job_id[:8]}", daemon=True)
+                    self._thread.start()
+                self._changed.notify()
+                return
+        record()
+
+    def close(self, timeout: float) -> None:
+        """Wait at most `timeout` seconds for the queued rows to be written (the rest are written when they can)."""
+        with self._changed:
+            self._closed = True
+            self._changed.notify()
+            thread = self._thread
+        if thread is not None:
+            thread.join(timeout)
+            if thread.is_alive():
+                logger.warning("job %s: ledger rows still being written after %.0f s", self.job_id, timeout)
+
+    def _run(self) -> None:
+        try:
+            while True:
+                with self._changed:
+                    while not self._queue and not self._closed:
+                        self._changed.wait()
+                    if not self._queue:
+                        return
+                    record = self._queue.popleft()
+                try:
+                    record()
+                except Exception:  # the thread must outlive one bad row: the job's other rows still need it
+                    logger.exception("job %s: writing a ledger row failed", self.job_id)
+        finally:
+            connections.close_all()
 
 
 def ledger_totals(job_id: str) -> dict[str, int]:

@@ -4,7 +4,7 @@ as the node counted, and a prefix for scripts that speak raw HTTP to the job's g
 The proof that a job is billed right has to know the node's own token counts without asking our code. So each
 test points the job's node at a `RecordingProxy`: a tiny HTTP server on 127.0.0.1 that forwards every request to
 the real node (llama.cpp's OpenAI API, or the Ollama front beside it) and writes down the counts from each answer,
-streamed or not. The real model answers every call; the proxy only watches. One variant strips the counts from the
+streamed or not. Like the node, it keeps the gateway's connections alive between requests. The real model answers every call; the proxy only watches. One variant strips the counts from the
 answers, to stand for a node that does not report them.
 """
 from __future__ import annotations
@@ -55,8 +55,15 @@ def _requested_max_tokens(body: dict[str, Any]) -> int | None:
 
 
 class _ProxyHandler(BaseHTTPRequestHandler):
+    """Serves one connection from the gateway, kept alive across requests as the real node keeps it."""
+
     server: "_ProxyServer"
     protocol_version = "HTTP/1.1"
+    served = 0  # requests answered on this connection
+
+    def setup(self) -> None:
+        super().setup()
+        self.server.proxy.count_connection()
 
     def do_GET(self) -> None:
         self._forward("GET")
@@ -71,6 +78,12 @@ class _ProxyHandler(BaseHTTPRequestHandler):
         proxy = self.server.proxy
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length) if length else None
+        if self.served and proxy.hang_up_kept_alive:
+            # A node that closes a kept-alive connection just as the next request arrives: never read, never run.
+            proxy.count_hang_up()
+            self.close_connection = True
+            return
+        self.served += 1
         upstream = http.client.HTTPConnection(proxy.upstream.hostname, proxy.upstream.port, timeout=300)
         try:
             upstream.request(method, self.path, body, {"Content-Type": "application/json"})
@@ -97,12 +110,12 @@ class _ProxyHandler(BaseHTTPRequestHandler):
         return data
 
     def _relay_stream(self, response: http.client.HTTPResponse, content_type: str, request: dict[str, Any]) -> None:
-        """Relay line by line as the node sends; the body ends when the connection closes."""
+        """Relay line by line as the node sends, in chunks as the node does (so the connection may carry the next
+        request); a body the node broke off is broken off here too (no last chunk, the connection closes)."""
         self.send_response(200)
         self.send_header("Content-Type", content_type)
-        self.send_header("Connection", "close")
+        self.send_header("Transfer-Encoding", "chunked")
         self.end_headers()
-        self.close_connection = True
         counts = None
         while line := response.readline():
             payload = line[5:].strip() if line.startswith(b"data:") else line.strip()
@@ -118,10 +131,16 @@ class _ProxyHandler(BaseHTTPRequestHandler):
                     stripped = json.dumps({k: v for k, v in event.items() if k not in COUNT_FIELDS}).encode()
                     line = (b"data: " + stripped if line.startswith(b"data:") else stripped) + b"\n"
             try:
-                self.wfile.write(line)
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(line), line))
                 self.wfile.flush()
             except OSError:
+                self.close_connection = True
                 break  # the gateway hung up: a plain proxy stops reading the node too
+        else:
+            try:
+                self.wfile.write(b"0\r\n\r\n")
+            except OSError:
+                self.close_connection = True
         self.server.proxy.record(NodeAnswer(self.path, True, _requested_max_tokens(request),
                                             *(counts or (None, None)), 200))
 
@@ -146,6 +165,9 @@ class RecordingProxy:
         self.kind = kind
         self.strip_usage = strip_usage
         self.answers: list[NodeAnswer] = []
+        self.connections = 0  # connections the gateway opened to the node
+        self.hang_up_kept_alive = False  # when set, a request on a connection that served one already is dropped
+        self.hang_ups = 0
         self._lock = threading.Lock()
         self._server = _ProxyServer(("127.0.0.1", 0), _ProxyHandler)
         self._server.proxy = self
@@ -164,6 +186,14 @@ class RecordingProxy:
     def record(self, answer: NodeAnswer) -> None:
         with self._lock:
             self.answers.append(answer)
+
+    def count_connection(self) -> None:
+        with self._lock:
+            self.connections += 1
+
+    def count_hang_up(self) -> None:
+        with self._lock:
+            self.hang_ups += 1
 
     def totals(self) -> tuple[int, int]:
         """(prompt, completion) tokens summed over every answer the node gave, as the node counted them."""

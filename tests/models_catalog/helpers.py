@@ -46,6 +46,7 @@ class Listener:
         self.sock = socket.create_server(("127.0.0.1", port))
         self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
         self.connections: list[socket.socket] = []
+        self.accepted = 0  # connections accepted so far
         self._handle = handle
         self._closed = threading.Event()
         threading.Thread(target=self._accept, daemon=True).start()
@@ -57,6 +58,7 @@ class Listener:
             except OSError:
                 return
             self.connections.append(conn)
+            self.accepted += 1
             threading.Thread(target=self._handle, args=(conn,), daemon=True).start()
 
     def close(self) -> None:
@@ -67,7 +69,12 @@ class Listener:
         except OSError:
             pass
         self.sock.close()
-        for conn in self.connections:
+        self.drop_connections()
+
+    def drop_connections(self) -> None:
+        """Close every connection open now; new ones are still accepted unless closed."""
+        connections, self.connections = self.connections, []
+        for conn in connections:
             try:
                 conn.shutdown(socket.SHUT_RDWR)
             except OSError:
@@ -95,6 +102,15 @@ class Relay:
         self._listener.connections.append(upstream)
         threading.Thread(target=pump, args=(upstream, conn), daemon=True).start()
         pump(conn, upstream)
+
+    @property
+    def accepted(self) -> int:
+        """Connections made to the node through the relay."""
+        return self._listener.accepted
+
+    def drop_connections(self) -> None:
+        """Close the connections open now, as a node closes the idle ones it keeps alive; the relay stays up."""
+        self._listener.drop_connections()
 
     def stop(self) -> None:
         self._listener.close()
