@@ -10,11 +10,11 @@ from decimal import Decimal
 from typing import Any
 
 from django.db import close_old_connections, connection, connections, transaction
-from django.db.models import Count, DecimalField, F, Q, Sum, Value
+from django.db.models import Count, DecimalField, Exists, F, OuterRef, Q, Sum, Value
 from django.db.models.functions import Coalesce, TruncDate
 from django.utils import timezone
 
-from billing.models import UsageDaily
+from billing.models import Hold, UsageDaily
 from billing.pricing import cost_of_call, job_cost_increments
 from billing.quotas import spend_from_hold
 from billing.ranges import created_in_days
@@ -29,9 +29,11 @@ logger = logging.getLogger(__name__)
 
 
 @functools.lru_cache(maxsize=4096)
-def _job_owner_and_function(job_id: Any) -> tuple[int, Any]:
-    """A job's owner and function never change: read once per job and process, not once per call."""
-    return Job.objects.filter(pk=job_id).values_list("owner_id", "function_id").get()
+def _job_facts(job_id: Any) -> tuple[int, Any, bool]:
+    """A job's owner, function, and whether a quota holds its worst case (a hold is made at admission and deleted at
+    the job's end, after its last call): read once per job and process, not once per call."""
+    return (Job.objects.filter(pk=job_id).annotate(held=Exists(Hold.objects.filter(job_id=OuterRef("pk"))))
+            .values_list("owner_id", "function_id", "held").get())
 
 
 def record_call(*, job_id: str, model_id: str, node: str, endpoint: str, streamed: bool, usage: Usage | None,
@@ -69,9 +71,10 @@ def record_call(*, job_id: str, model_id: str, node: str, endpoint: str, streame
         else:
             totals["unmetered_calls"] = F("unmetered_calls") + 1
         Job.objects.filter(pk=job_id).update(**totals)
-        spend_from_hold(job_id=job_id, cost=cost,
-                        tokens=usage.prompt_tokens + usage.completion_tokens if known else None)
-        owner_id, function_id = _job_owner_and_function(job_id)
+        owner_id, function_id, held = _job_facts(job_id)
+        if held:
+            spend_from_hold(job_id=job_id, cost=cost,
+                            tokens=usage.prompt_tokens + usage.completion_tokens if known else None)
         add_call_to_rollups(call, owner_id=owner_id, function_id=function_id)
     metrics.model_call(model=model_id, node=node, error_code=error_code,
                        prompt_tokens=call.prompt_tokens, completion_tokens=call.completion_tokens,
