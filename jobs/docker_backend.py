@@ -177,8 +177,11 @@ class DockerBackend:
         # Taken before `begin`: a cold container's own StartedAt is later and wins; a warm one started long ago.
         began = datetime.now(timezone.utc)
         begin()
+        # The timeout counts from here: recording the start (a database write that may wait for a lock) is the
+        # worker's time, not the job's, and must not lengthen what the job may run.
+        deadline = time.monotonic() + spec.timeout_seconds
         on_started(container.id)
-        self._wait(container, spec, outcome, should_cancel, began)
+        self._wait(container, outcome, should_cancel, began=began, deadline=deadline)
         reader.join(timeout=10)
         outcome.stdout, outcome.stderr = bytes(stdout.data), bytes(stderr.data)
         outcome.stdout_truncated, outcome.stderr_truncated = stdout.truncated, stderr.truncated
@@ -288,9 +291,8 @@ class DockerBackend:
         reader.start()
         return reader
 
-    def _wait(self, container, spec: ContainerSpec, outcome: ContainerOutcome,
-              should_cancel: Callable[[], bool], began: datetime) -> None:
-        deadline = time.monotonic() + spec.timeout_seconds
+    def _wait(self, container, outcome: ContainerOutcome, should_cancel: Callable[[], bool], *,
+              began: datetime, deadline: float) -> None:
         memory = _MemorySampler(container.id)
         exited = self._exit_watch(container)
         last_look = 0.0

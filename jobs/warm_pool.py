@@ -96,6 +96,9 @@ class Slot:
         still be starting); nothing of the job has run then.
         """
         fd = self._open_writer(is_running)
+        # The FIFO's name goes before the signal does: once the runtime has it, the script runs and could find the
+        # FIFO still there (and write to it). The open ends (ours, the runtime's) outlive the name.
+        self.fifo.unlink(missing_ok=True)
         try:
             os.set_blocking(fd, True)
             data = memoryview(json.dumps(env).encode() + b"\n")  # JSON escapes newlines: this one ends it
@@ -106,7 +109,6 @@ class Slot:
             raise SlotUnavailable("the warm runtime went away while it was given its job") from None
         finally:
             os.close(fd)
-        self.fifo.unlink(missing_ok=True)
 
     def wait_ready(self, timeout: float, *, stop: threading.Event | None = None) -> bool:
         """Wait until the runtime holds the start FIFO open (so that a job given to it starts at once); True when it

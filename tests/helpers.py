@@ -32,6 +32,7 @@ MOTO_SERVER = VENV_BIN / "moto_server" if (VENV_BIN / "moto_server").exists() el
 MOTO_HOST, MOTO_PORT = "127.0.0.1", int(os.environ.get("TEST_MOTO_PORT", "5055"))
 REDIS_TEST_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 WORKER_START_TIMEOUT = 60.0
+ENGINE_CALL_SECONDS = 10.0  # a container's create and start on a loaded engine
 TERMINAL_STATUSES = ("succeeded", "failed", "timed_out", "cancelled")
 
 
@@ -146,6 +147,15 @@ def wait_for(predicate: Callable[[], Any], *, timeout: float, interval: float = 
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout} s waiting for {message or predicate}")
         time.sleep(interval)
+
+
+def pool_ready_timeout(containers: int = 1) -> float:
+    """How long a test waits for a warm pool to have `containers` more ready: the pool makes them one after another
+    and gives each one's runtime READY_TIMEOUT_SECONDS to reach its FIFO before it counts it as failed, once the
+    engine created and started it (ENGINE_CALL_SECONDS). A shorter wait fails a pool that keeps its word."""
+    from jobs.warm_pool import READY_TIMEOUT_SECONDS
+
+    return containers * (READY_TIMEOUT_SECONDS + ENGINE_CALL_SECONDS)
 
 
 def wait_for_status(account: Account, job_id: str, *, statuses: tuple[str, ...] = TERMINAL_STATUSES,

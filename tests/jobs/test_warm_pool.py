@@ -6,7 +6,15 @@ import pytest
 
 from jobs.docker_backend import POOL_LABEL
 from jobs.runner import _profile, default_profile, run_job
-from tests.helpers import container_creations, job_containers, make_job, make_warm_pool, run_in_thread, wait_for
+from tests.helpers import (
+    container_creations,
+    job_containers,
+    make_job,
+    make_warm_pool,
+    pool_ready_timeout,
+    run_in_thread,
+    wait_for,
+)
 
 pytestmark = pytest.mark.usefixtures("served_models")
 
@@ -32,8 +40,9 @@ def test_a_job_runs_on_the_ready_container_of_its_profile_and_the_container_is_r
     assert job.result == {"answer": 42, "input": {"n": 1}}
     assert job.container_id == slot.container_id
     assert warm_pool.ready_count() == 0
-    wait_for(lambda: not pool_containers(docker_client, warm_pool), timeout=20, message="the used container to go")
-    assert not slot.path.exists()
+    # Both go in the background, the folder after the container (which mounts it).
+    wait_for(lambda: not pool_containers(docker_client, warm_pool) and not slot.path.exists(), timeout=20,
+             message="the used container and its folder to go")
 
 
 def test_with_the_pool_empty_a_job_takes_the_cold_path(alice, warm_pool, docker_client):
@@ -60,13 +69,15 @@ def test_a_job_whose_profile_has_no_pool_takes_the_cold_path_and_its_profile_is_
 def test_the_pool_on_means_a_started_pool_keeps_its_size_ready(alice, job_work_root, docker_client):
     pool = make_warm_pool(job_work_root, size=2).start([default_profile()])
     try:
-        wait_for(lambda: pool.ready_count(default_profile()) == 2, timeout=30, message="two ready containers")
+        wait_for(lambda: pool.ready_count(default_profile()) == 2, timeout=pool_ready_timeout(2),
+                 message="two ready containers")
         containers = pool_containers(docker_client, pool)
         assert len(containers) == 2
         assert {c.status for c in containers} == {"running"}
         slot = pool.take(default_profile())
         # Refilled in the background, off the job's path.
-        wait_for(lambda: pool.ready_count(default_profile()) == 2, timeout=30, message="the pool to refill")
+        wait_for(lambda: pool.ready_count(default_profile()) == 2, timeout=pool_ready_timeout(),
+                 message="the pool to refill")
         pool.release(slot)
     finally:
         pool.stop()
@@ -111,7 +122,7 @@ def test_a_pooled_container_that_dies_while_waiting_is_replaced(alice, job_work_
     monkeypatch.setattr(pools, "CHECK_SECONDS", 0.2)
     pool = make_warm_pool(job_work_root, size=1).start([default_profile()])
     try:
-        wait_for(lambda: pool.ready_count() == 1, timeout=30, message="a ready container")
+        wait_for(lambda: pool.ready_count() == 1, timeout=pool_ready_timeout(), message="a ready container")
         (first,) = pool_containers(docker_client, pool)
         first.kill()
 
@@ -119,7 +130,7 @@ def test_a_pooled_container_that_dies_while_waiting_is_replaced(alice, job_work_
             running = [c for c in pool_containers(docker_client, pool) if c.status == "running"]
             return pool.ready_count() == 1 and len(running) == 1 and running[0].id != first.id
 
-        wait_for(replaced, timeout=30, message="the dead container to be replaced")
+        wait_for(replaced, timeout=pool_ready_timeout(), message="the dead container to be replaced")
     finally:
         pool.stop()
 
@@ -151,14 +162,14 @@ def test_the_timeout_counts_from_the_jobs_start_not_the_containers(alice, warm_p
 
 def test_a_pooled_job_past_its_timeout_is_timed_out_and_its_container_removed(alice, warm_pool, docker_client):
     slot = warm_pool.fill(default_profile())
-    started = time.monotonic()
     job = run(make_job(alice, "import time\nprint('waiting', flush=True)\ntime.sleep(600)\n", timeout_seconds=2))
     assert job.status == "timed_out"
     assert job.error_code == "timeout"
     assert job.stdout == "waiting\n"
     assert job.container_id == slot.container_id
-    assert 2 <= time.monotonic() - started < 15
-    assert 1500 <= job.duration_ms < 10_000
+    # The job's own time, from the moment it was handed its job: not the wall clock around `run`, which also holds
+    # the engine's calls around it (seconds each on a loaded engine).
+    assert 2000 <= job.duration_ms < 10_000
     wait_for(lambda: not pool_containers(docker_client, warm_pool), timeout=20, message="the container to go")
 
 

@@ -9,7 +9,7 @@ import pytest
 
 from jobs.models import Job
 from jobs.warm_pool import HOST_LABEL, PID_LABEL, POOL_LABEL, SLOT_LABEL
-from tests.helpers import deploy, submit, wait_for, wait_for_status
+from tests.helpers import deploy, pool_ready_timeout, submit, wait_for, wait_for_status
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("served_models")]
 
@@ -43,7 +43,7 @@ def ready_pool_of(docker_client, worker) -> list:
 def test_a_worker_with_the_pool_on_runs_its_jobs_on_containers_started_ahead(
         worker, alice, _isolated_broker, docker_client):
     running = worker(_isolated_broker, WARM_POOL_SIZE=1)
-    wait_for(lambda: ready_pool_of(docker_client, running), timeout=30, message="the worker's pool")
+    wait_for(lambda: ready_pool_of(docker_client, running), timeout=pool_ready_timeout(), message="the worker's pool")
     ahead = {c.id for c in running_pool_of(docker_client, running)}
     function = deploy(alice, CONSTANT)
     job_id = submit(alice, function["functionId"]).json()["jobId"]
@@ -51,7 +51,7 @@ def test_a_worker_with_the_pool_on_runs_its_jobs_on_containers_started_ahead(
     assert (body["status"], body["result"]) == ("succeeded", "warm")
     assert Job.objects.get(pk=job_id).container_id in ahead
     # The used container is gone and a fresh one waits in its place.
-    wait_for(lambda: {c.id for c in running_pool_of(docker_client, running)} - ahead, timeout=30,
+    wait_for(lambda: {c.id for c in running_pool_of(docker_client, running)} - ahead, timeout=pool_ready_timeout(),
              message="the pool to refill")
     wait_for(lambda: not ahead & {c.id for c in pool_of(docker_client, running)}, timeout=20,
              message="the used container to be removed")
@@ -70,7 +70,8 @@ def test_a_worker_with_the_pool_off_starts_no_container_ahead(worker, alice, _is
 def test_a_worker_that_starts_removes_the_pool_and_running_job_of_a_worker_that_died(
         worker, alice, _isolated_broker, docker_client):
     doomed = worker(_isolated_broker, WARM_POOL_SIZE=1, JOB_LOST_GRACE_SECONDS=1)
-    wait_for(lambda: ready_pool_of(docker_client, doomed), timeout=30, message="the doomed worker's pool")
+    wait_for(lambda: ready_pool_of(docker_client, doomed), timeout=pool_ready_timeout(),
+             message="the doomed worker's pool")
     function = deploy(alice, "import time\ntime.sleep(600)\n", timeout_seconds=2)
     job_id = submit(alice, function["functionId"]).json()["jobId"]
 
@@ -79,7 +80,7 @@ def test_a_worker_that_starts_removes_the_pool_and_running_job_of_a_worker_that_
         return job.status == "running" and job.container_id in {c.id for c in pool_of(docker_client, doomed)}
 
     wait_for(running_warm, timeout=60, message="the job to run on a pooled container")
-    wait_for(lambda: len(running_pool_of(docker_client, doomed)) == 2, timeout=30,
+    wait_for(lambda: len(running_pool_of(docker_client, doomed)) == 2, timeout=pool_ready_timeout(),
              message="the doomed pool to refill beside the running job")
     doomed.kill()
     assert len(running_pool_of(docker_client, doomed)) == 2  # a killed worker tidies nothing up
@@ -90,4 +91,5 @@ def test_a_worker_that_starts_removes_the_pool_and_running_job_of_a_worker_that_
     assert pool_of(docker_client, doomed) == []  # removed before the successor said it was ready
     body = wait_for_status(alice, job_id, timeout=30)
     assert (body["status"], body["errorCode"]) == ("failed", "worker_lost")
-    wait_for(lambda: running_pool_of(docker_client, successor), timeout=30, message="the successor's own pool")
+    wait_for(lambda: running_pool_of(docker_client, successor), timeout=pool_ready_timeout(),
+             message="the successor's own pool")
