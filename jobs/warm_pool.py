@@ -47,6 +47,8 @@ SLOT_PREFIX = "w-"
 START_WAIT_SECONDS = 2.0
 CHECK_SECONDS = 2.0
 READY_TIMEOUT_SECONDS = 30.0
+# How often a container that is not ready yet is asked whether it still runs (an engine call).
+READY_CHECK_SECONDS = 0.5
 MiB = 1024 * 1024
 
 
@@ -110,11 +112,15 @@ class Slot:
         finally:
             os.close(fd)
 
-    def wait_ready(self, timeout: float, *, stop: threading.Event | None = None) -> bool:
+    def wait_ready(self, timeout: float, *, is_running: Callable[[], bool],
+                   stop: threading.Event | None = None) -> bool:
         """Wait until the runtime holds the start FIFO open (so that a job given to it starts at once); True when it
-        does. The probe opens the FIFO for writing and closes it unwritten: the runtime, which holds it open for
-        writing too, never sees an end of file."""
+        does. False at once when the container stopped (a runtime that died at start must not hold up the pool's
+        refill for the whole timeout); `is_running` asks the engine, so it is asked at most every READY_CHECK_SECONDS.
+        The probe opens the FIFO for writing and closes it unwritten: the runtime, which holds it open for writing
+        too, never sees an end of file."""
         deadline = time.monotonic() + timeout
+        next_check = time.monotonic() + READY_CHECK_SECONDS
         while time.monotonic() < deadline and not (stop is not None and stop.is_set()):
             try:
                 os.close(os.open(self.fifo, os.O_WRONLY | os.O_NONBLOCK))
@@ -122,6 +128,10 @@ class Slot:
             except OSError as exc:
                 if exc.errno != errno.ENXIO:
                     return False
+            if time.monotonic() >= next_check:
+                if not is_running():
+                    return False
+                next_check = time.monotonic() + READY_CHECK_SECONDS
             time.sleep(0.01)
         return False
 
@@ -325,9 +335,11 @@ class WarmPool:
             raise
         slot = Slot(container_id=container_id, path=path, profile=profile)
         # Ready means waiting on its FIFO: a job never waits for a runtime to start.
-        if not slot.wait_ready(READY_TIMEOUT_SECONDS, stop=self._stopped):
+        if not slot.wait_ready(READY_TIMEOUT_SECONDS, stop=self._stopped,
+                               is_running=lambda: backend.is_running(container_id)):
             self._remove(backend, slot)
-            raise ContainerError(f"a warm container's runtime did not start within {READY_TIMEOUT_SECONDS:g} s")
+            raise ContainerError(f"a warm container's runtime did not start (within {READY_TIMEOUT_SECONDS:g} s, "
+                                 f"or its container stopped)")
         return slot
 
     def _labels(self, profile: Profile, path: Path) -> dict[str, str]:

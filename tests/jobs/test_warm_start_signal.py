@@ -1,9 +1,11 @@
-"""The start signal of a warm container: the worker writes the job's environment to the slot's start FIFO, which the
-waiting runtime holds open; the FIFO's name is gone before the runtime has a byte of it, so the script it then starts
-never finds the FIFO (tests/jobs/test_warm_pool.py checks this from inside a real container, where it is a race)."""
+"""A warm container's readiness and start signal. Ready means its runtime holds the slot's start FIFO open; a
+container that stopped first is given up at once. The worker writes the job's environment to that FIFO, whose name
+is gone before the runtime has a byte of it, so the script it then starts never finds the FIFO
+(tests/jobs/test_warm_pool.py checks this from inside a real container, where it is a race)."""
 import json
 import os
 import threading
+import time
 
 from jobs.runner import default_profile
 from jobs.warm_pool import Slot
@@ -34,3 +36,24 @@ def test_the_start_fifo_is_gone_before_the_runtime_reads_the_first_byte_of_its_j
     finally:
         os.close(runtime_end)
     assert seen == {"fifo_there": False, "env": env}
+
+
+def test_a_container_that_stopped_before_its_runtime_was_ready_is_given_up_at_once(tmp_path):
+    (tmp_path / "run").mkdir()
+    slot = Slot(container_id="not-a-container", path=tmp_path, profile=default_profile())
+    os.mkfifo(slot.fifo)  # nobody will ever hold it open: the runtime died before it got there
+    started = time.monotonic()
+
+    assert slot.wait_ready(30, is_running=lambda: False) is False
+    assert time.monotonic() - started < 5
+
+
+def test_a_runtime_that_reaches_its_fifo_is_ready(tmp_path):
+    (tmp_path / "run").mkdir()
+    slot = Slot(container_id="not-a-container", path=tmp_path, profile=default_profile())
+    os.mkfifo(slot.fifo)
+    runtime_end = os.open(slot.fifo, os.O_RDWR)
+    try:
+        assert slot.wait_ready(30, is_running=lambda: True) is True
+    finally:
+        os.close(runtime_end)
