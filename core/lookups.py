@@ -54,16 +54,16 @@ class CachedLookup(Generic[T]):
             return entry[1]
         value = load()
         if value is not None:
-            self.put(slot, value, expires=now + ttl)
+            self._put(slot, value, expires=now + ttl)
         return value
 
     def replace(self, key: str, value: T) -> None:
         """Store a newer `value` of `key` (one the caller itself just wrote), under the current generation."""
         generation = self.generation() if self._ttl_seconds() > 0 else None
         if generation is not None:
-            self.put((generation, key), value, expires=time.monotonic() + self._ttl_seconds())
+            self._put((generation, key), value, expires=time.monotonic() + self._ttl_seconds())
 
-    def put(self, slot: tuple[str, str], value: T, *, expires: float) -> None:
+    def _put(self, slot: tuple[str, str], value: T, *, expires: float) -> None:
         with self._lock:
             if len(self._entries) >= MAX_ENTRIES:
                 self._entries.clear()
