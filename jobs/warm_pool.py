@@ -47,8 +47,9 @@ SLOT_PREFIX = "w-"
 START_WAIT_SECONDS = 2.0
 CHECK_SECONDS = 2.0
 READY_TIMEOUT_SECONDS = 30.0
-# How often a container that is not ready yet is asked whether it still runs (an engine call).
-READY_CHECK_SECONDS = 0.5
+# How often a container that is not ready yet is asked whether it still runs. Each ask is an engine call, and the
+# engine is what limits a burst of jobs: a runtime is normally ready well within this.
+READY_CHECK_SECONDS = 2.0
 MiB = 1024 * 1024
 
 
