@@ -1,8 +1,6 @@
-import pickle
 import secrets
 from typing import Any
 
-from django.conf import settings
 from django.contrib.auth.models import User
 from django.utils import timezone
 
@@ -11,9 +9,9 @@ from core.lookups import CachedLookup
 from .models import ApiKey, hash_key
 
 KEY_PREFIX = "ain_"
-# Active keys by hash, pickled with their user and quota: every process unpickles its own copy per request, so no two
-# requests share a mutable User. Invalidated by any change to a key, a user or a quota (`forget_keys`).
-_active_keys: CachedLookup[bytes] = CachedLookup("api-keys", ttl_seconds=lambda: settings.LOOKUP_CACHE_SECONDS)
+# Active keys by hash, with their user and quota: each request gets its own copy, so no two requests share a mutable
+# User. Invalidated by any change to a key, a user or a quota (`forget_keys`).
+_active_keys: CachedLookup[ApiKey] = CachedLookup("api-keys", copies=True)
 
 
 def create_api_key(*, user: User, name: str = "") -> tuple[ApiKey, str]:
@@ -27,25 +25,23 @@ def authenticate_key(raw_key: str) -> ApiKey | None:
     """The active key matching `raw_key` (its user and quota read with it), or None. Marks the key used (at most once
     a minute, to spare writes). Cached (core.lookups): a hit runs no SQL."""
     key_hash = hash_key(raw_key)
-    cached = _active_keys.get(key_hash, lambda: _load_active_key(key_hash))
-    if cached is None:
+    api_key = _active_keys.get(key_hash, lambda: _load_active_key(key_hash))
+    if api_key is None:
         return None
-    api_key = pickle.loads(cached)
     now = timezone.now()
     if api_key.last_used_at is None or (now - api_key.last_used_at).total_seconds() > 60:
         ApiKey.objects.filter(pk=api_key.pk).update(last_used_at=now)
         api_key.last_used_at = now
-        _active_keys.replace(key_hash, pickle.dumps(api_key))
+        _active_keys.replace(key_hash, api_key)
     return api_key
 
 
-def _load_active_key(key_hash: str) -> bytes | None:
-    api_key = (
+def _load_active_key(key_hash: str) -> ApiKey | None:
+    return (
         ApiKey.objects.select_related("user", "user__quota")
         .filter(key_hash=key_hash, revoked_at__isnull=True, user__is_active=True)
         .first()
     )
-    return pickle.dumps(api_key) if api_key is not None else None
 
 
 def forget_keys(**_: Any) -> None:

@@ -4,12 +4,10 @@ Costs are fixed once: `cost_of_call` prices a call when the gateway records it, 
 the cost is written on the ledger row. Everything downstream (a job's cost, the roll-ups, the dashboard, the API,
 the CSV) adds up those fixed costs; nothing re-prices an old call.
 """
-import pickle
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from django.conf import settings
 from django.db.models import F
 
 from core.lookups import CachedLookup
@@ -17,16 +15,16 @@ from core.lookups import CachedLookup
 from .models import ModelPrice
 
 
-# Each model's prices, latest first (empty: no price), pickled: every model call is priced, so its schedule is a
-# cached look-up (core.lookups), invalidated when a price is saved or deleted (billing.apps). A price that takes
-# effect later is already in the schedule: its moment needs no invalidation.
-_schedules: CachedLookup[bytes] = CachedLookup("prices", ttl_seconds=lambda: settings.LOOKUP_CACHE_SECONDS)
+# Each model's prices, latest first (empty: no price): every model call is priced, so its schedule is a cached look-up
+# (core.lookups), invalidated when a price is saved or deleted (billing.apps). A price that takes effect later is
+# already in the schedule: its moment needs no invalidation. Each caller gets its own copy of the rows.
+_schedules: CachedLookup[list[ModelPrice]] = CachedLookup("prices", copies=True)
 
 
 def price_in_force(*, model_id: str, at: datetime) -> ModelPrice | None:
     """The price of `model_id` at the moment `at`: the row with the latest `effective_from` not after it."""
-    schedule = pickle.loads(_schedules.get(model_id, lambda: pickle.dumps(
-        list(ModelPrice.objects.filter(model_id=model_id).order_by("-effective_from")))))
+    schedule = _schedules.get(
+        model_id, lambda: list(ModelPrice.objects.filter(model_id=model_id).order_by("-effective_from")))
     return next((price for price in schedule if price.effective_from <= at), None)
 
 

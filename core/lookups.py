@@ -6,18 +6,20 @@ this host). Invalidating a look-up writes a new generation at once and again whe
 that no process keeps, under the last generation, what it read before the change was committed; every process's
 entries of older generations are dead at its next read. A hit costs one read of the generation and no SQL.
 
-Entries also expire after their look-up's time to live: that bounds how long a change made behind the services' back
-(a queryset update in a shell) can go unseen.
+Entries also expire after LOOKUP_CACHE_SECONDS: that bounds how long a change made behind the services' back (a
+queryset update in a shell) can go unseen. 0 turns the caching off.
 """
 from __future__ import annotations
 
 import logging
+import pickle
 import threading
 import time
 import uuid
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
+from django.conf import settings
 from django.core.cache import cache
 from django.db import transaction
 
@@ -30,17 +32,21 @@ MAX_ENTRIES = 10_000
 
 
 class CachedLookup(Generic[T]):
-    """A read-through cache of `load(key)` answers; `None` (not found) is never cached."""
+    """A read-through cache of `load(key)` answers; `None` (not found) is never cached.
 
-    def __init__(self, name: str, *, ttl_seconds: Callable[[], float]):
+    With `copies`, every `get` returns a copy of its own: for mutable answers (model instances) that two requests
+    must not share. The entry is then kept pickled, and each hit unpickles it.
+    """
+
+    def __init__(self, name: str, *, copies: bool = False):
         self.name = name
         self._generation_key = f"lookup-generation:{name}"
-        self._ttl_seconds = ttl_seconds  # read per use, so that tests' settings overrides apply
-        self._entries: dict[tuple[str, str], tuple[float, T]] = {}
+        self._copies = copies
+        self._entries: dict[tuple[str, str], tuple[float, T | bytes]] = {}
         self._lock = threading.Lock()
 
     def get(self, key: str, load: Callable[[], T | None]) -> T | None:
-        ttl = self._ttl_seconds()
+        ttl = settings.LOOKUP_CACHE_SECONDS  # read per use, so that tests' settings overrides apply
         if ttl <= 0:
             return load()
         # The generation is read before the database: an entry loaded across a change is stored under the old one.
@@ -51,7 +57,7 @@ class CachedLookup(Generic[T]):
         now = time.monotonic()
         entry = self._entries.get(slot)
         if entry is not None and entry[0] > now:
-            return entry[1]
+            return pickle.loads(entry[1]) if self._copies else entry[1]
         value = load()
         if value is not None:
             self._put(slot, value, expires=now + ttl)
@@ -59,15 +65,17 @@ class CachedLookup(Generic[T]):
 
     def replace(self, key: str, value: T) -> None:
         """Store a newer `value` of `key` (one the caller itself just wrote), under the current generation."""
-        generation = self.generation() if self._ttl_seconds() > 0 else None
+        ttl = settings.LOOKUP_CACHE_SECONDS
+        generation = self.generation() if ttl > 0 else None
         if generation is not None:
-            self._put((generation, key), value, expires=time.monotonic() + self._ttl_seconds())
+            self._put((generation, key), value, expires=time.monotonic() + ttl)
 
     def _put(self, slot: tuple[str, str], value: T, *, expires: float) -> None:
+        kept = pickle.dumps(value) if self._copies else value
         with self._lock:
             if len(self._entries) >= MAX_ENTRIES:
                 self._entries.clear()
-            self._entries[slot] = (expires, value)
+            self._entries[slot] = (expires, kept)
 
     def invalidate(self) -> None:
         """Forget every entry, in every process: now (so that this transaction reads its own change) and again once
@@ -95,5 +103,5 @@ class CachedLookup(Generic[T]):
         try:
             cache.set(self._generation_key, uuid.uuid4().hex, timeout=None)
         except Exception as exc:
-            # Other processes keep their entries until they expire (the look-up's time to live).
+            # Other processes keep their entries until they expire (LOOKUP_CACHE_SECONDS).
             logger.error("%s: could not invalidate the shared cache: %s", self.name, exc)

@@ -1,7 +1,6 @@
 """Use cases of functions and jobs. Views, tasks, admin actions and commands all come through here."""
 import json
 import logging
-import pickle
 import re
 import uuid
 from typing import Any
@@ -30,8 +29,8 @@ logger = logging.getLogger(__name__)
 ENV_NAME_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
 # What get_function names the id of a function's current version, read with the function.
 CURRENT_VERSION_ID = "current_version_pk"
-# Live functions by owner and id, pickled (each request unpickles its own copy).
-_live_functions: CachedLookup[bytes] = CachedLookup("functions", ttl_seconds=lambda: settings.LOOKUP_CACHE_SECONDS)
+# Live functions by owner and id; each request gets its own copy.
+_live_functions: CachedLookup[Function] = CachedLookup("functions", copies=True)
 # A trillion tokens: past any real job, and within every database's 64-bit integers.
 MAX_TOKEN_BUDGET = 10**12
 
@@ -115,17 +114,16 @@ def get_function(*, owner: User, function_id: Any) -> Function:
     """The owner's live function, with its current version's id (CURRENT_VERSION_ID); NotFound for another user's
     function as for one that never existed. Cached (core.lookups): a hit runs no SQL."""
     pk = _uuid(function_id)
-    cached = pk and _live_functions.get(f"{owner.pk}:{pk}", lambda: _load_function(owner, pk))
-    if not cached:
+    function = pk and _live_functions.get(f"{owner.pk}:{pk}", lambda: _load_function(owner, pk))
+    if not function:
         raise NotFound(f"Function {function_id} not found.", code="function_not_found")
-    return pickle.loads(cached)
+    return function
 
 
-def _load_function(owner: User, pk: uuid.UUID) -> bytes | None:
+def _load_function(owner: User, pk: uuid.UUID) -> Function | None:
     current = FunctionVersion.objects.filter(function=OuterRef("pk"), number=OuterRef("version")).values("pk")
-    function = (Function.objects.filter(pk=pk, owner=owner, deleted_at__isnull=True)
-                .annotate(**{CURRENT_VERSION_ID: Subquery(current)}).first())
-    return pickle.dumps(function) if function is not None else None
+    return (Function.objects.filter(pk=pk, owner=owner, deleted_at__isnull=True)
+            .annotate(**{CURRENT_VERSION_ID: Subquery(current)}).first())
 
 
 def functions_changed(**_: Any) -> None:

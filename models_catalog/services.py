@@ -309,7 +309,7 @@ class Route:
 
 # Routes by the model id asked for. Invalidated by every change to the catalogue (`catalogue_changed`): each sync,
 # the operator's switches, and saves and deletes of nodes and models (models_catalog.apps).
-_routes: CachedLookup[Route] = CachedLookup("model-routes", ttl_seconds=lambda: settings.LOOKUP_CACHE_SECONDS)
+_routes: CachedLookup[Route] = CachedLookup("model-routes")
 
 
 def catalogue_changed(**_: Any) -> None:
