@@ -21,7 +21,8 @@ from typing import Generic, TypeVar
 
 from django.conf import settings
 from django.core.cache import cache
-from django.db import transaction
+from django.db import models, transaction
+from django.db.models.signals import post_delete, post_save
 
 logger = logging.getLogger(__name__)
 
@@ -105,3 +106,12 @@ class CachedLookup(Generic[T]):
         except Exception as exc:
             # Other processes keep their entries until they expire (LOOKUP_CACHE_SECONDS).
             logger.error("%s: could not invalidate the shared cache: %s", self.name, exc)
+
+
+def on_changes_to(*senders: type[models.Model], call: Callable[..., None]) -> None:
+    """Call `call` after every save and delete of a row of `senders`, anywhere (the admin's forms, a shell): how an
+    app invalidates its look-ups on changes that do not pass through its services. Connect it in `AppConfig.ready`."""
+    for sender in senders:
+        for event, signal in (("save", post_save), ("delete", post_delete)):
+            uid = f"{call.__module__}.{call.__name__}:{event}:{sender._meta.label}"
+            signal.connect(call, sender=sender, dispatch_uid=uid)

@@ -127,7 +127,7 @@ def _load_function(owner: User, pk: uuid.UUID) -> Function | None:
 
 
 def functions_changed(**_: Any) -> None:
-    """Every process looks its functions up again (once the current transaction commits). Also a signal receiver
+    """Every process looks its functions up again (core.lookups: CachedLookup.invalidate). Also a signal receiver
     (jobs.apps), for saves and deletes of functions and versions anywhere."""
     _live_functions.invalidate()
 

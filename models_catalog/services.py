@@ -313,7 +313,7 @@ _routes: CachedLookup[Route] = CachedLookup("model-routes")
 
 
 def catalogue_changed(**_: Any) -> None:
-    """Every process looks its routes up again (once the current transaction commits). Also a signal receiver."""
+    """Every process looks its routes up again (core.lookups: CachedLookup.invalidate). Also a signal receiver."""
     _routes.invalidate()
 
 
