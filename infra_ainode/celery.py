@@ -9,11 +9,15 @@ from typing import Any
 
 from celery import Celery, bootsteps
 from celery.signals import worker_init, worker_process_shutdown
+from kombu.transport import TRANSPORT_ALIASES
 
 from .filesystem_broker import install as _install_atomic_filesystem_broker
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "infra_ainode.settings")
 _install_atomic_filesystem_broker()
+# sqs:// URLs: kombu's SQS transport with a cheaper SendMessage (infra_ainode/sqs_broker.py). Named, not imported, so
+# that a process on another broker never loads boto3.
+TRANSPORT_ALIASES["sqs"] = "infra_ainode.sqs_broker:Transport"
 
 app = Celery("infra_ainode")
 app.config_from_object("django.conf:settings", namespace="CELERY")
