@@ -8,13 +8,13 @@ request whose shape never changes. Here a channel's clients send messages themse
 credentials, region and endpoint, on one connection per thread, kept alive where the server allows it.
 
 Everything else (creating and finding queues, receiving, deleting, changing visibility) is kombu's, through
-boto3. Where botocore would do something this sender does not (a proxy, a client certificate, no credentials),
-messages go through boto3 as before.
+boto3. Where botocore would do something this sender does not (a proxy, a client certificate, no credentials, no
+certificate check), messages go through boto3 as before.
 
 Failures look as boto3's do, so kombu and Celery treat them alike: an error answer raises botocore's ClientError,
 a connection that cannot be made raises EndpointConnectionError (one of kombu's connection errors, which Celery's
-publish retries). Throttling, 5xx answers and broken connections are tried again, up to ATTEMPTS in all. A message sent twice is harmless: the worker's claim of a job is a
-conditional update, so a second delivery runs nothing.
+publish retries). Throttling, 5xx answers and broken connections are tried again, up to ATTEMPTS in all. A message
+sent twice is harmless: the worker's claim of a job is a conditional update, so a second delivery runs nothing.
 """
 from __future__ import annotations
 
@@ -114,7 +114,9 @@ class SignedSender:
         config = client.meta.config
         self._timeouts = (config.connect_timeout, config.read_timeout)
         self._signer = Signer(client.meta.region_name)
-        self._tls = ssl.create_default_context(cafile=get_cert_path(True)) if self._https else None
+        # The certificates botocore would check the endpoint's against (AWS_CA_BUNDLE, else its default bundle).
+        verify = client._endpoint.http_session._verify
+        self._tls = ssl.create_default_context(cafile=get_cert_path(verify)) if self._https else None
         self._local = threading.local()
 
     @classmethod
@@ -122,6 +124,7 @@ class SignedSender:
         config = client.meta.config
         scheme = urlsplit(client.meta.endpoint_url).scheme
         if (client._request_signer._credentials is None or config.proxies or config.client_cert
+                or client._endpoint.http_session._verify is False  # certificates not checked: boto3 does that
                 or scheme not in ("http", "https") or _proxied(client.meta.endpoint_url)):
             return None
         return cls(client)
