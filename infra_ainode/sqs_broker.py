@@ -241,7 +241,8 @@ class Channel(SQS.Channel):
         cached = self._sending_clients.get(queue)
         if cached is None or cached[0] is not client:
             sender = SignedSender.for_client(client)
-            cached = self._sending_clients[queue] = (client, client if sender is None else _SendingClient(client, sender))
+            sending = client if sender is None else _SendingClient(client, sender)
+            cached = self._sending_clients[queue] = (client, sending)
         return cached[1]
 
 
