@@ -283,6 +283,9 @@ class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "infra-ainode-gateway"
     sys_version = ""
+    # Writes are buffered until an answer is whole (a stream flushes each frame): a non-streamed answer's head and
+    # body go out in one write, so the script wakes once for them.
+    wbufsize = -1
 
     def do_GET(self) -> None:
         self._dispatch("GET")
@@ -317,6 +320,7 @@ class _Handler(BaseHTTPRequestHandler):
         gateway = self.server.gateway
         # One handler serves every request of a kept-alive connection: per-request state starts afresh.
         self.body_read, self.stream_started, self.listening = False, False, True
+        self.after_answer: list[Callable[[], None]] = []
         self.route_path = path = self.path.split("?", 1)[0]
         try:
             if path in wire.FORBIDDEN_ROUTES or path.startswith("/api/blobs/"):
@@ -336,11 +340,15 @@ class _Handler(BaseHTTPRequestHandler):
         try:
             if answer is not None:  # a streamed answer has been written already
                 self.send_json(*answer)
+                self.wfile.flush()
         except OSError:
             self.close_connection = True  # the script hung up or stopped reading
         finally:
             if self.stream_started:
                 self._end_stream()
+            # Before the handler is done with the request (which `stop` waits for), whatever became of the answer.
+            for work in self.after_answer:
+                work()
 
     def _end_stream(self) -> None:
         """A stream's body ends with its connection: say so now, not once the request's thread is done."""
@@ -661,9 +669,10 @@ class JobGateway:
         # next; the counts are those the ledger row will hold.
         self._tell_call_end(described, usage=usage, estimated=estimated, completion=completion, error=error,
                             duration_ms=duration_ms)
-        # The row is written on the ledger's thread, off the answer's path (`stop` waits for it).
-        self._ledger.write(lambda: self._record(call, endpoint, route, reservation, usage, estimated,
-                                                completion, error, duration_ms))
+        # The row is written on the ledger's thread, off the answer's path (`stop` waits for it), and queued once the
+        # answer is out: that thread's Python would otherwise hold the interpreter lock while the answer is written.
+        request.after_answer.append(lambda: self._ledger.write(lambda: self._record(
+            call, endpoint, route, reservation, usage, estimated, completion, error, duration_ms)))
         if frames is not None and request.stream_started:
             # A stream's last frame goes out once the call is settled: a script that reads it and then asks
             # usage() must find the call counted.
