@@ -11,8 +11,10 @@ the answer's last byte. It prints figures only: the two series' medians and 95th
 ("added"), and the median and 95th percentile of the differences between each gateway call and the direct call made
 just before it ("paired"), which a busy machine disturbs less.
 
-The gateway writes each call's ledger row just after it answers (the runner waits for it before a job's totals are
-taken), so the database's commit time is off the answer's path; it still shares the CPU with the next call. Until
+The gateway queues each call's ledger row once its answer is out (the runner waits for it before a job's totals are
+taken), so the database's commit time is off the answer's path; it still shares the CPU with the next call. Here
+that next call is a direct one, which the row slows and the gateway's does not: "added" and "paired" leave the row
+out. A script's calls follow one another, and its next call through the gateway meets the row instead. Until
 November 2026 the gateway ran in the bench's own process: the timed client then waited for the interpreter lock
 while the gateway wrote the ledger row, up to Python's 5 ms switch interval, which no script in a container does.
 """

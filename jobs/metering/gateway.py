@@ -111,11 +111,27 @@ def _refuse_constant(name: str) -> None:
     raise ValueError(f"{name} is not valid JSON")
 
 
-class _Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
-    """Counts the connections being served, from their accept to their end, so that `stop` can wait for them;
-    refuses connections past the job's cap (and all of them once the job has ended) without starting a thread."""
+@dataclass(eq=False)
+class _Waiting:
+    """A handler thread waiting for its next connection, which the accepting thread hands it in `connection`."""
 
-    daemon_threads = True
+    thread: threading.Thread
+    wake: threading.Condition
+    connection: tuple[socket.socket, Any] | None = None
+
+
+class _Server(socketserver.UnixStreamServer):
+    """Serves each connection on a handler thread, from its accept to its end, and counts the connections being
+    served so that `stop` can wait for them; refuses connections past the job's cap (and all of them once the job
+    has ended) from the accepting thread, without handing them to a handler thread.
+
+    Handler threads are kept for the next connection: the SDK opens a connection per call, and starting a thread
+    for each would add its cost to every call. The accepting thread hands a connection to the thread that waited
+    last, or starts one when none waits; a thread serves one connection at a time, so there are never more threads
+    than the job's cap on connections, and a connection that a script keeps silent holds only its own thread.
+    `server_close` ends the waiting threads, and the others once their connection ends.
+    """
+
     # A script's threads may connect all at once; socketserver's default backlog of 5 refuses the rest (EAGAIN).
     request_queue_size = 128
     gateway: "JobGateway"
@@ -123,38 +139,91 @@ class _Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
         self.active = 0
-        self.idle = threading.Condition()
+        # One lock for the counts, the sockets and the waiting threads; `idle` is notified whenever `active` drops.
+        self._lock = threading.Lock()
+        self.idle = threading.Condition(self._lock)
         self.open_sockets: set[socket.socket] = set()
         self.refused = 0
         self.stopping = False
+        self._waiting: list[_Waiting] = []
+        self._thread_numbers = itertools.count(1)
+        self._closed = False
 
     def process_request(self, request: Any, client_address: Any) -> None:
         gateway = self.gateway
+        waiting = None
         with self.idle:
             refuse = gateway.closing or self.active >= gateway.config.max_connections
             if not refuse:
                 self.active += 1
                 self.open_sockets.add(request)
+                if self._waiting:
+                    waiting = self._waiting.pop()  # the last to wait: its stack and caches are the warmest
+                    waiting.connection = (request, client_address)
+                    waiting.wake.notify()
         if refuse and self.stopping and _peer_pid(request) == os.getpid():
             self.shutdown_request(request)  # shutdown's own wake-up call, not a script's: nothing to answer
             return
         if refuse:
             self._refuse(request, "job_ended" if gateway.closing else "too_many_connections")
             return
-        try:
-            super().process_request(request, client_address)
-        except BaseException:
-            self._served(request)
-            raise
+        if waiting is None:
+            thread = threading.Thread(target=self._handler_thread, args=(request, client_address), daemon=True,
+                                      name=f"gateway-{gateway.job_id[:8]}-handler-{next(self._thread_numbers)}")
+            try:
+                thread.start()
+            except BaseException:
+                self._served(request)
+                raise
 
-    def process_request_thread(self, request: Any, client_address: Any) -> None:
+    def _handler_thread(self, request: socket.socket, client_address: Any) -> None:
+        """Serve the connection the thread was started for, then each one handed to it, until the server closes."""
+        me = _Waiting(threading.current_thread(), threading.Condition(self._lock))
+        connection: tuple[socket.socket, Any] | None = (request, client_address)
+        while connection is not None:
+            try:
+                self.process_request_thread(*connection)
+            except BaseException:  # the thread ends (the next connection starts another), its connection counted
+                self._served(connection[0])
+                raise
+            connection = self._next_connection(connection[0], me)
+
+    def _next_connection(self, served: socket.socket, me: _Waiting) -> tuple[socket.socket, Any] | None:
+        """Count `served` as done with, and wait for the next connection: None once the server is closed."""
+        with self.idle:
+            self._count_served(served)
+            me.connection = None
+            if self._closed:
+                return None
+            self._waiting.append(me)
+            while me.connection is None and not self._closed:
+                me.wake.wait()
+            return me.connection
+
+    def process_request_thread(self, request: socket.socket, client_address: Any) -> None:
+        """Serve one connection (as socketserver's ThreadingMixIn does, on the handler thread)."""
         try:
-            super().process_request_thread(request, client_address)
+            self.finish_request(request, client_address)
+        except Exception:
+            self.handle_error(request, client_address)
         finally:
-            # Each request has a thread of its own, and Django a connection per thread: the ledger is written on a
-            # thread of its own (see LedgerWriter), but a row queued after the job's end is written here.
+            self.shutdown_request(request)
+            # Django has a connection per thread: the ledger is written on a thread of its own (see LedgerWriter),
+            # but a row queued after the job's end is written here, and its connection must not stay open while
+            # the thread waits for its next connection.
             connections.close_all()
-            self._served(request)
+
+    def server_close(self) -> None:
+        """Close the socket and end the handler threads: the waiting ones now, the others once their connection
+        ends (`stop` has waited for those)."""
+        super().server_close()
+        with self.idle:
+            self._closed = True
+            waiting, self._waiting = self._waiting, []
+            for each in waiting:
+                each.wake.notify()
+        for each in waiting:
+            each.thread.join(1.0)  # it has nothing left to do
 
     def _refuse(self, request: socket.socket, code: str) -> None:
         """Answer 503 and hang up, from the accepting thread: a few bytes that fit any socket buffer, sent without
@@ -170,11 +239,15 @@ class _Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
             pass
         self.shutdown_request(request)
 
-    def _served(self, request: Any) -> None:
+    def _served(self, request: socket.socket) -> None:
         with self.idle:
-            self.active -= 1
-            self.open_sockets.discard(request)
-            self.idle.notify_all()
+            self._count_served(request)
+
+    def _count_served(self, request: socket.socket) -> None:
+        """One connection fewer being served (the lock held)."""
+        self.active -= 1
+        self.open_sockets.discard(request)
+        self.idle.notify_all()
 
     def shutdown(self) -> None:
         """socketserver's, but the serving loop is woken by a connection at once instead of noticing at its next
@@ -210,6 +283,9 @@ class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "infra-ainode-gateway"
     sys_version = ""
+    # Writes are buffered until an answer is whole (a stream flushes each frame): a non-streamed answer's head and
+    # body go out in one write, so the script wakes once for them.
+    wbufsize = -1
 
     def do_GET(self) -> None:
         self._dispatch("GET")
@@ -244,6 +320,7 @@ class _Handler(BaseHTTPRequestHandler):
         gateway = self.server.gateway
         # One handler serves every request of a kept-alive connection: per-request state starts afresh.
         self.body_read, self.stream_started, self.listening = False, False, True
+        self.after_answer: list[Callable[[], None]] = []
         self.route_path = path = self.path.split("?", 1)[0]
         try:
             if path in wire.FORBIDDEN_ROUTES or path.startswith("/api/blobs/"):
@@ -263,11 +340,15 @@ class _Handler(BaseHTTPRequestHandler):
         try:
             if answer is not None:  # a streamed answer has been written already
                 self.send_json(*answer)
+                self.wfile.flush()
         except OSError:
             self.close_connection = True  # the script hung up or stopped reading
         finally:
             if self.stream_started:
                 self._end_stream()
+            # Before the handler is done with the request (which `stop` waits for), whatever became of the answer.
+            for work in self.after_answer:
+                work()
 
     def _end_stream(self) -> None:
         """A stream's body ends with its connection: say so now, not once the request's thread is done."""
@@ -588,9 +669,10 @@ class JobGateway:
         # next; the counts are those the ledger row will hold.
         self._tell_call_end(described, usage=usage, estimated=estimated, completion=completion, error=error,
                             duration_ms=duration_ms)
-        # The row is written on the ledger's thread, off the answer's path (`stop` waits for it).
-        self._ledger.write(lambda: self._record(call, endpoint, route, reservation, usage, estimated,
-                                                completion, error, duration_ms))
+        # The row is written on the ledger's thread, off the answer's path (`stop` waits for it), and queued once the
+        # answer is out: that thread's Python would otherwise hold the interpreter lock while the answer is written.
+        request.after_answer.append(lambda: self._ledger.write(lambda: self._record(
+            call, endpoint, route, reservation, usage, estimated, completion, error, duration_ms)))
         if frames is not None and request.stream_started:
             # A stream's last frame goes out once the call is settled: a script that reads it and then asks
             # usage() must find the call counted.

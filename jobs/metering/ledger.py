@@ -88,8 +88,8 @@ def record_call(*, job_id: str, model_id: str, node: str, endpoint: str, streame
 class LedgerWriter:
     """Writes one job's ledger rows, in the order they come, on a thread of its own that keeps one database
     connection for the job's life: a call's answer never waits for its row, and a row does not pay for a new
-    connection (a thread per request, as the gateway has, would open one per call: on SQLite that alone costs about
-    as much as the row's writes).
+    connection (the gateway's handler threads close theirs after each connection, so writing there would open one
+    per call: on SQLite that alone costs about as much as the row's writes).
 
     `write(record)` queues one row's writing (`record` logs its own failures); `close(timeout)` waits for the rows
     queued so far and ends the thread. A row queued after `close` is written on the caller's thread, so that a call
