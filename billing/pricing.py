@@ -8,8 +8,6 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from django.db.models import F
-
 from core.lookups import CachedLookup
 
 from .models import ModelPrice
@@ -45,6 +43,7 @@ def cost_of_call(*, model_id: str, prompt_tokens: int | None, completion_tokens:
     return price.cost_of(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens)
 
 
-def job_cost_increments(cost: Decimal | None) -> dict[str, F]:
-    """What a call of cost `cost` adds to its Job row: to `cost` when known, else to `uncosted_calls`."""
-    return {"cost": F("cost") + cost} if cost is not None else {"uncosted_calls": F("uncosted_calls") + 1}
+def job_cost_increments(cost: Decimal | None) -> dict[str, Any]:
+    """What a call of cost `cost` adds to its Job row (field: amount): to `cost` when known, else to
+    `uncosted_calls`."""
+    return {"cost": cost} if cost is not None else {"uncosted_calls": 1}

@@ -4,12 +4,14 @@ The ledger writes each call's increments here as it records the call, and jobs c
 created: both by direct calls in the writer's transaction, so a roll-up never disagrees with its sources.
 `replace_rollups` swaps a range of days for rows recomputed from the sources (the ledger's rebuild).
 """
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from datetime import date
 from typing import Any
 
-from django.db import IntegrityError, connections, router, transaction
+from django.db import IntegrityError, transaction
 from django.utils import timezone
+
+from core.increments import add_to
 
 from .models import UsageDaily
 
@@ -21,7 +23,7 @@ def _add_to_rollup(key: dict[str, Any], increments: dict[str, Any]) -> None:
     Race-safe on PostgreSQL and SQLite: when two first events race, both UPDATEs match nothing, one INSERT wins and
     the other hits the unique constraint inside its own savepoint, then falls back to the UPDATE, which now matches.
     """
-    if _update_rollup(key, increments):
+    if add_to(UsageDaily, key, increments):
         return
     try:
         with transaction.atomic():
@@ -29,45 +31,8 @@ def _add_to_rollup(key: dict[str, Any], increments: dict[str, Any]) -> None:
         return
     except IntegrityError:
         pass  # another event of the same group inserted the row first; add to it
-    if not _update_rollup(key, increments):
+    if not add_to(UsageDaily, key, increments):
         raise RuntimeError(f"roll-up row {key} neither updatable nor insertable")
-
-
-def _update_rollup(key: dict[str, Any], increments: dict[str, Any]) -> int:
-    """The UPDATE that `UsageDaily.objects.filter(**key).update(name=F(name) + value, ...)` writes, with its values
-    prepared as the ORM prepares them, but its text made once per shape: building the query with the ORM took a
-    tenth of an admission's CPU. Returns the number of rows updated."""
-    connection = connections[router.db_for_write(UsageDaily)]
-    shape = (connection.vendor, tuple(increments), tuple((name, value is None) for name, value in key.items()))
-    params = [_field(name).get_db_prep_save(value, connection) for name, value in increments.items()]
-    params += [_field(name).get_db_prep_value(value, connection) for name, value in key.items() if value is not None]
-    sql = _UPDATES.get(shape)
-    if sql is None:
-        sql = _UPDATES[shape] = _update_sql(shape, connection.ops.quote_name)
-    with connection.cursor() as cursor:
-        cursor.execute(sql, params)
-        return cursor.rowcount
-
-
-# The UPDATE's text per shape (vendor, increment names, key names and which key values are None): a few dozen.
-_UPDATES: dict[tuple, str] = {}
-
-
-def _update_sql(shape: tuple, quote: Callable[[str], str]) -> str:
-    vendor, increments, key = shape
-    sets = []
-    for name in increments:
-        column = quote(_field(name).column)
-        if vendor == "sqlite" and _field(name).get_internal_type() == "DecimalField":
-            sets.append(f"{column} = CAST(({column} + CAST(%s AS NUMERIC)) AS NUMERIC)")  # as the ORM writes it
-        else:
-            sets.append(f"{column} = ({column} + %s)")
-    where = [f"{quote(_field(name).column)} {'IS NULL' if null else '= %s'}" for name, null in key]
-    return f"UPDATE {quote(UsageDaily._meta.db_table)} SET {', '.join(sets)} WHERE {' AND '.join(where)}"
-
-
-def _field(name: str) -> Any:
-    return UsageDaily._meta.get_field(name)
 
 
 def add_call_to_rollups(call: Any, *, owner_id: int, function_id: Any) -> None:

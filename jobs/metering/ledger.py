@@ -21,6 +21,7 @@ from billing.ranges import created_in_days
 from billing.reports import CALL_FIELDS
 from billing.rollups import add_call_to_rollups, replace_rollups
 from core import metrics
+from core.increments import add_to
 from models_catalog.nodes import Usage
 
 from ..models import METERED, Job, LLMCall, LLMCallStatus
@@ -39,7 +40,7 @@ def _job_facts(job_id: Any) -> tuple[int, Any, bool]:
 def record_call(*, job_id: str, model_id: str, node: str, endpoint: str, streamed: bool, usage: Usage | None,
                 max_tokens: int | None, done_reason: str | None, duration_ms: int, node_duration_ms: float | None,
                 error_code: str = "", error_message: str = "", estimated: bool = False) -> LLMCall:
-    """Write one ledger row and add it to the job's running totals (with F(), never read-modify-write).
+    """Write one ledger row and add it to the job's running totals (in place, never read-modify-write).
 
     `usage` is what the node reported, or with `estimated` what the gateway counted in its place; both are billed.
 
@@ -62,15 +63,14 @@ def record_call(*, job_id: str, model_id: str, node: str, endpoint: str, streame
             node_duration_ms=round(node_duration_ms) if node_duration_ms is not None else None,
             error_code=error_code, error_message=error_message[:2000], cost=cost, created_at=now,
         )
-        totals = {"llm_calls": F("llm_calls") + 1, **job_cost_increments(cost)}
+        totals = {"llm_calls": 1, **job_cost_increments(cost)}
         if known:
-            totals.update(prompt_tokens=F("prompt_tokens") + usage.prompt_tokens,
-                          completion_tokens=F("completion_tokens") + usage.completion_tokens)
+            totals.update(prompt_tokens=usage.prompt_tokens, completion_tokens=usage.completion_tokens)
             if estimated:
-                totals["estimated_calls"] = F("estimated_calls") + 1
+                totals["estimated_calls"] = 1
         else:
-            totals["unmetered_calls"] = F("unmetered_calls") + 1
-        Job.objects.filter(pk=job_id).update(**totals)
+            totals["unmetered_calls"] = 1
+        add_to(Job, {"id": job_id}, totals)
         owner_id, function_id, held = _job_facts(job_id)
         if held:
             spend_from_hold(job_id=job_id, cost=cost,
