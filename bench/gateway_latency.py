@@ -6,17 +6,19 @@
 It starts the real `JobGateway` for a job row in a throw-away SQLite database, in a process of its own as the
 worker runs it (no container: the bench talks to the gateway's Unix socket itself, from this process), then makes
 the same small call (temperature 0, a few tokens) N times directly to the node and N times through the gateway,
-alternating the two so that both see the same node, non-streamed and streamed. Time is from sending the request to
-the answer's last byte. It prints figures only: the two series' medians and 95th percentiles and their differences
-("added"), and the median and 95th percentile of the differences between each gateway call and the direct call made
-just before it ("paired"), which a busy machine disturbs less.
+non-streamed and streamed, in two modes. Time is from sending the request to the answer's last byte. It prints
+figures only: each series' median and 95th percentile, and their differences ("added").
 
-The gateway queues each call's ledger row once its answer is out (the runner waits for it before a job's totals are
-taken), so the database's commit time is off the answer's path; it still shares the CPU with the next call. Here
-that next call is a direct one, which the row slows and the gateway's does not: "added" and "paired" leave the row
-out. A script's calls follow one another, and its next call through the gateway meets the row instead. Until
-November 2026 the gateway ran in the bench's own process: the timed client then waited for the interpreter lock
-while the gateway wrote the ledger row, up to Python's 5 ms switch interval, which no script in a container does.
+- One at a time: direct and gateway calls alternate, so that both see the same node, and after each gateway call
+  the bench waits (untimed) until the gateway has written the call's ledger row. This is the gateway's own path.
+  It also prints the median and 95th percentile of the differences between each gateway call and the direct call
+  made just before it ("paired"), which a busy machine disturbs less.
+- Back to back, as a script calling in a loop: blocks of BLOCK calls each way, alternated. A gateway call's row is
+  written once its answer is out, on the gateway's ledger thread, so it shares the CPU with the script's next call.
+
+Until November 2026 the gateway ran in the bench's own process (the timed client then waited for the interpreter
+lock while the gateway wrote a row), and the alternating mode did not wait for the rows, so each row's CPU fell on
+the direct call after it.
 """
 from __future__ import annotations
 
@@ -40,6 +42,8 @@ from urllib.parse import urlsplit
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 PROMPT = "Say hi."
+# Calls per block in the back-to-back mode.
+BLOCK = 10
 
 
 def _setup_django(workdir: str, database_url: str | None) -> None:
@@ -143,6 +147,44 @@ def _timed(connect: Callable[[], http.client.HTTPConnection], path: str, body: b
     return elapsed
 
 
+class _Through:
+    """Timed calls through the gateway, counted, and an untimed wait until the gateway's ledger thread has written a
+    row for each of them."""
+
+    def __init__(self, socket_path: str, job_id: str):
+        self.socket_path, self.job_id, self.calls = socket_path, job_id, 0
+
+    def __call__(self, path: str, body: bytes) -> float:
+        from sdk.transport import UnixHTTPConnection
+
+        self.calls += 1
+        return _timed(lambda: UnixHTTPConnection(self.socket_path, 120), path, body)
+
+    def settle(self) -> None:
+        from jobs.models import LLMCall
+
+        deadline = time.monotonic() + 30
+        while LLMCall.objects.filter(job_id=self.job_id).count() < self.calls:
+            if time.monotonic() > deadline:
+                raise SystemExit("the gateway did not write its ledger rows within 30 s")
+            time.sleep(0.002)
+
+
+def _report(label: str, times: dict[str, list[float]], *, paired: bool) -> None:
+    for way, values in times.items():
+        print(f"{label:30} {way:8} median {statistics.median(values):7.1f} ms   p95 {_p95(values):7.1f} ms")
+    d_med, g_med = statistics.median(times["direct"]), statistics.median(times["gateway"])
+    d_p95, g_p95 = _p95(times["direct"]), _p95(times["gateway"])
+    print(f"{label:30} added    median {g_med - d_med:+7.1f} ms   p95 {g_p95 - d_p95:+7.1f} ms   "
+          f"ratio median {g_med / d_med:.2f}x   p95 {g_p95 / d_p95:.2f}x")
+    if paired:
+        # Each gateway call against the direct call just before it: on a shared machine, load that comes and goes
+        # slows both alike and drops out of their difference.
+        differences = [g - d for d, g in zip(times["direct"], times["gateway"])]
+        print(f"{label:30} paired   median {statistics.median(differences):+7.1f} ms   "
+              f"p95 {_p95(differences):+7.1f} ms")
+
+
 def _p95(values: list[float]) -> float:
     ordered = sorted(values)
     return ordered[max(0, math.ceil(0.95 * len(ordered)) - 1)]
@@ -168,33 +210,35 @@ def main() -> None:
     gateway = _GatewayProcess(job_id, model, args.kind, args.node_url, workdir)
     node = urlsplit(args.node_url)
     direct = lambda: http.client.HTTPConnection(node.hostname, node.port, timeout=120)  # noqa: E731
-    from sdk.transport import UnixHTTPConnection
-
-    through = lambda: UnixHTTPConnection(gateway.socket_path, 120)  # noqa: E731
 
     print(f"node {args.node_url} (kind {args.kind}), model {model}, ledger on {vendor}, "
-          f"{args.calls} calls of {args.max_tokens} tokens each way")
+          f"{args.calls} calls of {args.max_tokens} tokens each way, each mode")
+    through = _Through(gateway.socket_path, job_id)
     try:
         for stream in (False, True):
+            label = "streamed" if stream else "non-streamed"
             path, body = _request(args.kind, model, args.max_tokens, stream)
             for _ in range(3):  # warm the node's prompt cache and both paths
                 _timed(direct, path, body)
-                _timed(through, path, body)
+                through(path, body)
+            through.settle()
+            # One at a time: each gateway call's row is written before the next call of either kind.
             times: dict[str, list[float]] = {"direct": [], "gateway": []}
             for _ in range(args.calls):
                 times["direct"].append(_timed(direct, path, body))
-                times["gateway"].append(_timed(through, path, body))
-            label = "streamed" if stream else "non-streamed"
-            for way, values in times.items():
-                print(f"{label:13} {way:8} median {statistics.median(values):7.1f} ms   p95 {_p95(values):7.1f} ms")
-            d_med, g_med = statistics.median(times["direct"]), statistics.median(times["gateway"])
-            d_p95, g_p95 = _p95(times["direct"]), _p95(times["gateway"])
-            print(f"{label:13} added    median {g_med - d_med:+7.1f} ms   p95 {g_p95 - d_p95:+7.1f} ms   "
-                  f"ratio median {g_med / d_med:.2f}x   p95 {g_p95 / d_p95:.2f}x")
-            # Each gateway call against the direct call just before it: on a shared machine, load that comes and
-            # goes slows both alike and drops out of their difference.
-            paired = [g - d for d, g in zip(times["direct"], times["gateway"])]
-            print(f"{label:13} paired   median {statistics.median(paired):+7.1f} ms   p95 {_p95(paired):+7.1f} ms")
+                times["gateway"].append(through(path, body))
+                through.settle()
+            _report(f"{label}, one at a time", times, paired=True)
+            # Back to back, as a script calls in a loop: blocks of BLOCK calls each way, alternated; the rows of a
+            # gateway block are written before the next direct block.
+            times = {"direct": [], "gateway": []}
+            while len(times["gateway"]) < args.calls:
+                for _ in range(BLOCK):
+                    times["direct"].append(_timed(direct, path, body))
+                for _ in range(BLOCK):
+                    times["gateway"].append(through(path, body))
+                through.settle()
+            _report(f"{label}, back to back", times, paired=False)
     finally:
         gateway.stop()
         shutil.rmtree(workdir, ignore_errors=True)
