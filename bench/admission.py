@@ -12,7 +12,8 @@ first one missing in one line and stops. It starts the rest itself, per set-up: 
 SQLite file, or a throw-away PostgreSQL database) and VAR_DIR, seeded through the services with a user, a key, a
 function and a catalogue entry (no node is asked), and gunicorn from the checkout's .venv as scripts/stack.sh
 starts it (infra_ainode/gunicorn.conf.py, --workers workers, PROMETHEUS_MULTIPROC_DIR). No Celery worker runs: the
-queue only grows (moto's SendMessage slows as a queue grows: compare set-ups of the same run). For each it prints:
+queue only grows, except on SQS, where a thread of the bench receives and deletes the messages as workers would
+(moto's SendMessage slows as its queue grows). For each it prints:
 
 - the SQL of one admission: a Django test Client `POST /run` (x-async) in the bench's own process, on the
   set-up's database and broker, after a warm-up request, under CaptureQueriesContext; the data statements apart
@@ -40,6 +41,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 import uuid
@@ -191,7 +193,7 @@ def child(args: argparse.Namespace) -> None:
     if args.show_sql:
         for sql in statements:
             print(f"    {sql[:160]}")
-    with Gunicorn(var_dir, workers=args.workers) as web:
+    with Gunicorn(var_dir, workers=args.workers) as web, QueueDrain():
         script = var_dir / "admission.lua"
         run = WrkRun(web.url, script, key=key, function_id=function_id)
         warm_up = run(connections=4, seconds=3)  # imports, connections, the queue's creation
@@ -337,6 +339,50 @@ class WrkRun:
             refused=collections.Counter(status for status, _ in lines if status != "202"),
             errors=errors.group(1) if errors else "",
         )
+
+
+class QueueDrain:
+    """On SQS, receives and deletes the job queue's messages while wrk runs, as workers would (ten at a time, from a
+    thread of the bench's own process, which is not counted): moto's SendMessage slows as its queue grows (it
+    rescans the queue), so without it the web would spend the run waiting on moto. The other brokers' publish does
+    not depend on the queue's length, and their queues are left to grow."""
+
+    def __enter__(self) -> QueueDrain:
+        from django.conf import settings
+
+        self.stopping = threading.Event()
+        self.thread = None
+        if settings.CELERY_BROKER_URL.startswith("sqs://"):
+            self.thread = threading.Thread(target=self._drain, daemon=True)
+            self.thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stopping.set()
+        if self.thread is not None:
+            self.thread.join(10)
+
+    def _drain(self) -> None:
+        import boto3
+        from django.conf import settings
+
+        broker = urlsplit(settings.CELERY_BROKER_URL)
+        client = boto3.Session(aws_access_key_id=broker.username, aws_secret_access_key=broker.password,
+                               region_name=settings.AWS_REGION).client(
+            "sqs", endpoint_url=f"http://{broker.hostname}:{broker.port}")
+        name = settings.CELERY_BROKER_TRANSPORT_OPTIONS["queue_name_prefix"] + settings.JOB_QUEUE
+        while not self.stopping.is_set():
+            try:
+                url = client.get_queue_url(QueueName=name)["QueueUrl"]
+            except client.exceptions.QueueDoesNotExist:  # made by the first admission
+                self.stopping.wait(0.1)
+                continue
+            while not self.stopping.is_set():
+                messages = client.receive_message(QueueUrl=url, MaxNumberOfMessages=10,
+                                                  WaitTimeSeconds=1).get("Messages", [])
+                if messages:
+                    client.delete_message_batch(QueueUrl=url, Entries=[
+                        {"Id": str(n), "ReceiptHandle": each["ReceiptHandle"]} for n, each in enumerate(messages)])
 
 
 def milliseconds(wrk_duration: str) -> float:
