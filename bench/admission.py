@@ -363,20 +363,15 @@ class QueueDrain:
             self.thread.join(10)
 
     def _drain(self) -> None:
-        import boto3
         from django.conf import settings
 
-        broker = urlsplit(settings.CELERY_BROKER_URL)
-        client = boto3.Session(aws_access_key_id=broker.username, aws_secret_access_key=broker.password,
-                               region_name=settings.AWS_REGION).client(
-            "sqs", endpoint_url=f"http://{broker.hostname}:{broker.port}")
-        name = settings.CELERY_BROKER_TRANSPORT_OPTIONS["queue_name_prefix"] + settings.JOB_QUEUE
-        while not self.stopping.is_set():
-            try:
-                url = client.get_queue_url(QueueName=name)["QueueUrl"]
-            except client.exceptions.QueueDoesNotExist:  # made by the first admission
-                self.stopping.wait(0.1)
-                continue
+        from infra_ainode.celery import app
+
+        # The channel's own client and queue URL, as the web publishes with them (credentials, endpoint, prefix);
+        # the queue is made here if no admission has made it yet.
+        with app.connection_for_write() as connection:
+            channel = connection.default_channel
+            client, url = channel.sqs(), channel._new_queue(settings.JOB_QUEUE)
             while not self.stopping.is_set():
                 messages = client.receive_message(QueueUrl=url, MaxNumberOfMessages=10,
                                                   WaitTimeSeconds=1).get("Messages", [])
