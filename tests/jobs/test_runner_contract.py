@@ -184,3 +184,51 @@ def test_the_result_keeps_json_types(alice, job_work_root):
     job = run(make_job(alice, code))
     assert_succeeded(job)
     assert job.result == value
+
+
+def test_a_wrapped_handler_is_called_with_what_its_wrapped_function_takes(alice, job_work_root):
+    code = (
+        "import functools\n"
+        "def logged(function):\n"
+        "    @functools.wraps(function)\n"
+        "    def wrapper(*args):\n"
+        "        return {'args': len(args), 'value': function(*args)}\n"
+        "    return wrapper\n"
+        "@logged\n"
+        "def handler(event):\n"
+        "    return event * 2\n"
+    )
+    job = run(make_job(alice, code, 21))
+    assert_succeeded(job)
+    assert job.result == {"args": 1, "value": 42}
+
+
+def test_a_handler_taking_any_number_of_arguments_gets_the_event_and_the_context(alice, job_work_root):
+    job = run(make_job(alice, "def handler(*args):\n    return [args[0], sorted(args[1])]\n", "e"))
+    assert_succeeded(job)
+    assert job.result == ["e", ["aiEndpoint", "functionId", "jobId", "modelId", "outputDir"]]
+
+
+def test_what_the_script_defines_is_found_by_its_module_name_while_its_handler_runs(alice, job_work_root):
+    code = (
+        "import dataclasses, pickle, sys\n"
+        "@dataclasses.dataclass\n"
+        "class Point:\n"
+        "    x: int\n"
+        "def handler(event, context):\n"
+        "    again = pickle.loads(pickle.dumps(Point(event)))\n"
+        "    import main\n"
+        "    return {'x': again.x, 'module': __name__, 'same': main is sys.modules[__name__]}\n"
+    )
+    job = run(make_job(alice, code, 3))
+    assert_succeeded(job)
+    assert job.result == {"x": 3, "module": "main", "same": True}
+
+
+def test_a_trivial_job_starts_without_the_heavy_modules(alice, job_work_root):
+    # Every job pays for what its runtime imports: these are loaded only by the scripts that use them.
+    heavy = ["asyncio", "ast", "email", "http.client", "inspect", "runpy", "traceback", "typing"]
+    code = f"import sys\ndef handler(event, context):\n    return [m for m in {heavy!r} if m in sys.modules]\n"
+    job = run(make_job(alice, code))
+    assert_succeeded(job)
+    assert job.result == []
