@@ -19,7 +19,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from transport import connect
+from transport import DEFAULT_SOCKET, connect
 
 __all__ = ["AIClientError", "BudgetExhausted", "ModelNotAllowed", "chat", "generate", "list_models", "usage"]
 
@@ -51,7 +51,7 @@ _ERRORS = {"budget_exhausted": BudgetExhausted, "model_not_allowed": ModelNotAll
 
 
 def _endpoint() -> str:
-    return os.environ.get("AI_ENDPOINT") or "unix:///run/ainode/gateway.sock"
+    return os.environ.get("AI_ENDPOINT") or f"unix://{DEFAULT_SOCKET}"
 
 
 def _model(model: str | None) -> str:

@@ -27,6 +27,8 @@ if TYPE_CHECKING:
 CODE_DIR = os.environ.get("CODE_DIR", "/job/code")
 ENTRY_NAMES = ("handler", "main")
 _CO_VARARGS = 0x04  # inspect.CO_VARARGS
+# The job's gateway socket, where the host mounts it: transport.DEFAULT_SOCKET (transport loads http.client).
+GATEWAY_SOCKET = "/run/ainode/gateway.sock"
 
 
 def load_script(path: str) -> tuple[types.CodeType, str | None]:
@@ -121,7 +123,7 @@ def post_to_gateway(path: str, body: bytes, timeout: float = 30) -> tuple[int, b
     chunks = []
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as connection:
         connection.settimeout(timeout)
-        connection.connect(sdk.GATEWAY_SOCKET)
+        connection.connect(GATEWAY_SOCKET)
         connection.sendall(head + body)
         while chunk := connection.recv(65536):
             chunks.append(chunk)

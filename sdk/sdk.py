@@ -15,9 +15,6 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
-# Where the job's gateway listens inside the container (the host binds the job's socket there).
-GATEWAY_SOCKET = "/run/ainode/gateway.sock"
-
 _UNSET = object()
 _output: Any = _UNSET
 

@@ -6,7 +6,7 @@ import http.client
 import socket
 import urllib.parse
 
-from sdk import GATEWAY_SOCKET
+DEFAULT_SOCKET = "/run/ainode/gateway.sock"
 
 
 class UnixHTTPConnection(http.client.HTTPConnection):
@@ -25,7 +25,7 @@ def connect(endpoint: str, timeout: float) -> tuple[http.client.HTTPConnection, 
     """A connection for `endpoint` (`unix:///path/to.sock` or `http://host:port/base`) and its path prefix."""
     parsed = urllib.parse.urlsplit(endpoint)
     if parsed.scheme == "unix":
-        return UnixHTTPConnection(parsed.path or GATEWAY_SOCKET, timeout), ""
+        return UnixHTTPConnection(parsed.path or DEFAULT_SOCKET, timeout), ""
     if parsed.scheme == "https":
         return http.client.HTTPSConnection(parsed.netloc, timeout=timeout), parsed.path.rstrip("/")
     if parsed.scheme == "http":

