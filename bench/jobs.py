@@ -10,7 +10,9 @@ prints for each:
   `docker run` of the same image with the same hardening flags, taken alternately in the same run, and the ratio;
 - a burst of `--burst` asynchronous trivial jobs: jobs/s until all are terminal, lost and failed counts, beside the
   rate at which the engine creates, starts, waits for and removes the same hardened container at the same
-  concurrency (the limit for single-use containers), and the ratio;
+  concurrency (the limit for single-use containers), and the ratio; and the CPU per job of the worker, the web
+  process, the engine's processes and the whole machine (which alone counts what runs inside the containers),
+  beside the engine's processes and the whole machine per container of the engine's own run;
 - a burst of `--model-burst` jobs making one 16-token model call each: jobs/s and completion tokens/s, beside the
   node's own tokens/s for the same calls made directly at the same concurrency (0 skips it).
 Then the gateway's added latency per model call (bench/gateway_latency.py). Figures only; nothing is asserted.
@@ -76,6 +78,16 @@ def cpu_seconds(roots: list[int], names: tuple[str, ...] = ()) -> float:
         chosen |= children
         grew = bool(children)
     return sum(table[pid][2] for pid in chosen if pid in table)
+
+
+def machine_cpu_seconds() -> float:
+    """CPU used so far by the whole machine (every process and the kernel, from /proc/stat). The processes named in
+    ENGINE_PROCESSES miss part of a container's cost: its shim is reparented to PID 1, which is charged with the
+    shim and everything it ran (runc, the container's own processes) when it reaps it."""
+    with open("/proc/stat") as stat:
+        ticks = [int(value) for value in stat.readline().split()[1:]]
+    idle, iowait = ticks[3], ticks[4]
+    return (sum(ticks[:8]) - idle - iowait) / os.sysconf("SC_CLK_TCK")
 
 
 def percentile(values: list[float], fraction: float) -> float:
@@ -325,12 +337,13 @@ def measure(args: argparse.Namespace, pool_size: int, image: str) -> None:
         if pool_size:
             wait_for_pool(stack, pool_size * args.concurrency)
         worker, web = stack.processes[0].pid, stack.processes[1].pid
-        before = (cpu_seconds([worker]), cpu_seconds([web]), cpu_seconds([], ENGINE_PROCESSES))
+        before = (cpu_seconds([worker]), cpu_seconds([web]), cpu_seconds([], ENGINE_PROCESSES), machine_cpu_seconds())
         jobs = burst(api, stack.folder / "db.sqlite3", function_id, args.burst)
-        after = (cpu_seconds([worker]), cpu_seconds([web]), cpu_seconds([], ENGINE_PROCESSES))
-        engine_before = cpu_seconds([], ENGINE_PROCESSES)
+        after = (cpu_seconds([worker]), cpu_seconds([web]), cpu_seconds([], ENGINE_PROCESSES), machine_cpu_seconds())
+        engine_before = (cpu_seconds([], ENGINE_PROCESSES), machine_cpu_seconds())
         engine = engine_rate(image, args.burst, args.concurrency)
-        engine_only = (cpu_seconds([], ENGINE_PROCESSES) - engine_before) * 1000 / args.burst
+        engine_only = [(b - a) * 1000 / args.burst
+                       for a, b in zip(engine_before, (cpu_seconds([], ENGINE_PROCESSES), machine_cpu_seconds()))]
         print(f"  burst of {args.burst} async trivial jobs   {jobs['rate']:6.2f} jobs/s  (all terminal after "
               f"{jobs['elapsed']:.1f} s; submitted in {jobs['submitted']:.1f} s; {jobs['lost']} lost, "
               f"{jobs['failed']} failed, {jobs['refused']} refused)")
@@ -338,7 +351,9 @@ def measure(args: argparse.Namespace, pool_size: int, image: str) -> None:
               f"ratio {jobs['rate'] / engine:.2f}x")
         per_job = [(b - a) * 1000 / args.burst for a, b in zip(before, after)]
         print(f"  CPU per burst job: worker {per_job[0]:.0f} ms, web {per_job[1]:.0f} ms, engine {per_job[2]:.0f} ms"
-              f"  (the engine alone: {engine_only:.0f} ms per container)")
+              f"  (the engine alone: {engine_only[0]:.0f} ms per container)")
+        print(f"  the whole machine's CPU per burst job {per_job[3]:.0f} ms  (the engine alone: {engine_only[1]:.0f} ms"
+              f" per container, with what runs inside it)")
         if args.model_burst:
             if pool_size:
                 wait_for_pool(stack, pool_size * args.concurrency)
