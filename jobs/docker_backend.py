@@ -358,12 +358,11 @@ class DockerBackend:
             logger.info("kill of %s: %s", container.id, exc)
 
     def _remove(self, container) -> None:
+        """`remove_container`, where a failure is only logged (the job's outcome is known by then)."""
         try:
-            container.remove(force=True)
-        except NotFound:
-            pass
-        except (DockerException, requests.RequestException) as exc:
-            logger.warning("could not remove container %s: %s", container.id, exc)
+            self.remove_container(container.id)
+        except ContainerError as exc:
+            logger.warning("%s", exc)
 
 
 class _MemorySampler:
