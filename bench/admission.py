@@ -1,19 +1,27 @@
-"""POST /run admission in one run on three set-ups: what the web process spends on one admission, and its SQL.
+"""POST /run admission in one run on three set-ups and a baseline: what the web process spends on one admission.
 
-    .venv/bin/python bench/admission.py [--setups embedded,sqs,redis] [--connections 20] [--seconds 20]
+    .venv/bin/python bench/admission.py [--setups original,embedded,sqs,redis] [--connections 20] [--seconds 20]
         [--single-seconds 5] [--workers 2] [--pg postgres://postgres@127.0.0.1:5432] [--moto 127.0.0.1:5055]
         [--redis redis://127.0.0.1:6379/13] [--show-sql]
 
 The set-ups: `embedded`, the default that scripts/stack.sh runs (SQLite, kombu's filesystem broker); `sqs`,
 PostgreSQL with the moto SQS server; `redis`, PostgreSQL with Redis as the broker. REDIS_URL is empty in all three,
-so only the database and the broker differ. It needs wrk (`apt-get install -y wrk`) and, for the set-ups that use
-them, PostgreSQL, moto_server and Redis as `bash scripts/services.sh postgres moto redis` starts them; it names the
-first one missing in one line and stops. It starts the rest itself, per set-up: a fresh database (a temporary
-SQLite file, or a throw-away PostgreSQL database) and VAR_DIR, seeded through the services with a user, a key, a
-function and a catalogue entry (no node is asked), and gunicorn from the checkout's .venv as scripts/stack.sh
-starts it (infra_ainode/gunicorn.conf.py, --workers workers, PROMETHEUS_MULTIPROC_DIR). No Celery worker runs: the
-queue only grows, except on SQS, where a thread of the bench receives and deletes the messages as workers would
-(moto's SendMessage slows as its queue grows). For each it prints:
+so only the database and the broker differ.
+
+The baseline, `original`, is the least an admission on SQS can do in the original platform's language:
+bench/original_controller/server.mjs, a Node server that sends one SQS message per POST /run with the AWS SDK for
+JavaScript (no database, no job record, one shared key), on the same moto and measured the same way. Each set-up's
+CPU per admission is printed against it at the end: a CPU figure in ms is only comparable within one run on one
+machine. It needs Node.js and npm; the bench installs the SDK with `npm ci` into that folder at its first run.
+
+It needs wrk (`apt-get install -y wrk`) and, for the set-ups that use them, PostgreSQL, moto_server and Redis as
+`bash scripts/services.sh postgres moto redis` starts them; it names the first one missing in one line and stops. It
+starts the rest itself, per set-up: a fresh database (a temporary SQLite file, or a throw-away PostgreSQL database)
+and VAR_DIR, seeded through the services with a user, a key, a function and a catalogue entry (no node is asked),
+and gunicorn from the checkout's .venv as scripts/stack.sh starts it (infra_ainode/gunicorn.conf.py, --workers
+workers, PROMETHEUS_MULTIPROC_DIR). No Celery worker runs: the queue only grows, except on SQS, where a thread of the
+bench receives and deletes the messages as workers would (moto's SendMessage slows as its queue grows).
+For each it prints:
 
 - the SQL of one admission: a Django test Client `POST /run` (x-async) in the bench's own process, on the
   set-up's database and broker, after a warm-up request, under CaptureQueriesContext; the data statements apart
@@ -21,8 +29,9 @@ queue only grows, except on SQS, where a thread of the bench receives and delete
   driver, which on PostgreSQL are round trips of their own too);
 - the p50 latency over one connection (wrk, --single-seconds);
 - admissions/s, p50 and p99 under wrk with --connections connections for --seconds seconds (x-async: true);
-- the web CPU per admission under that load: utime + stime of the gunicorn master and every worker, children
-  included (/proc/PID/stat), from just before to just after that wrk run, over the number of 202s;
+- the web CPU per admission under that load: utime + stime of the gunicorn master and every worker (the baseline's
+  one Node process), children included (/proc/PID/stat), from just before to just after that wrk run, over the
+  number of 202s;
 - whether every 202 left a job row (each jobId that wrk received in its warm-up and two runs, looked up).
 
 Figures only; never part of the test run.
@@ -31,10 +40,12 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import json
 import logging
 import os
 import re
+import secrets
 import shutil
 import signal
 import socket
@@ -45,8 +56,10 @@ import threading
 import time
 import urllib.request
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -56,8 +69,14 @@ from bench.dashboard import postgres_database  # noqa: E402 - the checkout's roo
 from bench.jobs import cpu_seconds  # noqa: E402
 
 GUNICORN = REPO_ROOT / ".venv" / "bin" / "gunicorn"
-SETUPS = {"embedded": "SQLite + filesystem broker", "sqs": "PostgreSQL + SQS (moto)", "redis": "PostgreSQL + Redis"}
+SETUPS = {"original": "the baseline: one SQS message per admission from Node (bench/original_controller)",
+          "embedded": "SQLite + filesystem broker", "sqs": "PostgreSQL + SQS (moto)", "redis": "PostgreSQL + Redis"}
+ORIGINAL = REPO_ROOT / "bench" / "original_controller"
+# moto takes any credentials; the baseline's queue is made in the region the SQS set-up uses.
+MOTO_CREDENTIALS = {"AWS_REGION": "us-east-1", "AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench"}
 # Statements that open, close or mark a transaction rather than read or write data.
+# Where a set-up's child process leaves its CPU per admission for the parent.
+CPU_FIGURE = "cpu-per-admission-ms"
 TRANSACTION_CONTROL = ("BEGIN", "COMMIT", "ROLLBACK", "SAVEPOINT", "RELEASE")
 
 # Each wrk thread writes the status of every answer, and the jobId of every 202, to a file of its own: the bench
@@ -109,24 +128,34 @@ def main() -> int:
         return 1
     print(f"{os.cpu_count()} CPUs; gunicorn with {args.workers} workers; wrk {args.connections} connections for "
           f"{args.seconds} s")
-    failures = 0
+    cpu: dict[str, float] = {}  # milliseconds of CPU per admission, by set-up
     for name in setups:
+        print(f"\n{name}: {SETUPS[name]} (load average {' '.join(f'{load:.2f}' for load in os.getloadavg())})",
+              flush=True)
         with tempfile.TemporaryDirectory(prefix="bench-admission-") as var_dir:
-            if name == "embedded":
-                finished = run_child(args, name, f"sqlite:///{var_dir}/db.sqlite3", var_dir)
+            if name == "original":
+                figure = run_original(args, Path(var_dir))
+            elif name == "embedded":
+                figure = run_child(args, name, f"sqlite:///{var_dir}/db.sqlite3", var_dir)
             else:
                 with postgres_database(f"{args.pg}/postgres") as database_url:
-                    finished = run_child(args, name, database_url, var_dir)
-        if not finished:
-            failures += 1
+                    figure = run_child(args, name, database_url, var_dir)
+        if figure is None:
             print(f"  {name}: the measurement failed (see above)")
-    return 1 if failures else 0
+        else:
+            cpu[name] = figure
+    if "original" in cpu and len(cpu) > 1:
+        print("\nweb CPU per admission against the baseline's in this run: " + ", ".join(
+            f"{name} {figure / cpu['original']:.2f}x" for name, figure in cpu.items() if name != "original"))
+    return 0 if len(cpu) == len(setups) else 1
 
 
 def missing_requirement(args: argparse.Namespace, setups: list[str]) -> str | None:
     """One line naming the first thing the chosen set-ups need that is not here, or None."""
     if not shutil.which("wrk"):
         return "wrk is not installed: apt-get install -y wrk"
+    if "original" in setups and not (shutil.which("node") and shutil.which("npm")):
+        return "the original set-up needs Node.js and npm: apt-get install -y nodejs npm (or leave it out: --setups)"
     start = "start it with: bash scripts/services.sh"
     if {"sqs", "redis"} & set(setups):
         import psycopg
@@ -136,7 +165,7 @@ def missing_requirement(args: argparse.Namespace, setups: list[str]) -> str | No
         except psycopg.Error as exc:
             return f"PostgreSQL does not answer at {args.pg} ({str(exc).splitlines()[0]}); {start} postgres"
     host, _, port = args.moto.rpartition(":")
-    if "sqs" in setups and not answers(host, int(port)):
+    if {"sqs", "original"} & set(setups) and not answers(host, int(port)):
         return f"the moto SQS server does not answer on {args.moto}; {start} moto"
     redis = urlsplit(args.redis)
     if "redis" in setups and not answers(redis.hostname or "127.0.0.1", redis.port or 6379, b"PING\r\n"):
@@ -155,8 +184,34 @@ def answers(host: str, port: int, hello: bytes = b"") -> bool:
         return False
 
 
-def run_child(args: argparse.Namespace, name: str, database_url: str, var_dir: str) -> bool:
-    """Measure set-up `name` in a process of its own (Django reads its settings once); whether it finished."""
+def run_original(args: argparse.Namespace, folder: Path) -> float | None:
+    """Measure the baseline on a queue of its own on moto; its CPU per admission in ms."""
+    if not (ORIGINAL / "node_modules").is_dir():
+        installed = subprocess.run(["npm", "ci", "--no-audit", "--no-fund", "--silent"], cwd=ORIGINAL)
+        if installed.returncode != 0:
+            print("  npm ci failed in bench/original_controller", file=sys.stderr)
+            return None
+    import boto3
+
+    client = boto3.client("sqs", endpoint_url=f"http://{args.moto}", region_name=MOTO_CREDENTIALS["AWS_REGION"],
+                          aws_access_key_id=MOTO_CREDENTIALS["AWS_ACCESS_KEY_ID"],
+                          aws_secret_access_key=MOTO_CREDENTIALS["AWS_SECRET_ACCESS_KEY"])
+    queue_url = client.create_queue(QueueName=f"bench-original-{uuid.uuid4().hex[:8]}")["QueueUrl"]
+    key = secrets.token_urlsafe(24)
+    try:
+        with (OriginalController(folder, moto=args.moto, queue_url=queue_url, key=key) as web,
+              QueueDrain(contextlib.nullcontext((client, queue_url)))):
+            runs, cpu = measure(args, web.url, web.pid, folder, key=key, function_id=str(uuid.uuid4()))
+    finally:
+        client.delete_queue(QueueUrl=queue_url)
+    print(f"  all three wrk runs: {sum(len(result.job_ids) for result in runs)} answered 202 (the baseline keeps no "
+          f"job rows){refusals(runs)}")
+    return cpu
+
+
+def run_child(args: argparse.Namespace, name: str, database_url: str, var_dir: str) -> float | None:
+    """Measure set-up `name` in a process of its own (Django reads its settings once); its CPU per admission in ms,
+    or None when it did not finish."""
     broker = {
         "embedded": {"CELERY_BROKER_URL": "filesystem://"},
         "sqs": {"CELERY_BROKER_URL": f"sqs://x:x@{args.moto}", "SQS_IS_SECURE": "false", "AWS_REGION": "us-east-1",
@@ -169,9 +224,9 @@ def run_child(args: argparse.Namespace, name: str, database_url: str, var_dir: s
     command = [sys.executable, __file__, "--child", name, "--connections", str(args.connections),
                "--seconds", str(args.seconds), "--single-seconds", str(args.single_seconds),
                "--workers", str(args.workers)] + (["--show-sql"] if args.show_sql else [])
-    print(f"\n{name}: {SETUPS[name]} (load average {' '.join(f'{load:.2f}' for load in os.getloadavg())})",
-          flush=True)
-    return subprocess.run(command, env=env, cwd=REPO_ROOT).returncode == 0
+    if subprocess.run(command, env=env, cwd=REPO_ROOT).returncode != 0:
+        return None
+    return float((Path(var_dir) / CPU_FIGURE).read_text())
 
 
 # --- the child: one set-up, with Django set up on its database and broker ---------------------------------------
@@ -193,26 +248,38 @@ def child(args: argparse.Namespace) -> None:
     if args.show_sql:
         for sql in statements:
             print(f"    {sql[:160]}")
-    with Gunicorn(var_dir, workers=args.workers) as web, QueueDrain():
-        script = var_dir / "admission.lua"
-        run = WrkRun(web.url, script, key=key, function_id=function_id)
-        warm_up = run(connections=4, seconds=3)  # imports, connections, the queue's creation
-        single = run(connections=1, seconds=args.single_seconds)
-        before = cpu_seconds([web.pid])
-        loaded = run(connections=args.connections, seconds=args.seconds)
-        cpu = cpu_seconds([web.pid]) - before
+    with Gunicorn(var_dir, workers=args.workers) as web, QueueDrain.of_the_job_queue():
+        runs, cpu = measure(args, web.url, web.pid, var_dir, key=key, function_id=function_id)
+    accepted = [job_id for result in runs for job_id in result.job_ids]
+    print(f"  all three wrk runs: {len(accepted)} answered 202, {len(accepted) - existing_jobs(accepted)} of them "
+          f"without a job row{refusals(runs)}")
+    (var_dir / CPU_FIGURE).write_text(str(cpu))
+    drop_queue()
+
+
+def measure(args: argparse.Namespace, url: str, pid: int, folder: Path, *, key: str,
+            function_id: str) -> tuple[tuple[WrkResult, ...], float]:
+    """wrk's three runs against a web server (warm-up, one connection, loaded) and its report; returns the runs and
+    the CPU per admission (ms) of process `pid` and its children during the loaded run."""
+    run = WrkRun(url, folder / "admission.lua", key=key, function_id=function_id)
+    warm_up = run(connections=4, seconds=3)  # imports, connections, the queue's creation
+    single = run(connections=1, seconds=args.single_seconds)
+    before = cpu_seconds([pid])
+    loaded = run(connections=args.connections, seconds=args.seconds)
+    cpu = (cpu_seconds([pid]) - before) * 1000 / max(loaded.accepted, 1)
     print(f"  one connection: p50 {single.p50:.1f} ms ({single.accepted / single.seconds:.0f} admissions/s)")
     print(f"  {args.connections} connections: {loaded.accepted / loaded.seconds:.1f} admissions/s, "
-          f"p50 {loaded.p50:.1f} ms, p99 {loaded.p99:.1f} ms; web CPU {cpu * 1000 / max(loaded.accepted, 1):.2f} ms "
-          f"per admission ({cpu:.1f} s for {loaded.accepted} admissions)")
-    runs = (warm_up, single, loaded)
-    accepted = [job_id for result in runs for job_id in result.job_ids]
+          f"p50 {loaded.p50:.1f} ms, p99 {loaded.p99:.1f} ms; web CPU {cpu:.2f} ms per admission "
+          f"({cpu * loaded.accepted / 1000:.1f} s for {loaded.accepted} admissions)")
+    return (warm_up, single, loaded), cpu
+
+
+def refusals(runs: tuple[WrkResult, ...]) -> str:
+    """What else the runs answered than 202, and wrk's socket errors: '' when nothing."""
     refused = sum((result.refused for result in runs), collections.Counter())
     errors = "; ".join(f"wrk: {result.errors}" for result in runs if result.errors)
-    print(f"  all three wrk runs: {len(accepted)} answered 202, {len(accepted) - existing_jobs(accepted)} of them "
-          f"without a job row" + "".join(f"; {n} answered {status}" for status, n in sorted(refused.items()))
-          + (f"; {errors}" if errors else ""))
-    drop_queue()
+    answered = "".join(f"; {n} answered {status}" for status, n in sorted(refused.items()))
+    return answered + (f"; {errors}" if errors else "")
 
 
 def seed() -> tuple[str, str]:
@@ -262,27 +329,26 @@ def describe(statements: list[str]) -> str:
             f"({', '.join(f'{n} {w}' for w, n in sorted(control.items())) or 'none'})")
 
 
-class Gunicorn:
-    """The web API as scripts/stack.sh serves it: gunicorn with infra_ainode/gunicorn.conf.py, the workers' metrics
-    summed in a folder of their own; started from the checkout on a free port, and stopped by its own pid."""
+class WebServer:
+    """A server the bench measures: started on a free port of 127.0.0.1 with its output in `log`, ready when GET
+    /healthz answers, and stopped by its own pid."""
 
-    def __init__(self, var_dir: Path, *, workers: int):
-        self.var_dir, self.workers = var_dir, workers
-        self.log = var_dir / "web.log"
+    def __init__(self, log: Path):
+        self.log = log
         with socket.socket() as probe:
             probe.bind(("127.0.0.1", 0))
             self.port = probe.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
 
-    def __enter__(self) -> Gunicorn:
-        metrics = self.var_dir / "prometheus-web"
-        metrics.mkdir()
-        env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(metrics), "WEB_BIND": f"127.0.0.1:{self.port}",
-               "WEB_WORKERS": str(self.workers)}
+    def start(self) -> tuple[list[str], dict[str, str], Path]:
+        """The command, its environment and its folder."""
+        raise NotImplementedError
+
+    def __enter__(self) -> WebServer:
+        command, env, cwd = self.start()
         with open(self.log, "ab") as log:
-            self.process = subprocess.Popen(
-                [str(GUNICORN), "--config", "infra_ainode/gunicorn.conf.py", "infra_ainode.wsgi"], cwd=REPO_ROOT,
-                env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            self.process = subprocess.Popen(command, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                            start_new_session=True)
         self.pid = self.process.pid
         deadline = time.monotonic() + 60
         while True:
@@ -292,7 +358,7 @@ class Gunicorn:
             except OSError:
                 if time.monotonic() > deadline or self.process.poll() is not None:
                     self.__exit__()
-                    raise SystemExit(f"gunicorn did not start; see {self.log}") from None
+                    raise SystemExit(f"{command[0]} did not start; see {self.log}") from None
                 time.sleep(0.2)
 
     def __exit__(self, *exc_info: object) -> None:
@@ -303,6 +369,35 @@ class Gunicorn:
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait(10)
+
+
+class Gunicorn(WebServer):
+    """The web API as scripts/stack.sh serves it: gunicorn with infra_ainode/gunicorn.conf.py, the workers' metrics
+    summed in a folder of their own, from the checkout."""
+
+    def __init__(self, var_dir: Path, *, workers: int):
+        super().__init__(var_dir / "web.log")
+        self.var_dir, self.workers = var_dir, workers
+
+    def start(self) -> tuple[list[str], dict[str, str], Path]:
+        metrics = self.var_dir / "prometheus-web"
+        metrics.mkdir()
+        env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(metrics), "WEB_BIND": f"127.0.0.1:{self.port}",
+               "WEB_WORKERS": str(self.workers)}
+        return [str(GUNICORN), "--config", "infra_ainode/gunicorn.conf.py", "infra_ainode.wsgi"], env, REPO_ROOT
+
+
+class OriginalController(WebServer):
+    """bench/original_controller/server.mjs, sending to the SQS queue at `queue_url` on moto."""
+
+    def __init__(self, folder: Path, *, moto: str, queue_url: str, key: str):
+        super().__init__(folder / "original.log")
+        self.moto, self.queue_url, self.key = moto, queue_url, key
+
+    def start(self) -> tuple[list[str], dict[str, str], Path]:
+        env = {**os.environ, **MOTO_CREDENTIALS, "AWS_ENDPOINT_URL_SQS": f"http://{self.moto}",
+               "NODE_NO_WARNINGS": "1"}  # the SDK warns that its releases after January 2027 need Node 22
+        return ["node", "server.mjs", str(self.port), self.queue_url, self.key], env, ORIGINAL
 
 
 @dataclass
@@ -342,17 +437,26 @@ class WrkRun:
 
 
 class QueueDrain:
-    """On SQS, receives and deletes the job queue's messages while wrk runs, as workers would (ten at a time, from a
-    thread of the bench's own process, which is not counted): moto's SendMessage slows as its queue grows (it
-    rescans the queue), so without it the web would spend the run waiting on moto. The other brokers' publish does
-    not depend on the queue's length, and their queues are left to grow."""
+    """Receives and deletes an SQS queue's messages while wrk runs, as workers would (ten at a time, from a thread of
+    the bench's own process, which is not counted): moto's SendMessage slows as its queue grows (it rescans the
+    queue), so without it the web would spend the run waiting on moto. `queue` is a context manager that gives the
+    (boto3 client, queue URL) to drain, or None for nothing to drain."""
 
-    def __enter__(self) -> QueueDrain:
+    def __init__(self, queue: contextlib.AbstractContextManager | None):
+        self.queue = queue
+
+    @classmethod
+    def of_the_job_queue(cls) -> QueueDrain:
+        """On SQS, the job queue. The other brokers' publish does not depend on the queue's length, and their queues
+        are left to grow."""
         from django.conf import settings
 
+        return cls(job_queue() if settings.CELERY_BROKER_URL.startswith("sqs://") else None)
+
+    def __enter__(self) -> QueueDrain:
         self.stopping = threading.Event()
         self.thread = None
-        if settings.CELERY_BROKER_URL.startswith("sqs://"):
+        if self.queue is not None:
             self.thread = threading.Thread(target=self._drain, daemon=True)
             self.thread.start()
         return self
@@ -363,21 +467,26 @@ class QueueDrain:
             self.thread.join(10)
 
     def _drain(self) -> None:
-        from django.conf import settings
-
-        from infra_ainode.celery import app
-
-        # The channel's own client and queue URL, as the web publishes with them (credentials, endpoint, prefix);
-        # the queue is made here if no admission has made it yet.
-        with app.connection_for_write() as connection:
-            channel = connection.default_channel
-            client, url = channel.sqs(), channel._new_queue(settings.JOB_QUEUE)
+        with self.queue as (client, url):
             while not self.stopping.is_set():
                 messages = client.receive_message(QueueUrl=url, MaxNumberOfMessages=10,
                                                   WaitTimeSeconds=1).get("Messages", [])
                 if messages:
                     client.delete_message_batch(QueueUrl=url, Entries=[
                         {"Id": str(n), "ReceiptHandle": each["ReceiptHandle"]} for n, each in enumerate(messages)])
+
+
+@contextlib.contextmanager
+def job_queue() -> Iterator[tuple[Any, str]]:
+    """The job queue through the Celery channel's own client and queue URL, as the web publishes with them
+    (credentials, endpoint, prefix); the queue is made here if no admission has made it yet."""
+    from django.conf import settings
+
+    from infra_ainode.celery import app
+
+    with app.connection_for_write() as connection:
+        channel = connection.default_channel
+        yield channel.sqs(), channel._new_queue(settings.JOB_QUEUE)
 
 
 def milliseconds(wrk_duration: str) -> float:
