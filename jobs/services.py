@@ -15,6 +15,7 @@ from billing.quotas import admit, job_budget, lock_quota
 from billing.rollups import add_job_to_rollups
 from core import metrics
 from core.errors import Conflict, DomainError, NotFound, TooLarge
+from core.inserts import insert
 from core.lookups import CachedLookup
 from models_catalog.services import check_model_id, route_model
 
@@ -250,10 +251,12 @@ def submit_job_once(*, owner: User, idempotency_key: str | None, body_fingerprin
 
 def create_job(**fields: Any) -> Job:
     """Insert a Job row and count it in the day's usage roll-up, in one transaction: the only way a job is made
-    (jobs that skip it are missing from the dashboard until `rebuild_usage_rollups`)."""
+    (jobs that skip it are missing from the dashboard until `rebuild_usage_rollups`). The row is written by
+    `core.inserts.insert`, which sends no save signals: nothing listens for Job's."""
+    job = Job(**fields)
     # No savepoint inside a caller's transaction (submit_job's): a failure here fails the whole admission anyway.
     with transaction.atomic(savepoint=False):
-        job = Job.objects.create(**fields)
+        insert(job)
         add_job_to_rollups(job)
     return job
 

@@ -18,6 +18,8 @@ from django.db import IntegrityError, OperationalError, connection, transaction
 from django.db.models import Max
 from django.utils import timezone
 
+from core.inserts import insert
+
 from ..models import JobEvent
 
 logger = logging.getLogger(__name__)
@@ -70,10 +72,10 @@ class DatabaseEventStore:
                 time.sleep(0.05 * attempt)
 
     def start(self, job_id: str, events: list[tuple[str, dict[str, Any]]]) -> None:
-        # Numbered from 1 in one INSERT, in the caller's transaction: no savepoint and no numbering query.
+        # Numbered from 1, in the caller's transaction: no savepoint and no numbering query.
         now = timezone.now()
-        JobEvent.objects.bulk_create([JobEvent(job_id=job_id, seq=seq, kind=kind, data=payload, created_at=now)
-                                      for seq, (kind, payload) in enumerate(events, start=1)])
+        for seq, (kind, payload) in enumerate(events, start=1):
+            insert(JobEvent(job_id=job_id, seq=seq, kind=kind, data=payload, created_at=now))
 
     def _insert(self, job_id: str, events: list[tuple[str, dict[str, Any]]]) -> None:
         table = connection.ops.quote_name(JobEvent._meta.db_table)

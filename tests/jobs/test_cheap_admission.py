@@ -138,3 +138,36 @@ def test_a_model_disabled_in_another_process_is_refused_at_the_next_request(alic
         f"set_models_enabled(models=ModelCatalog.objects.filter(model_id='{MODEL}'), enabled=False)\n"
     )
     assert submit(alice, function["functionId"], model_id=MODEL).json()["code"] == "unknown_model"
+
+
+def stored(model, pk) -> dict:
+    """The row of `model` with primary key `pk` as the database holds it, by column, without its key."""
+    with connection.cursor() as cursor:
+        cursor.execute(f"SELECT * FROM {connection.ops.quote_name(model._meta.db_table)} WHERE id = %s",
+                       [model._meta.pk.get_db_prep_value(pk, connection)])
+        row = dict(zip([column[0] for column in cursor.description], cursor.fetchone()))
+    del row["id"]
+    return row
+
+
+def test_a_job_and_its_event_are_stored_as_the_orm_stores_them(alice, function):
+    """Admission writes its rows with core.inserts.insert, a statement made once per model: each row must hold
+    exactly what Model.objects.create would have stored, JSON (with a JSON null inside), SQL NULLs, defaults and
+    the decimal cost included."""
+    from core.inserts import insert
+    from jobs.models import Function, JobEvent
+
+    owner = Function.objects.get(pk=function["functionId"])
+    fields = {"owner": alice.user, "function": owner, "function_version": owner.versions.get(), "model_id": MODEL,
+              "node": "node-1", "queue": "jobs", "input_data": {"text": "é\n", "list": [1, None, 2.5]},
+              "memory_mb": 256, "timeout_seconds": 30, "token_budget": None}
+    inserted, created = Job(**fields), Job.objects.create(**fields)
+    insert(inserted)
+    assert not inserted._state.adding
+    assert stored(Job, inserted.pk) | {"created_at": None} == stored(Job, created.pk) | {"created_at": None}
+    assert Job.objects.get(pk=inserted.pk).input_data == fields["input_data"]
+    event = {"kind": "status", "data": {"status": "queued", "at": None}, "seq": 1, "created_at": created.created_at}
+    insert(JobEvent(job=inserted, **event))
+    JobEvent.objects.create(job=created, **event)
+    assert ({key: value for key, value in stored(JobEvent, inserted.events.get().pk).items() if key != "job_id"}
+            == {key: value for key, value in stored(JobEvent, created.events.get().pk).items() if key != "job_id"})
