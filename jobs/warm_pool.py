@@ -301,12 +301,16 @@ class WarmPool:
                 self._remove(backend, slot)
 
     def _prune(self, backend: DockerBackend) -> None:
-        """Retire ready containers that died (killed, or their runtime exited) or outlived the maximum age."""
+        """Retire ready containers that died (killed, or their runtime exited) or outlived the maximum age. A slot
+        made after the engine was asked (by `fill` on another thread) may be missing from its answer: it is judged
+        at the next check."""
+        asked_at = time.monotonic()  # a slot's `created` is taken once its container runs
         alive = {c["id"] for c in backend.labelled(f"{POOL_LABEL}={self.owner}") if c["status"] == "running"}
         now = time.monotonic()
         with self._lock:
             for profile, ready in self._ready.items():
-                keep = deque(s for s in ready if s.container_id in alive and now - s.created <= self.max_age_seconds)
+                keep = deque(s for s in ready if (s.container_id in alive or s.created >= asked_at)
+                             and now - s.created <= self.max_age_seconds)
                 for slot in ready:
                     if slot not in keep:
                         logger.info("warm pool %s: replacing %s (dead or too old)", self.owner, slot.container_id[:12])

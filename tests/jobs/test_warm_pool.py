@@ -135,6 +135,30 @@ def test_a_pooled_container_that_dies_while_waiting_is_replaced(alice, job_work_
         pool.stop()
 
 
+def test_a_container_made_while_the_pool_checks_for_dead_ones_is_kept(job_work_root, docker_client, monkeypatch):
+    """The check asks the engine which containers run, then retires the ready ones missing from the answer. A slot
+    filled on another thread in between is missing from it although it runs, and must not be taken for dead."""
+    pool = make_warm_pool(job_work_root)  # not started: the check below is the only one
+    backend = pool._backend_factory()
+    ask_the_engine = backend.labelled
+
+    def a_fill_lands_after_the_answer(label: str) -> list:
+        answer = ask_the_engine(label)
+        pool.fill(default_profile(), backend=backend)
+        return answer
+
+    monkeypatch.setattr(backend, "labelled", a_fill_lands_after_the_answer)
+    try:
+        pool._prune(backend)
+        assert pool.ready_count() == 1
+        monkeypatch.undo()
+        pool._prune(backend)  # the next check sees it running
+        assert pool.ready_count() == 1
+    finally:
+        pool.stop()
+    assert not pool_containers(docker_client, pool)
+
+
 def test_a_pooled_container_older_than_the_maximum_age_is_not_used(alice, job_work_root, docker_client):
     from jobs import warm_pool as pools
 
