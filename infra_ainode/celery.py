@@ -3,6 +3,7 @@
 Besides the tasks, a worker may serve its metrics (WORKER_METRICS_PORT) and keep a liveness file fresh
 (WORKER_HEARTBEAT_FILE) for an orchestrator's probe.
 """
+import gc
 import os
 from pathlib import Path
 from typing import Any
@@ -75,6 +76,15 @@ def _serve_worker_metrics(**kwargs: Any) -> None:
 
     if settings.WORKER_METRICS_PORT:
         metrics.start_worker_exporter(port=settings.WORKER_METRICS_PORT, address=settings.WORKER_METRICS_ADDRESS)
+
+
+@worker_init.connect
+def _freeze_start_up_objects(**kwargs: Any) -> None:
+    """Celery has imported the task modules, and with them the job's code, before this signal and before the pool
+    forks its processes: take what start-up made out of the garbage collector's sight (gc.freeze), in this process
+    and so in every child it forks, so that a full collection walks only what jobs make. Without it a full
+    collection took about 90 ms in each pool process during a burst, stalling the job (and its gateway) it fell on."""
+    gc.freeze()
 
 
 @worker_process_shutdown.connect

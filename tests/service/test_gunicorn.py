@@ -125,19 +125,3 @@ def test_readyz_names_the_database_when_it_does_not_answer_while_healthz_still_a
     assert detail["down"] == ["ai_nodes", "database"]
     assert detail["checks"]["broker"]["ok"] is True
 
-
-def test_a_worker_imports_its_views_and_freezes_what_start_up_made_before_its_first_request():
-    """gunicorn's post_worker_init hook: the views are loaded and the start-up's objects are out of the garbage
-    collector's sight (gc.freeze), so that a full collection does not walk them on every request's time."""
-    code = ("import gc, json, runpy, sys, django\n"
-            "django.setup()\n"
-            "before = 'jobs.api.views' in sys.modules\n"
-            "runpy.run_path('infra_ainode/gunicorn.conf.py')['post_worker_init'](None)\n"
-            "print(json.dumps({'before': before, 'after': 'jobs.api.views' in sys.modules,\n"
-            "                  'frozen': gc.get_freeze_count(), 'tracked': len(gc.get_objects())}))\n")
-    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "infra_ainode.settings", "DATABASE_URL": database_url()}
-    result = subprocess.run([str(VENV_BIN / "python"), "-c", code], cwd=REPO_ROOT, env=env, capture_output=True,
-                            text=True, timeout=60, check=True)
-    state = json.loads(result.stdout.splitlines()[-1])
-    assert not state["before"] and state["after"]
-    assert state["frozen"] > state["tracked"]
