@@ -337,13 +337,18 @@ def measure(args: argparse.Namespace, pool_size: int, image: str) -> None:
         if pool_size:
             wait_for_pool(stack, pool_size * args.concurrency)
         worker, web = stack.processes[0].pid, stack.processes[1].pid
-        before = (cpu_seconds([worker]), cpu_seconds([web]), cpu_seconds([], ENGINE_PROCESSES), machine_cpu_seconds())
+
+        def cpu() -> tuple[float, ...]:
+            """CPU so far of the worker, the web process, the engine's processes and the whole machine."""
+            return (cpu_seconds([worker]), cpu_seconds([web]), cpu_seconds([], ENGINE_PROCESSES),
+                    machine_cpu_seconds())
+
+        before = cpu()
         jobs = burst(api, stack.folder / "db.sqlite3", function_id, args.burst)
-        after = (cpu_seconds([worker]), cpu_seconds([web]), cpu_seconds([], ENGINE_PROCESSES), machine_cpu_seconds())
-        engine_before = (cpu_seconds([], ENGINE_PROCESSES), machine_cpu_seconds())
+        after = cpu()
         engine = engine_rate(image, args.burst, args.concurrency)
-        engine_only = [(b - a) * 1000 / args.burst
-                       for a, b in zip(engine_before, (cpu_seconds([], ENGINE_PROCESSES), machine_cpu_seconds()))]
+        # The engine's own run: its processes and the whole machine, per container.
+        engine_only = [(b - a) * 1000 / args.burst for a, b in zip(after[2:], cpu()[2:])]
         print(f"  burst of {args.burst} async trivial jobs   {jobs['rate']:6.2f} jobs/s  (all terminal after "
               f"{jobs['elapsed']:.1f} s; submitted in {jobs['submitted']:.1f} s; {jobs['lost']} lost, "
               f"{jobs['failed']} failed, {jobs['refused']} refused)")

@@ -162,8 +162,8 @@ class DockerBackend:
         An exception from `begin` propagates as it is (the job never started). The caller removes the container.
         Raises ContainerGone when the container no longer exists (found by the attach, which comes first).
         """
-        return self._supervise(self._container(container_id), spec, begin=begin, should_cancel=should_cancel, on_started=on_started,
-                               on_output=on_output)
+        return self._supervise(self._container(container_id), spec, begin=begin, should_cancel=should_cancel,
+                               on_started=on_started, on_output=on_output)
 
     def _supervise(self, container, spec: ContainerSpec, *, begin: Callable[[], None],
                    should_cancel: Callable[[], bool], on_started: Callable[[str], None],

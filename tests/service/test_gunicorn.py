@@ -124,4 +124,3 @@ def test_readyz_names_the_database_when_it_does_not_answer_while_healthz_still_a
     detail = json.loads(body)
     assert detail["down"] == ["ai_nodes", "database"]
     assert detail["checks"]["broker"]["ok"] is True
-
