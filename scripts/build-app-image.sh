@@ -37,6 +37,8 @@ BASE_IMAGE="infra-ainode-app-base:$SUITE-$(sha256sum "$REPO_ROOT/requirements.tx
 
 log() { printf '[build-app-image +%ss] %s\n' "$SECONDS" "$*" >&2; }
 
+docker_engine
+
 # The legacy builder takes a local FROM image as it is; BuildKit (when installed) does too with --pull=false.
 docker_build() {
   docker build --pull=false "$@" "$REPO_ROOT" >&2

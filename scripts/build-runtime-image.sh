@@ -39,8 +39,7 @@ IMAGE="${IMAGE:-${JOB_RUNTIME_IMAGE:-infra-ainode-runtime:bookworm-1}}"
 
 log() { printf '[build-runtime-image +%ss] %s\n' "$SECONDS" "$*"; }
 
-docker info >/dev/null 2>&1 \
-  || fail "reaching the Docker engine" "run scripts/services.sh docker (it installs and starts dockerd), then this again"
+docker_engine
 if [[ $FORCE -eq 0 ]] && docker image inspect "$IMAGE" >/dev/null 2>&1; then
   log "$IMAGE already exists; nothing to do (use --force to rebuild)"
   exit 0

@@ -31,6 +31,14 @@ need() {
   command -v "$1" >/dev/null 2>&1 || fail "installing $2" "apt-get installed $2 but $1 is still not on the PATH"
 }
 
+# docker_engine: make sure the Docker engine answers, as scripts/services.sh docker does (it installs docker.io
+# when dockerd or docker is missing, and starts the engine when it is not running). Its messages go to stderr.
+docker_engine() {
+  docker info >/dev/null 2>&1 && return 0
+  bash "$(dirname "${BASH_SOURCE[0]}")/services.sh" docker >&2 \
+    || fail "starting the Docker engine" "see the lines above; scripts/services.sh docker installs and starts it"
+}
+
 # Print the first mirror URI that apt uses for SUITE (argument 1), reading both
 # one-line .list files and deb822 .sources files. Prints nothing if none.
 apt_mirror_for() {
