@@ -65,17 +65,17 @@ def month_start(today: date) -> date:
 
 
 def lock_quota(owner: User) -> Quota | None:
-    """`owner`'s quota with its row locked until the transaction ends (None when they have none).
+    """`owner`'s quota, read fresh, with its row locked until the transaction ends (None when they have none).
 
-    The lock is an UPDATE, not SELECT ... FOR UPDATE: it also takes SQLite's write lock first thing, where a
-    transaction that reads before it writes could fail to get it. An owner read with their quota (as authentication
-    reads them: accounts.services.authenticate_key) and found to have none costs no statement.
+    One statement: SELECT ... FOR UPDATE on PostgreSQL. SQLite has no row locks and Django leaves the clause out
+    there; its transactions take the database's write lock when they begin (`transaction_mode` IMMEDIATE in
+    settings), so admissions take turns all the same. The row is not written: its `updated_at` stays the time an
+    operator last changed it. An owner read with their quota (as authentication reads them:
+    accounts.services.authenticate_key) and found to have none costs no statement.
     """
     if User.quota.related.get_cached_value(owner, default=NOT_READ) is None:
         return None
-    if not Quota.objects.filter(user=owner).update(updated_at=timezone.now()):
-        return None
-    return Quota.objects.get(user=owner)
+    return Quota.objects.select_for_update().filter(user=owner).first()
 
 
 def standing(*, owner: User, quota: Quota | None = None) -> Standing | None:

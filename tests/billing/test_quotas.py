@@ -5,15 +5,19 @@ submits never promise more than the quota. Also: jobs at once, tokens per month,
 against the quota in the usage API and on the operator's dashboard."""
 import json
 import threading
+import time
 import urllib.error
 import urllib.request
 from decimal import Decimal
 
 import pytest
+from django.contrib.auth.models import User
+from django.db import connection, transaction
 
 from accounts.models import Quota
 from billing.formatting import money
 from billing.models import Hold, ModelPrice
+from billing.quotas import lock_quota
 from jobs.metering.ledger import record_call
 from jobs.models import Job, JobStatus
 from models_catalog.nodes import Usage
@@ -140,6 +144,41 @@ def test_concurrent_runs_never_promise_more_than_the_quota(live_server, alice, f
     assert sorted(statuses) == [202] * 3 + [402] * 7
     assert Job.objects.count() == 3
     assert sum(hold.cost for hold in Hold.objects.all()) == Decimal("0.9")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_admission_waits_for_the_one_that_holds_the_quota(alice):
+    """What makes concurrent runs take turns (the test above may pass by luck of timing): while one transaction holds
+    the quota (lock_quota), another's lock_quota waits until it commits: a row lock on PostgreSQL, the write lock
+    taken at BEGIN on SQLite. The quota's `updated_at` is left as the operator set it."""
+    quota = give_quota(alice, monthly_cost=Decimal("1.00"))
+    locked, release, order = threading.Event(), threading.Event(), []
+
+    def admission(first: bool) -> None:
+        try:
+            if not first:
+                locked.wait(10)
+            with transaction.atomic():
+                lock_quota(User.objects.get(pk=alice.user.pk))
+                if first:
+                    locked.set()
+                    release.wait(10)
+                    order.append("first commits")
+                else:
+                    order.append("second holds the quota")
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=admission, args=(first,)) for first in (True, False)]
+    for thread in threads:
+        thread.start()
+    assert locked.wait(10)
+    time.sleep(0.5)  # ample time for the second to take the quota, were it not made to wait
+    release.set()
+    for thread in threads:
+        thread.join(30)
+    assert order == ["first commits", "second holds the quota"]
+    assert Quota.objects.get(pk=quota.pk).updated_at == quota.updated_at
 
 
 def test_a_model_without_a_price_holds_no_cost(alice, function):
