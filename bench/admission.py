@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/admission.py [--setups original,embedded,sqs,redis] [--connections 20] [--seconds 20]
         [--single-seconds 5] [--workers 2] [--pg postgres://postgres@127.0.0.1:5432] [--moto 127.0.0.1:5055]
-        [--redis redis://127.0.0.1:6379/13] [--show-sql]
+        [--redis redis://127.0.0.1:6379/13] [--rounds 1] [--show-sql]
 
 The set-ups: `embedded`, the default that scripts/stack.sh runs (SQLite, kombu's filesystem broker); `sqs`,
 PostgreSQL with the moto SQS server; `redis`, PostgreSQL with Redis as the broker. REDIS_URL is empty in all three,
@@ -13,6 +13,10 @@ bench/original_controller/server.mjs, a Node server that sends one SQS message p
 JavaScript (no database, no job record, one shared key), on the same moto and measured the same way. Each set-up's
 CPU per admission is printed against it at the end: a CPU figure in ms is only comparable within one run on one
 machine. It needs Node.js and npm; the bench installs the SDK with `npm ci` into that folder at its first run.
+
+With --rounds N every set-up is measured N times, the set-ups taking turns (baseline, embedded, sqs, redis, then
+again), and the end gives each one's median and range, and the median of its ratios to the baseline of the same
+round: on this shared machine one run's CPU per admission moves by a fifth from one minute to the next.
 
 It needs wrk (`apt-get install -y wrk`) and, for the set-ups that use them, PostgreSQL, moto_server and Redis as
 `bash scripts/services.sh postgres moto redis` starts them; it names the first one missing in one line and stops. It
@@ -26,7 +30,8 @@ For each it prints:
 - the SQL of one admission: a Django test Client `POST /run` (x-async) in the bench's own process, on the
   set-up's database and broker, after a warm-up request, under CaptureQueriesContext; the data statements apart
   from transaction control (BEGIN, COMMIT, SAVEPOINT, RELEASE; Django logs the BEGIN and COMMIT it asks of the
-  driver, which on PostgreSQL are round trips of their own too);
+  driver, which on PostgreSQL are round trips of their own too); then the same for a user whose quota limits their
+  tokens and concurrent jobs (not the user wrk sends as);
 - the p50 latency over one connection (wrk, --single-seconds);
 - admissions/s, p50 and p99 under wrk with --connections connections for --seconds seconds (x-async: true);
 - the web CPU per admission under that load: utime + stime of the gunicorn master and every worker (the baseline's
@@ -49,6 +54,7 @@ import secrets
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -110,6 +116,7 @@ def main() -> int:
     parser.add_argument("--connections", type=int, default=20)
     parser.add_argument("--seconds", type=int, default=20, help="the measured wrk run")
     parser.add_argument("--single-seconds", type=int, default=5, help="the one-connection wrk run")
+    parser.add_argument("--rounds", type=int, default=1, help="measure every set-up this many times, in turns")
     parser.add_argument("--workers", type=int, default=2, help="gunicorn workers (scripts/stack.sh's default: 2)")
     parser.add_argument("--pg", default="postgres://postgres@127.0.0.1:5432")
     parser.add_argument("--moto", default="127.0.0.1:5055")
@@ -121,33 +128,55 @@ def main() -> int:
         child(args)
         return 0
     setups = [name.strip() for name in args.setups.split(",") if name.strip()]
+    if args.rounds < 1:
+        parser.error("--rounds must be at least 1")
     if unknown := set(setups) - set(SETUPS):
         parser.error(f"unknown set-up(s): {', '.join(sorted(unknown))}")
     if missing := missing_requirement(args, setups):
         print(f"bench/admission.py: {missing}", file=sys.stderr)
         return 1
     print(f"{os.cpu_count()} CPUs; gunicorn with {args.workers} workers; wrk {args.connections} connections for "
-          f"{args.seconds} s")
-    cpu: dict[str, float] = {}  # milliseconds of CPU per admission, by set-up
-    for name in setups:
-        print(f"\n{name}: {SETUPS[name]} (load average {' '.join(f'{load:.2f}' for load in os.getloadavg())})",
-              flush=True)
-        with tempfile.TemporaryDirectory(prefix="bench-admission-") as var_dir:
-            if name == "original":
-                figure = run_original(args, Path(var_dir))
-            elif name == "embedded":
-                figure = run_child(args, name, f"sqlite:///{var_dir}/db.sqlite3", var_dir)
-            else:
-                with postgres_database(f"{args.pg}/postgres") as database_url:
-                    figure = run_child(args, name, database_url, var_dir)
-        if figure is None:
-            print(f"  {name}: the measurement failed (see above)")
-        else:
-            cpu[name] = figure
-    if "original" in cpu and len(cpu) > 1:
-        print("\nweb CPU per admission against the baseline's in this run: " + ", ".join(
-            f"{name} {figure / cpu['original']:.2f}x" for name, figure in cpu.items() if name != "original"))
-    return 0 if len(cpu) == len(setups) else 1
+          f"{args.seconds} s; {args.rounds} round(s)")
+    # Milliseconds of CPU per admission, by set-up, one figure per round. The set-ups take turns within a round, so
+    # that a change in the machine's speed during the run falls on all of them alike.
+    cpu: dict[str, list[float]] = {name: [] for name in setups}
+    for round_number in range(1, args.rounds + 1):
+        for name in setups:
+            load = " ".join(f"{value:.2f}" for value in os.getloadavg())
+            print(f"\n{name}: {SETUPS[name]} (round {round_number}; load average {load})", flush=True)
+            figure = run_setup(args, name)
+            if figure is None:
+                print(f"  {name}: the measurement failed (see above)")
+                return 1
+            cpu[name].append(figure)
+    print_summary(cpu)
+    return 0
+
+
+def run_setup(args: argparse.Namespace, name: str) -> float | None:
+    """One set-up measured from scratch (a fresh database, queue and VAR_DIR): its CPU per admission in ms."""
+    with tempfile.TemporaryDirectory(prefix="bench-admission-") as var_dir:
+        if name == "original":
+            return run_original(args, Path(var_dir))
+        if name == "embedded":
+            return run_child(args, name, f"sqlite:///{var_dir}/db.sqlite3", var_dir)
+        with postgres_database(f"{args.pg}/postgres") as database_url:
+            return run_child(args, name, database_url, var_dir)
+
+
+def print_summary(cpu: dict[str, list[float]]) -> None:
+    """Each set-up's CPU per admission over the rounds (median, and the range when there are several) and, with the
+    baseline measured, the median of its ratios to the baseline of the same round."""
+    print("\nweb CPU per admission" + (" (median of the rounds, lowest to highest)" if len(
+        next(iter(cpu.values()))) > 1 else "") + ":")
+    for name, figures in cpu.items():
+        spread = f" ({min(figures):.2f} to {max(figures):.2f})" if len(figures) > 1 else ""
+        ratio = ""
+        if "original" in cpu and name != "original":
+            ratios = [figure / baseline for figure, baseline in zip(figures, cpu["original"])]
+            ratio = f"; {statistics.median(ratios):.2f}x the baseline's of the same round" + (
+                f" ({min(ratios):.2f}x to {max(ratios):.2f}x)" if len(ratios) > 1 else "")
+        print(f"  {name}: {statistics.median(figures):.2f} ms{spread}{ratio}")
 
 
 def missing_requirement(args: argparse.Namespace, setups: list[str]) -> str | None:
@@ -244,9 +273,12 @@ def child(args: argparse.Namespace) -> None:
     (var_dir / "static").mkdir()
     key, function_id = seed()
     statements = statements_of_one_admission(key, function_id)
-    print(f"  SQL per admission: {describe(statements)}")
+    # A quota that limits spending: admission locks it, reads the month's standing and holds the job's worst case.
+    with_quota = statements_of_one_admission(*seed_user("bench-quota", monthly_tokens=10**12,
+                                                        max_concurrent_jobs=10**6))
+    print(f"  SQL per admission: {describe(statements)}; with a quota: {describe(with_quota)}")
     if args.show_sql:
-        for sql in statements:
+        for sql in statements + ["with a quota:"] + with_quota:
             print(f"    {sql[:160]}")
     with Gunicorn(var_dir, workers=args.workers) as web, QueueDrain.of_the_job_queue():
         runs, cpu = measure(args, web.url, web.pid, var_dir, key=key, function_id=function_id)
@@ -284,17 +316,26 @@ def refusals(runs: tuple[WrkResult, ...]) -> str:
 
 def seed() -> tuple[str, str]:
     """A user, their key, a function and a catalogue entry on a node that is never asked; (key, function id)."""
-    from django.contrib.auth.models import User
-
-    from accounts.services import create_api_key
-    from jobs.services import deploy_function
     from models_catalog.models import AINode, ModelCatalog
 
     node = AINode.objects.create(name="bench-node", kind="openai", url="http://127.0.0.1:9", queue="jobs")
     ModelCatalog.objects.create(node=node, model_id="bench-model", name="bench-model")
-    user = User.objects.create_user("bench")
-    key = create_api_key(user=user, name="bench")[1]
-    function = deploy_function(owner=user, name="bench", code=b"def handler(event, context):\n    return 1\n")
+    return seed_user("bench")
+
+
+def seed_user(name: str, **quota: Any) -> tuple[str, str]:
+    """A user, with a quota of these limits if any are given, their key and a function; (key, function id)."""
+    from django.contrib.auth.models import User
+
+    from accounts.models import Quota
+    from accounts.services import create_api_key
+    from jobs.services import deploy_function
+
+    user = User.objects.create_user(name)
+    if quota:
+        Quota.objects.create(user=user, **quota)
+    key = create_api_key(user=user, name=name)[1]
+    function = deploy_function(owner=user, name=name, code=b"def handler(event, context):\n    return 1\n")
     return key, str(function.pk)
 
 
