@@ -32,6 +32,10 @@ For each it prints:
   from transaction control (BEGIN, COMMIT, SAVEPOINT, RELEASE; Django logs the BEGIN and COMMIT it asks of the
   driver, which on PostgreSQL are round trips of their own too); then the same for a user whose quota limits their
   tokens and concurrent jobs (not the user wrk sends as);
+- where an admission's CPU goes, apart from the web server and the load: in the bench's own process, back to back,
+  the CPU per admission through Django's WSGI handler (middleware, DRF, the view), and for the work alone (the
+  key's and the function's look-ups and `submit_job_once`, called directly: the rows and the publish), and for the
+  publish alone (`jobs.dispatch.enqueue_job`);
 - the p50 latency over one connection (wrk, --single-seconds);
 - admissions/s, p50 and p99 under wrk with --connections connections for --seconds seconds (x-async: true);
 - the web CPU per admission under that load: utime + stime of the gunicorn master and every worker (the baseline's
@@ -280,6 +284,11 @@ def child(args: argparse.Namespace) -> None:
     if args.show_sql:
         for sql in statements + ["with a quota:"] + with_quota:
             print(f"    {sql[:160]}")
+    with QueueDrain.of_the_job_queue():
+        through_django, work_alone, publish = in_one_process(key, function_id)
+    print(f"  in one process, back to back: {through_django:.2f} ms of CPU per admission through Django and DRF; "
+          f"the work alone {work_alone:.2f} ms ({100 * work_alone / through_django:.0f} %), of which the publish "
+          f"{publish:.2f} ms")
     with Gunicorn(var_dir, workers=args.workers) as web, QueueDrain.of_the_job_queue():
         runs, cpu = measure(args, web.url, web.pid, var_dir, key=key, function_id=function_id)
     accepted = [job_id for result in runs for job_id in result.job_ids]
@@ -359,6 +368,64 @@ def statements_of_one_admission(key: str, function_id: str) -> list[str]:
         admit()
     # Django logs the BEGIN and COMMIT it asks the driver for (debug_transaction), not only the cursor's statements.
     return [query["sql"] for query in captured.captured_queries]
+
+
+def in_one_process(key: str, function_id: str, *, admissions: int = 200,
+                   rounds: int = 3) -> tuple[float, float, float]:
+    """Where an admission's CPU goes, apart from the web server and the load: milliseconds of CPU per admission in
+    this thread (time.thread_time: the bench drains the SQS queue on another), back to back, as medians of `rounds`
+    rounds that take turns. (1) Through Django: Django's WSGI handler called with the request gunicorn would hand it
+    (its middleware, DRF, the view). (2) The work alone: what the view asks of the services, called directly (the
+    key's and the function's look-ups, then submit_job_once: the rows and the publish). (3) The publish alone:
+    jobs.dispatch.enqueue_job, for a job id that no worker will see."""
+    import io
+
+    from django.conf import settings
+    from django.core.handlers.wsgi import WSGIHandler
+
+    from accounts.services import authenticate_key
+    from jobs import services
+    from jobs.dispatch import enqueue_job
+    from jobs.idempotency import fingerprint
+
+    body = json.dumps({"functionId": function_id, "modelId": "bench-model", "inputData": {"n": 1}}).encode()
+    handler = WSGIHandler()
+
+    def through_django() -> None:
+        answer: list[str] = []
+        environ = {"REQUEST_METHOD": "POST", "PATH_INFO": "/run", "SCRIPT_NAME": "", "QUERY_STRING": "",
+                   "SERVER_NAME": "127.0.0.1", "SERVER_PORT": "8000", "SERVER_PROTOCOL": "HTTP/1.1",
+                   "REMOTE_ADDR": "127.0.0.1", "HTTP_HOST": "127.0.0.1", "CONTENT_TYPE": "application/json",
+                   "CONTENT_LENGTH": str(len(body)), "HTTP_AUTHORIZATION": f"Bearer {key}", "HTTP_X_ASYNC": "true",
+                   "wsgi.input": io.BytesIO(body), "wsgi.errors": sys.stderr, "wsgi.url_scheme": "http",
+                   "wsgi.version": (1, 0), "wsgi.multithread": False, "wsgi.multiprocess": True,
+                   "wsgi.run_once": False}
+        content = b"".join(handler(environ, lambda status, headers, exc_info=None: answer.append(status)))
+        if not answer[0].startswith("202"):
+            raise SystemExit(f"POST /run answered {answer[0]}: {content[:300]!r}")
+
+    def work_alone() -> None:
+        data = json.loads(body)
+        owner = authenticate_key(key).user
+        function = services.get_function(owner=owner, function_id=data["functionId"])
+        services.submit_job_once(owner=owner, idempotency_key=None, body_fingerprint=fingerprint(data),
+                                 function=function, model_id=data["modelId"], input_data=data["inputData"],
+                                 token_budget=None)
+
+    def publish_alone() -> None:
+        enqueue_job(uuid.uuid4(), settings.JOB_QUEUE)
+
+    figures: dict[Any, list[float]] = {through_django: [], work_alone: [], publish_alone: []}
+    for admit in figures:  # warm-up: imports, connections, caches
+        for _ in range(20):
+            admit()
+    for _ in range(rounds):
+        for admit, values in figures.items():
+            started = time.thread_time()
+            for _ in range(admissions):
+                admit()
+            values.append((time.thread_time() - started) * 1000 / admissions)
+    return tuple(statistics.median(values) for values in figures.values())
 
 
 def describe(statements: list[str]) -> str:
