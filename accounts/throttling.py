@@ -10,8 +10,8 @@ from .models import Quota
 class QuotaRateThrottle(SimpleRateThrottle):
     """At most `Quota.requests_per_minute` requests a minute per user (no quota or no rate: no limit).
 
-    Counts live in Django's cache: Redis when REDIS_URL is set (shared by every web process), else the process's
-    memory.
+    Counts live in Django's cache: Redis when REDIS_URL is set (shared by every web process), else files under
+    VAR_DIR/cache (shared by the web processes of one host).
     """
 
     scope = "user"
