@@ -88,12 +88,14 @@ MOTO_CREDENTIALS = {"AWS_REGION": "us-east-1", "AWS_ACCESS_KEY_ID": "bench", "AW
 # Where a set-up's child process leaves its CPU per admission for the parent.
 CPU_FIGURE = "cpu-per-admission-ms"
 TRANSACTION_CONTROL = ("BEGIN", "COMMIT", "ROLLBACK", "SAVEPOINT", "RELEASE")
+# The model of every admission the bench makes; seed() puts it in the catalogue.
+MODEL = "bench-model"
 
 # Each wrk thread writes the status of every answer, and the jobId of every 202, to a file of its own: the bench
 # counts the 202s itself and looks each job up.
 WRK_SCRIPT = """
 wrk.method = "POST"
-wrk.body = '{"functionId": "%(function_id)s", "modelId": "bench-model", "inputData": {"n": 1}}'
+wrk.body = '%(body)s'
 wrk.headers["Content-Type"] = "application/json"
 wrk.headers["Authorization"] = "Bearer %(key)s"
 wrk.headers["x-async"] = "true"
@@ -171,15 +173,15 @@ def run_setup(args: argparse.Namespace, name: str) -> float | None:
 def print_summary(cpu: dict[str, list[float]]) -> None:
     """Each set-up's CPU per admission over the rounds (median, and the range when there are several) and, with the
     baseline measured, the median of its ratios to the baseline of the same round."""
-    print("\nweb CPU per admission" + (" (median of the rounds, lowest to highest)" if len(
-        next(iter(cpu.values()))) > 1 else "") + ":")
+    several = len(next(iter(cpu.values()))) > 1  # every set-up has a figure per round
+    print("\nweb CPU per admission" + (" (median of the rounds, lowest to highest)" if several else "") + ":")
     for name, figures in cpu.items():
-        spread = f" ({min(figures):.2f} to {max(figures):.2f})" if len(figures) > 1 else ""
+        spread = f" ({min(figures):.2f} to {max(figures):.2f})" if several else ""
         ratio = ""
         if "original" in cpu and name != "original":
             ratios = [figure / baseline for figure, baseline in zip(figures, cpu["original"])]
             ratio = f"; {statistics.median(ratios):.2f}x the baseline's of the same round" + (
-                f" ({min(ratios):.2f}x to {max(ratios):.2f}x)" if len(ratios) > 1 else "")
+                f" ({min(ratios):.2f}x to {max(ratios):.2f}x)" if several else "")
         print(f"  {name}: {statistics.median(figures):.2f} ms{spread}{ratio}")
 
 
@@ -328,7 +330,7 @@ def seed() -> tuple[str, str]:
     from models_catalog.models import AINode, ModelCatalog
 
     node = AINode.objects.create(name="bench-node", kind="openai", url="http://127.0.0.1:9", queue="jobs")
-    ModelCatalog.objects.create(node=node, model_id="bench-model", name="bench-model")
+    ModelCatalog.objects.create(node=node, model_id=MODEL, name=MODEL)
     return seed_user("bench")
 
 
@@ -348,6 +350,11 @@ def seed_user(name: str, **quota: Any) -> tuple[str, str]:
     return key, str(function.pk)
 
 
+def admission_body(function_id: str) -> str:
+    """The body of every POST /run the bench sends: wrk's, the test client's and the in-process ones."""
+    return json.dumps({"functionId": function_id, "modelId": MODEL, "inputData": {"n": 1}})
+
+
 def statements_of_one_admission(key: str, function_id: str) -> list[str]:
     """The statements of the second of two admissions through the test client: the first warms caches up."""
     from django.db import connection
@@ -355,7 +362,7 @@ def statements_of_one_admission(key: str, function_id: str) -> list[str]:
     from django.test.utils import CaptureQueriesContext
 
     client = Client()
-    body = json.dumps({"functionId": function_id, "modelId": "bench-model", "inputData": {"n": 1}})
+    body = admission_body(function_id)
 
     def admit() -> None:
         response = client.post("/run", body, content_type="application/json", HTTP_AUTHORIZATION=f"Bearer {key}",
@@ -388,7 +395,7 @@ def in_one_process(key: str, function_id: str, *, admissions: int = 200,
     from jobs.dispatch import enqueue_job
     from jobs.idempotency import fingerprint
 
-    body = json.dumps({"functionId": function_id, "modelId": "bench-model", "inputData": {"n": 1}}).encode()
+    body = admission_body(function_id).encode()
     handler = WSGIHandler()
 
     def through_django() -> None:
@@ -527,7 +534,8 @@ class WrkRun:
 
     def __call__(self, *, connections: int, seconds: int) -> WrkResult:
         folder = Path(tempfile.mkdtemp(dir=self.script.parent, prefix="wrk-"))
-        self.script.write_text(WRK_SCRIPT % {"function_id": self.function_id, "key": self.key, "folder": folder})
+        self.script.write_text(WRK_SCRIPT % {"body": admission_body(self.function_id), "key": self.key,
+                                             "folder": folder})
         out = subprocess.run(["wrk", f"-t{min(2, connections)}", f"-c{connections}", f"-d{seconds}s", "--latency",
                               "-s", str(self.script), self.url], check=True, capture_output=True, text=True).stdout
         lines = [line.split() for answers in folder.glob("answers-*") for line in answers.read_text().splitlines()]
