@@ -1,12 +1,14 @@
 """POST /run admission in one run on three set-ups and a baseline: what the web process spends on one admission.
 
-    .venv/bin/python bench/admission.py [--setups original,embedded,sqs,redis] [--connections 20] [--seconds 20]
+    .venv/bin/python bench/admission.py [--setups original,embedded,sqs,outbox,redis] [--connections 20]
+        [--seconds 20]
         [--single-seconds 5] [--workers 2] [--pg postgres://postgres@127.0.0.1:5432] [--moto 127.0.0.1:5055]
         [--redis redis://127.0.0.1:6379/13] [--rounds 1] [--show-sql]
 
 The set-ups: `embedded`, the default that scripts/stack.sh runs (SQLite, kombu's filesystem broker); `sqs`,
-PostgreSQL with the moto SQS server; `redis`, PostgreSQL with Redis as the broker. REDIS_URL is empty in all three,
-so only the database and the broker differ.
+PostgreSQL with the moto SQS server; `outbox`, the same with JOB_DISPATCH=outbox (the web process publishes nothing:
+a worker's relay sends the job, jobs/outbox.py); `redis`, PostgreSQL with Redis as the broker. REDIS_URL is empty in
+all of them, so only the database, the broker and the dispatch differ.
 
 The baseline, `original`, is the least an admission on SQS can do in the original platform's language:
 bench/original_controller/server.mjs, a Node server that sends one SQS message per POST /run with the AWS SDK for
@@ -35,7 +37,9 @@ For each it prints:
 - where an admission's CPU goes, apart from the web server and the load: in the bench's own process, back to back,
   the CPU per admission through Django's WSGI handler (middleware, DRF, the view), and for the work alone (the
   key's and the function's look-ups and `submit_job_once`, called directly: the rows and the publish), and for the
-  publish alone (`jobs.dispatch.enqueue_job`);
+  publish alone (`jobs.dispatch.enqueue_job`); with the outbox, instead of the publish, what the relay spends per
+  job it sends (`jobs.outbox.dispatch_waiting`, one job per transaction: the most it costs; a worker's CPU, not the
+  web's);
 - the p50 latency over one connection (wrk, --single-seconds);
 - admissions/s, p50 and p99 under wrk with --connections connections for --seconds seconds (x-async: true);
 - the web CPU per admission under that load: utime + stime of the gunicorn master and every worker (the baseline's
@@ -80,7 +84,8 @@ from bench.jobs import cpu_seconds  # noqa: E402
 
 GUNICORN = REPO_ROOT / ".venv" / "bin" / "gunicorn"
 SETUPS = {"original": "the baseline: one SQS message per admission from Node (bench/original_controller)",
-          "embedded": "SQLite + filesystem broker", "sqs": "PostgreSQL + SQS (moto)", "redis": "PostgreSQL + Redis"}
+          "embedded": "SQLite + filesystem broker", "sqs": "PostgreSQL + SQS (moto)",
+          "outbox": "PostgreSQL + SQS (moto), JOB_DISPATCH=outbox", "redis": "PostgreSQL + Redis"}
 ORIGINAL = REPO_ROOT / "bench" / "original_controller"
 # moto takes any credentials; the baseline's queue is made in the region the SQS set-up uses.
 MOTO_CREDENTIALS = {"AWS_REGION": "us-east-1", "AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench"}
@@ -247,10 +252,12 @@ def run_original(args: argparse.Namespace, folder: Path) -> float | None:
 def run_child(args: argparse.Namespace, name: str, database_url: str, var_dir: str) -> float | None:
     """Measure set-up `name` in a process of its own (Django reads its settings once); its CPU per admission in ms,
     or None when it did not finish."""
+    sqs = {"CELERY_BROKER_URL": f"sqs://x:x@{args.moto}", "SQS_IS_SECURE": "false", "AWS_REGION": "us-east-1",
+           "SQS_QUEUE_PREFIX": f"bench{uuid.uuid4().hex[:8]}-"}
     broker = {
         "embedded": {"CELERY_BROKER_URL": "filesystem://"},
-        "sqs": {"CELERY_BROKER_URL": f"sqs://x:x@{args.moto}", "SQS_IS_SECURE": "false", "AWS_REGION": "us-east-1",
-                "SQS_QUEUE_PREFIX": f"bench{uuid.uuid4().hex[:8]}-"},
+        "sqs": sqs,
+        "outbox": {**sqs, "JOB_DISPATCH": "outbox"},
         "redis": {"CELERY_BROKER_URL": args.redis},
     }[name]
     env = {**os.environ, "DJANGO_SETTINGS_MODULE": "infra_ainode.settings", "ENVIRONMENT": "development",
@@ -271,6 +278,7 @@ def child(args: argparse.Namespace) -> None:
 
     django.setup()
     logging.disable(logging.WARNING)  # figures only; errors still show
+    from django.conf import settings
     from django.core.management import call_command
 
     call_command("migrate", verbosity=0)
@@ -288,8 +296,10 @@ def child(args: argparse.Namespace) -> None:
             print(f"    {sql[:160]}")
     with QueueDrain.of_the_job_queue():
         through_django, work_alone, publish = in_one_process(key, function_id)
+    sending = ("; the relay, per job it sends (a worker's CPU, not counted above)"
+               if settings.JOB_DISPATCH == "outbox" else ", of which the publish")
     print(f"  in one process, back to back: {through_django:.2f} ms of CPU per admission through Django and DRF; "
-          f"the work alone {work_alone:.2f} ms ({100 * work_alone / through_django:.0f} %), of which the publish "
+          f"the work alone {work_alone:.2f} ms ({100 * work_alone / through_django:.0f} %){sending} "
           f"{publish:.2f} ms")
     with Gunicorn(var_dir, workers=args.workers) as web, QueueDrain.of_the_job_queue():
         runs, cpu = measure(args, web.url, web.pid, var_dir, key=key, function_id=function_id)
@@ -384,7 +394,8 @@ def in_one_process(key: str, function_id: str, *, admissions: int = 200,
     rounds that take turns. (1) Through Django: Django's WSGI handler called with the request gunicorn would hand it
     (its middleware, DRF, the view). (2) The work alone: what the view asks of the services, called directly (the
     key's and the function's look-ups, then submit_job_once: the rows and the publish). (3) The publish alone:
-    jobs.dispatch.enqueue_job, for a job id that no worker will see."""
+    jobs.dispatch.enqueue_job, for a job id that no worker will see; with JOB_DISPATCH=outbox, the relay's sending
+    instead, one of the jobs (1) and (2) left waiting per jobs.outbox.dispatch_waiting call."""
     import io
 
     from django.conf import settings
@@ -394,6 +405,7 @@ def in_one_process(key: str, function_id: str, *, admissions: int = 200,
     from jobs import services
     from jobs.dispatch import enqueue_job
     from jobs.idempotency import fingerprint
+    from jobs.outbox import dispatch_waiting
 
     body = admission_body(function_id).encode()
     handler = WSGIHandler()
@@ -420,7 +432,11 @@ def in_one_process(key: str, function_id: str, *, admissions: int = 200,
                                  token_budget=None)
 
     def publish_alone() -> None:
-        enqueue_job(uuid.uuid4(), settings.JOB_QUEUE)
+        if settings.JOB_DISPATCH == "outbox":
+            if dispatch_waiting(limit=1) != 1:
+                raise SystemExit("the relay found no job to send")
+        else:
+            enqueue_job(uuid.uuid4(), settings.JOB_QUEUE)
 
     figures: dict[Any, list[float]] = {through_django: [], work_alone: [], publish_alone: []}
     for admit in figures:  # warm-up: imports, connections, caches

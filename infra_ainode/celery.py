@@ -68,6 +68,33 @@ class LivenessFile(bootsteps.StartStopStep):
 app.steps["worker"].add(LivenessFile)
 
 
+class OutboxRelay(bootsteps.StartStopStep):
+    """With JOB_DISPATCH=outbox, the worker's main process runs a relay that sends admitted jobs to the broker
+    (jobs/outbox.py). Started after the pool, so that the pool's processes are not forked with its thread."""
+
+    requires = {"celery.worker.components:Pool"}
+
+    def __init__(self, parent: Any, **kwargs: Any) -> None:
+        super().__init__(parent, **kwargs)
+        self.relay = None
+
+    def start(self, worker: Any) -> None:
+        from django.conf import settings
+
+        if settings.JOB_DISPATCH == "outbox":
+            from jobs.outbox import Relay
+
+            self.relay = Relay().start()
+
+    def stop(self, worker: Any) -> None:
+        if self.relay is not None:
+            self.relay.stop()
+            self.relay = None
+
+
+app.steps["worker"].add(OutboxRelay)
+
+
 @worker_init.connect
 def _serve_worker_metrics(**kwargs: Any) -> None:
     from django.conf import settings

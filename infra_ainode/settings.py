@@ -265,6 +265,19 @@ SPECTACULAR_SETTINGS = {
 # is production (SQS or moto_server); redis://HOST:PORT/N also works.
 # ---------------------------------------------------------------------------------------------------------
 CELERY_BROKER_URL = env_str("CELERY_BROKER_URL", "filesystem://")
+# How an admitted job reaches the broker (jobs/outbox.py). `direct`: the web process publishes it once its row
+# commits. `outbox`: the committed row is the message; the relay in every worker publishes it, woken by the
+# admission's NOTIFY (PostgreSQL only), so the web process does no broker I/O and a job whose web process died
+# after the commit is still sent.
+JOB_DISPATCH = env_str("JOB_DISPATCH", "direct")
+if JOB_DISPATCH not in ("direct", "outbox"):
+    raise ImproperlyConfigured(f"JOB_DISPATCH must be direct or outbox, got {JOB_DISPATCH!r}")
+if JOB_DISPATCH == "outbox" and not DATABASES["default"]["ENGINE"].endswith("postgresql"):
+    raise ImproperlyConfigured("JOB_DISPATCH=outbox needs PostgreSQL (the relay is woken by LISTEN/NOTIFY)")
+# In outbox mode: how long a job may wait for a broker that refuses it before it fails with `queue_unavailable`,
+# and how often a relay looks for jobs without being woken (a lost notification, a broker that was down).
+JOB_DISPATCH_TIMEOUT = env_int("JOB_DISPATCH_TIMEOUT", 300, minimum=1)
+JOB_DISPATCH_POLL_SECONDS = env_float("JOB_DISPATCH_POLL_SECONDS", 5.0)
 JOB_QUEUE = env_str("JOB_QUEUE", "jobs")
 JOB_MAX_TIMEOUT = env_int("JOB_MAX_TIMEOUT", 900, minimum=1)
 AWS_REGION = env_str("AWS_REGION", "us-east-1")

@@ -1,9 +1,58 @@
 """Hands a job to the broker: the one place where services reach Celery, so they can be used (and tested) with no
-broker in sight and the task's signature is named once."""
-import uuid
+broker in sight and the task's signature is named once.
 
+JOB_DISPATCH picks how an admitted job gets there: `direct`, the web process publishes it once its row commits;
+`outbox`, the admission only wakes the relays, which send it from the workers (jobs/outbox.py).
+"""
+import logging
+import uuid
+from datetime import datetime
+
+from django.conf import settings
+from django.db import connection, transaction
+from django.utils import timezone
+
+from . import events
+from .models import Job, JobStatus
 from .tasks import run_job_task
+
+logger = logging.getLogger(__name__)
+
+# The channel of the admissions' NOTIFY, on which every relay LISTENs.
+OUTBOX_CHANNEL = "job_outbox"
 
 
 def enqueue_job(job_id: uuid.UUID, queue: str) -> None:
     run_job_task.apply_async(args=[str(job_id)], queue=queue, routing_key=queue)
+
+
+def dispatched_on_admission() -> datetime | None:
+    """A new job's `dispatched_at`: now in direct mode, where the web process sends it itself (so that no relay
+    ever sends it too), None with the outbox, where a relay will."""
+    return None if settings.JOB_DISPATCH == "outbox" else timezone.now()
+
+
+def hand_over(job: Job) -> None:
+    """Send `job`, whose row the current transaction writes, to the broker once it commits: by publishing it then
+    (direct) or by waking the relays with a NOTIFY, which PostgreSQL delivers with the commit and drops with a
+    rollback (outbox)."""
+    if settings.JOB_DISPATCH == "outbox":
+        with connection.cursor() as cursor:
+            cursor.execute(f"NOTIFY {OUTBOX_CHANNEL}")
+    else:
+        transaction.on_commit(lambda: _publish(job))
+
+
+def _publish(job: Job) -> None:
+    try:
+        enqueue_job(job.pk, job.queue)
+    except Exception as exc:  # the broker's client raises many types; each must fail the job visibly
+        fail_unqueued(job.pk, exc)
+
+
+def fail_unqueued(job_id: uuid.UUID, exc: Exception) -> None:
+    """Fail queued job `job_id` with `queue_unavailable`: the broker refused it (`exc`), and it will not be run."""
+    logger.error("job %s: could not enqueue: %s", job_id, exc)
+    if Job.objects.move(job_id, JobStatus.FAILED, error_code="queue_unavailable",
+                        error_message=f"The job queue is unavailable: {exc}", finished_at=timezone.now()):
+        events.record_end(Job.objects.select_related("function_version").get(pk=job_id))

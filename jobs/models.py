@@ -144,6 +144,9 @@ class Job(models.Model):
     container_id = models.CharField(max_length=80, blank=True)
     deliveries = models.PositiveIntegerField(default=0, help_text="How many times the broker delivered this job.")
     created_at = models.DateTimeField(default=timezone.now, db_index=True)
+    # When the job's message was handed to the broker: by a relay (JOB_DISPATCH=outbox), or, in direct mode, by the
+    # web process as the job was admitted. A queued job without one is waiting in the outbox (jobs/outbox.py).
+    dispatched_at = models.DateTimeField(null=True, blank=True)
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
     duration_ms = models.PositiveIntegerField(null=True, blank=True)
@@ -169,7 +172,12 @@ class Job(models.Model):
 
     class Meta:
         ordering = ["-created_at"]
-        indexes = [models.Index(fields=["owner", "-created_at"])]
+        indexes = [
+            models.Index(fields=["owner", "-created_at"]),
+            # The relay's look-up: only the jobs still to send, oldest first.
+            models.Index(fields=["created_at"], name="job_outbox",
+                         condition=models.Q(status=JobStatus.QUEUED, dispatched_at__isnull=True)),
+        ]
 
     def __str__(self) -> str:
         return f"job {self.id} ({self.status})"

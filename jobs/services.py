@@ -1,6 +1,5 @@
 """Use cases of functions and jobs. Views, tasks, admin actions and commands all come through here."""
 import json
-import logging
 import re
 import uuid
 from typing import Any
@@ -21,11 +20,9 @@ from models_catalog.services import check_model_id, route_model
 
 from . import events
 from .code_archive import build_archive
-from .dispatch import enqueue_job
+from .dispatch import dispatched_on_admission, hand_over
 from .idempotency import once
 from .models import Function, FunctionVersion, IdempotencyKey, IdempotencyScope, Job, JobStatus
-
-logger = logging.getLogger(__name__)
 
 ENV_NAME_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
 # What get_function names the id of a function's current version, read with the function.
@@ -181,8 +178,8 @@ def submit_job(*, owner: User, function: Function, model_id: str | None, input_d
     Under a quota, the job is admitted first (billing.quotas.admit): its worst case is held until it ends, and a job
     without a token budget gets the quota's default one. Raises TooLarge (input_too_large), DomainError
     (invalid_input for text a database cannot store, invalid_model_id, unknown_model, too_many_jobs) and
-    QuotaExceeded (quota_exceeded). If the broker refuses the message, the job is failed with `queue_unavailable`
-    rather than left queued forever.
+    QuotaExceeded (quota_exceeded). The job reaches the broker as JOB_DISPATCH says (jobs.dispatch.hand_over); one
+    the broker refuses is failed with `queue_unavailable` rather than left queued for ever.
     """
     if not _storable(input_data):
         raise DomainError("inputData may not contain NUL characters (\\u0000) or unpaired surrogates.",
@@ -207,13 +204,13 @@ def submit_job(*, owner: User, function: Function, model_id: str | None, input_d
         job = create_job(
             owner=owner, function=function, function_version_id=version_id, model_id=model,
             node=node.name, queue=node.queue, input_data=input_data, memory_mb=function.memory_mb,
-            timeout_seconds=function.timeout_seconds, token_budget=budget,
+            timeout_seconds=function.timeout_seconds, token_budget=budget, dispatched_at=dispatched_on_admission(),
         )
         if quota is not None:
             admit(owner=owner, quota=quota, job_id=job.pk, model_id=model, token_budget=budget)
         # The `queued` event commits with the job, before the message: the worker's `running` must come after it.
         events.record_queued(job)
-        transaction.on_commit(lambda: _enqueue(job))
+        hand_over(job)
     metrics.job_submitted(model=model, queue=node.queue)
     return job
 
@@ -259,16 +256,6 @@ def create_job(**fields: Any) -> Job:
         insert(job)
         add_job_to_rollups(job)
     return job
-
-
-def _enqueue(job: Job) -> None:
-    try:
-        enqueue_job(job.pk, job.queue)
-    except Exception as exc:  # the broker's client raises many types; each must fail the job visibly
-        logger.error("job %s: could not enqueue: %s", job.pk, exc)
-        if Job.objects.move(job.pk, JobStatus.FAILED, error_code="queue_unavailable",
-                            error_message=f"The job queue is unavailable: {exc}", finished_at=timezone.now()):
-            events.record_end(Job.objects.select_related("function_version").get(pk=job.pk))
 
 
 def get_job(*, owner: User, job_id: Any) -> Job:

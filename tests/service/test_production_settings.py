@@ -95,3 +95,13 @@ def test_a_weak_password_is_refused_by_the_validators(db):
     with pytest.raises(ValidationError):
         validate_password("password123")
     validate_password("a correct horse battery staple")
+
+
+def test_an_unknown_dispatch_mode_is_refused():
+    run = manage("check", JOB_DISPATCH="later")
+    assert run.returncode != 0 and "JOB_DISPATCH must be direct or outbox" in run.stderr
+
+
+def test_the_outbox_is_refused_without_postgresql(tmp_path):
+    run = manage("check", JOB_DISPATCH="outbox", DATABASE_URL=f"sqlite:///{tmp_path}/db.sqlite3")
+    assert run.returncode != 0 and "JOB_DISPATCH=outbox needs PostgreSQL" in run.stderr

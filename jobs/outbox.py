@@ -1,0 +1,131 @@
+"""The job outbox (JOB_DISPATCH=outbox): a committed, queued Job row with no `dispatched_at` is a message still to
+send, and a relay in every worker sends it.
+
+In direct mode the web process publishes each job once its row commits: the broker's round trip is part of every
+admission (on SQS about a quarter of its CPU, bench/admission.py), and a web process killed between the commit and
+the publish leaves its job queued for ever. In outbox mode the admission adds a NOTIFY to its transaction instead
+(jobs.dispatch.hand_over). PostgreSQL delivers it with the commit; each worker's relay wakes, locks the oldest
+waiting rows with SKIP LOCKED (two relays never take the same job), publishes them and marks them sent, in one
+transaction. A relay killed between its publish and its commit sends those jobs again later: a second message is
+harmless, as a worker's claim of a job is a conditional update.
+
+A broker that refuses a job leaves it waiting: the relay tries again every JOB_DISPATCH_POLL_SECONDS, and fails it
+with `queue_unavailable` once it has waited JOB_DISPATCH_TIMEOUT seconds.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+from datetime import timedelta
+from typing import TYPE_CHECKING
+
+from django.conf import settings
+from django.db import DEFAULT_DB_ALIAS, Error, connection, connections, transaction
+from django.utils import timezone
+
+from .dispatch import OUTBOX_CHANNEL, enqueue_job, fail_unqueued
+from .models import Job, JobStatus
+
+if TYPE_CHECKING:
+    from psycopg import Connection
+
+logger = logging.getLogger(__name__)
+
+# Jobs sent per transaction: their rows stay locked until it commits, so a worker that receives the first message
+# waits for the last to be published before it can claim its job.
+BATCH = 10
+# How long a relay waits for a notification at a time (and so at most for its worker to stop it).
+WAIT_SLICE_SECONDS = 0.5
+# After the database fails, the relay connects again after this long, doubled up to RETRY_MAX_SECONDS.
+RETRY_SECONDS = 0.5
+RETRY_MAX_SECONDS = 30.0
+
+
+def dispatch_waiting(*, limit: int = BATCH) -> int:
+    """Publish up to `limit` of the oldest queued jobs not yet sent, and mark them sent; returns how many were sent.
+
+    When the broker refuses one, those before it stay marked, the rest wait for the next try, and those of them
+    that have waited JOB_DISPATCH_TIMEOUT seconds are failed with `queue_unavailable`; then the broker's error is
+    raised.
+    """
+    refused: Exception | None = None
+    with transaction.atomic():
+        waiting = list(Job.objects.select_for_update(skip_locked=True)
+                       .filter(status=JobStatus.QUEUED, dispatched_at__isnull=True)
+                       .order_by("created_at").values_list("pk", "queue", "created_at")[:limit])
+        sent = []
+        for job_id, queue, _ in waiting:
+            try:
+                enqueue_job(job_id, queue)
+            except Exception as exc:  # the broker's client raises many types
+                refused = exc
+                break
+            sent.append(job_id)
+        if sent:
+            Job.objects.filter(pk__in=sent).update(dispatched_at=timezone.now())
+    if refused is None:
+        return len(sent)
+    oldest = timezone.now() - timedelta(seconds=settings.JOB_DISPATCH_TIMEOUT)
+    for job_id, _, created_at in waiting[len(sent):]:
+        if created_at < oldest:
+            fail_unqueued(job_id, refused)
+    raise refused
+
+
+class Relay:
+    """Sends the outbox from a thread of its own: when it starts (jobs admitted while no relay ran), whenever an
+    admission's NOTIFY arrives, and every JOB_DISPATCH_POLL_SECONDS (a notification lost while it reconnected, a
+    broker that refused)."""
+
+    def __init__(self) -> None:
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="outbox-relay", daemon=True)
+
+    def start(self) -> Relay:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self._thread.join(timeout=WAIT_SLICE_SECONDS * 4)
+
+    def _run(self) -> None:
+        delay = RETRY_SECONDS
+        while not self._stopping.is_set():
+            listener = connections.create_connection(DEFAULT_DB_ALIAS)
+            try:
+                listener.ensure_connection()
+                listener.connection.execute(f"LISTEN {OUTBOX_CHANNEL}")
+                while not self._stopping.is_set():
+                    self._send_all()
+                    delay = RETRY_SECONDS
+                    self._wait(listener.connection)
+            except Exception as exc:  # the database went away: connect again, later
+                logger.warning("outbox relay: %s; connecting again in %.1f s", exc, delay)
+                self._stopping.wait(delay)
+                delay = min(delay * 2, RETRY_MAX_SECONDS)
+            finally:
+                listener.close()
+                connection.close()  # this thread's own connection, which dispatch_waiting used
+
+    def _send_all(self) -> None:
+        try:
+            while dispatch_waiting() == BATCH:
+                pass
+        except Error:  # the database's: the caller connects again
+            raise
+        except Exception as exc:  # the broker refused: the jobs wait for the next look
+            logger.warning("outbox relay: the broker refused a job, trying again in %s s: %s",
+                           settings.JOB_DISPATCH_POLL_SECONDS, exc)
+
+    def _wait(self, raw: Connection) -> None:
+        """Until a notification arrives, JOB_DISPATCH_POLL_SECONDS pass, or the relay is stopped."""
+        waited = 0.0
+        while waited < settings.JOB_DISPATCH_POLL_SECONDS and not self._stopping.is_set():
+            # Each generator is run to its end: it holds the connection's lock until then.
+            if list(raw.notifies(timeout=WAIT_SLICE_SECONDS, stop_after=1)):
+                # Other admissions may have committed meanwhile: the next look sends all their jobs at once.
+                for _ in raw.notifies(timeout=0):
+                    pass
+                return
+            waited += WAIT_SLICE_SECONDS
