@@ -200,6 +200,13 @@ def filesystem_broker(var_dir: Path) -> Broker:
                   env={"CELERY_BROKER_URL": "filesystem://", "VAR_DIR": str(var_dir)})
 
 
+def broker_messages(broker: Broker) -> list[dict[str, Any]]:
+    """The task messages waiting in a filesystem broker's folder, in the order their names sort (the time each was
+    written, to the millisecond)."""
+    folder = Path(broker.transport_options["data_folder_out"])
+    return [json.loads(path.read_text()) for path in sorted(folder.glob("*.msg"))]
+
+
 def sqs_broker(var_dir: Path, endpoint: tuple[str, int], *, visibility_timeout: int = 600) -> Broker:
     """moto_server's SQS, with a queue-name prefix of its own so no other test run sees its messages."""
     host, port = endpoint

@@ -4,12 +4,10 @@ filesystem folder; the last tests run jobs through a real worker."""
 from __future__ import annotations
 
 import ast
-import json
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import timedelta
-from pathlib import Path
 
 import pytest
 from django.conf import settings as django_settings
@@ -19,7 +17,7 @@ from django.utils import timezone
 from jobs.dispatch import OUTBOX_CHANNEL
 from jobs.models import Job
 from jobs.outbox import BATCH, dispatch_waiting
-from tests.helpers import deploy, filesystem_broker, submit, wait_for_status
+from tests.helpers import broker_messages, deploy, filesystem_broker, submit, wait_for_status
 
 pytestmark = [
     pytest.mark.skipif(not django_settings.DATABASES["default"]["ENGINE"].endswith("postgresql"),
@@ -43,9 +41,7 @@ def function_id(alice) -> str:
 
 def sent_job_ids(broker) -> list[str]:
     """The job ids of the task messages in the test's filesystem broker folder."""
-    folder = Path(broker.transport_options["data_folder_out"])
-    messages = [json.loads(path.read_text()) for path in folder.glob("*.msg")]
-    return [ast.literal_eval(message["headers"]["argsrepr"])[0] for message in messages]
+    return [ast.literal_eval(message["headers"]["argsrepr"])[0] for message in broker_messages(broker)]
 
 
 @contextmanager

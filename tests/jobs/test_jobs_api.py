@@ -1,13 +1,11 @@
 """POST /run (and POST /api/v1/jobs/), GET /status/{id} and /api/v1/jobs/{id}/, the job list with its filters,
 and cancel. Here no worker runs: jobs stay queued (the end-to-end tests run them)."""
-import json
 import uuid
-from pathlib import Path
 
 import pytest
 
 from jobs.models import Job
-from tests.helpers import deploy, make_job
+from tests.helpers import broker_messages, deploy, make_job
 
 pytestmark = pytest.mark.usefixtures("served_models")
 
@@ -18,12 +16,6 @@ HANDLER = "def handler(event, context):\n    return event\n"
 @pytest.fixture
 def function(alice):
     return deploy(alice, HANDLER, name="echo")
-
-
-def broker_messages(broker) -> list[dict]:
-    """The task messages waiting in the test's filesystem broker folder."""
-    folder = Path(broker.transport_options["data_folder_out"])
-    return [json.loads(path.read_text()) for path in sorted(folder.glob("*.msg"))]
 
 
 # --- submitting -------------------------------------------------------------------------------------------------
