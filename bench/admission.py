@@ -1,14 +1,15 @@
-"""POST /run admission in one run on three set-ups and a baseline: what the web process spends on one admission.
+"""POST /run admission in one run on four set-ups and a baseline: what the web process spends on one admission.
 
-    .venv/bin/python bench/admission.py [--setups original,embedded,sqs,outbox,redis] [--connections 20]
+    .venv/bin/python bench/admission.py [--setups original,embedded,sqs,sqs-direct,redis-direct] [--connections 20]
         [--seconds 20]
         [--single-seconds 5] [--workers 2] [--pg postgres://postgres@127.0.0.1:5432] [--moto 127.0.0.1:5055]
         [--redis redis://127.0.0.1:6379/13] [--rounds 1] [--show-sql]
 
-The set-ups: `embedded`, the default that scripts/stack.sh runs (SQLite, kombu's filesystem broker); `sqs`,
-PostgreSQL with the moto SQS server; `outbox`, the same with JOB_DISPATCH=outbox (the web process publishes nothing:
-a worker's relay sends the job, jobs/outbox.py); `redis`, PostgreSQL with Redis as the broker. REDIS_URL is empty in
-all of them, so only the database, the broker and the dispatch differ.
+The set-ups: `embedded`, the default that scripts/stack.sh runs (SQLite, kombu's filesystem broker, the web
+process publishing each job); `sqs`, production's: PostgreSQL with the moto SQS server and the outbox, PostgreSQL's
+default (the web process publishes nothing: a worker's relay sends the job, jobs/outbox.py); `sqs-direct`, the same
+with JOB_DISPATCH=direct (the web process publishes); `redis-direct`, PostgreSQL with Redis as the broker, the web
+process publishing. REDIS_URL is empty in all of them, so only the database, the broker and the dispatch differ.
 
 The baseline, `original`, is the least an admission on SQS can do in the original platform's language:
 bench/original_controller/server.mjs, a Node server that sends one SQS message per POST /run with the AWS SDK for
@@ -16,7 +17,7 @@ JavaScript (no database, no job record, one shared key), on the same moto and me
 CPU per admission is printed against it at the end: a CPU figure in ms is only comparable within one run on one
 machine. It needs Node.js and npm; the bench installs the SDK with `npm ci` into that folder at its first run.
 
-With --rounds N every set-up is measured N times, the set-ups taking turns (baseline, embedded, sqs, redis, then
+With --rounds N every set-up is measured N times, the set-ups taking turns (in the order of --setups, then
 again), and the end gives each one's median and range, and the median of its ratios to the baseline of the same
 round: on this shared machine one run's CPU per admission moves by a fifth from one minute to the next.
 
@@ -83,8 +84,12 @@ from bench.jobs import cpu_seconds  # noqa: E402
 
 GUNICORN = REPO_ROOT / ".venv" / "bin" / "gunicorn"
 SETUPS = {"original": "the baseline: one SQS message per admission from Node (bench/original_controller)",
-          "embedded": "SQLite + filesystem broker", "sqs": "PostgreSQL + SQS (moto)",
-          "outbox": "PostgreSQL + SQS (moto), JOB_DISPATCH=outbox", "redis": "PostgreSQL + Redis"}
+          "embedded": "SQLite + filesystem broker, direct", "sqs": "PostgreSQL + SQS (moto), the outbox",
+          "sqs-direct": "PostgreSQL + SQS (moto), JOB_DISPATCH=direct",
+          "redis-direct": "PostgreSQL + Redis, JOB_DISPATCH=direct"}
+# What each set-up other than the baseline needs here beside wrk and the checkout.
+NEEDS = {"embedded": set(), "sqs": {"postgres", "moto"}, "sqs-direct": {"postgres", "moto"},
+         "redis-direct": {"postgres", "redis"}, "original": {"moto", "node"}}
 ORIGINAL = REPO_ROOT / "bench" / "original_controller"
 # moto takes any credentials; the baseline's queue is made in the region the SQS set-up uses.
 MOTO_CREDENTIALS = {"AWS_REGION": "us-east-1", "AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench"}
@@ -193,10 +198,11 @@ def missing_requirement(args: argparse.Namespace, setups: list[str]) -> str | No
     """One line naming the first thing the chosen set-ups need that is not here, or None."""
     if not shutil.which("wrk"):
         return "wrk is not installed: apt-get install -y wrk"
-    if "original" in setups and not (shutil.which("node") and shutil.which("npm")):
+    needs = set().union(*(NEEDS[name] for name in setups))
+    if "node" in needs and not (shutil.which("node") and shutil.which("npm")):
         return "the original set-up needs Node.js and npm: apt-get install -y nodejs npm (or leave it out: --setups)"
     start = "start it with: bash scripts/services.sh"
-    if {"sqs", "redis"} & set(setups):
+    if "postgres" in needs:
         import psycopg
 
         try:
@@ -204,10 +210,10 @@ def missing_requirement(args: argparse.Namespace, setups: list[str]) -> str | No
         except psycopg.Error as exc:
             return f"PostgreSQL does not answer at {args.pg} ({str(exc).splitlines()[0]}); {start} postgres"
     host, _, port = args.moto.rpartition(":")
-    if {"sqs", "original"} & set(setups) and not answers(host, int(port)):
+    if "moto" in needs and not answers(host, int(port)):
         return f"the moto SQS server does not answer on {args.moto}; {start} moto"
     redis = urlsplit(args.redis)
-    if "redis" in setups and not answers(redis.hostname or "127.0.0.1", redis.port or 6379, b"PING\r\n"):
+    if "redis" in needs and not answers(redis.hostname or "127.0.0.1", redis.port or 6379, b"PING\r\n"):
         return f"Redis does not answer on {redis.netloc}; {start} redis"
     return None
 
@@ -254,10 +260,10 @@ def run_child(args: argparse.Namespace, name: str, database_url: str, var_dir: s
     sqs = {"CELERY_BROKER_URL": f"sqs://x:x@{args.moto}", "SQS_IS_SECURE": "false", "AWS_REGION": "us-east-1",
            "SQS_QUEUE_PREFIX": f"bench{uuid.uuid4().hex[:8]}-"}
     broker = {
-        "embedded": {"CELERY_BROKER_URL": "filesystem://"},
-        "sqs": sqs,
-        "outbox": {**sqs, "JOB_DISPATCH": "outbox"},
-        "redis": {"CELERY_BROKER_URL": args.redis},
+        "embedded": {"CELERY_BROKER_URL": "filesystem://", "JOB_DISPATCH": "direct"},
+        "sqs": {**sqs, "JOB_DISPATCH": "outbox"},
+        "sqs-direct": {**sqs, "JOB_DISPATCH": "direct"},
+        "redis-direct": {"CELERY_BROKER_URL": args.redis, "JOB_DISPATCH": "direct"},
     }[name]
     env = {**os.environ, "DJANGO_SETTINGS_MODULE": "infra_ainode.settings", "ENVIRONMENT": "development",
            "DATABASE_URL": database_url, "VAR_DIR": var_dir, "REDIS_URL": "", "AI_NODE_URL": "http://127.0.0.1:9",

@@ -69,8 +69,10 @@ app.steps["worker"].add(LivenessFile)
 
 
 class OutboxRelay(bootsteps.StartStopStep):
-    """With JOB_DISPATCH=outbox, the worker's main process runs a relay that sends admitted jobs to the broker
-    (jobs/outbox.py). Started after the pool, so that the pool's processes are not forked with its thread."""
+    """On PostgreSQL, the worker's main process runs a relay that sends admitted jobs to the broker
+    (jobs/outbox.py), whatever JOB_DISPATCH the worker itself has: the web processes' setting decides whether
+    there are any (a direct-mode job is marked sent as it is admitted). Started after the pool, so that the pool's
+    processes are not forked with its thread."""
 
     requires = {"celery.worker.components:Pool"}
 
@@ -79,9 +81,9 @@ class OutboxRelay(bootsteps.StartStopStep):
         self.relay = None
 
     def start(self, worker: Any) -> None:
-        from django.conf import settings
+        from django.db import connection
 
-        if settings.JOB_DISPATCH == "outbox":
+        if connection.vendor == "postgresql":
             from jobs.outbox import Relay
 
             self.relay = Relay().start()

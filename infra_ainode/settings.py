@@ -152,7 +152,8 @@ DATABASES = {
         env_str("DATABASE_URL", f"sqlite:///{BASE_DIR / 'db.sqlite3'}"), conn_max_age=60
     )
 }
-if DATABASES["default"]["ENGINE"].endswith("postgresql"):
+_on_postgresql = DATABASES["default"]["ENGINE"].endswith("postgresql")
+if _on_postgresql:
     # A database host that drops packets would hold a request (or a /readyz check's thread) for as long as the
     # kernel retries; give up on connecting after this many seconds.
     DATABASES["default"].setdefault("OPTIONS", {}).setdefault(
@@ -265,14 +266,15 @@ SPECTACULAR_SETTINGS = {
 # is production (SQS or moto_server); redis://HOST:PORT/N also works.
 # ---------------------------------------------------------------------------------------------------------
 CELERY_BROKER_URL = env_str("CELERY_BROKER_URL", "filesystem://")
-# How an admitted job reaches the broker (jobs/outbox.py). `direct`: the web process publishes it once its row
-# commits. `outbox`: the committed row is the message; the relay in every worker publishes it, woken by the
-# admission's NOTIFY (PostgreSQL only), so the web process does no broker I/O and a job whose web process died
-# after the commit is still sent.
-JOB_DISPATCH = env_str("JOB_DISPATCH", "direct")
+# How an admitted job reaches the broker (jobs/outbox.py). `outbox`, the default with PostgreSQL: the committed row
+# is the message; a relay in every worker publishes it, woken by the admission's NOTIFY, so the web process does no
+# broker I/O and a job whose web process died after the commit is still sent. `direct`, the default with SQLite
+# (which has no NOTIFY): the web process publishes it once its row commits. Workers on PostgreSQL run the relay
+# whatever this says, so a web process in either mode is served.
+JOB_DISPATCH = env_str("JOB_DISPATCH", "outbox" if _on_postgresql else "direct")
 if JOB_DISPATCH not in ("direct", "outbox"):
     raise ImproperlyConfigured(f"JOB_DISPATCH must be direct or outbox, got {JOB_DISPATCH!r}")
-if JOB_DISPATCH == "outbox" and not DATABASES["default"]["ENGINE"].endswith("postgresql"):
+if JOB_DISPATCH == "outbox" and not _on_postgresql:
     raise ImproperlyConfigured("JOB_DISPATCH=outbox needs PostgreSQL (the relay is woken by LISTEN/NOTIFY)")
 # In outbox mode: how long a job may wait for a broker that refuses it before it fails with `queue_unavailable`,
 # and how often a relay looks for jobs without being woken (a lost notification, a broker that was down).

@@ -1,5 +1,5 @@
-"""The job outbox (JOB_DISPATCH=outbox): a committed, queued Job row with no `dispatched_at` is a message still to
-send, and a relay in every worker sends it.
+"""The job outbox (JOB_DISPATCH=outbox, the default with PostgreSQL): a committed, queued Job row with no
+`dispatched_at` is a message still to send, and a relay in every worker on PostgreSQL sends it.
 
 In direct mode the web process publishes each job once its row commits: the broker's round trip is part of every
 admission (on SQS about a quarter of its CPU, bench/admission.py), and a web process killed between the commit and

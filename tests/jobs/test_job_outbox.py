@@ -1,6 +1,6 @@
-"""JOB_DISPATCH=outbox: an admission writes its job and a NOTIFY, and the relay in every worker sends the job to
-the broker (jobs/outbox.py). PostgreSQL only: the relays are woken by LISTEN/NOTIFY. The broker is the test's own
-filesystem folder; the last tests run jobs through a real worker."""
+"""JOB_DISPATCH=outbox, the default on PostgreSQL: an admission writes its job and a NOTIFY, and the relay in every
+worker sends the job to the broker (jobs/outbox.py). PostgreSQL only: the relays are woken by LISTEN/NOTIFY. The
+broker is the test's own filesystem folder; the last tests run jobs through a real worker."""
 from __future__ import annotations
 
 import ast
@@ -30,11 +30,6 @@ HANDLER = "def handler(event, context):\n    return event\n"
 
 
 @pytest.fixture
-def outbox(settings) -> None:
-    settings.JOB_DISPATCH = "outbox"
-
-
-@pytest.fixture
 def function_id(alice) -> str:
     return deploy(alice, HANDLER, name="echo")["functionId"]
 
@@ -56,7 +51,7 @@ def listening() -> Iterator:
         listener.close()
 
 
-def test_an_admission_publishes_nothing_and_wakes_the_relays(outbox, alice, function_id, _isolated_broker):
+def test_an_admission_publishes_nothing_and_wakes_the_relays(alice, function_id, _isolated_broker):
     with listening() as listener:
         response = submit(alice, function_id, {"x": 1})
         assert response.status_code == 202, response.content
@@ -67,7 +62,7 @@ def test_an_admission_publishes_nothing_and_wakes_the_relays(outbox, alice, func
     assert (job.status, job.dispatched_at) == ("queued", None)
 
 
-def test_a_rolled_back_admission_wakes_no_relay(outbox, alice, function_id):
+def test_a_rolled_back_admission_wakes_no_relay(alice, function_id):
     from jobs.dispatch import hand_over
 
     with listening() as listener:
@@ -77,7 +72,7 @@ def test_a_rolled_back_admission_wakes_no_relay(outbox, alice, function_id):
         assert list(listener.notifies(timeout=0.5, stop_after=1)) == []
 
 
-def test_the_relay_sends_the_waiting_jobs_oldest_first_and_marks_them_sent(outbox, alice, function_id,
+def test_the_relay_sends_the_waiting_jobs_oldest_first_and_marks_them_sent(alice, function_id,
                                                                             _isolated_broker):
     job_ids = [submit(alice, function_id, n).json()["jobId"] for n in range(BATCH + 2)]
 
@@ -90,7 +85,7 @@ def test_the_relay_sends_the_waiting_jobs_oldest_first_and_marks_them_sent(outbo
     assert not Job.objects.filter(pk__in=job_ids, dispatched_at__isnull=True).exists()
 
 
-def test_a_cancelled_job_is_never_sent(outbox, alice, function_id, _isolated_broker):
+def test_a_cancelled_job_is_never_sent(alice, function_id, _isolated_broker):
     job_id = submit(alice, function_id).json()["jobId"]
     assert alice.client.post(f"/api/v1/jobs/{job_id}/cancel/").status_code == 200
     assert dispatch_waiting() == 0
@@ -98,7 +93,7 @@ def test_a_cancelled_job_is_never_sent(outbox, alice, function_id, _isolated_bro
 
 
 def test_a_job_the_broker_refuses_waits_and_fails_with_queue_unavailable_after_the_timeout(
-        outbox, alice, function_id, use_broker, tmp_path, settings):
+        alice, function_id, use_broker, tmp_path, settings):
     old, new = (submit(alice, function_id, n).json()["jobId"] for n in range(2))
     Job.objects.filter(pk=old).update(created_at=timezone.now() - timedelta(seconds=settings.JOB_DISPATCH_TIMEOUT + 1))
     working = filesystem_broker(tmp_path / "working")
@@ -120,13 +115,14 @@ def test_a_job_the_broker_refuses_waits_and_fails_with_queue_unavailable_after_t
     assert sent_job_ids(working) == [new]
 
 
-def test_a_job_admitted_in_direct_mode_is_never_sent_by_a_relay(alice, function_id, _isolated_broker):
+def test_a_job_admitted_in_direct_mode_is_never_sent_by_a_relay(alice, function_id, _isolated_broker, settings):
+    settings.JOB_DISPATCH = "direct"
     job_id = submit(alice, function_id).json()["jobId"]  # published by the web process as its row committed
     assert dispatch_waiting() == 0
     assert sent_job_ids(_isolated_broker) == [job_id]
 
 
-def test_two_relays_never_send_the_same_job(outbox, alice, function_id, _isolated_broker):
+def test_two_relays_never_send_the_same_job(alice, function_id, _isolated_broker):
     job_id = submit(alice, function_id).json()["jobId"]
     other_relay: list[int] = []
 
@@ -147,19 +143,20 @@ def test_two_relays_never_send_the_same_job(outbox, alice, function_id, _isolate
 
 # --- through a real worker ----------------------------------------------------------------------------------------
 
-def test_a_job_admitted_while_no_worker_ran_is_run_when_one_starts(outbox, alice, function_id, worker,
+def test_a_job_admitted_while_no_worker_ran_is_run_when_one_starts(alice, function_id, worker,
                                                                      _isolated_broker):
     job_id = submit(alice, function_id, {"n": 7}).json()["jobId"]
-    worker(_isolated_broker, JOB_DISPATCH="outbox")
+    # The worker's own JOB_DISPATCH does not matter: every worker on PostgreSQL relays what the web admitted.
+    worker(_isolated_broker, JOB_DISPATCH="direct")
     body = wait_for_status(alice, job_id)
     assert (body["status"], body["result"]) == ("succeeded", {"n": 7}), body
     job = Job.objects.get(pk=job_id)
     assert job.dispatched_at is not None and job.deliveries == 1
 
 
-def test_a_synchronous_run_is_woken_by_its_notify(outbox, alice, function_id, worker, _isolated_broker, settings):
+def test_a_synchronous_run_is_woken_by_its_notify(alice, function_id, worker, _isolated_broker, settings):
     # The relay looks by itself only once an hour: only the admission's NOTIFY can have sent the job.
-    worker(_isolated_broker, JOB_DISPATCH="outbox", JOB_DISPATCH_POLL_SECONDS=3600)
+    worker(_isolated_broker, JOB_DISPATCH_POLL_SECONDS=3600)
     settings.RUN_SYNC_TIMEOUT = 60
     response = submit(alice, function_id, {"n": 42}, asynchronous=False)
     assert response.status_code == 200, response.content

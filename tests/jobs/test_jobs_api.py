@@ -20,8 +20,9 @@ def function(alice):
 
 # --- submitting -------------------------------------------------------------------------------------------------
 
-def test_run_with_x_async_answers_202_with_the_job_id_and_enqueues_it(alice, function, _isolated_broker,
+def test_run_with_x_async_answers_202_with_the_job_id_and_enqueues_it(alice, function, _isolated_broker, settings,
                                                                      django_capture_on_commit_callbacks):
+    settings.JOB_DISPATCH = "direct"  # the web process publishes (the outbox's relays: test_job_outbox.py)
     with django_capture_on_commit_callbacks(execute=True):
         response = alice.client.post("/run", {"functionId": function["functionId"], "modelId": "smollm2:135m",
                                               "inputData": {"x": 1}}, format="json", HTTP_X_ASYNC="true")
@@ -36,8 +37,9 @@ def test_run_with_x_async_answers_202_with_the_job_id_and_enqueues_it(alice, fun
     assert str(job.pk) in message["headers"]["argsrepr"]
 
 
-def test_the_job_is_enqueued_only_after_its_row_is_committed(alice, function, _isolated_broker,
+def test_the_job_is_enqueued_only_after_its_row_is_committed(alice, function, _isolated_broker, settings,
                                                              django_capture_on_commit_callbacks):
+    settings.JOB_DISPATCH = "direct"
     with django_capture_on_commit_callbacks(execute=False) as callbacks:
         response = alice.client.post("/run", {"functionId": function["functionId"]}, format="json",
                                      HTTP_X_ASYNC="true")

@@ -15,7 +15,7 @@ from tests.service.ops_helpers import PRODUCTION_ENV
 
 def manage(*args: str, **env: str) -> subprocess.CompletedProcess:
     base = {key: value for key, value in os.environ.items()
-            if key not in ("ENVIRONMENT", "SECRET_KEY", "DEBUG", "LOG_FORMAT")}
+            if key not in ("ENVIRONMENT", "SECRET_KEY", "DEBUG", "LOG_FORMAT", "JOB_DISPATCH")}
     return subprocess.run([sys.executable, "manage.py", *args], cwd=REPO_ROOT, env={**base, **env},
                           capture_output=True, text=True, timeout=60)
 
@@ -100,6 +100,12 @@ def test_a_weak_password_is_refused_by_the_validators(db):
 def test_an_unknown_dispatch_mode_is_refused():
     run = manage("check", JOB_DISPATCH="later")
     assert run.returncode != 0 and "JOB_DISPATCH must be direct or outbox" in run.stderr
+
+
+def test_jobs_go_through_the_outbox_by_default_on_postgresql_and_directly_on_sqlite(tmp_path):
+    # Settings only: neither database is connected to.
+    assert settings_value("JOB_DISPATCH", DATABASE_URL="postgres://u@127.0.0.1:5432/x") == "outbox"
+    assert settings_value("JOB_DISPATCH", DATABASE_URL=f"sqlite:///{tmp_path}/db.sqlite3") == "direct"
 
 
 def test_the_outbox_is_refused_without_postgresql(tmp_path):
