@@ -83,13 +83,28 @@ from bench.dashboard import postgres_database  # noqa: E402 - the checkout's roo
 from bench.jobs import cpu_seconds  # noqa: E402
 
 GUNICORN = REPO_ROOT / ".venv" / "bin" / "gunicorn"
-SETUPS = {"original": "the baseline: one SQS message per admission from Node (bench/original_controller)",
-          "embedded": "SQLite + filesystem broker, direct", "sqs": "PostgreSQL + SQS (moto), the outbox",
-          "sqs-direct": "PostgreSQL + SQS (moto), JOB_DISPATCH=direct",
-          "redis-direct": "PostgreSQL + Redis, JOB_DISPATCH=direct"}
-# What each set-up other than the baseline needs here beside wrk and the checkout.
-NEEDS = {"embedded": set(), "sqs": {"postgres", "moto"}, "sqs-direct": {"postgres", "moto"},
-         "redis-direct": {"postgres", "redis"}, "original": {"moto", "node"}}
+
+
+@dataclass(frozen=True)
+class Setup:
+    description: str
+    # What it needs here beside wrk and the checkout, of: postgres, moto, redis, node.
+    needs: frozenset[str]
+    # The job broker (filesystem, sqs or redis) and JOB_DISPATCH of the web process; None for the baseline.
+    broker: str | None = None
+    dispatch: str | None = None
+
+
+SETUPS = {
+    "original": Setup("the baseline: one SQS message per admission from Node (bench/original_controller)",
+                      frozenset({"moto", "node"})),
+    "embedded": Setup("SQLite + filesystem broker, direct", frozenset(), "filesystem", "direct"),
+    "sqs": Setup("PostgreSQL + SQS (moto), the outbox", frozenset({"postgres", "moto"}), "sqs", "outbox"),
+    "sqs-direct": Setup("PostgreSQL + SQS (moto), JOB_DISPATCH=direct", frozenset({"postgres", "moto"}), "sqs",
+                        "direct"),
+    "redis-direct": Setup("PostgreSQL + Redis, JOB_DISPATCH=direct", frozenset({"postgres", "redis"}), "redis",
+                          "direct"),
+}
 ORIGINAL = REPO_ROOT / "bench" / "original_controller"
 # moto takes any credentials; the baseline's queue is made in the region the SQS set-up uses.
 MOTO_CREDENTIALS = {"AWS_REGION": "us-east-1", "AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench"}
@@ -158,7 +173,7 @@ def main() -> int:
     for round_number in range(1, args.rounds + 1):
         for name in setups:
             load = " ".join(f"{value:.2f}" for value in os.getloadavg())
-            print(f"\n{name}: {SETUPS[name]} (round {round_number}; load average {load})", flush=True)
+            print(f"\n{name}: {SETUPS[name].description} (round {round_number}; load average {load})", flush=True)
             figure = run_setup(args, name)
             if figure is None:
                 print(f"  {name}: the measurement failed (see above)")
@@ -198,7 +213,7 @@ def missing_requirement(args: argparse.Namespace, setups: list[str]) -> str | No
     """One line naming the first thing the chosen set-ups need that is not here, or None."""
     if not shutil.which("wrk"):
         return "wrk is not installed: apt-get install -y wrk"
-    needs = set().union(*(NEEDS[name] for name in setups))
+    needs = set().union(*(SETUPS[name].needs for name in setups))
     if "node" in needs and not (shutil.which("node") and shutil.which("npm")):
         return "the original set-up needs Node.js and npm: apt-get install -y nodejs npm (or leave it out: --setups)"
     start = "start it with: bash scripts/services.sh"
@@ -257,17 +272,17 @@ def run_original(args: argparse.Namespace, folder: Path) -> float | None:
 def run_child(args: argparse.Namespace, name: str, database_url: str, var_dir: str) -> float | None:
     """Measure set-up `name` in a process of its own (Django reads its settings once); its CPU per admission in ms,
     or None when it did not finish."""
-    sqs = {"CELERY_BROKER_URL": f"sqs://x:x@{args.moto}", "SQS_IS_SECURE": "false", "AWS_REGION": "us-east-1",
-           "SQS_QUEUE_PREFIX": f"bench{uuid.uuid4().hex[:8]}-"}
+    setup = SETUPS[name]
     broker = {
-        "embedded": {"CELERY_BROKER_URL": "filesystem://", "JOB_DISPATCH": "direct"},
-        "sqs": {**sqs, "JOB_DISPATCH": "outbox"},
-        "sqs-direct": {**sqs, "JOB_DISPATCH": "direct"},
-        "redis-direct": {"CELERY_BROKER_URL": args.redis, "JOB_DISPATCH": "direct"},
-    }[name]
+        "filesystem": {"CELERY_BROKER_URL": "filesystem://"},
+        "sqs": {"CELERY_BROKER_URL": f"sqs://x:x@{args.moto}", "SQS_IS_SECURE": "false", "AWS_REGION": "us-east-1",
+                "SQS_QUEUE_PREFIX": f"bench{uuid.uuid4().hex[:8]}-"},
+        "redis": {"CELERY_BROKER_URL": args.redis},
+    }[setup.broker]
     env = {**os.environ, "DJANGO_SETTINGS_MODULE": "infra_ainode.settings", "ENVIRONMENT": "development",
            "DATABASE_URL": database_url, "VAR_DIR": var_dir, "REDIS_URL": "", "AI_NODE_URL": "http://127.0.0.1:9",
-           "AI_NODES": "", "MODEL_SYNC_INTERVAL": "0", "JOB_QUEUE": "jobs", **broker}
+           "AI_NODES": "", "MODEL_SYNC_INTERVAL": "0", "JOB_QUEUE": "jobs", **broker,
+           "JOB_DISPATCH": setup.dispatch}
     command = [sys.executable, __file__, "--child", name, "--connections", str(args.connections),
                "--seconds", str(args.seconds), "--single-seconds", str(args.single_seconds),
                "--workers", str(args.workers)] + (["--show-sql"] if args.show_sql else [])
