@@ -128,7 +128,7 @@ def run(args: argparse.Namespace) -> None:
           f"({connection.vendor})", flush=True)
 
     from billing.models import UsageDaily
-    from jobs.metering.ledger import rebuild_rollups
+    from billing.rebuild import rebuild_rollups
 
     began = time.monotonic()
     rows = rebuild_rollups()
@@ -241,7 +241,7 @@ def dashboard_client():
     from django.test import Client
     from django.utils import timezone
 
-    from billing.ranges import DateRange
+    from core.ranges import DateRange
 
     operator = User.objects.create_superuser("operator", "operator@example.org", "bench")
     client = Client()
@@ -266,7 +266,7 @@ def check_totals(span, client) -> None:
     """The dashboard shows the ledger's own totals (a wrong fast page would be no result)."""
     import re
 
-    from billing.formatting import count, money
+    from core.formatting import count, money
     from jobs.export import jobs_in_range
     from jobs.metering.ledger import LEDGER_SUMS
     from jobs.models import LLMCall
@@ -285,7 +285,7 @@ def check_totals(span, client) -> None:
 
 
 def day_start(day):
-    from billing.ranges import day_start as start_of
+    from core.ranges import day_start as start_of
 
     return start_of(day)
 

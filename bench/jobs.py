@@ -184,8 +184,8 @@ def owner_key(stack: Stack) -> str:
 
 
 def wait_for_pool(stack: Stack, expected: int) -> None:
-    from jobs.docker_backend import POOL_LABEL, DockerBackend
-    from jobs.warm_pool import SLOT_LABEL
+    from jobs.sandbox.docker_backend import POOL_LABEL, DockerBackend
+    from jobs.sandbox.warm_pool import SLOT_LABEL
 
     backend = DockerBackend()
     deadline = time.monotonic() + 60
@@ -258,8 +258,8 @@ def burst(api: Api, stack_db: Path, function_id: str, count: int, *, timeout: fl
 
 def engine_rate(image: str, count: int, concurrency: int) -> float:
     """Containers per second that the engine creates, starts, waits for and removes, hardened as a job's."""
-    from jobs.docker_backend import DockerBackend
-    from jobs.runner import default_profile, hardened_spec, make_workdir_folders
+    from jobs.sandbox.docker_backend import DockerBackend
+    from jobs.sandbox.spec import default_profile, hardened_spec, make_workdir_folders
 
     folder = Path(tempfile.mkdtemp(prefix="bench-engine-"))  # a work root of its own (0700), as JOB_WORK_ROOT
     slot = make_workdir_folders(folder / "w-bench").path

@@ -106,7 +106,7 @@ def time_models(client, nodes: list[dict], runs: int, timeout_ms: int) -> tuple[
 
 
 def generation(kind: str, url: str, runs: int, max_tokens: int) -> None:
-    from models_catalog.nodes import client_for
+    from nodeclient import client_for
 
     client = client_for(kind, url, timeout=120)
     client.generate(MODEL, PROMPT, max_tokens=8, temperature=0, seed=1)  # warm-up
@@ -158,7 +158,7 @@ def main() -> int:
 
     workdir = Path(tempfile.mkdtemp(prefix="bench-models-"))
     setup_django(workdir)
-    from models_catalog.nodes import NodeError, client_for
+    from nodeclient import NodeError, client_for
 
     for kind, url in (("openai", args.openai_url), ("ollama", args.ollama_url)):
         try:
@@ -186,7 +186,7 @@ def main() -> int:
         hung.close()
 
     shutil.rmtree(workdir, ignore_errors=True)
-    print(f"\nGeneration through models_catalog.nodes (prompt of {len(PROMPT.split())} words, "
+    print(f"\nGeneration through nodeclient (prompt of {len(PROMPT.split())} words, "
           f"max_tokens={args.max_tokens}, {args.gen_runs} runs after a warm-up)")
     generation("openai", args.openai_url, args.gen_runs, args.max_tokens)
     generation("ollama", args.ollama_url, args.gen_runs, args.max_tokens)

@@ -11,8 +11,9 @@ from django.contrib.auth.models import User
 from django.db.models import Max, Min
 from django.utils import timezone
 
+from core.ranges import MAX_RANGE_DAYS, DateRange
+
 from .models import UsageDaily
-from .ranges import MAX_RANGE_DAYS, DateRange
 from .reports import ROLLUP_SUMS, Figures, rollups_in_range
 
 

@@ -7,9 +7,9 @@ from django.contrib.auth.models import User
 from django.db.models import QuerySet, Sum
 
 from core.errors import DomainError
+from core.ranges import DateRange
 
 from .models import COST_QUANTUM, UsageDaily
-from .ranges import DateRange
 
 
 @dataclass

@@ -12,12 +12,13 @@ from django.core.exceptions import PermissionDenied
 from django.http import HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
 
+from core import formatting
 from core.errors import DomainError
+from core.ranges import DateRange, range_from_query
 
-from . import charts, formatting
+from . import charts
 from .dashboard import Report, presets, usage_report
 from .quotas import standings
-from .ranges import DateRange, range_from_query
 from .reports import Figures
 
 VIEW_USAGE = "billing.view_usagedaily"

@@ -6,6 +6,6 @@ Run it with `.venv/bin/python -m devnode` from the repository root, or through `
 - `ollama_front`: the Ollama API, translated to llama.cpp's OpenAI-compatible one.
 - `gguf`: reads metadata from the model file's header.
 
-Standard library (and xllamacpp) only, plus `models_catalog.nodes`, which imports no Django: nothing here needs
+Standard library (and xllamacpp) only, plus `nodeclient`, which imports no Django: nothing here needs
 the platform's settings or database.
 """

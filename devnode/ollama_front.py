@@ -13,7 +13,7 @@ This module answers the Ollama routes we need by translating each request to the
 
 Streaming answers are NDJSON (Ollama's default is stream=true). Token counts and durations come from
 llama.cpp's own `usage` and `timings`, never from counting here.
-Standard library only, plus models_catalog.nodes (itself standard library only, no Django) for the option table
+Standard library only, plus nodeclient (itself standard library only, no Django) for the option table
 and the parameter-size wording it shares with the node clients.
 """
 
@@ -34,7 +34,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from devnode import gguf
-from models_catalog.nodes import OLLAMA_TO_OPENAI_OPTIONS, format_parameter_size
+from nodeclient import OLLAMA_TO_OPENAI_OPTIONS, format_parameter_size
 
 logger = logging.getLogger(__name__)
 

@@ -157,7 +157,7 @@ def _check_redis(timeout: float) -> dict[str, Any]:
 def _check_ai_nodes(timeout: float) -> dict[str, Any]:
     """Up when at least one enabled node answers; the detail lists each node."""
     from models_catalog.models import AINode
-    from models_catalog.nodes import client_for
+    from nodeclient import client_for
     from models_catalog.services import configured_nodes
 
     try:

@@ -406,10 +406,12 @@ if len(str(JOB_WORK_ROOT).encode()) + _SOCKET_TAIL > 107:
 DOCKER_HOST = env_str("DOCKER_HOST", "")
 WORKER_ID = env_str("WORKER_ID", f"{socket.gethostname()}-{os.getpid()}")
 # Warm single-use containers: each worker process keeps WARM_POOL_SIZE started containers per resource profile
-# (the default one from the start, others once a job asked for them; at most WARM_POOL_PROFILES), each used by one
-# job only. 0 turns the pool off: every job creates its container (the cold path).
+# (the default one always, others once jobs of WARM_POOL_PROFILE_OWNERS different owners asked for them; at most
+# WARM_POOL_PROFILES besides the default), each used by one job only. 0 turns the pool off: every job creates its
+# container (the cold path).
 WARM_POOL_SIZE = env_int("WARM_POOL_SIZE", 0, minimum=0)
 WARM_POOL_PROFILES = env_int("WARM_POOL_PROFILES", 4, minimum=1)
+WARM_POOL_PROFILE_OWNERS = env_int("WARM_POOL_PROFILE_OWNERS", 2, minimum=1)
 WARM_POOL_MAX_AGE_SECONDS = env_int("WARM_POOL_MAX_AGE_SECONDS", 600, minimum=1)
 
 # ---------------------------------------------------------------------------------------------------------

@@ -5,12 +5,13 @@ from django.conf import settings
 from django.contrib import admin, messages
 from django.db.models import F, QuerySet
 from django.http import Http404, HttpRequest, JsonResponse, StreamingHttpResponse
+from django.templatetags.static import static
 from django.urls import path, reverse
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString, mark_safe
 
-from billing.formatting import count, money
 from core.errors import DomainError
+from core.formatting import count, money
 
 from . import services
 from .events.feed import event_stream_response, open_feed
@@ -123,7 +124,7 @@ class JobAdmin(admin.ModelAdmin):
                            format_html('<p id="job-live-line">{}: waiting for events…</p>', job.status),
                            mark_safe('<pre id="job-live-output" style="white-space: pre-wrap; max-height: 30em; '
                                      'overflow: auto; margin: 0"></pre>'),
-                           LIVE_SCRIPT)
+                           format_html('<script src="{}"></script>', static("jobs/job_live.js")))
 
     @admin.display(description="job", ordering="id")
     def short_id(self, job: Job) -> str:
@@ -208,64 +209,6 @@ class JobAdmin(admin.ModelAdmin):
         return response
 
 
-# Follows the job's events on its admin page: output as it comes, and a line with the status, the time since
-# it started, the calls and the tokens so far. No library: the browser's own EventSource.
-LIVE_SCRIPT = mark_safe(r"""<script>
-(function () {
-  var box = document.getElementById("job-live");
-  var line = document.getElementById("job-live-line");
-  var out = document.getElementById("job-live-output");
-  var state = {status: "", started: null, calls: 0, prompt: 0, completion: 0, remaining: null, inFlight: 0};
-  function show() {
-    var parts = [state.status];
-    if (state.started) { parts.push(((Date.now() - state.started) / 1000).toFixed(1) + " s"); }
-    parts.push(state.calls + " call(s)" + (state.inFlight ? " (" + state.inFlight + " running)" : ""));
-    parts.push(state.prompt + " prompt + " + state.completion + " completion tokens");
-    if (state.remaining !== null) { parts.push(state.remaining + " tokens left"); }
-    line.textContent = parts.join(" \u00b7 ");
-  }
-  function append(text, isError) {
-    var span = document.createElement("span");
-    if (isError) { span.style.color = "#ba2121"; }
-    span.textContent = text;
-    out.appendChild(span);
-    out.scrollTop = out.scrollHeight;
-  }
-  var source = new EventSource(box.dataset.url);
-  source.addEventListener("status", function (e) {
-    var data = JSON.parse(e.data);
-    state.status = data.status;
-    if (data.status === "running" && !state.started) { state.started = Date.now(); }
-    show();
-  });
-  source.addEventListener("stdout", function (e) {
-    var data = JSON.parse(e.data);
-    append(data.text + (data.truncated ? "\n[stdout truncated]\n" : ""), false);
-  });
-  source.addEventListener("stderr", function (e) {
-    var data = JSON.parse(e.data);
-    append(data.text + (data.truncated ? "\n[stderr truncated]\n" : ""), true);
-  });
-  source.addEventListener("llm_call", function (e) {
-    var data = JSON.parse(e.data);
-    state.inFlight += data.phase === "start" ? 1 : -1;
-    show();
-  });
-  source.addEventListener("usage", function (e) {
-    var data = JSON.parse(e.data);
-    state.calls = data.llmCalls; state.prompt = data.promptTokens; state.completion = data.completionTokens;
-    state.remaining = data.remainingTokens;
-    show();
-  });
-  source.addEventListener("result", function (e) {
-    source.close();  // the stream is over: do not let the browser reconnect
-    var data = JSON.parse(e.data);
-    state.status = data.status + " (reload the page for the full record)";
-    show();
-  });
-  setInterval(function () { if (source.readyState !== 2) { show(); } }, 1000);
-})();
-</script>""")
 
 
 @admin.register(LLMCall)

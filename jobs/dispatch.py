@@ -8,22 +8,26 @@ import logging
 import uuid
 from datetime import datetime
 
+from celery import current_app
 from django.conf import settings
 from django.db import connection, transaction
 from django.utils import timezone
 
+from billing import job_money
+
 from . import events
 from .models import Job, JobStatus
-from .tasks import run_job_task
 
 logger = logging.getLogger(__name__)
 
 # The channel of the admissions' NOTIFY, on which every relay LISTENs.
 OUTBOX_CHANNEL = "job_outbox"
+# The worker's task (jobs.tasks.run_job_task), sent by name: the web process imports nothing of the worker.
+RUN_JOB_TASK = "jobs.run_job"
 
 
 def enqueue_job(job_id: uuid.UUID, queue: str) -> None:
-    run_job_task.apply_async(args=[str(job_id)], queue=queue, routing_key=queue)
+    current_app.send_task(RUN_JOB_TASK, args=[str(job_id)], queue=queue, routing_key=queue)
 
 
 def dispatched_on_admission() -> datetime | None:
@@ -54,5 +58,7 @@ def fail_unqueued(job_id: uuid.UUID, exc: Exception) -> None:
     """Fail queued job `job_id` with `queue_unavailable`: the broker refused it (`exc`), and it will not be run."""
     logger.error("job %s: could not enqueue: %s", job_id, exc)
     if Job.objects.move(job_id, JobStatus.FAILED, error_code="queue_unavailable",
-                        error_message=f"The job queue is unavailable: {exc}", finished_at=timezone.now()):
+                        error_message="The job queue is unavailable; the job was not run.",
+                        finished_at=timezone.now()):
+        job_money.release(job_id=job_id)
         events.record_end(Job.objects.select_related("function_version").get(pk=job_id))

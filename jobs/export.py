@@ -9,7 +9,7 @@ from django.db.models import QuerySet
 from django.http import StreamingHttpResponse
 
 from billing.models import COST_QUANTUM
-from billing.ranges import DateRange, created_in_days
+from core.ranges import DateRange, created_in_days
 
 from .models import Job
 

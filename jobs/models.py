@@ -7,8 +7,6 @@ from django.db import models
 from django.db.models import Q
 from django.utils import timezone
 
-from billing.quotas import release_hold
-
 
 class Function(models.Model):
     """A user's deployed script. Its code lives in immutable `FunctionVersion`s; updating code adds a version.
@@ -106,11 +104,7 @@ class JobQuerySet(models.QuerySet):
         sources = [status for status, targets in TRANSITIONS.items() if to in targets]
         if not sources:
             raise ValueError(f"no status may move to {to!r}")
-        moved = self.filter(pk=pk, status__in=sources).update(status=to, **fields) == 1
-        if moved and to in TERMINAL:
-            # Every end of a job comes through here: what it did not spend of its quota hold is released.
-            release_hold(job_id=pk)
-        return moved
+        return self.filter(pk=pk, status__in=sources).update(status=to, **fields) == 1
 
     def queued_by_node(self, nodes: list[str]) -> dict[str, int]:
         """How many jobs wait in the queue of each of `nodes`: what routing weighs between nodes."""
@@ -125,6 +119,9 @@ class Job(models.Model):
     function_version = models.ForeignKey(FunctionVersion, on_delete=models.PROTECT, related_name="jobs")
     model_id = models.CharField(max_length=200)
     node = models.CharField(max_length=100, blank=True)
+    # Where the function's other allowed models were routed at admission, {name the script uses: [model, node]}:
+    # the gateway forwards to these, so a job is routed once and its hold priced at the models it may really call.
+    routes = models.JSONField(default=dict, blank=True)
     queue = models.CharField(max_length=100)
     input_data = models.JSONField(null=True, blank=True)
     memory_mb = models.PositiveIntegerField()

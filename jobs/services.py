@@ -10,7 +10,8 @@ from django.db import transaction
 from django.db.models import OuterRef, Subquery
 from django.utils import timezone
 
-from billing.quotas import admit, job_budget, lock_quota
+from billing import job_money
+from billing.quotas import job_budget, lock_quota
 from billing.rollups import add_job_to_rollups
 from core import metrics
 from core.errors import Conflict, DomainError, NotFound, TooLarge
@@ -193,6 +194,7 @@ def submit_job(*, owner: User, function: Function, model_id: str | None, input_d
     # model no enabled node serves now.
     node = route_model(model, queued_jobs=Job.objects.queued_by_node)
     model = node.model_id or model  # an operator's alias runs, and is billed, as the model it stands for
+    routes = _routes_of_allowed(function, own=model)
     budgets = [b for b in (_budget(token_budget), function.token_budget) if b is not None]
     # Only the version's id: its archive (up to megabytes of code) is the runner's to read, not the admission's.
     version_id = (getattr(function, CURRENT_VERSION_ID, None)
@@ -205,14 +207,32 @@ def submit_job(*, owner: User, function: Function, model_id: str | None, input_d
             owner=owner, function=function, function_version_id=version_id, model_id=model,
             node=node.name, queue=node.queue, input_data=input_data, memory_mb=function.memory_mb,
             timeout_seconds=function.timeout_seconds, token_budget=budget, dispatched_at=dispatched_on_admission(),
+            routes=routes,
         )
         if quota is not None:
-            admit(owner=owner, quota=quota, job_id=job.pk, model_id=model, token_budget=budget)
+            may_call = [model, *(target for target, _ in routes.values())]
+            job_money.admit(owner=owner, quota=quota, job_id=job.pk, model_ids=may_call, token_budget=budget)
         # The `queued` event commits with the job, before the message: the worker's `running` must come after it.
         events.record_queued(job)
         hand_over(job)
     metrics.job_submitted(model=model, queue=node.queue)
     return job
+
+
+def _routes_of_allowed(function: Function, *, own: str) -> dict[str, list[str]]:
+    """Where each of the function's other allowed models is served now, {name: [model, node]}: the job's gateway
+    forwards to these and nowhere else. A model no node serves now is left out (the gateway refuses it as
+    model_not_allowed), as is one that names the job's own model."""
+    routes: dict[str, list[str]] = {}
+    for name in function.allowed_models or []:
+        if name == own or name in routes:
+            continue
+        try:
+            node = route_model(name, queued_jobs=Job.objects.queued_by_node)
+        except DomainError:
+            continue
+        routes[name] = [node.model_id or name, node.name]
+    return routes
 
 
 def _storable(value: Any) -> bool:
@@ -268,7 +288,8 @@ def get_job(*, owner: User, job_id: Any) -> Job:
 
 
 def cancel_job(*, job: Job) -> Job:
-    """Cancel a queued or running job. A running job's container is killed by its worker within a second.
+    """Cancel a queued or running job. A running job's container is killed by its worker within a second; its
+    hold on its owner's quota lasts until its worker has put its last calls on the ledger (jobs.runner).
 
     Raises Conflict (job_finished) when the job already ended.
     """
@@ -276,6 +297,7 @@ def cancel_job(*, job: Job) -> Job:
     # A queued job will never reach a worker: its events end here. A running one's worker notices within a second,
     # kills the container and writes its last events itself (its status, then the result with the output).
     if Job.objects.filter(status=JobStatus.QUEUED).move(job.pk, JobStatus.CANCELLED, **fields):
+        job_money.release(job_id=job.pk)  # it never ran: nothing of it can reach the ledger
         job.refresh_from_db()
         events.record_end(job)
         return job

@@ -3,7 +3,9 @@ from celery.signals import worker_process_init, worker_process_shutdown, worker_
 
 from .events import prune_events
 from .idempotency import purge_expired_keys
-from .runner import reap_orphan_containers, recover_lost_jobs, run_job, start_warm_pool, stop_warm_pool
+from .runner import run_job
+from .sandbox.engine import reap_orphan_containers, start_warm_pool, stop_warm_pool
+from .sandbox.recovery import recover_lost_jobs
 
 
 @shared_task(name="jobs.run_job", acks_late=True, reject_on_worker_lost=True, ignore_result=True)

@@ -5,7 +5,7 @@ permissions to view jobs and daily usage as well (superusers have them).
 """
 from django.http import HttpRequest, HttpResponse
 
-from billing.ranges import range_from_query
+from core.ranges import range_from_query
 from billing.views import VIEW_USAGE, require
 from core.errors import DomainError
 

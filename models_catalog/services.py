@@ -28,7 +28,7 @@ from core.errors import DomainError
 from core.lookups import CachedLookup
 
 from .models import AINode, ModelCatalog, ModelStatus, NodeKind, NodeSource
-from .nodes import NodeError, NodeModel, client_for
+from nodeclient import NodeError, NodeModel, client_for
 
 logger = logging.getLogger(__name__)
 

@@ -153,7 +153,7 @@ def pool_ready_timeout(containers: int = 1) -> float:
     """How long a test waits for a warm pool to have `containers` more ready: the pool makes them one after another
     and gives each one's runtime READY_TIMEOUT_SECONDS to reach its FIFO before it counts it as failed, once the
     engine created and started it (ENGINE_CALL_SECONDS). A shorter wait fails a pool that keeps its word."""
-    from jobs.warm_pool import READY_TIMEOUT_SECONDS
+    from jobs.sandbox.warm_pool import READY_TIMEOUT_SECONDS
 
     return containers * (READY_TIMEOUT_SECONDS + ENGINE_CALL_SECONDS)
 
@@ -377,14 +377,14 @@ class Worker:
 
 def job_containers(docker_client: Any, job_id: Any) -> list[Any]:
     """The containers (running or not) that carry job `job_id`'s label."""
-    from jobs.docker_backend import JOB_LABEL
+    from jobs.sandbox.docker_backend import JOB_LABEL
 
     return docker_client.containers.list(all=True, filters={"label": f"{JOB_LABEL}={job_id}"}, ignore_removed=True)
 
 
 def container_creations(docker_client: Any, job_id: Any, since: float) -> int:
     """How many containers the engine created for job `job_id` since `since` (a Unix time): its own event log."""
-    from jobs.docker_backend import JOB_LABEL
+    from jobs.sandbox.docker_backend import JOB_LABEL
 
     events = docker_client.events(since=int(since) - 1, until=int(time.time()) + 1, decode=True,
                                   filters={"label": f"{JOB_LABEL}={job_id}", "type": "container", "event": "create"})
@@ -394,7 +394,7 @@ def container_creations(docker_client: Any, job_id: Any, since: float) -> int:
 def remove_containers_of_jobs_in_the_database() -> None:
     """A worker killed (by the test, or after a failure) leaves its job's container behind; never let one outlive
     the test that made its job."""
-    from jobs.docker_backend import DockerBackend
+    from jobs.sandbox.docker_backend import DockerBackend
     from jobs.models import Job
 
     backend = DockerBackend()
@@ -407,9 +407,9 @@ def remove_containers_of_jobs_in_the_database() -> None:
 def make_warm_pool(root: Path, *, size: int = 0, max_age_seconds: float = 600.0, primed: bool = False) -> Any:
     """A warm pool of real containers under `root`, built as the worker builds its own (not yet started). A primed
     pool makes a container on the spot when none of the job's profile is ready (see `primed_pool_class`)."""
-    from jobs.docker_backend import DockerBackend
-    from jobs.runner import make_workdir_folders, warm_spec
-    from jobs.warm_pool import WarmPool
+    from jobs.sandbox.docker_backend import DockerBackend
+    from jobs.sandbox.spec import make_workdir_folders, warm_spec
+    from jobs.sandbox.warm_pool import WarmPool
 
     cls = primed_pool_class() if primed else WarmPool
     return cls(size=size, root=root, spec_for=warm_spec, layout=make_workdir_folders, backend_factory=DockerBackend,
@@ -419,7 +419,7 @@ def make_warm_pool(root: Path, *, size: int = 0, max_age_seconds: float = 600.0,
 def primed_pool_class() -> type:
     """For tests only: a WarmPool that, when no container of the job's profile is ready, makes one on the spot, so
     that every job of the test runs on a pooled container. Its `served` holds the containers it handed out."""
-    from jobs.warm_pool import WarmPool
+    from jobs.sandbox.warm_pool import WarmPool
 
     class PrimedPool(WarmPool):
         def __init__(self, **kwargs: Any):

@@ -6,10 +6,10 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from core.api import Pagination
+from core.ranges import range_from_query
 from core.schema import errors
 
 from ..quotas import standing
-from ..ranges import range_from_query
 from ..reports import user_usage
 from .serializers import FiguresSerializer, QuotaStandingSerializer, UsageRowSerializer, UsageSerializer
 

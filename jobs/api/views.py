@@ -11,7 +11,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from billing.ranges import range_from_query
+from core.ranges import range_from_query
 from core.errors import DomainError
 from core.schema import errors
 from models_catalog.services import check_model_id

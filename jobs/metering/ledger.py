@@ -1,5 +1,6 @@
-"""The ledger: one `LLMCall` row per model call, priced when it is recorded, added to its job's totals and to the
-daily roll-ups in the same transaction; and the rebuild of those roll-ups from the ledger and the jobs."""
+"""The ledger: one `LLMCall` row per model call, priced when it is recorded, added to its job's totals, spent from
+its job's hold and added to the daily roll-ups in the same transaction; and the ledger's side of the roll-ups'
+rebuild (billing.rebuild)."""
 import functools
 import logging
 import threading
@@ -10,19 +11,20 @@ from decimal import Decimal
 from typing import Any
 
 from django.db import close_old_connections, connection, connections, transaction
+from django.db.models import QuerySet
 from django.db.models import Count, DecimalField, Exists, F, OuterRef, Q, Sum, Value
 from django.db.models.functions import Coalesce, TruncDate
 from django.utils import timezone
 
-from billing.models import Hold, UsageDaily
+from billing import job_money
+from billing.models import Hold
 from billing.pricing import cost_of_call, job_cost_increments
-from billing.quotas import spend_from_hold
-from billing.ranges import created_in_days
-from billing.reports import CALL_FIELDS
-from billing.rollups import add_call_to_rollups, replace_rollups
+from billing.rebuild import RollupSources
+from billing.rollups import add_call_to_rollups
 from core import metrics
 from core.increments import add_to
-from models_catalog.nodes import Usage
+from core.ranges import created_in_days
+from nodeclient import Usage
 
 from ..models import METERED, Job, LLMCall, LLMCallStatus
 
@@ -73,7 +75,7 @@ def record_call(*, job_id: str, model_id: str, node: str, endpoint: str, streame
         add_to(Job, {"id": job_id}, totals)
         owner_id, function_id, held = _job_facts(job_id)
         if held:
-            spend_from_hold(job_id=job_id, cost=cost,
+            job_money.spend(job_id=job_id, cost=cost,
                             tokens=usage.prompt_tokens + usage.completion_tokens if known else None)
         add_call_to_rollups(call, owner_id=owner_id, function_id=function_id)
     metrics.model_call(model=model_id, node=node, error_code=error_code,
@@ -175,7 +177,7 @@ LEDGER_SUMS = {
 }
 
 
-def _lock_sources() -> None:
+def lock_rollup_sources() -> None:
     """Keep new calls and jobs out until the transaction ends, so a rebuild sees them as they are at one moment.
 
     PostgreSQL: SHARE mode blocks writes to the ledger and to jobs (the gateway and the workers wait) but not
@@ -188,34 +190,18 @@ def _lock_sources() -> None:
             cursor.execute(f"LOCK TABLE {tables} IN SHARE MODE")
 
 
-def rebuild_rollups(*, start: date | None = None, end: date | None = None) -> int:
-    """Recompute the roll-ups of days `start`..`end` (inclusive; open ends reach the first or last day) from the
-    ledger and the Job rows, in one transaction; returns how many roll-up rows were written.
+def calls_by_day(start: date | None, end: date | None) -> QuerySet:
+    """The ledger's sums per (day, owner, function, model): a roll-up source (billing.rebuild)."""
+    return (created_in_days(LLMCall.objects.all(), start, end).annotate(day=TruncDate("created_at"))
+            .values("day", "model_id", owner_id=F("job__owner_id"), function_id=F("job__function_id"))
+            .annotate(**LEDGER_SUMS).order_by())
 
-    Calls and jobs wait while it runs (see _lock_sources), so the result is exact even on a live system.
-    """
-    with transaction.atomic():
-        _lock_sources()
-        rows: dict[tuple, UsageDaily] = {}
 
-        def row(day: date, owner_id: int, function_id: Any, model_id: str) -> UsageDaily:
-            key = (day, owner_id, function_id, model_id)
-            if key not in rows:
-                rows[key] = UsageDaily(day=day, owner_id=owner_id, function_id=function_id, model_id=model_id)
-            return rows[key]
+def jobs_by_day(start: date | None, end: date | None) -> QuerySet:
+    """The jobs created per (day, owner, function, model): a roll-up source (billing.rebuild)."""
+    return (created_in_days(Job.objects.all(), start, end).annotate(day=TruncDate("created_at"))
+            .values("day", "model_id", "owner_id", "function_id")
+            .annotate(count=Count("id")).order_by())
 
-        calls = (created_in_days(LLMCall.objects.all(), start, end).annotate(day=TruncDate("created_at"))
-                 .values("day", "model_id", owner=F("job__owner_id"), function=F("job__function_id"))
-                 .annotate(**LEDGER_SUMS).order_by())
-        for group in calls:
-            target = row(group["day"], group["owner"], group["function"], group["model_id"])
-            for name in CALL_FIELDS:
-                setattr(target, name, group[f"sum_{name}"])
-        jobs = (created_in_days(Job.objects.all(), start, end).annotate(day=TruncDate("created_at"))
-                .values("day", "owner_id", "function_id", "model_id").annotate(count=Count("id")).order_by())
-        for group in jobs:
-            row(group["day"], group["owner_id"], group["function_id"], group["model_id"]).jobs = group["count"]
-        deleted, written = replace_rollups(rows.values(), start=start, end=end)
-    logger.info("rebuilt usage roll-ups %s..%s: %d rows replaced by %d", start or "first day", end or "last day",
-                deleted, written)
-    return written
+
+ROLLUP_SOURCES = RollupSources(lock=lock_rollup_sources, calls=calls_by_day, jobs=jobs_by_day)

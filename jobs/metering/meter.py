@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from models_catalog.nodes import Usage
+from nodeclient import Usage
 
 # Chat templates add role markers and sometimes a default system prompt around each message.
 TEMPLATE_TOKENS_PER_CALL = 64

@@ -9,7 +9,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from models_catalog.nodes import OLLAMA_TO_OPENAI_OPTIONS, Completion
+from nodeclient import OLLAMA_TO_OPENAI_OPTIONS, Completion
 
 OLLAMA, OPENAI = "ollama", "openai"
 GENERATE, CHAT = "generate", "chat"

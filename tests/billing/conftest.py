@@ -90,7 +90,7 @@ def record(transactional_db, clock: Clock) -> Callable[..., Any]:
     record_call closes a connection left in a transaction (the gateway's threads must not hold one), so tests that
     record run on `transactional_db`, as the gateway's own tests do."""
     from jobs.metering.ledger import record_call
-    from models_catalog.nodes import Usage
+    from nodeclient import Usage
 
     def record(job: Any, *, at: datetime | None = None, prompt: int | None = 100, completion: int | None = 50,
                model_id: str | None = None, failed: bool = False):

@@ -4,7 +4,7 @@ from datetime import timedelta
 
 import pytest
 
-from billing.formatting import count, money, percent
+from core.formatting import count, money, percent
 
 DASHBOARD = "/admin/usage/"
 

@@ -7,7 +7,7 @@ import os
 import shutil
 from datetime import timedelta
 
-from billing.formatting import count, money
+from core.formatting import count, money
 from tests.helpers import BROWSER_WAIT as WAIT
 from tests.helpers import text_of
 

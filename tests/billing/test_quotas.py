@@ -1,6 +1,7 @@
-"""Quotas with an up-front cost ceiling: a run whose worst case (its token budget at its model's price) exceeds
-what is left of its owner's monthly quota is refused at submit with what is left; the worst case is held while the
-job runs, its calls move their cost from the hold to what was spent, and its end releases the rest; concurrent
+"""Quotas with an up-front cost ceiling: a run whose worst case (its token budget at the price of the dearest model
+it may call) exceeds what is left of its owner's monthly quota is refused at submit with what is left; the worst
+case is held while the job runs, its calls move their cost from the hold to what was spent, and once its last call
+is billed (billing.job_money.release, from the runner) the rest is released; concurrent
 submits never promise more than the quota. Also: jobs at once, tokens per month, default budgets, and the use
 against the quota in the usage API and on the operator's dashboard."""
 import json
@@ -15,12 +16,13 @@ from django.contrib.auth.models import User
 from django.db import connection, transaction
 
 from accounts.models import Quota
-from billing.formatting import money
+from billing import job_money
 from billing.models import Hold, ModelPrice
 from billing.quotas import lock_quota
+from core.formatting import money
 from jobs.metering.ledger import record_call
 from jobs.models import Job, JobStatus
-from models_catalog.nodes import Usage
+from nodeclient import Usage
 from tests.helpers import deploy
 
 HANDLER = "def handler(event, context):\n    return event\n"
@@ -101,11 +103,40 @@ def test_calls_move_cost_from_the_hold_and_the_end_releases_the_rest(alice, func
     assert Hold.objects.get().tokens == 150
 
     assert Job.objects.move(job_id, JobStatus.SUCCEEDED)
+    job_money.release(job_id=job_id)  # the runner, once the gateway is stopped and the ledger complete
     cost = quota_of(alice)["cost"]
     assert (Decimal(cost["used"]), Decimal(cost["held"]), Decimal(cost["remaining"])) == (
         Decimal("0.2"), Decimal("0"), Decimal("0.8"))
     assert Hold.objects.count() == 0
     assert run(alice, function, budget=400).status_code == 202  # 0.80 fits again
+
+
+@pytest.mark.django_db(transaction=True)
+def test_cancelling_a_running_job_keeps_its_hold_until_its_last_calls_are_billed(alice, function):
+    give_quota(alice, monthly_tokens=1_000)
+    job_id = run(alice, function, budget=1_000).json()["jobId"]
+    assert Job.objects.move(job_id, JobStatus.RUNNING)
+    spend(job_id, prompt=500, completion=284)
+    assert alice.client.post(f"/api/v1/jobs/{job_id}/cancel/").status_code == 200
+
+    # The cancelled job's calls in flight still reach the ledger: until they do, its hold keeps the rest.
+    assert run(alice, function, budget=216).status_code == 402
+    spend(job_id, prompt=100, completion=116)  # a call in flight at the cancel, billed a moment later
+    job_money.release(job_id=job_id)
+    assert quota_of(alice)["tokens"]["used"] == 1_000
+    assert run(alice, function, budget=1).status_code == 402  # never past the limit, whatever the order
+
+
+def test_the_hold_covers_the_dearest_model_the_job_may_call(alice, priced):
+    give_quota(alice, monthly_cost=Decimal("0.50"))
+    cheap = deploy(alice, HANDLER, name="cheap-but-allowed-a-dear-one")
+    alice.client.patch(f"/api/v1/functions/{cheap['functionId']}/", {"allowedModels": [MODEL]}, format="json")
+    response = run(alice, cheap, budget=1_000, model="model-b")  # model-b has no price; model-a costs 2.00 here
+    assert response.status_code == 402, response.content
+    assert Decimal(response.json()["worstCaseCost"]) == Decimal("2")
+    assert "model-a" in response.json()["detail"]
+    assert run(alice, cheap, budget=250, model="model-b").status_code == 202  # 0.50 at model-a's price fits
+    assert Hold.objects.get().cost == Decimal("0.5")
 
 
 def test_cancelling_a_queued_job_releases_its_hold(alice, function):

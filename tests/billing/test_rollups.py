@@ -8,7 +8,7 @@ from django.db import connection
 from django.utils import timezone
 
 from billing.models import UsageDaily
-from jobs.metering.ledger import rebuild_rollups
+from billing.rebuild import rebuild_rollups
 
 
 def rollups() -> dict[tuple, dict]:
@@ -99,7 +99,7 @@ def test_calls_racing_on_a_new_day_make_one_row_with_every_call(alice, usual_pri
     """Many gateway threads record the first calls of a day at once: one roll-up row, nothing lost."""
     from jobs.metering.ledger import record_call
     from jobs.models import LLMCall
-    from models_catalog.nodes import Usage
+    from nodeclient import Usage
 
     function = make_function(alice)
     jobs = [new_job(function, at=day0 - timedelta(days=1)) for _ in range(4)]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from devnode.ollama_front import chat_request, generate_request, openai_options
-from models_catalog.nodes import OLLAMA_TO_OPENAI_OPTIONS
+from nodeclient import OLLAMA_TO_OPENAI_OPTIONS
 
 
 def test_every_option_of_the_platforms_table_reaches_llama_cpp_under_its_openai_name() -> None:

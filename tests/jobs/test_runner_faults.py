@@ -9,9 +9,10 @@ import uuid
 
 import pytest
 
-from jobs.docker_backend import DockerBackend
+from jobs.sandbox.docker_backend import DockerBackend
 from jobs.models import Job
-from jobs.runner import default_profile, hardened_spec, make_workdir_folders, run_job
+from jobs.runner import run_job
+from jobs.sandbox.spec import default_profile, hardened_spec, make_workdir_folders
 from tests.helpers import job_containers, make_job
 
 pytestmark = pytest.mark.usefixtures("served_models")
@@ -149,7 +150,7 @@ def test_the_docker_engine_down_fails_the_job_as_executor_unavailable(alice, job
 
 def test_the_docker_engine_down_through_an_explicit_backend_is_executor_unavailable(alice, job_work_root,
                                                                                      short_tmp):
-    from jobs.docker_backend import DockerBackend
+    from jobs.sandbox.docker_backend import DockerBackend
 
     job = make_job(alice, "def handler(event, context):\n    return 1\n")
     run_job(job.pk, backend=DockerBackend(base_url=f"unix://{short_tmp}/missing/docker.sock"))

@@ -13,7 +13,7 @@ import pytest
 from django.db import connections
 from django.utils import timezone
 
-from jobs.docker_backend import JOB_LABEL
+from jobs.sandbox.docker_backend import JOB_LABEL
 from jobs.models import Job
 from jobs.runner import run_job
 from tests.helpers import container_creations, job_containers, make_job
@@ -80,7 +80,7 @@ def test_a_message_for_a_job_that_does_not_exist_is_dropped(db, settings, tmp_pa
     settings.JOB_WORK_ROOT = tmp_path
     missing = uuid.uuid4()
 
-    with caplog.at_level(logging.WARNING, logger="jobs.runner"):
+    with caplog.at_level(logging.WARNING, logger="jobs.sandbox.recovery"):
         run_job(missing)  # nothing to claim, nothing raised
 
     assert not Job.objects.exists()  # no row was made for it
@@ -169,7 +169,7 @@ def test_a_finished_job_delivered_again_is_left_as_it_was(alice, job_work_root, 
 
 
 def test_recovery_fails_only_the_jobs_past_their_timeout_and_grace(alice, job_work_root, settings):
-    from jobs.runner import recover_lost_jobs
+    from jobs.sandbox.recovery import recover_lost_jobs
 
     settings.JOB_LOST_GRACE_SECONDS = 1
     lost = make_job(alice, CODE, timeout_seconds=1)

@@ -53,7 +53,7 @@ def test_the_container_and_work_folder_are_removed_after_a_failure(alice, job_wo
 
 def test_containers_are_labelled_with_their_job_id_while_they_run(alice, transactional_db, job_work_root,
                                                                   docker_client):
-    from jobs.docker_backend import JOB_LABEL
+    from jobs.sandbox.docker_backend import JOB_LABEL
 
     job = make_job(alice, "import time\ntime.sleep(2)\n", timeout_seconds=20)
     runner = run_in_thread(job.pk)

@@ -4,8 +4,9 @@ import time
 
 import pytest
 
-from jobs.docker_backend import POOL_LABEL
-from jobs.runner import _profile, default_profile, run_job
+from jobs.sandbox.docker_backend import POOL_LABEL
+from jobs.runner import run_job
+from jobs.sandbox.spec import default_profile, job_profile, profile_of
 from tests.helpers import (
     container_creations,
     job_containers,
@@ -53,8 +54,8 @@ def test_with_the_pool_empty_a_job_takes_the_cold_path(alice, warm_pool, docker_
     assert job_containers(docker_client, job.pk) == []
 
 
-def test_a_job_whose_profile_has_no_pool_takes_the_cold_path_and_its_profile_is_warmed_from_then_on(
-        alice, warm_pool, docker_client):
+def test_a_job_whose_profile_has_no_pool_takes_the_cold_path_and_its_profile_is_warmed_once_two_owners_ask(
+        alice, bob, warm_pool, docker_client):
     slot = warm_pool.fill(default_profile())
     job = make_job(alice, CONSTANT, memory_mb=128)
     since = time.time()
@@ -63,7 +64,22 @@ def test_a_job_whose_profile_has_no_pool_takes_the_cold_path_and_its_profile_is_
     assert job.container_id != slot.container_id
     assert container_creations(docker_client, job.pk, since) == 1
     assert warm_pool.ready_count(default_profile()) == 1  # the default profile's container is still waiting
-    assert _profile(job) in warm_pool._wanted
+    assert job_profile(job) not in warm_pool._wanted  # one owner's size is not warmed for everyone
+    assert run(make_job(bob, CONSTANT, memory_mb=128)).status == "succeeded"
+    assert job_profile(job) in warm_pool._wanted
+
+
+def test_one_owner_cannot_evict_the_default_profile_with_odd_sizes(alice, job_work_root):
+    pool = make_warm_pool(job_work_root, size=1)
+    pool._pinned.add(default_profile())
+    pool._wanted[default_profile()] = time.monotonic()
+    for memory_mb in range(100, 110):  # ten sizes, more than max_profiles, all from one owner
+        assert pool.take(profile_of(memory_mb=memory_mb), owner=alice.id) is None
+    assert list(pool._wanted) == [default_profile()]
+    for memory_mb in range(100, 110):  # asked by a second owner too: warmed, up to max_profiles besides the default
+        pool.take(profile_of(memory_mb=memory_mb), owner="someone else")
+    assert default_profile() in pool._wanted
+    assert len(pool._wanted) == 1 + pool.max_profiles
 
 
 def test_the_pool_on_means_a_started_pool_keeps_its_size_ready(alice, job_work_root, docker_client):
@@ -86,8 +102,8 @@ def test_the_pool_on_means_a_started_pool_keeps_its_size_ready(alice, job_work_r
 
 
 def test_the_pool_off_means_no_container_is_made_ahead(alice, settings, docker_client):
-    from jobs import warm_pool as pools
-    from jobs.runner import start_warm_pool
+    from jobs.sandbox import warm_pool as pools
+    from jobs.sandbox.engine import start_warm_pool
 
     settings.WARM_POOL_SIZE = 0
     assert start_warm_pool() is None
@@ -117,7 +133,7 @@ def test_a_pooled_container_removed_before_its_job_arrives_is_passed_over_and_th
 
 
 def test_a_pooled_container_that_dies_while_waiting_is_replaced(alice, job_work_root, docker_client, monkeypatch):
-    from jobs import warm_pool as pools
+    from jobs.sandbox import warm_pool as pools
 
     monkeypatch.setattr(pools, "CHECK_SECONDS", 0.2)
     pool = make_warm_pool(job_work_root, size=1).start([default_profile()])
@@ -160,7 +176,7 @@ def test_a_container_made_while_the_pool_checks_for_dead_ones_is_kept(job_work_r
 
 
 def test_a_pooled_container_older_than_the_maximum_age_is_not_used(alice, job_work_root, docker_client):
-    from jobs import warm_pool as pools
+    from jobs.sandbox import warm_pool as pools
 
     pool = make_warm_pool(job_work_root, max_age_seconds=1).start()
     previous = pools.install(pool)
@@ -200,7 +216,7 @@ def test_a_pooled_job_past_its_timeout_is_timed_out_and_its_container_removed(al
 def test_a_pooled_memory_hog_fails_with_out_of_memory(alice, warm_pool):
     code = "chunks = []\nwhile True:\n    chunks.append(b'x' * (8 << 20))\n"
     job = make_job(alice, code, memory_mb=64, timeout_seconds=30)
-    slot = warm_pool.fill(_profile(job))
+    slot = warm_pool.fill(job_profile(job))
     job = run(job)
     assert job.container_id == slot.container_id
     assert (job.status, job.error_code) == ("failed", "out_of_memory"), job.stderr

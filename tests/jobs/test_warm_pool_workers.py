@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from jobs.models import Job
-from jobs.warm_pool import HOST_LABEL, PID_LABEL, POOL_LABEL, SLOT_LABEL
+from jobs.sandbox.warm_pool import HOST_LABEL, PID_LABEL, POOL_LABEL, SLOT_LABEL
 from tests.helpers import deploy, pool_ready_timeout, submit, wait_for, wait_for_status
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("served_models")]

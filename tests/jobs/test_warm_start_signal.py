@@ -7,8 +7,8 @@ import os
 import threading
 import time
 
-from jobs.runner import default_profile
-from jobs.warm_pool import Slot
+from jobs.sandbox.spec import default_profile
+from jobs.sandbox.warm_pool import Slot
 
 
 def test_the_start_fifo_is_gone_before_the_runtime_reads_the_first_byte_of_its_job(tmp_path):

@@ -9,7 +9,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
-# The README's "Deploying" section documents exactly these.
+# docs/operating.md's "Environment" section documents exactly these.
 PRODUCTION_ENV = {
     "ENVIRONMENT": "production",
     "SECRET_KEY": secrets.token_urlsafe(50),

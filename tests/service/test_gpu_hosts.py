@@ -236,7 +236,7 @@ def platform(request, settings, use_broker, short_tmp: Path, moto_endpoint) -> I
             forwarder.close()
         for host in hosts.values():
             _remove_namespace(host)
-        from jobs.docker_backend import DockerBackend
+        from jobs.sandbox.docker_backend import DockerBackend
         from jobs.models import Job
 
         for job_id in Job.objects.values_list("pk", flat=True):
@@ -271,7 +271,7 @@ def models_by_id(client) -> tuple[dict[str, dict], str]:
 def test_each_host_runs_its_own_models_jobs_and_a_dead_worker_costs_only_its_own_job(
         platform: Platform, alice, settings, docker_client):
     from jobs.models import Job, LLMCall
-    from jobs.runner import recover_lost_jobs
+    from jobs.sandbox.recovery import recover_lost_jobs
 
     a, b = platform.hosts["host-a"], platform.hosts["host-b"]
     models, warning = models_by_id(alice.client)

@@ -19,9 +19,10 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
+from .runtime_user import RUNTIME_GID
+
 logger = logging.getLogger(__name__)
 
-RUNTIME_GID = 10001  # the group of the container's user (runner.RUNTIME_USER is 10001:10001)
 JOB_DIR_MODE = 0o700
 SHARED_DIR_MODE = 0o750
 SHARED_FILE_MODE = 0o640

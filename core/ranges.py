@@ -6,7 +6,7 @@ from datetime import date, datetime, time, timedelta
 from django.db.models import QuerySet
 from django.utils import timezone
 
-from core.errors import DomainError
+from .errors import DomainError
 
 # A range longer than this is refused: the dashboard draws one bar per day.
 MAX_RANGE_DAYS = 3660

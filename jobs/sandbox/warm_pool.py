@@ -6,8 +6,11 @@ start FIFO); its runtime (`sdk/warm.py`) waits on the FIFO. A claimed job takes 
 profile, fills it, binds its gateway there and writes its environment to the FIFO: the script starts. The
 container serves that one job and is removed after it; it never saw another job's code, input, files or processes.
 
-Pools are keyed by `Profile`. A job whose profile has no ready slot takes the cold path, and makes its profile
-wanted, so the pool keeps a few of those too (at most `max_profiles` profiles, the least recently used dropped).
+Pools are keyed by `Profile`. The profiles the pool starts with (the default one) are pinned: always kept warm. A
+job whose profile has no ready slot takes the cold path; once jobs of `owners_to_warm` different owners have asked
+for a profile, the pool keeps that one warm too (at most `max_profiles` profiles besides the pinned ones, the least
+recently used dropped). So one tenant's odd sizes can neither evict the default profile nor crowd out the profiles
+that several owners use.
 Refill, pruning of dead or old containers, and removal of used ones run in background threads, off the job's path.
 
 Ownership: every pool container carries POOL_LABEL (this pool's owner id) and the host name, process id and
@@ -162,8 +165,10 @@ class WarmPool:
 
     def __init__(self, *, size: int, root: Path, spec_for: Callable[[Profile, Path], ContainerSpec],
                  layout: Callable[[Path], object], backend_factory: Callable[[], DockerBackend],
-                 max_age_seconds: float = 600.0, max_profiles: int = 4, owner: str | None = None):
+                 max_age_seconds: float = 600.0, max_profiles: int = 4, owners_to_warm: int = 2,
+                 owner: str | None = None):
         self.size = size
+        self.owners_to_warm = owners_to_warm
         self.root = Path(root)
         self.max_age_seconds = max_age_seconds
         self.max_profiles = max_profiles
@@ -174,6 +179,9 @@ class WarmPool:
         self._lock = threading.Lock()
         self._ready: dict[Profile, deque[Slot]] = {}
         self._wanted: dict[Profile, float] = {}  # profile -> last time a job asked for it
+        self._pinned: set[Profile] = set()
+        # Profiles asked for but not warmed yet -> the owners who asked (bounded: see _note_demand).
+        self._asked: dict[Profile, set[object]] = {}
         self._wake = threading.Event()
         self._stopped = threading.Event()
         self._retired: queue.Queue[Slot | None] = queue.Queue()
@@ -185,6 +193,7 @@ class WarmPool:
         """Remove the orphans of dead owners on this host, then keep `size` ready containers of each profile."""
         reap_orphans(self._backend_factory(), root=self.root)
         for profile in profiles:
+            self._pinned.add(profile)
             self._want(profile)
         self._threads = [
             threading.Thread(target=self._refill_loop, name="warm-pool-refill", daemon=True),
@@ -216,12 +225,14 @@ class WarmPool:
 
     # --- the job's side -----------------------------------------------------------------------------------------
 
-    def take(self, profile: Profile) -> Slot | None:
-        """A ready slot of `profile`, or None (the job takes the cold path). Never waits for a container."""
+    def take(self, profile: Profile, *, owner: object = None) -> Slot | None:
+        """A ready slot of `profile`, or None (the job takes the cold path). Never waits for a container. `owner`
+        (the job's owner) counts towards warming a profile that is not warm yet."""
         stale: list[Slot] = []
         slot = None
         with self._lock:
-            self._want(profile)
+            if profile in self._wanted or self._note_demand(profile, owner):
+                self._want(profile)
             ready = self._ready.get(profile, deque())
             while ready and slot is None:
                 candidate = ready.popleft()
@@ -258,12 +269,23 @@ class WarmPool:
 
     # --- background work ---------------------------------------------------------------------------------------
 
+    def _note_demand(self, profile: Profile, owner: object) -> bool:
+        """Count `owner`'s ask for a profile that is not warm (the lock held); True once enough owners asked."""
+        owners = self._asked.setdefault(profile, set())
+        owners.add(owner)
+        if len(owners) >= self.owners_to_warm:
+            del self._asked[profile]
+            return True
+        if len(self._asked) > 4 * max(self.max_profiles, 1):  # a flood of odd sizes: forget the oldest asks
+            del self._asked[next(iter(self._asked))]
+        return False
+
     def _want(self, profile: Profile) -> None:
-        """Mark `profile` as wanted (called with the lock held); the least recently wanted one beyond
-        `max_profiles` is dropped and its containers retired."""
+        """Mark `profile` as wanted (called with the lock held); the least recently wanted unpinned one beyond
+        `max_profiles` is dropped and its containers retired. Pinned profiles are never dropped."""
         self._wanted[profile] = time.monotonic()
-        while len(self._wanted) > self.max_profiles:
-            oldest = min(self._wanted, key=self._wanted.__getitem__)
+        while len(self._wanted) - len(self._pinned & self._wanted.keys()) > self.max_profiles:
+            oldest = min((p for p in self._wanted if p not in self._pinned), key=self._wanted.__getitem__)
             del self._wanted[oldest]
             for slot in self._ready.pop(oldest, ()):
                 self._retired.put(slot)

@@ -1,4 +1,4 @@
-"""models_catalog.nodes against a real AI node (llama.cpp via xllamacpp, plus its Ollama front) and against
+"""nodeclient against a real AI node (llama.cpp via xllamacpp, plus its Ollama front) and against
 tiny local servers that misbehave on purpose. No Django needed.
 
 A 135M model is terse and odd: the tests assert shapes, token counts and done reasons, never words.
@@ -17,7 +17,7 @@ from typing import Any
 import ollama
 import pytest
 
-from models_catalog.nodes import Completion, NodeClient, NodeError, client_for
+from nodeclient import Completion, NodeClient, NodeError, client_for
 from tests.ai_node_fixture import AINode
 
 KINDS = ("openai", "ollama")

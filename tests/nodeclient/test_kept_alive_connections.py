@@ -6,11 +6,11 @@ had been closed before the node read it.
 from __future__ import annotations
 
 import socket
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import pytest
 
-from models_catalog.nodes import Cancellation, Completion, NodeError, client_for
+from nodeclient import Cancellation, Completion, NodeError, client_for
 from tests.ai_node_fixture import AINode
 from tests.models_catalog.helpers import Listener, Relay
 
@@ -25,8 +25,10 @@ def kind(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture
-def relayed(kind: str, ai_node: AINode, relay: Callable[..., Relay]) -> Relay:
-    return relay(ai_node.openai_url if kind == "openai" else ai_node.ollama_url)
+def relayed(kind: str, ai_node: AINode) -> Iterator[Relay]:
+    relay = Relay(ai_node.openai_url if kind == "openai" else ai_node.ollama_url)
+    yield relay
+    relay.stop()
 
 
 def _final(stream: Iterator[str | Completion]) -> Completion:

@@ -3,10 +3,10 @@ import time
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from billing.ranges import parse_day
 from core.errors import DomainError
+from core.ranges import parse_day
 
-from ...metering.ledger import rebuild_rollups
+from ...rebuild import rebuild_rollups
 
 
 class Command(BaseCommand):
