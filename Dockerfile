@@ -27,8 +27,12 @@ RUN pip install -q --no-cache-dir --disable-pip-version-check -r /app/requiremen
 
 # The service user. The worker needs the Docker socket, and whoever may use that socket is root on the host in
 # all but name: run the worker with --group-add <the socket's group> (or as root), web and beat as this user.
+# The service user is also in group 10001, the job container's (jobs/sandbox/runtime_user.py): a worker that is not
+# root can then give a job's folders and its gateway socket to that group alone, instead of opening them to every
+# local user.
 RUN groupadd --gid 10002 app \
- && useradd --uid 10002 --gid 10002 --home-dir /app --no-create-home --shell /usr/sbin/nologin app \
+ && groupadd --gid 10001 ainode-job \
+ && useradd --uid 10002 --gid 10002 --groups 10001 --home-dir /app --no-create-home --shell /usr/sbin/nologin app \
  && install -d -o 10002 -g 10002 -m 0755 /var/lib/infra-ainode /var/lib/infra-ainode/prometheus
 
 COPY . /app
@@ -42,7 +46,8 @@ RUN chmod 0755 /app/scripts/container-entrypoint.sh \
 ENV ENVIRONMENT=production DJANGO_SETTINGS_MODULE=infra_ainode.settings VAR_DIR=/var/lib/infra-ainode \
     PROMETHEUS_MULTIPROC_DIR=/var/lib/infra-ainode/prometheus WEB_BIND=0.0.0.0:8000
 
-USER 10002:10002
+# The uid alone, so that the engine adds the user's other groups (10001) from /etc/group.
+USER 10002
 EXPOSE 8000
 ENTRYPOINT ["/app/scripts/container-entrypoint.sh"]
 CMD ["web"]

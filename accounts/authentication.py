@@ -16,6 +16,10 @@ class ApiKeyAuthentication(BaseAuthentication):
     def authenticate(self, request: Request) -> tuple[User, ApiKey] | None:
         raw_key = request.headers.get("x-api-key", "")
         authorization = request.headers.get("Authorization", "")
+        if raw_key and authorization:
+            # Which one would be meant? Neither is guessed: a client that sends two credentials is told so.
+            raise AuthenticationFailed("Send one credential: either x-api-key or Authorization, not both.",
+                                       code="ambiguous_credentials")
         if not raw_key and authorization:
             scheme, _, token = authorization.partition(" ")
             if scheme.lower() != "bearer" or not token.strip():

@@ -16,6 +16,21 @@ RETRY_PAUSES = (0.5, 1.0, 2.0)
 MAX_RETRY_AFTER = 60.0
 
 
+class _KeyStaysHome(urllib.request.HTTPRedirectHandler):
+    """Follows a redirect on the same host (an http -> https upgrade, say) with the key; to another host, without
+    it: urllib would otherwise send the Authorization header wherever a redirect points."""
+
+    def redirect_request(self, req: urllib.request.Request, fp: Any, code: int, msg: str, headers: Any,
+                         newurl: str) -> urllib.request.Request | None:
+        new = super().redirect_request(req, fp, code, msg, headers, newurl)
+        if new is not None and urllib.parse.urlsplit(newurl).hostname != urllib.parse.urlsplit(req.full_url).hostname:
+            new.remove_header("Authorization")
+        return new
+
+
+_opener = urllib.request.build_opener(_KeyStaysHome)
+
+
 class ApiError(Exception):
     """The API answered an error: its HTTP status, and the `detail` and `code` of its body."""
 
@@ -69,7 +84,7 @@ class Client:
         while True:
             request = urllib.request.Request(self.url + path, data=data, method=method, headers=all_headers)
             try:
-                with urllib.request.urlopen(request, timeout=self.timeout) as response:
+                with _opener.open(request, timeout=self.timeout) as response:
                     return Answer(response.status, _decode(response.read()), dict(response.headers))
             except urllib.error.HTTPError as error:
                 answer = Answer(error.code, _decode(error.read()), dict(error.headers))

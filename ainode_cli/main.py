@@ -54,7 +54,10 @@ def cmd_deploy(client: Client, args: argparse.Namespace) -> int:
     name = args.name or (path.resolve().name if path.is_dir() else path.stem)
     settings = {key: value for key, value in (("memoryMb", args.memory), ("timeoutSeconds", args.timeout),
                                               ("tokenBudget", args.budget)) if value is not None}
-    body = {"name": name, "codeBase64": base64.b64encode(code).decode(), **settings}
+    # A folder's requirements.txt is its dependencies: sent even when absent (empty), so that removing the file
+    # removes them from the new version. A file or zip given alone keeps what the server makes of it.
+    code_fields = {"codeBase64": base64.b64encode(code).decode(), **_requirements_of(path)}
+    body = {"name": name, **code_fields, **settings}
     try:
         answer = client.post("/api/v1/functions/", body, headers={"Idempotency-Key": str(uuid.uuid4())})
         function, verb = answer.body, "deployed"
@@ -62,15 +65,23 @@ def cmd_deploy(client: Client, args: argparse.Namespace) -> int:
         if error.code != "function_exists":
             raise
         existing = _function_named(client, name)
-        function = client.patch(f"/api/v1/functions/{existing['functionId']}/",
-                                {"codeBase64": body["codeBase64"], **settings}).body
+        function = client.patch(f"/api/v1/functions/{existing['functionId']}/", {**code_fields, **settings}).body
         verb = "updated"
+    if not args.no_wait:
+        function = _wait_for_dependencies(client, function, quiet=args.json)
+    dependencies = function.get("dependencies") or {}
     if args.json:
         output.as_json(function)
     else:
         print(f"{verb} function {function['name']} v{function['version']} ({function['functionId']})")
         output.fields([("memory", f"{function['memoryMb']} MB"), ("timeout", f"{function['timeoutSeconds']} s"),
-                       ("token budget", function.get("tokenBudget")), ("files", ", ".join(function["files"]))])
+                       ("token budget", function.get("tokenBudget")), ("files", ", ".join(function["files"])),
+                       ("dependencies", _dependencies_line(dependencies) if dependencies else None)])
+    if dependencies.get("status") == "failed":
+        if not args.json:
+            print(f"ainode: the dependencies failed to build ({dependencies['errorCode']}); the build's log:\n"
+                  f"{dependencies['log']}", file=sys.stderr)
+        return EXIT_REFUSED
     return EXIT_OK
 
 
@@ -192,6 +203,40 @@ def _code_of(path: Path) -> bytes:
     if path.is_file():
         return path.read_bytes()
     raise UsageError(f"{path}: no such file or folder")
+
+
+def _requirements_of(path: Path) -> dict[str, str]:
+    """The `requirements` field of a deploy of `path`: a folder's requirements.txt, or none for a file."""
+    if not path.is_dir():
+        return {}
+    file = path / "requirements.txt"
+    return {"requirements": file.read_text() if file.is_file() else ""}
+
+
+def _wait_for_dependencies(client: Client, function: dict[str, Any], *, quiet: bool) -> dict[str, Any]:
+    """`function` once its dependencies are no longer building, with a progress line (on a terminal)."""
+    if (function.get("dependencies") or {}).get("status") != "building":
+        return function
+    if not quiet:
+        print(f"building the dependencies of {function['name']} (requirements.txt)...", file=sys.stderr)
+    progress = output.Progress()
+    while (function.get("dependencies") or {}).get("status") == "building":
+        progress.show("building dependencies")
+        time.sleep(POLL_SECONDS)
+        function = client.get(f"/api/v1/functions/{function['functionId']}/").body
+    progress.done()
+    return function
+
+
+def _dependencies_line(dependencies: dict[str, Any]) -> str:
+    packages = dependencies.get("packages") or {}
+    size = dependencies.get("sizeBytes")
+    details = [f"{len(packages)} packages"] if packages else []
+    if size:
+        details.append(f"{size / 1e6:.1f} MB")
+    if dependencies.get("buildSeconds") is not None:
+        details.append(f"built in {dependencies['buildSeconds']:.1f} s")
+    return f"{dependencies['status']}" + (f" ({', '.join(details)})" if details else "")
 
 
 def _input(raw: str | None) -> Any:
@@ -363,6 +408,8 @@ def parser() -> argparse.ArgumentParser:
     deploy.add_argument("--memory", type=int, metavar="MB")
     deploy.add_argument("--timeout", type=int, metavar="SECONDS")
     deploy.add_argument("--budget", type=int, metavar="TOKENS", help="most tokens one job may spend")
+    deploy.add_argument("--no-wait", action="store_true",
+                        help="do not wait for the dependencies (requirements.txt) to be built")
 
     run = command("run", cmd_run, "run a function and wait for its result")
     run.add_argument("function", metavar="FUNCTION", help="a function's id or name")

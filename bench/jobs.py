@@ -198,14 +198,15 @@ def wait_for_pool(stack: Stack, expected: int) -> None:
     print(f"  (the pool did not reach {expected} ready containers in 60 s)")
 
 
-def bare_docker_run(image: str) -> float:
+def bare_docker_run(image: str, *, options: tuple[str, ...] = (), script: str = "pass") -> float:
+    """Milliseconds of one `docker run` of `python3 -c script`, hardened as a job (plus `options`, e.g. a mount)."""
     started = time.perf_counter()
     tmpfs = "size=64m,mode=1777,noexec,nosuid,nodev"
     subprocess.run(["docker", "run", "--rm", "--network", "none", "--read-only", "--tmpfs", f"/tmp:{tmpfs}",
                     "--tmpfs", f"/job/out:{tmpfs}", "--cap-drop", "ALL", "--security-opt", "no-new-privileges:true",
                     "--pids-limit", "64", "--memory", "256m", "--memory-swap", "256m", "--cpus", "1", "--ipc", "none",
-                    "--init", "--user", "10001:10001", "--log-driver", "none", image, "python3", "-c", "pass"],
-                   check=True, stdout=subprocess.DEVNULL)
+                    "--init", "--user", "10001:10001", "--log-driver", "none", *options, image, "python3", "-c",
+                    script], check=True, stdout=subprocess.DEVNULL)
     return (time.perf_counter() - started) * 1000
 
 
@@ -376,6 +377,19 @@ def measure(args: argparse.Namespace, pool_size: int, image: str) -> None:
             shutil.rmtree(folder, ignore_errors=True)
 
 
+def runtime_image() -> str:
+    """JOB_RUNTIME_IMAGE as the settings give it, with Django set up in this process (on an in-memory database)."""
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "infra_ainode.settings")
+    os.environ.setdefault("DATABASE_URL", "sqlite:///:memory:")
+    sys.path.insert(0, str(REPO_ROOT))
+    import django
+
+    django.setup()
+    from django.conf import settings
+
+    return settings.JOB_RUNTIME_IMAGE
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sync", type=int, default=30, help="synchronous jobs (and bare docker runs) to time")
@@ -387,16 +401,7 @@ def main() -> None:
     parser.add_argument("--node-url", default=os.environ.get("AI_NODE_URL", "http://127.0.0.1:8090"))
     parser.add_argument("--port", type=int, default=int(os.environ.get("WEB_PORT", "8105")))
     args = parser.parse_args()
-
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "infra_ainode.settings")
-    os.environ.setdefault("DATABASE_URL", "sqlite:///:memory:")
-    sys.path.insert(0, str(REPO_ROOT))
-    import django
-
-    django.setup()
-    from django.conf import settings
-
-    image = settings.JOB_RUNTIME_IMAGE
+    image = runtime_image()
     print(f"{os.cpu_count()} CPUs; image {image}; node {args.node_url}")
     for size in (int(value) for value in args.pool_sizes.split(",")):
         measure(args, size, image)

@@ -73,7 +73,8 @@ def admit(*, owner: User, quota: Quota, job_id: Any, model_ids: list[str], token
 
 
 def spend(*, job_id: Any, cost: Decimal | None, tokens: int | None) -> None:
-    """A call of the job was recorded: what it cost is spent now, no longer held (never below zero)."""
+    """A call of the job was recorded: what it cost is spent now, no longer held (never below zero). A correction
+    (a call counted again) may be negative: it gives back to the hold what was spent too much."""
     changes: dict[str, Any] = {}
     if cost:
         changes["cost"] = Greatest(F("cost") - cost, Decimal(0))

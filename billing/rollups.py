@@ -53,6 +53,13 @@ def add_call_to_rollups(call: Any, *, owner_id: int, function_id: Any) -> None:
                     "model_id": call.model_id}, {name: value for name, value in increments.items() if value})
 
 
+def add_correction_to_rollups(call: Any, *, owner_id: int, function_id: Any, increments: dict[str, Any]) -> None:
+    """Add `increments` (differences, possibly negative) to the roll-up of ledger row `call`'s day: a call counted
+    again (jobs.metering.reconcile). Call it in the transaction that corrected the row."""
+    _add_to_rollup({"day": timezone.localdate(call.created_at), "owner_id": owner_id, "function_id": function_id,
+                    "model_id": call.model_id}, increments)
+
+
 def add_job_to_rollups(job: Any) -> None:
     """Count a new job in its day's roll-up, under the job's own model. Call it in the transaction that creates the
     job (`jobs.services.create_job` does), so that the job and its count commit together."""

@@ -100,11 +100,34 @@ def process_exited(pid: int) -> None:
         multiprocess.mark_process_dead(pid)
 
 
-def start_worker_exporter(*, port: int, address: str) -> None:
-    """Serve this worker's metrics (all its pool processes) over HTTP on address:port, in a daemon thread."""
-    from prometheus_client import start_http_server
+def start_worker_exporter(*, port: int, address: str, token: str) -> None:
+    """Serve this worker's metrics (all its pool processes) over HTTP on address:port, in a daemon thread. With
+    `token`, a scrape needs `Authorization: Bearer <token>` (403 otherwise), as the web's /metrics does. Raises
+    ValueError for an address other than loopback without a token: metrics name models, nodes and error codes."""
+    import hmac
+    import ipaddress
+    import threading
+    from wsgiref.simple_server import WSGIRequestHandler, make_server
 
-    start_http_server(port, addr=address, registry=registry())
+    from prometheus_client import make_wsgi_app
+
+    if not token and not ipaddress.ip_address(address).is_loopback:
+        raise ValueError(f"worker metrics on {address} need METRICS_TOKEN (or a loopback address)")
+    metrics_app = make_wsgi_app(registry())
+
+    def app(environ: dict, start_response):  # noqa: ANN202 - WSGI
+        given = environ.get("HTTP_AUTHORIZATION", "").removeprefix("Bearer ").strip()
+        if token and not hmac.compare_digest(given.encode(), token.encode()):
+            start_response("403 Forbidden", [("Content-Type", "text/plain")])
+            return [b"metrics need the scrape token\n"]
+        return metrics_app(environ, start_response)
+
+    class _Quiet(WSGIRequestHandler):
+        def log_message(self, format: str, *args: object) -> None:  # scrapes every few seconds: not worth a line
+            pass
+
+    server = make_server(address, port, app, handler_class=_Quiet)
+    threading.Thread(target=server.serve_forever, name="worker-metrics", daemon=True).start()
 
 
 class _Own(Collector):

@@ -104,7 +104,8 @@ def _serve_worker_metrics(**kwargs: Any) -> None:
     from core import metrics
 
     if settings.WORKER_METRICS_PORT:
-        metrics.start_worker_exporter(port=settings.WORKER_METRICS_PORT, address=settings.WORKER_METRICS_ADDRESS)
+        metrics.start_worker_exporter(port=settings.WORKER_METRICS_PORT, address=settings.WORKER_METRICS_ADDRESS,
+                                      token=settings.METRICS_TOKEN)
 
 
 @worker_init.connect

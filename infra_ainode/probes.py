@@ -2,9 +2,12 @@
 and /metrics for Prometheus.
 
 The probes are unauthenticated, plain Django views (no DRF, no session, no database for /healthz), answered by
-ProbesMiddleware ahead of the host check and the HTTPS redirect. /readyz asks the database, the broker, Redis (when REDIS_URL is set) and the AI nodes at once,
-each bounded by READYZ_TIMEOUT milliseconds, and answers 200 when all are up and 503 naming the ones that are down.
-The AI nodes count as up when at least one enabled node answers its health route.
+ProbesMiddleware ahead of the host check and the HTTPS redirect. /readyz asks the database, the broker, Redis (when
+REDIS_URL is set) and the AI nodes at once, each bounded by READYZ_TIMEOUT milliseconds, and answers 200 when all
+are up and 503 naming the ones that are down. The AI nodes count as up when at least one enabled node answers its
+health route. Anyone may ask, so the answer says only which checks are up; what each learnt (node addresses, the
+database's vendor, error texts) is for the operator: with the scrape token (as /metrics), or in the log. The
+answer is kept READYZ_CACHE_SECONDS, so a flood of probes costs the dependencies one round of checks per period.
 """
 from __future__ import annotations
 
@@ -66,6 +69,25 @@ def healthz(request: HttpRequest) -> JsonResponse:
 @require_GET
 @never_cache
 def readyz(request: HttpRequest) -> JsonResponse:
+    results = _readiness()
+    down = sorted(name for name, result in results.items() if not result["ok"])
+    if _may_scrape(request):
+        checks = results
+    else:
+        checks = {name: {"ok": result["ok"]} for name, result in results.items()}
+    body = {"status": "unavailable" if down else "ok", "down": down, "checks": checks}
+    return JsonResponse(body, status=503 if down else 200)
+
+
+_last_readiness: tuple[float, dict[str, dict[str, Any]]] = (float("-inf"), {})
+
+
+def _readiness() -> dict[str, dict[str, Any]]:
+    """The checks' results, asked again at most every READYZ_CACHE_SECONDS (per process)."""
+    global _last_readiness
+    asked_at, results = _last_readiness
+    if time.monotonic() - asked_at < settings.READYZ_CACHE_SECONDS:
+        return results
     checks: dict[str, Callable[[float], dict[str, Any]]] = {
         "database": _check_database, "broker": _check_broker, "ai_nodes": _check_ai_nodes,
     }
@@ -75,8 +97,8 @@ def readyz(request: HttpRequest) -> JsonResponse:
     down = sorted(name for name, result in results.items() if not result["ok"])
     if down:
         logger.warning("not ready: %s", ", ".join(f"{name} ({results[name].get('error')})" for name in down))
-    body = {"status": "unavailable" if down else "ok", "down": down, "checks": results}
-    return JsonResponse(body, status=503 if down else 200)
+    _last_readiness = (time.monotonic(), results)
+    return results
 
 
 def run_checks(checks: dict[str, Callable[[float], dict[str, Any]]], *, timeout: float) -> dict[str, dict[str, Any]]:

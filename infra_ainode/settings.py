@@ -33,14 +33,17 @@ def env_int(name: str, default: int, *, minimum: int | None = None) -> int:
     return value
 
 
-def env_float(name: str, default: float) -> float:
+def env_float(name: str, default: float, *, minimum: float | None = None) -> float:
     raw = os.environ.get(name)
     if raw is None or raw == "":
         return default
     try:
-        return float(raw)
+        value = float(raw)
     except ValueError:
         raise ImproperlyConfigured(f"{name} must be a number, got {raw!r}") from None
+    if minimum is not None and value < minimum:
+        raise ImproperlyConfigured(f"{name} must be at least {minimum}, got {value}")
+    return value
 
 
 def env_bool(name: str, default: bool) -> bool:
@@ -213,10 +216,13 @@ if LOG_FORMAT == "json":
 # ---------------------------------------------------------------------------------------------------------
 # Each /readyz check (database, broker, Redis, AI nodes) gets this many milliseconds; they run at once.
 READYZ_TIMEOUT = env_int("READYZ_TIMEOUT", 2000, minimum=1)
+# A process answers /readyz from its last round of checks for this long (0: every probe checks anew).
+READYZ_CACHE_SECONDS = env_float("READYZ_CACHE_SECONDS", 2.0, minimum=0.0)
 # /metrics asks for `Authorization: Bearer METRICS_TOKEN`; with no token it answers only to loopback clients, and
 # in production to nobody.
 METRICS_TOKEN = env_str("METRICS_TOKEN", "")
-# A worker serves its own metrics on this port (0: not at all), on WORKER_METRICS_ADDRESS.
+# A worker serves its own metrics on this port (0: not at all), on WORKER_METRICS_ADDRESS; with METRICS_TOKEN set
+# a scrape needs it, and an address other than loopback refuses to start without one.
 WORKER_METRICS_PORT = env_int("WORKER_METRICS_PORT", 0, minimum=0)
 WORKER_METRICS_ADDRESS = env_str("WORKER_METRICS_ADDRESS", "127.0.0.1")
 # A worker touches this file every WORKER_HEARTBEAT_SECONDS from its own timer (empty: no file); a liveness
@@ -329,9 +335,21 @@ REDIS_URL = env_str("REDIS_URL", "")
 # The cache holds the throttles' request counts and the generations of the cached look-ups (core.lookups): it must
 # be shared by every web process, so it is Redis when there is one, else files under VAR_DIR (every process on this
 # host; web processes on several hosts need REDIS_URL).
-CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL}
-          if REDIS_URL else {"BACKEND": "django.core.cache.backends.filebased.FileBasedCache",
-                             "LOCATION": str(VAR_DIR / "cache"), "OPTIONS": {"MAX_ENTRIES": 10_000}}}
+# CACHE_KEY_PREFIX keeps apart stacks (or test processes) that share one Redis or one VAR_DIR.
+CACHE_KEY_PREFIX = env_str("CACHE_KEY_PREFIX", "")
+
+
+def cache_config(prefix: str) -> dict[str, dict]:
+    """CACHES for key prefix `prefix`: Redis when REDIS_URL is set, else files in a folder of the prefix's own."""
+    if REDIS_URL:
+        return {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL,
+                            "KEY_PREFIX": prefix}}
+    return {"default": {"BACKEND": "django.core.cache.backends.filebased.FileBasedCache", "KEY_PREFIX": prefix,
+                        "LOCATION": str(VAR_DIR / "cache" / (prefix or "default")),
+                        "OPTIONS": {"MAX_ENTRIES": 10_000}}}
+
+
+CACHES = cache_config(CACHE_KEY_PREFIX)
 # How long a process may keep a look-up of an API key (with its user and quota), a function or a model's route. A
 # revoked key, a changed quota, function or catalogue is seen by every process at its next request (the change
 # writes a new generation to the cache); the time to live only bounds changes made behind the services' back (a
@@ -342,12 +360,18 @@ RUN_SYNC_TIMEOUT = env_float("RUN_SYNC_TIMEOUT", 30.0)
 
 # ---------------------------------------------------------------------------------------------------------
 # Live job events (GET /api/v1/jobs/{id}/events): kept in Redis streams when REDIS_URL is set, else in the
-# JobEvent table. Each listener holds one web thread (or one sync worker) while it follows a job: bound them.
+# JobEvent table. Each listener holds one web thread while it follows a job: bound them.
 # ---------------------------------------------------------------------------------------------------------
 JOB_EVENTS_TTL_SECONDS = env_int("JOB_EVENTS_TTL_SECONDS", 86400, minimum=60)
 JOB_EVENTS_POLL_SECONDS = env_float("JOB_EVENTS_POLL_SECONDS", 0.25)
 JOB_EVENTS_KEEPALIVE_SECONDS = env_float("JOB_EVENTS_KEEPALIVE_SECONDS", 15.0)
+# A web process follows at most this many jobs at once, and never more than half its threads (WEB_THREADS): the
+# other half answers the API and the probes. One user follows at most JOB_EVENTS_MAX_PER_USER jobs per process.
 JOB_EVENTS_MAX_LISTENERS = env_int("JOB_EVENTS_MAX_LISTENERS", 100, minimum=1)
+JOB_EVENTS_MAX_PER_USER = env_int("JOB_EVENTS_MAX_PER_USER", 2, minimum=1)
+# The threads of each gunicorn worker (infra_ainode/gunicorn.conf.py reads the same variable): a live event stream
+# holds one thread, not the worker.
+WEB_THREADS = env_int("WEB_THREADS", 8, minimum=1)
 JOB_EVENTS_FLUSH_SECONDS = env_float("JOB_EVENTS_FLUSH_SECONDS", 0.1)
 JOB_EVENTS_FLUSH_BYTES = env_int("JOB_EVENTS_FLUSH_BYTES", 64 * 1024, minimum=1024)
 
@@ -406,13 +430,29 @@ if len(str(JOB_WORK_ROOT).encode()) + _SOCKET_TAIL > 107:
 DOCKER_HOST = env_str("DOCKER_HOST", "")
 WORKER_ID = env_str("WORKER_ID", f"{socket.gethostname()}-{os.getpid()}")
 # Warm single-use containers: each worker process keeps WARM_POOL_SIZE started containers per resource profile
-# (the default one always, others once jobs of WARM_POOL_PROFILE_OWNERS different owners asked for them; at most
-# WARM_POOL_PROFILES besides the default), each used by one job only. 0 turns the pool off: every job creates its
+# (the default one always, others once jobs of WARM_POOL_PROFILE_OWNERS different owners asked for them, or one
+# owner asked again for one, one per owner; at most WARM_POOL_PROFILES besides the default), each used by one job only. 0 turns the pool off: every job creates its
 # container (the cold path).
 WARM_POOL_SIZE = env_int("WARM_POOL_SIZE", 0, minimum=0)
 WARM_POOL_PROFILES = env_int("WARM_POOL_PROFILES", 4, minimum=1)
 WARM_POOL_PROFILE_OWNERS = env_int("WARM_POOL_PROFILE_OWNERS", 2, minimum=1)
 WARM_POOL_MAX_AGE_SECONDS = env_int("WARM_POOL_MAX_AGE_SECONDS", 600, minimum=1)
+
+# ---------------------------------------------------------------------------------------------------------
+# Dependency layers (a function's requirements.txt, docs/dependencies.md): built once per set by a worker of
+# DEPENDENCY_BUILD_QUEUE (wheels fetched by the host's pip, with its own index configuration; installed in a sandbox
+# container), stored in the database, extracted on each worker host under DEPENDENCY_LAYER_DIR (default:
+# JOB_WORK_ROOT/layers, which the engine sees) and mounted read-only into job containers.
+# ---------------------------------------------------------------------------------------------------------
+DEPENDENCY_LAYER_MAX_MB = env_int("DEPENDENCY_LAYER_MAX_MB", 500, minimum=1)
+DEPENDENCY_BUILD_TIMEOUT = env_int("DEPENDENCY_BUILD_TIMEOUT", 600, minimum=10)
+# Memory of a build's container besides the layer's own tmpfs (which counts against it).
+DEPENDENCY_BUILD_MEMORY_MB = env_int("DEPENDENCY_BUILD_MEMORY_MB", 512, minimum=64)
+DEPENDENCY_BUILD_QUEUE = env_str("DEPENDENCY_BUILD_QUEUE", JOB_QUEUE)
+DEPENDENCY_LAYER_DIR = env_str("DEPENDENCY_LAYER_DIR", "")
+DEPENDENCY_PIP_CACHE_DIR = Path(env_str("DEPENDENCY_PIP_CACHE_DIR", str(VAR_DIR / "pip-cache")))
+# A layer that no live function's current version and no queued or running job uses is removed after this long.
+DEPENDENCY_LAYER_KEEP_SECONDS = env_int("DEPENDENCY_LAYER_KEEP_SECONDS", 86400, minimum=0)
 
 # ---------------------------------------------------------------------------------------------------------
 # AI nodes and models
@@ -435,6 +475,11 @@ CELERY_BEAT_SCHEDULE = {
         "schedule": 60.0,
         "options": {"queue": JOB_QUEUE, "routing_key": JOB_QUEUE, "expires": 60},
     },
+    "reconcile-estimated-calls": {
+        "task": "jobs.reconcile_estimated_calls",
+        "schedule": 60.0,
+        "options": {"queue": JOB_QUEUE, "routing_key": JOB_QUEUE, "expires": 60},
+    },
     "purge-idempotency-keys": {
         "task": "jobs.purge_idempotency_keys",
         "schedule": 3600.0,
@@ -444,6 +489,12 @@ CELERY_BEAT_SCHEDULE = {
         "task": "jobs.prune_job_events",
         "schedule": 3600.0,
         "options": {"queue": JOB_QUEUE, "routing_key": JOB_QUEUE, "expires": 3600},
+    },
+    # Lost and unstarted layer builds, layers nothing uses, and the cache of the worker that runs it.
+    "sweep-dependency-layers": {
+        "task": "jobs.sweep_layers",
+        "schedule": 300.0,
+        "options": {"queue": JOB_QUEUE, "routing_key": JOB_QUEUE, "expires": 300},
     },
 }
 if MODEL_SYNC_INTERVAL:

@@ -3,7 +3,7 @@ from typing import Any
 
 from django.conf import settings
 from django.contrib import admin, messages
-from django.db.models import F, QuerySet
+from django.db.models import Count, F, QuerySet
 from django.http import Http404, HttpRequest, JsonResponse, StreamingHttpResponse
 from django.templatetags.static import static
 from django.urls import path, reverse
@@ -17,16 +17,59 @@ from . import services
 from .events.feed import event_stream_response, open_feed
 from .events.store import event_store
 from .export import jobs_csv_lines
-from .models import Function, FunctionVersion, Job, LLMCall
+from .models import DependencyLayer, Function, FunctionVersion, Job, LLMCall
 
 
 class FunctionVersionInline(admin.TabularInline):
     model = FunctionVersion
-    fields = ("number", "sha256", "files", "unpacked_bytes", "created_at")
+    fields = ("number", "sha256", "files", "unpacked_bytes", "requirements", "dependencies", "created_at")
     readonly_fields = fields
     extra = 0
     can_delete = False
     ordering = ("-number",)
+
+    @admin.display(description="dependencies")
+    def dependencies(self, version: FunctionVersion) -> str:
+        """The build's state, linked to its layer (whose page has the log)."""
+        if version.layer is None:
+            return version.dependency_status or "-"
+        url = reverse("admin:jobs_dependencylayer_change", args=[version.layer_id])
+        return format_html('<a href="{}">{}</a>', url, version.dependency_status)
+
+
+@admin.register(DependencyLayer)
+class DependencyLayerAdmin(admin.ModelAdmin):
+    """Layers are built by workers and removed by the cleanup: operators look, and read a failed build's log."""
+
+    list_display = ("short_key", "status", "error_code", "size_bytes", "build_seconds", "versions_count",
+                    "created_at", "unused_since")
+    list_filter = ("status", "error_code", "created_at")
+    search_fields = ("key", "requirements")
+    exclude = ("log",)
+    readonly_fields = ("key", "status", "error_code", "requirements", "runtime_image", "image_id", "packages",
+                       "modules", "size_bytes", "archive_bytes", "archive_sha256", "build_started_at", "built_at",
+                       "build_seconds", "unused_since", "created_at", "build_log")
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[DependencyLayer]:
+        return super().get_queryset(request).annotate(versions_total=Count("versions"))
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: DependencyLayer | None = None) -> bool:
+        return False
+
+    @admin.display(description="layer", ordering="key")
+    def short_key(self, layer: DependencyLayer) -> str:
+        return layer.key[:12]
+
+    @admin.display(description="versions", ordering="versions_total")
+    def versions_count(self, layer: DependencyLayer) -> int:
+        return layer.versions_total
+
+    @admin.display(description="build log")
+    def build_log(self, layer: DependencyLayer) -> SafeString:
+        return _pre(layer.log)
 
 
 @admin.register(Function)
@@ -112,7 +155,8 @@ class JobAdmin(admin.ModelAdmin):
         if job is None or not self.has_view_permission(request, job):
             raise Http404("No such job.")
         try:
-            feed = open_feed(job, store=event_store(), last_event_id=request.headers.get("Last-Event-ID") or None)
+            feed = open_feed(job, store=event_store(), last_event_id=request.headers.get("Last-Event-ID") or None,
+                             user=request.user.pk)
         except DomainError as exc:  # too many listeners: the page shows its record without the live panel
             return JsonResponse({"detail": exc.detail, "code": exc.code}, status=exc.status)
         return event_stream_response(feed)

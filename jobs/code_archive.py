@@ -8,7 +8,7 @@ import hashlib
 import io
 import stat
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import PurePosixPath
 
 from django.conf import settings
@@ -18,6 +18,7 @@ from core.errors import DomainError, TooLarge
 from .syntax_check import find_syntax_error
 
 ENTRY_POINT = "main.py"
+REQUIREMENTS_FILE = "requirements.txt"
 
 
 class CodeRejected(DomainError):
@@ -30,6 +31,8 @@ class CodeArchive:
     sha256: str
     files: list[str]
     unpacked_bytes: int
+    # The upload's requirements.txt (at its top level), unchecked: jobs.requirements judges it.
+    requirements: bytes | None = None
 
 
 def build_archive(content: bytes, filename: str = ENTRY_POINT) -> CodeArchive:
@@ -47,7 +50,7 @@ def build_archive(content: bytes, filename: str = ENTRY_POINT) -> CodeArchive:
     if ENTRY_POINT not in members:
         raise CodeRejected("The code must contain main.py at its top level.", code="missing_main")
     _check_python({name: data for name, data in members.items() if name.endswith(".py")})
-    return _write_zip(members)
+    return replace(_write_zip(members), requirements=members.get(REQUIREMENTS_FILE))
 
 
 def _read_zip(content: bytes) -> dict[str, bytes]:

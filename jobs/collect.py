@@ -6,22 +6,21 @@ the job's row from being saved (PostgreSQL refuses NUL in text and jsonb, and te
 may overflow a column), and nothing it claims is believed past what the engine allows.
 """
 import math
+import re
 from typing import Any
 
 from .sandbox.docker_backend import ContainerOutcome
 from .sandbox.result_channel import ResultReport
 
 ERROR_MESSAGE_MAX_CHARS = 16_384
+# NUL and the surrogates: a str holds a surrogate only unpaired (JSON's "\ud800" parses to one), and no database
+# stores either in text.
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
 
 
 def clean_text(text: str) -> str:
-    """`text` with NUL characters and lone surrogates replaced by U+FFFD: what every database can store."""
-    text = text.replace("\x00", "\ufffd")
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        text = text.encode("utf-8", errors="surrogatepass").decode("utf-8", errors="replace")
-    return text
+    """`text` with NUL characters and lone surrogates each replaced by U+FFFD: what every database can store."""
+    return _UNSTORABLE.sub("\ufffd", text)
 
 
 def output_text(data: bytes) -> str:

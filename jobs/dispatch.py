@@ -22,12 +22,23 @@ logger = logging.getLogger(__name__)
 
 # The channel of the admissions' NOTIFY, on which every relay LISTENs.
 OUTBOX_CHANNEL = "job_outbox"
-# The worker's task (jobs.tasks.run_job_task), sent by name: the web process imports nothing of the worker.
+# The worker's tasks (jobs.tasks), sent by name: the web process imports nothing of the worker.
 RUN_JOB_TASK = "jobs.run_job"
+BUILD_LAYER_TASK = "jobs.build_layer"
 
 
 def enqueue_job(job_id: uuid.UUID, queue: str) -> None:
     current_app.send_task(RUN_JOB_TASK, args=[str(job_id)], queue=queue, routing_key=queue)
+
+
+def enqueue_layer_build(layer_id: int) -> None:
+    """Ask a worker of DEPENDENCY_BUILD_QUEUE to build dependency layer `layer_id` (jobs.dependencies). A message
+    the broker refuses is only logged: the layers' sweep asks again for a build that nobody started."""
+    queue = settings.DEPENDENCY_BUILD_QUEUE
+    try:
+        current_app.send_task(BUILD_LAYER_TASK, args=[layer_id], queue=queue, routing_key=queue)
+    except Exception as exc:  # the broker's client raises many types
+        logger.error("layer %s: could not ask for its build: %s", layer_id, exc)
 
 
 def dispatched_on_admission() -> datetime | None:

@@ -48,8 +48,73 @@ class Function(models.Model):
         return self.versions.get(number=self.version)
 
 
+class LayerStatus(models.TextChoices):
+    """A dependency layer's build. Legal moves:
+
+        building ──> ready
+            └─────> failed ──> building   (a later deploy of the same set tries again)
+
+    `ready` is final: a ready layer never changes, so an admission that saw it ready needs no lock.
+    """
+
+    BUILDING = "building"
+    READY = "ready"
+    FAILED = "failed"
+
+
+class DependencyLayer(models.Model):
+    """The packages of one requirements set installed for one runtime image: content-addressed (`key`), shared by
+    every function version, of any user, that asks for the same set, built once (jobs.dependencies).
+
+    The layer itself is a gzipped tar in `DependencyLayerChunk` rows: the database is the one store that every
+    worker host already reaches, and chunks keep each row (and each read) small whatever the layer's size.
+    """
+
+    key = models.CharField(max_length=64, unique=True, help_text="SHA-256 of the normalised requirements and the "
+                                                                 "runtime image.")
+    requirements = models.TextField()
+    runtime_image = models.CharField(max_length=200)
+    image_id = models.CharField(max_length=80, blank=True, help_text="The runtime image's id at the build.")
+    status = models.CharField(max_length=16, choices=LayerStatus.choices, default=LayerStatus.BUILDING,
+                              db_index=True)
+    error_code = models.CharField(max_length=64, blank=True)
+    log = models.TextField(blank=True, help_text="The build's output (the end of it, capped).")
+    packages = models.JSONField(default=dict, blank=True, help_text="Installed distributions and their versions.")
+    modules = models.JSONField(default=list, blank=True, help_text="Top-level modules of the requested packages, "
+                                                                   "imported by warm containers while they wait.")
+    size_bytes = models.PositiveBigIntegerField(null=True, blank=True, help_text="Installed size.")
+    archive_bytes = models.PositiveBigIntegerField(null=True, blank=True)
+    archive_sha256 = models.CharField(max_length=64, blank=True)
+    build_started_at = models.DateTimeField(null=True, blank=True)
+    built_at = models.DateTimeField(null=True, blank=True)
+    build_seconds = models.FloatField(null=True, blank=True)
+    # Set by the cleanup when it first finds no version or job using the layer; the layer is removed once this is
+    # older than DEPENDENCY_LAYER_KEEP_SECONDS, and cleared if it is used again meanwhile.
+    unused_since = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"layer {self.key[:12]} ({self.status})"
+
+
+class DependencyLayerChunk(models.Model):
+    """One piece of a ready layer's gzipped tar, in order of `index`."""
+
+    layer = models.ForeignKey(DependencyLayer, on_delete=models.CASCADE, related_name="chunks")
+    index = models.PositiveIntegerField()
+    data = models.BinaryField()
+
+    class Meta:
+        ordering = ["layer", "index"]
+        constraints = [models.UniqueConstraint(fields=["layer", "index"], name="unique_layer_chunk")]
+
+
 class FunctionVersion(models.Model):
-    """One immutable upload of a function's code: a normalised zip holding main.py and its modules."""
+    """One immutable upload of a function's code: a normalised zip holding main.py and its modules, and its
+    dependencies (normalised requirements, and the layer they are installed in)."""
 
     function = models.ForeignKey(Function, on_delete=models.PROTECT, related_name="versions")
     number = models.PositiveIntegerField()
@@ -57,6 +122,10 @@ class FunctionVersion(models.Model):
     sha256 = models.CharField(max_length=64)
     files = models.JSONField(default=list)
     unpacked_bytes = models.PositiveBigIntegerField()
+    requirements = models.TextField(blank=True)
+    # None without requirements, or once the cleanup removed the layer of a version nothing runs any more.
+    layer = models.ForeignKey(DependencyLayer, null=True, blank=True, on_delete=models.SET_NULL,
+                              related_name="versions")
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -65,6 +134,13 @@ class FunctionVersion(models.Model):
 
     def __str__(self) -> str:
         return f"{self.function.name} v{self.number}"
+
+    @property
+    def dependency_status(self) -> str:
+        """The state of the version's dependencies: "" (none), a LayerStatus, or "removed" (layer cleaned up)."""
+        if not self.requirements:
+            return ""
+        return self.layer.status if self.layer is not None else "removed"
 
 
 class JobStatus(models.TextChoices):
@@ -227,12 +303,19 @@ class LLMCall(models.Model):
         help_text="Fixed when the call was recorded, at the price then in force; None when its tokens or its "
                   "model's price were unknown (unknown is not zero).",
     )
+    # What an estimated call's counts are made from, while they wait to be counted exactly by the node's tokenizer
+    # (jobs.metering.reconcile): the prompt as sent and the text delivered. Cleared once counted; None otherwise.
+    recount = models.JSONField(null=True, blank=True)
     created_at = models.DateTimeField(default=timezone.now, db_index=True)
 
     class Meta:
         ordering = ["-created_at"]
         verbose_name = "LLM call"
-        indexes = [models.Index(fields=["job", "created_at"])]
+        indexes = [
+            models.Index(fields=["job", "created_at"]),
+            # The reconciliation's look-up: only the calls still to count exactly.
+            models.Index(fields=["created_at"], name="llmcall_to_recount", condition=Q(recount__isnull=False)),
+        ]
 
     def __str__(self) -> str:
         return f"{self.model_id} call of job {self.job_id}"

@@ -36,6 +36,7 @@ from .models import Job, JobStatus
 from .sandbox import warm_pool
 from .sandbox.docker_backend import ContainerError, ContainerGone, ContainerOutcome, DockerBackend
 from .sandbox.engine import shared_backend
+from .sandbox.layers import local_layer
 from .sandbox.recovery import handle_unclaimed
 from .sandbox.result_channel import ResultReport
 from .sandbox.spec import container_spec, fill_workdir, folders_at, job_profile, prepare_workdir
@@ -93,8 +94,10 @@ def _execute(job: Job, backend: DockerBackend, live: events.EventWriter,
              cleanup: ExitStack) -> tuple[ContainerOutcome, JobGateway]:
     """Run the job on a warm container of its profile if the pool has one ready, else on a cold one. What must be
     undone afterwards (the gateway, the container, the folder) is pushed on `cleanup`."""
+    # A job with dependencies never runs without its layer: local_layer raises when it is not ready.
+    profile = job_profile(job, local_layer(job.function_version))
     pool = warm_pool.current()
-    slot = pool.take(job_profile(job), owner=job.owner_id) if pool is not None else None
+    slot = pool.take(profile, owner=job.owner_id) if pool is not None else None
     if slot is not None:
         ran = _run_warm(job, backend, live, pool, slot, cleanup)
         if ran is not None:
@@ -102,7 +105,7 @@ def _execute(job: Job, backend: DockerBackend, live: events.EventWriter,
     folders = prepare_workdir(job, cleanup)
     gateway = _start_gateway(job, folders.run, live, cleanup)
     outcome = backend.run(
-        container_spec(job, folders),
+        container_spec(job, folders, profile),
         should_cancel=_cancel_checker(job.id),
         on_started=_started_recorder(job.id, time.monotonic()),
         on_output=live.output,
@@ -119,7 +122,7 @@ def _run_warm(job: Job, backend: DockerBackend, live: events.EventWriter, pool: 
         folders = folders_at(slot.path)
         fill_workdir(job, folders)
         gateway = _start_gateway(job, folders.run, live, attempt)
-        spec = container_spec(job, folders)
+        spec = container_spec(job, folders, slot.profile)
         try:
             outcome = backend.supervise(
                 slot.container_id, spec, should_cancel=_cancel_checker(job.id),

@@ -20,14 +20,18 @@ from core.lookups import CachedLookup
 from models_catalog.services import check_model_id, route_model
 
 from . import events
-from .code_archive import build_archive
+from .code_archive import CodeArchive, build_archive
+from .dependencies import admission_hold, layer_for, wait_until_built
 from .dispatch import dispatched_on_admission, hand_over
 from .idempotency import once
 from .models import Function, FunctionVersion, IdempotencyKey, IdempotencyScope, Job, JobStatus
+from .requirements import Requirements, parse_requirements
 
 ENV_NAME_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
 # What get_function names the id of a function's current version, read with the function.
 CURRENT_VERSION_ID = "current_version_pk"
+# ... and the id of that version's dependency layer (None without one): a version never changes its layer.
+CURRENT_LAYER_ID = "current_layer_pk"
 # Live functions by owner and id; each request gets its own copy.
 _live_functions: CachedLookup[Function] = CachedLookup("functions", copies=True)
 # A trillion tokens: past any real job, and within every database's 64-bit integers.
@@ -39,9 +43,14 @@ MAX_TOKEN_BUDGET = 10**12
 def deploy_function(*, owner: User, name: str, code: bytes, filename: str = "main.py",
                     memory_mb: int | None = None, timeout_seconds: int | None = None,
                     env: dict[str, str] | None = None, default_model: str = "",
-                    allowed_models: list[str] | None = None, token_budget: int | None = None) -> Function:
-    """Create a function with its first version. Raises DomainError on bad code or limits."""
+                    allowed_models: list[str] | None = None, token_budget: int | None = None,
+                    requirements: str | None = None) -> Function:
+    """Create a function with its first version. Its dependencies are `requirements` (the text of a
+    requirements.txt) when given, else the upload's own requirements.txt; a set with packages gets its layer
+    (jobs.dependencies), built once after the commit. Raises DomainError on bad code, requirements
+    (`invalid_requirements`) or limits."""
     archive = build_archive(code, filename)
+    wanted = _requirements_of(archive, requirements)
     if Function.objects.filter(owner=owner, name=name, deleted_at__isnull=True).exists():
         raise Conflict(f"You already have a function named {name!r}.", code="function_exists")
     with transaction.atomic():
@@ -54,8 +63,20 @@ def deploy_function(*, owner: User, name: str, code: bytes, filename: str = "mai
         FunctionVersion.objects.create(
             function=function, number=1, archive=archive.data, sha256=archive.sha256,
             files=archive.files, unpacked_bytes=archive.unpacked_bytes,
+            requirements=wanted.text, layer=layer_for(wanted),
         )
     return function
+
+
+def _requirements_of(archive: CodeArchive | None, text: str | None,
+                     current: FunctionVersion | None = None) -> Requirements:
+    """A new version's requirements: `text` when given (empty clears them), else the upload's requirements.txt,
+    else the current version's. Raises RequirementsRejected (`invalid_requirements`)."""
+    if text is not None:
+        return parse_requirements(text)
+    if archive is not None and archive.requirements is not None:
+        return parse_requirements(archive.requirements)
+    return parse_requirements(current.requirements if current is not None else "")
 
 
 def deploy_function_once(*, owner: User, idempotency_key: str | None, body_fingerprint: str,
@@ -76,8 +97,10 @@ def update_function(*, function: Function, code: bytes | None = None, filename: 
                     memory_mb: int | None = None, timeout_seconds: int | None = None,
                     env: dict[str, str] | None = None, default_model: str | None = None,
                     allowed_models: list[str] | None = None, token_budget: int | None = None,
-                    clear_token_budget: bool = False) -> Function:
-    """Change a function's settings; new code becomes a new version. Jobs already queued keep their version."""
+                    clear_token_budget: bool = False, requirements: str | None = None) -> Function:
+    """Change a function's settings; new code or new `requirements` become a new version, which keeps the current
+    version's code or requirements where it is given none (see `_requirements_of`). Jobs already queued keep their
+    version."""
     archive = build_archive(code, filename) if code is not None else None
     with transaction.atomic():
         function = Function.objects.select_for_update().get(pk=function.pk)
@@ -93,14 +116,25 @@ def update_function(*, function: Function, code: bytes | None = None, filename: 
             function.allowed_models = [check_model_id(m) for m in allowed_models]
         if token_budget is not None or clear_token_budget:
             function.token_budget = _budget(token_budget)
-        if archive is not None:
-            function.version += 1
-            FunctionVersion.objects.create(
-                function=function, number=function.version, archive=archive.data, sha256=archive.sha256,
-                files=archive.files, unpacked_bytes=archive.unpacked_bytes,
-            )
+        if archive is not None or requirements is not None:
+            _add_version(function, archive, requirements)
         function.save()
     return function
+
+
+def _add_version(function: Function, archive: CodeArchive | None, requirements: str | None) -> None:
+    """The next version of `function` (locked by the caller): `archive` or the current code, with its requirements."""
+    current = function.current_version
+    wanted = _requirements_of(archive, requirements, current)
+    function.version += 1
+    if archive is None:
+        archive = CodeArchive(data=bytes(current.archive), sha256=current.sha256, files=current.files,
+                              unpacked_bytes=current.unpacked_bytes)
+    FunctionVersion.objects.create(
+        function=function, number=function.version, archive=archive.data, sha256=archive.sha256,
+        files=archive.files, unpacked_bytes=archive.unpacked_bytes, requirements=wanted.text,
+        layer=layer_for(wanted),
+    )
 
 
 def delete_function(*, function: Function) -> None:
@@ -120,9 +154,10 @@ def get_function(*, owner: User, function_id: Any) -> Function:
 
 
 def _load_function(owner: User, pk: uuid.UUID) -> Function | None:
-    current = FunctionVersion.objects.filter(function=OuterRef("pk"), number=OuterRef("version")).values("pk")
+    current = FunctionVersion.objects.filter(function=OuterRef("pk"), number=OuterRef("version"))
     return (Function.objects.filter(pk=pk, owner=owner, deleted_at__isnull=True)
-            .annotate(**{CURRENT_VERSION_ID: Subquery(current)}).first())
+            .annotate(**{CURRENT_VERSION_ID: Subquery(current.values("pk")),
+                         CURRENT_LAYER_ID: Subquery(current.values("layer_id"))}).first())
 
 
 def functions_changed(**_: Any) -> None:
@@ -196,27 +231,43 @@ def submit_job(*, owner: User, function: Function, model_id: str | None, input_d
     model = node.model_id or model  # an operator's alias runs, and is billed, as the model it stands for
     routes = _routes_of_allowed(function, own=model)
     budgets = [b for b in (_budget(token_budget), function.token_budget) if b is not None]
-    # Only the version's id: its archive (up to megabytes of code) is the runner's to read, not the admission's.
-    version_id = (getattr(function, CURRENT_VERSION_ID, None)
-                  or function.versions.values_list("id", flat=True).get(number=function.version))
+    version_id, layer_id = _current_version(function)
     with transaction.atomic():
         # Locked first: admissions of one user's jobs take turns, so each sees the holds of those before it.
         quota = lock_quota(owner)
         budget = job_budget(quota=quota, token_budget=min(budgets) if budgets else None)
+        # A job whose dependencies are still being built is held: marked sent, so that no relay sends it, and sent
+        # by the build's end (jobs.dependencies.release_held_jobs).
+        held = admission_hold(layer_id)
         job = create_job(
             owner=owner, function=function, function_version_id=version_id, model_id=model,
             node=node.name, queue=node.queue, input_data=input_data, memory_mb=function.memory_mb,
-            timeout_seconds=function.timeout_seconds, token_budget=budget, dispatched_at=dispatched_on_admission(),
-            routes=routes,
+            timeout_seconds=function.timeout_seconds, token_budget=budget,
+            dispatched_at=timezone.now() if held else dispatched_on_admission(), routes=routes,
         )
         if quota is not None:
             may_call = [model, *(target for target, _ in routes.values())]
             job_money.admit(owner=owner, quota=quota, job_id=job.pk, model_ids=may_call, token_budget=budget)
         # The `queued` event commits with the job, before the message: the worker's `running` must come after it.
         events.record_queued(job)
-        hand_over(job)
+        if not held:
+            hand_over(job)
     metrics.job_submitted(model=model, queue=node.queue)
     return job
+
+
+def _current_version(function: Function) -> tuple[int, int | None]:
+    """The ids of `function`'s current version and of its dependency layer. Only ids: the version's archive (up to
+    megabytes of code) is the runner's to read, not the admission's."""
+    if getattr(function, CURRENT_VERSION_ID, None):
+        return getattr(function, CURRENT_VERSION_ID), getattr(function, CURRENT_LAYER_ID, None)
+    return function.versions.values_list("id", "layer_id").get(number=function.version)
+
+
+def wait_for_dependencies(*, function: Function, timeout: float) -> float:
+    """Wait (at most `timeout` seconds) until `function`'s current dependencies are built, for a synchronous run;
+    returns the seconds waited. Raises Conflict `dependencies_building` or `dependency_build_failed`."""
+    return wait_until_built(_current_version(function)[1], timeout=timeout)
 
 
 def _routes_of_allowed(function: Function, *, own: str) -> dict[str, list[str]]:

@@ -3,8 +3,10 @@ from celery.signals import worker_process_init, worker_process_shutdown, worker_
 
 from .events import prune_events
 from .idempotency import purge_expired_keys
+from .metering.reconcile import reconcile_estimated_calls
 from .runner import run_job
-from .sandbox.engine import reap_orphan_containers, start_warm_pool, stop_warm_pool
+from .sandbox.engine import new_backend, reap_orphan_containers, shared_backend, start_warm_pool, stop_warm_pool
+from .sandbox.layers import build_layer, cleanup as cleanup_layers, prune_host_cache
 from .sandbox.recovery import recover_lost_jobs
 
 
@@ -13,9 +15,24 @@ def run_job_task(job_id: str) -> None:
     run_job(job_id)
 
 
+@shared_task(name="jobs.build_layer", acks_late=True, reject_on_worker_lost=True, ignore_result=True)
+def build_layer_task(layer_id: int) -> None:
+    build_layer(layer_id, backend=shared_backend())
+
+
+@shared_task(name="jobs.sweep_layers", ignore_result=True)
+def sweep_layers_task() -> None:
+    cleanup_layers(new_backend())
+
+
 @shared_task(name="jobs.recover_lost_jobs", ignore_result=True)
 def recover_lost_jobs_task() -> None:
     recover_lost_jobs()
+
+
+@shared_task(name="jobs.reconcile_estimated_calls", ignore_result=True)
+def reconcile_estimated_calls_task() -> None:
+    reconcile_estimated_calls()
 
 
 @shared_task(name="jobs.purge_idempotency_keys", ignore_result=True)
@@ -27,6 +44,7 @@ def purge_idempotency_keys_task() -> None:
 def _recover_on_start(sender: object = None, **kwargs: object) -> None:
     reap_orphan_containers()
     recover_lost_jobs()
+    prune_host_cache(new_backend())
     # Tasks run in this process unless the pool forks children, which warm their own (worker_process_init).
     if "prefork" not in type(getattr(sender, "pool", None)).__module__:
         start_warm_pool()

@@ -69,6 +69,9 @@ class Cancellation:
         # the connection object may no longer hold it.
         self._sockets: set[socket.socket] = set()
         self.reason = ""
+        # Whether the call got as far as a connection to the node (it was sent, or was being sent): a call
+        # cancelled after that was the node's to work on.
+        self.reached_node = False
 
     @property
     def cancelled(self) -> bool:
@@ -94,6 +97,7 @@ class Cancellation:
             if self.reason:
                 raise self.error()
             self._sockets.add(sock)
+            self.reached_node = True
 
     def detach(self, sock: socket.socket | None) -> None:
         with self._lock:

@@ -124,7 +124,7 @@ start_redis() {
 # --- moto (SQS) -------------------------------------------------------------
 
 # moto_server answers its own API at /moto-api/ (its dashboard: a fixed page, as
-# tests/helpers.py asks it; /moto-api/data.json dumps every queue and message and
+# tests/support/brokers.py asks it; /moto-api/data.json dumps every queue and message and
 # took 5 s once a benchmark had left thousands of them); anything else on the
 # port is some other program. Without curl, an open port has to do.
 moto_answers() {

@@ -3,15 +3,15 @@
 # SQS, Chromium for the browser tests, the local AI node, the job runtime image and the application image), then
 # runs the whole suite. Extra arguments go to pytest.
 # `scripts/test.sh --fast` (or `-m "not slow"`) is the fast loop: no Docker, worker, SQS, model or browser, so it
-# starts only Redis (and PostgreSQL when DATABASE_URL names it).
+# starts only Redis (and PostgreSQL when DATABASE_URL names it), and runs on two processes (pytest-xdist).
 # SQLite by default; DATABASE_URL=postgres://postgres@127.0.0.1:5432/infra_ainode runs it on PostgreSQL.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 args=() fast=0
 for arg in "$@"; do
     case $arg in
-        --fast) fast=1; args+=(-m "not slow") ;;
-        "not slow") fast=1; args+=("$arg") ;;
+        --fast) fast=1; args+=(-m "not slow" -n 2) ;;
+        "not slow") fast=1; args+=("$arg" -n 2) ;;
         *) args+=("$arg") ;;
     esac
 done

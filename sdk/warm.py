@@ -7,6 +7,7 @@ that job, and exits with the script. The container serves this one job and is re
 
 Standard library only: this file is mounted into the job container, which has nothing installed.
 """
+import importlib
 import json
 import os
 import sys
@@ -34,7 +35,19 @@ def wait_for_job() -> dict[str, str]:
     return {str(key): str(value) for key, value in env.items()}
 
 
+def preload(names: str) -> None:
+    """Import the dependency layer's top-level modules (comma-separated `names`) while no job is here yet, as a job
+    of this container's profile would import them anyway: its own imports then cost nothing. A module that fails
+    to import here is left for the job to import, and fail on, itself."""
+    for name in filter(None, names.split(",")):
+        try:
+            importlib.import_module(name)
+        except (Exception, SystemExit):
+            sys.modules.pop(name, None)
+
+
 def main() -> int:
+    preload(os.environ.pop("AINODE_PRELOAD", ""))
     env = wait_for_job()
     os.environ.pop("AINODE_START_FIFO", None)
     os.environ.update(env)

@@ -1,7 +1,7 @@
 """The suite's plugins, and the `slow` tier.
 
-Fixtures live in the modules registered below, helpers that tests call in tests/helpers.py. Nothing mocks Docker,
-the broker, the database or the model.
+Fixtures live in the modules registered below, helpers that tests call in the modules of tests/support/. Nothing
+mocks Docker, the broker, the database or the model.
 """
 from __future__ import annotations
 
@@ -17,7 +17,8 @@ pytest_plugins = [
     "tests.fixtures.results",
     "tests.fixtures.browser",
     "tests.fixtures.warm",
-    "tests.ai_node_fixture",
+    "tests.fixtures.ai_node",
+    "tests.fixtures.web",
 ]
 
 # A test that uses any of these needs a real outside part that is slow to use: the Docker engine (a job run in a

@@ -3,13 +3,46 @@ import binascii
 from typing import Any
 
 from django.conf import settings
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from core.errors import TooLarge
 
-from ..models import Function, Job, JobStatus
+from ..models import Function, FunctionVersion, Job, JobStatus
+from ..requirements import MAX_TEXT_BYTES
 from ..services import MAX_TOKEN_BUDGET
 from ..results import execution_result
+
+
+class DependenciesSerializer(serializers.Serializer):
+    """A version's dependencies and the state of their layer's build (documentation of `dependencies_of`)."""
+
+    status = serializers.ChoiceField(choices=["building", "ready", "failed", "removed"])
+    requirements = serializers.CharField(help_text="The requirements, normalised.")
+    layer = serializers.CharField(allow_null=True, help_text="The layer's content address (shared by every "
+                                                             "function asking for the same set).")
+    errorCode = serializers.CharField(allow_blank=True)
+    log = serializers.CharField(allow_blank=True, help_text="The build's output (its end, capped).")
+    packages = serializers.DictField(child=serializers.CharField(), help_text="Installed packages and versions.")
+    sizeBytes = serializers.IntegerField(allow_null=True)
+    buildSeconds = serializers.FloatField(allow_null=True)
+
+
+def dependencies_of(version: FunctionVersion) -> dict[str, Any] | None:
+    """A version's dependencies as the API shows them; None when it has none."""
+    if not version.requirements:
+        return None
+    layer = version.layer
+    return {
+        "status": version.dependency_status,
+        "requirements": version.requirements,
+        "layer": layer.key if layer else None,
+        "errorCode": layer.error_code if layer else "",
+        "log": layer.log if layer and layer.status == "failed" else "",
+        "packages": layer.packages if layer else {},
+        "sizeBytes": layer.size_bytes if layer else None,
+        "buildSeconds": layer.build_seconds if layer else None,
+    }
 
 
 class FunctionSerializer(serializers.ModelSerializer):
@@ -26,7 +59,15 @@ class FunctionSerializer(serializers.ModelSerializer):
                                            max_value=MAX_TOKEN_BUDGET)
     env = serializers.DictField(child=serializers.CharField(allow_blank=True, max_length=4096), required=False)
     code = serializers.CharField(write_only=True, required=False, trim_whitespace=False)
-    codeBase64 = serializers.CharField(write_only=True, required=False)
+    requirements = serializers.CharField(
+        write_only=True, required=False, allow_blank=True, trim_whitespace=False, max_length=MAX_TEXT_BYTES,
+        help_text="The text of a requirements.txt (else the zip's own requirements.txt is used). Only "
+                  "`name[extras] op version ; markers` lines; an empty text removes the dependencies.")
+    dependencies = serializers.SerializerMethodField()
+    # Strict base64 (what b64decode(validate=True) takes), so that the schema says what the server accepts.
+    codeBase64 = serializers.RegexField(r"^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$",
+                                        write_only=True, required=False,
+                                        error_messages={"invalid": "Not valid base64."})
     file = serializers.FileField(write_only=True, required=False)
     files = serializers.SerializerMethodField()
     sha256 = serializers.SerializerMethodField()
@@ -36,7 +77,7 @@ class FunctionSerializer(serializers.ModelSerializer):
     class Meta:
         model = Function
         fields = ["functionId", "name", "version", "memoryMb", "timeoutSeconds", "env", "defaultModel", "allowedModels", "tokenBudget", "code",
-                  "codeBase64", "file", "files", "sha256", "createdAt", "updatedAt"]
+                  "codeBase64", "file", "requirements", "files", "sha256", "dependencies", "createdAt", "updatedAt"]
         read_only_fields = ["version"]
 
     def get_files(self, function: Function) -> list[str]:
@@ -44,6 +85,10 @@ class FunctionSerializer(serializers.ModelSerializer):
 
     def get_sha256(self, function: Function) -> str:
         return function.current_version.sha256
+
+    @extend_schema_field(DependenciesSerializer(allow_null=True))
+    def get_dependencies(self, function: Function) -> dict[str, Any] | None:
+        return dependencies_of(function.current_version)
 
     def code_upload(self) -> tuple[bytes, str] | None:
         """The uploaded code as (bytes, file name), or None when this request carries none."""
@@ -64,7 +109,8 @@ class FunctionSerializer(serializers.ModelSerializer):
         return None
 
     def service_fields(self) -> dict[str, Any]:
-        names = ("memory_mb", "timeout_seconds", "env", "default_model", "allowed_models", "token_budget")
+        names = ("memory_mb", "timeout_seconds", "env", "default_model", "allowed_models", "token_budget",
+                 "requirements")
         return {name: self.validated_data[name] for name in names if name in self.validated_data}
 
 

@@ -14,7 +14,7 @@ from rest_framework.views import APIView
 from core.ranges import range_from_query
 from core.errors import DomainError
 from core.schema import errors
-from models_catalog.services import check_model_id
+from models_catalog.services import MODEL_ID_PATTERN, check_model_id
 
 from .. import services
 from ..events.feed import event_stream_response, open_feed
@@ -35,7 +35,7 @@ from .serializers import (
 CODE_ERRORS = errors(
     *[(400, code) for code in ("invalid_code", "missing_main", "bad_zip", "too_many_files", "zip_link", "unsafe_path",
                                "not_utf8", "syntax_error", "invalid_model_id", "unknown_model", "invalid_memory",
-                               "invalid_timeout", "invalid_env", "invalid_token_budget")],
+                               "invalid_timeout", "invalid_env", "invalid_token_budget", "invalid_requirements")],
     (413, "code_too_large"),
 )
 DEPLOY_EXAMPLE = OpenApiExample(
@@ -57,10 +57,11 @@ FUNCTION_NOT_FOUND = errors((404, "function_not_found"))
 JOB_NOT_FOUND = errors((404, "job_not_found"))
 RUN_ERRORS = errors((400, "invalid_input"), (400, "invalid_x_async"), (400, "invalid_model_id"), (400, "unknown_model"),
                     (400, "invalid_token_budget"), (400, "invalid_idempotency_key"), (402, "quota_exceeded"),
-                    (404, "function_not_found"), (413, "input_too_large"), (422, "idempotency_key_reused"),
-                    (429, "too_many_jobs"))
+                    (404, "function_not_found"), (409, "dependencies_building"), (409, "dependency_build_failed"),
+                    (413, "input_too_large"), (422, "idempotency_key_reused"), (429, "too_many_jobs"))
 IDEMPOTENCY_KEY = OpenApiParameter(
-    "Idempotency-Key", OpenApiTypes.STR, OpenApiParameter.HEADER,
+    "Idempotency-Key", {"type": "string", "minLength": 1, "maxLength": 255, "pattern": "^[\\x20-\\x7E]+$"},
+    OpenApiParameter.HEADER,
     description="Your own unique key for this request (1-255 printable ASCII characters). Repeating it with the "
                 "same body within 24 h answers what the first request made (the same job or function; nothing is "
                 "made, run or billed twice), with `Idempotent-Replayed: true`; with another body, 422 "
@@ -146,8 +147,9 @@ class FunctionViewSet(viewsets.ModelViewSet):
                        parameters=[
                            OpenApiParameter("status", OpenApiTypes.STR, enum=JobStatus.values),
                            OpenApiParameter("function", OpenApiTypes.UUID, description="A function's id."),
-                           OpenApiParameter("model", OpenApiTypes.STR, description="A modelId (400 "
-                                            "`invalid_model_id` for one that cannot be)."),
+                           OpenApiParameter("model", {"type": "string", "pattern": MODEL_ID_PATTERN.pattern},
+                                            description="A modelId (400 `invalid_model_id` for one that cannot "
+                                                        "be)."),
                        ]),
     retrieve=extend_schema(summary="Show a job", description="Also `GET /status/{jobId}`.",
                            responses={200: ExecutionResultSerializer, **JOB_NOT_FOUND}),
@@ -194,13 +196,18 @@ def run(request: Request) -> Response:
     serializer.is_valid(raise_exception=True)
     data = serializer.validated_data
     function = services.get_function(owner=request.user, function_id=data["functionId"])
+    wait = settings.RUN_SYNC_TIMEOUT
+    if not asynchronous(request):
+        # Dependencies still being built count against the synchronous wait; past it, the run is refused
+        # (`dependencies_building`) before any job is made.
+        wait -= services.wait_for_dependencies(function=function, timeout=wait)
     job, replayed = services.submit_job_once(
         owner=request.user, idempotency_key=idempotency_key(request), body_fingerprint=fingerprint(request.data),
         function=function, model_id=data.get("modelId"), input_data=data.get("inputData"),
         token_budget=data.get("tokenBudget"),
     )
     if not asynchronous(request):
-        job = wait_for_job(job.pk, settings.RUN_SYNC_TIMEOUT)
+        job = wait_for_job(job.pk, max(wait, 0.0))
         if job.is_terminal:
             return Response(execution_result(job), headers=replay_headers(replayed))
     return Response(
@@ -283,4 +290,4 @@ class JobEventsView(APIView):
     def get(self, request: Request, pk: str) -> StreamingHttpResponse:
         job = services.get_job(owner=request.user, job_id=pk)
         after = request.headers.get("Last-Event-ID") or request.query_params.get("lastEventId") or None
-        return event_stream_response(open_feed(job, store=event_store(), last_event_id=after))
+        return event_stream_response(open_feed(job, store=event_store(), last_event_id=after, user=request.user.pk))

@@ -1,9 +1,11 @@
 """The listener's side: a job's events as a Server-Sent Events body, from a given id to the `result` event.
 
-Each listener is one iterator served by one web thread (runserver, gunicorn's threads) or one sync worker, for
-as long as it follows the job: `Listeners` bounds how many one process serves (JOB_EVENTS_MAX_LISTENERS); the
-next ones are refused with 503 rather than starving the API. Between two reads a listener holds no database
-connection (see the stores).
+Each listener is one iterator served by one web thread (gunicorn's gthread workers, runserver) for as long as it
+follows the job, with no time limit of its own: gunicorn's WEB_TIMEOUT watches a worker's heartbeat, not a
+request, so a stream lasts as long as its job. `Listeners` bounds how many one process serves: at most
+JOB_EVENTS_MAX_LISTENERS and never more than half its threads (WEB_THREADS), so that the other half always answers
+the API and the probes, and at most JOB_EVENTS_MAX_PER_USER for one user; the next ones are refused with 503
+(`too_many_listeners`). Between two reads a listener holds no database connection (see the stores).
 
 A listener ends at the job's `result` event. A job whose events are gone (older than JOB_EVENTS_TTL_SECONDS, or
 ended by something that wrote none) still ends its stream: once the Job row has been terminal for RESULT_GRACE
@@ -40,23 +42,32 @@ def frame(kind: str, data: dict[str, Any], event_id: str | None = None) -> bytes
 
 
 class Listeners:
-    """The listeners a process serves at once, at most `limit`."""
+    """The listeners a process serves at once: at most `limit`, and at most `per_user` of one user's."""
 
-    def __init__(self, limit: int):
+    def __init__(self, limit: int, per_user: int):
         self.limit = limit
+        self.per_user = per_user
         self.active = 0
+        self._by_user: dict[Any, int] = {}
         self._lock = threading.Lock()
 
-    def enter(self) -> None:
+    def enter(self, user: Any) -> None:
         with self._lock:
             if self.active >= self.limit:
                 raise DomainError("Too many listeners on this server; try again shortly.",
                                   code="too_many_listeners", status=503)
+            if self._by_user.get(user, 0) >= self.per_user:
+                raise DomainError(f"You follow {self.per_user} jobs on this server already; close one first.",
+                                  code="too_many_listeners", status=503, limit=self.per_user)
             self.active += 1
+            self._by_user[user] = self._by_user.get(user, 0) + 1
 
-    def leave(self) -> None:
+    def leave(self, user: Any) -> None:
         with self._lock:
             self.active -= 1
+            self._by_user[user] -= 1
+            if not self._by_user[user]:
+                del self._by_user[user]
 
 
 _listeners: Listeners | None = None
@@ -64,8 +75,9 @@ _listeners: Listeners | None = None
 
 def listeners() -> Listeners:
     global _listeners
-    if _listeners is None or _listeners.limit != settings.JOB_EVENTS_MAX_LISTENERS:
-        _listeners = Listeners(settings.JOB_EVENTS_MAX_LISTENERS)
+    limit = min(settings.JOB_EVENTS_MAX_LISTENERS, settings.WEB_THREADS // 2)
+    if _listeners is None or (_listeners.limit, _listeners.per_user) != (limit, settings.JOB_EVENTS_MAX_PER_USER):
+        _listeners = Listeners(limit, settings.JOB_EVENTS_MAX_PER_USER)
     return _listeners
 
 
@@ -73,8 +85,9 @@ class EventFeed:
     """The SSE body of one listener. An iterator with `close()`: the web server closes it when the client goes
     (or after the last frame), which gives the listener's place back even if no frame was ever sent."""
 
-    def __init__(self, job_id: str, *, store: EventStore, after: str | None, seats: Listeners):
+    def __init__(self, job_id: str, *, store: EventStore, after: str | None, seats: Listeners, user: Any):
         self.job_id = str(job_id)
+        self.user = user
         self.store = store
         self.after = after
         self._seats = seats
@@ -91,7 +104,7 @@ class EventFeed:
         if not self._closed:
             self._closed = True
             self._frames.close()
-            self._seats.leave()
+            self._seats.leave(self.user)
 
     def _follow(self) -> Iterator[bytes]:
         yield f"retry: {RETRY_MS}\n: job {self.job_id}\n\n".encode()
@@ -143,14 +156,15 @@ class EventFeed:
                 connection.close()
 
 
-def open_feed(job: Job, *, store: EventStore, last_event_id: str | None) -> EventFeed:
-    """A feed of `job`'s events after `last_event_id`. Raises DomainError: 400 for an id that cannot be one of
-    this store's, 503 when the process already serves JOB_EVENTS_MAX_LISTENERS listeners."""
+def open_feed(job: Job, *, store: EventStore, last_event_id: str | None, user: Any) -> EventFeed:
+    """A feed of `job`'s events after `last_event_id`, for `user` (who asks: the job's owner, or staff). Raises
+    DomainError: 400 for an id that cannot be one of this store's, 503 when the process serves as many listeners
+    as it may, or as many of `user`'s (see Listeners)."""
     if last_event_id is not None and not store.is_cursor(last_event_id):
         raise DomainError("Last-Event-ID is not an event id of this server.", code="invalid_last_event_id")
     seats = listeners()
-    seats.enter()
-    return EventFeed(str(job.pk), store=store, after=last_event_id, seats=seats)
+    seats.enter(user)
+    return EventFeed(str(job.pk), store=store, after=last_event_id, seats=seats, user=user)
 
 
 def event_stream_response(feed: EventFeed) -> StreamingHttpResponse:

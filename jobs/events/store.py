@@ -119,7 +119,7 @@ class DatabaseEventStore:
         return deleted
 
 
-REDIS_ID = re.compile(r"^\d{1,20}-\d{1,20}$")
+REDIS_ID = re.compile(r"\d{1,20}-\d{1,20}")  # whole: matched with fullmatch (`$` lets a final newline by)
 
 
 class RedisEventStore:
@@ -157,7 +157,7 @@ class RedisEventStore:
         return events
 
     def is_cursor(self, value: str) -> bool:
-        return bool(REDIS_ID.match(value))
+        return bool(REDIS_ID.fullmatch(value))
 
     def prune(self, *, older_than: timedelta) -> int:
         return 0  # each stream expires by itself

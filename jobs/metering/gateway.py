@@ -33,6 +33,7 @@ from ..sandbox.result_channel import RESULT_ROUTE, ResultChannel, ResultReport
 from . import wire
 from .ledger import LedgerWriter, record_call
 from .meter import BudgetExhausted, Meter, Reservation, WaitAbandoned, prompt_bound
+from .reconcile import recount_record
 from .transport import GatewayRequestError, Request, SocketServer
 
 logger = logging.getLogger(__name__)
@@ -257,7 +258,7 @@ class JobGateway:
         finally:
             with self._lock:
                 self._in_flight.discard(cancellation)
-        usage, estimated = self._usage_of(client, call, reservation, outcome)
+        usage, estimated, recount = self._usage_of(client, call, reservation, outcome, cancellation)
         self.meter.settle(reservation, usage, estimated=estimated)
         completion, error = outcome.completion, outcome.error
         endpoint, duration_ms = request.route_path, round((time.monotonic() - started) * 1000)
@@ -268,7 +269,7 @@ class JobGateway:
         # The row is written on the ledger's thread, off the answer's path (`stop` waits for it), and queued once the
         # answer is out: that thread's Python would otherwise hold the interpreter lock while the answer is written.
         request.after_answer.append(lambda: self._ledger.write(lambda: self._record(
-            call, endpoint, route, reservation, usage, estimated, completion, error, duration_ms)))
+            call, endpoint, route, reservation, usage, estimated, recount, completion, error, duration_ms)))
         if frames is not None and request.stream_started:
             # A stream's last frame goes out once the call is settled: a script that reads it and then asks
             # usage() must find the call counted.
@@ -352,34 +353,45 @@ class JobGateway:
             events.close()
 
     def _usage_of(self, client: NodeClient, call: wire.LLMRequest, reservation: Reservation,
-                  outcome: "_Outcome") -> tuple[Usage | None, bool]:
-        """The call's tokens, and whether the gateway estimated them: the node's counts where it reported them;
-        where it did not, the gateway's own count (the node's tokenizer, else an upper bound, see README). None
-        (unknown) only when the node generated nothing the gateway saw."""
+                  outcome: "_Outcome", cancellation: Cancellation) -> tuple[Usage | None, bool, dict | None]:
+        """The call's tokens, whether the gateway counted them, and what to count them from again when they are
+        not exact yet (see jobs.metering.reconcile). The node's counts where it reported them.
+
+        Where it did not, the gateway counts (see docs/metering.md): the prompt with the node's tokenizer (else a
+        bound from its length), and what was generated with the node's tokenizer over the text the gateway saw,
+        else the number of streamed pieces (the node streams one token per piece), never more than the call was
+        granted. A call cut off before its first token (the script hung up, the job ended, the call ran out of
+        time) after it reached the node is billed its prompt: the node had started on it. None (unknown) only
+        when the node itself failed before generating anything.
+        """
         reported = outcome.completion.usage if outcome.completion is not None else None
         if reported is not None and reported.known:
-            return reported, False
-        if outcome.completion is None and not outcome.pieces:
-            return None, False
+            return reported, False, None
+        if outcome.completion is None and not outcome.pieces and not (
+                cancellation.cancelled and cancellation.reached_node):
+            return None, False, None
         text = outcome.completion.text if outcome.completion is not None else "".join(outcome.pieces)
+        exact = True
         prompt = reported.prompt_tokens if reported is not None else None
         if prompt is None:
             prompt = reservation.prompt_tokens if reservation.prompt_exact else self._prompt_count(client, call)
         if prompt is None:
-            prompt = prompt_bound(call.prompt_texts())
+            prompt, exact = prompt_bound(call.prompt_texts()), False
         generated = reported.completion_tokens if reported is not None else None
         if generated is None:
             counted = client.count_text_tokens(call.model, text) if text else 0
-            generated = min(reservation.max_tokens, len(text.encode("utf-8")) if counted is None else counted)
-        return Usage(prompt, generated), True
+            exact = exact and counted is not None
+            generated = min(reservation.max_tokens, len(outcome.pieces) if counted is None else counted)
+        return Usage(prompt, generated), True, None if exact else recount_record(call, text)
 
     def _record(self, call: wire.LLMRequest, endpoint: str, route: ModelRoute, reservation: Reservation,
-                usage: Usage | None, estimated: bool, completion: Completion | None, error: NodeError | None,
-                duration_ms: int) -> None:
+                usage: Usage | None, estimated: bool, recount: dict | None, completion: Completion | None,
+                error: NodeError | None, duration_ms: int) -> None:
         try:
             record_call(
                 job_id=self.job_id, model_id=call.model, node=route.node, endpoint=endpoint,
-                streamed=call.stream, usage=usage, estimated=estimated, max_tokens=reservation.max_tokens,
+                streamed=call.stream, usage=usage, estimated=estimated, recount=recount,
+                max_tokens=reservation.max_tokens,
                 done_reason=completion.done_reason if completion else None, duration_ms=duration_ms,
                 node_duration_ms=completion.total_duration_ms if completion else None,
                 error_code=error.code if error else "", error_message=str(error) if error else "",

@@ -41,10 +41,12 @@ def _job_facts(job_id: Any) -> tuple[int, Any, bool]:
 
 def record_call(*, job_id: str, model_id: str, node: str, endpoint: str, streamed: bool, usage: Usage | None,
                 max_tokens: int | None, done_reason: str | None, duration_ms: int, node_duration_ms: float | None,
-                error_code: str = "", error_message: str = "", estimated: bool = False) -> LLMCall:
+                error_code: str = "", error_message: str = "", estimated: bool = False,
+                recount: dict[str, Any] | None = None) -> LLMCall:
     """Write one ledger row and add it to the job's running totals (in place, never read-modify-write).
 
     `usage` is what the node reported, or with `estimated` what the gateway counted in its place; both are billed.
+    `recount` keeps what an estimate that is not exact can be counted again from (jobs.metering.reconcile).
 
     Called from a job's `LedgerWriter` thread, which closes its database connection when the job ends.
     """
@@ -64,6 +66,7 @@ def record_call(*, job_id: str, model_id: str, node: str, endpoint: str, streame
             max_tokens_granted=max_tokens, done_reason=done_reason or "", duration_ms=duration_ms,
             node_duration_ms=round(node_duration_ms) if node_duration_ms is not None else None,
             error_code=error_code, error_message=error_message[:2000], cost=cost, created_at=now,
+            recount=recount if known and estimated else None,
         )
         totals = {"llm_calls": 1, **job_cost_increments(cost)}
         if known:

@@ -312,7 +312,8 @@ class Request(BaseHTTPRequestHandler):
             # NaN and Infinity are not JSON: PostgreSQL would refuse them and clients could not parse them back.
             return json.loads(data, parse_constant=_refuse_constant)
         except (ValueError, UnicodeDecodeError, RecursionError):
-            raise GatewayRequestError(400, "malformed_json", "The body is not valid JSON (or nests too deep).") from None
+            raise GatewayRequestError(400, "malformed_json",
+                                      "The body is not valid JSON (or nests too deep).") from None
 
     def _discard_body(self, limit: int) -> None:
         """Read and drop a refused request's body when it is small: a client still sending it would otherwise hit

@@ -214,6 +214,24 @@ class DockerBackend:
         except (DockerException, requests.RequestException) as exc:
             raise ContainerError(f"Could not remove container {container_id[:12]}: {exc}") from None
 
+    def image_id(self, image: str) -> str:
+        """The id of the local image `image`; raises ContainerError (`runtime_image_missing` when it is absent)."""
+        try:
+            return self.client.images.get(image).id
+        except ImageNotFound:
+            raise ContainerError(f"Runtime image {image} is missing; build it with scripts/build-runtime-image.sh.",
+                                 code="runtime_image_missing") from None
+        except (DockerException, requests.RequestException) as exc:
+            raise ContainerError(f"Docker engine unavailable: {exc}") from None
+
+    def mounted_sources(self) -> set[str]:
+        """The host paths that some container of this engine (running or not) mounts."""
+        try:
+            containers = self.client.api.containers(all=True)
+        except (DockerException, requests.RequestException) as exc:
+            raise ContainerError(f"Docker engine unavailable: {exc}") from None
+        return {mount.get("Source", "") for container in containers for mount in container.get("Mounts") or ()}
+
     def is_running(self, container_id: str) -> bool:
         try:
             container = self.client.containers.get(container_id)

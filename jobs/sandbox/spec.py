@@ -11,6 +11,7 @@ from django.conf import settings
 from ..code_archive import extract_archive
 from ..models import Job
 from .docker_backend import ContainerSpec
+from .layers import LocalLayer
 from .runtime_user import RUNTIME_USER
 from .warm_pool import Profile
 from .workdir import JobFolders, create_job_folders, share_tree, write_shared_file
@@ -18,6 +19,7 @@ from .workdir import JobFolders, create_job_folders, share_tree, write_shared_fi
 SDK_DIR = Path(__file__).resolve().parent.parent.parent / "sdk"
 CONTAINER_CODE_DIR = "/job/code"
 CONTAINER_SDK_DIR = "/opt/ainode"
+CONTAINER_LAYER_DIR = "/opt/layer"
 CONTAINER_SOCKET_DIR = "/run/ainode"
 CONTAINER_OUTPUT_DIR = "/job/out"
 CONTAINER_INPUT_FILE = "/job/input/payload.json"
@@ -26,8 +28,9 @@ RESERVED_ENV = {"JOB_ID", "FUNCTION_ID", "LLM_MODEL", "AI_ENDPOINT", "OUTPUT_DIR
                 "PYTHONPATH", "CODE_DIR", "HOME"}
 
 
-def job_profile(job: Job) -> Profile:
-    return profile_of(memory_mb=job.memory_mb)
+def job_profile(job: Job, layer: LocalLayer | None = None) -> Profile:
+    """The profile of `job`'s container, with its dependency layer on this host (jobs.sandbox.layers.local_layer)."""
+    return profile_of(memory_mb=job.memory_mb, layer=layer)
 
 
 def default_profile() -> Profile:
@@ -35,10 +38,11 @@ def default_profile() -> Profile:
     return profile_of(memory_mb=settings.JOB_DEFAULT_MEMORY_MB)
 
 
-def profile_of(*, memory_mb: int) -> Profile:
+def profile_of(*, memory_mb: int, layer: LocalLayer | None = None) -> Profile:
     return Profile(image=settings.JOB_RUNTIME_IMAGE, memory_bytes=memory_mb * 1024 * 1024,
                    nano_cpus=int(settings.JOB_CPUS * 1_000_000_000), pids_limit=settings.JOB_PIDS_LIMIT,
-                   tmpfs_mb=settings.JOB_TMPFS_MB, nofile_limit=settings.JOB_NOFILE_LIMIT)
+                   tmpfs_mb=settings.JOB_TMPFS_MB, nofile_limit=settings.JOB_NOFILE_LIMIT,
+                   layer=str(layer.path) if layer else "", preload=layer.modules if layer else ())
 
 
 def prepare_workdir(job: Job, cleanup: ExitStack) -> JobFolders:
@@ -75,7 +79,9 @@ def fill_workdir(job: Job, folders: JobFolders) -> None:
         write_shared_file(folders.input, "payload.json", payload.encode())
 
 
-def container_spec(job: Job, folders: JobFolders) -> ContainerSpec:
+def container_spec(job: Job, folders: JobFolders, profile: Profile | None = None) -> ContainerSpec:
+    """The container of `job` in `folders`, of `profile` (by default its profile without a layer)."""
+    profile = profile or job_profile(job)
     env = {key: str(value) for key, value in (job.function.env or {}).items() if key not in RESERVED_ENV}
     env.update({
         "JOB_ID": str(job.id),
@@ -84,7 +90,7 @@ def container_spec(job: Job, folders: JobFolders) -> ContainerSpec:
         "AI_ENDPOINT": f"unix://{CONTAINER_SOCKET_DIR}/gateway.sock",
         "OUTPUT_DIR": CONTAINER_OUTPUT_DIR,
         "CODE_DIR": CONTAINER_CODE_DIR,
-        "PYTHONPATH": CONTAINER_SDK_DIR,
+        "PYTHONPATH": python_path(profile),
         "HOME": "/tmp",
     })
     with_input = (folders.input / "payload.json").exists()
@@ -92,16 +98,23 @@ def container_spec(job: Job, folders: JobFolders) -> ContainerSpec:
         env["PAYLOAD_FILE"] = CONTAINER_INPUT_FILE
     else:
         env["PAYLOAD"] = json.dumps(job.input_data)
-    return hardened_spec(job_profile(job), folders.path, job_id=str(job.id), env=env, with_input=with_input,
+    return hardened_spec(profile, folders.path, job_id=str(job.id), env=env, with_input=with_input,
                          command=["python3", "-B", f"{CONTAINER_SDK_DIR}/runner.py"],
                          timeout_seconds=job.timeout_seconds)
 
 
 def warm_spec(profile: Profile, slot: Path) -> ContainerSpec:
     """A pool container of `profile` in the slot folder `slot`: its runtime waits there for a job's environment."""
-    return hardened_spec(profile, slot, job_id="", env={"PYTHONPATH": CONTAINER_SDK_DIR, "HOME": "/tmp"},
-                         with_input=True, command=["python3", "-B", f"{CONTAINER_SDK_DIR}/warm.py"],
-                         timeout_seconds=0)
+    env = {"PYTHONPATH": python_path(profile), "HOME": "/tmp"}
+    if profile.preload:
+        env["AINODE_PRELOAD"] = ",".join(profile.preload)
+    return hardened_spec(profile, slot, job_id="", env=env, with_input=True,
+                         command=["python3", "-B", f"{CONTAINER_SDK_DIR}/warm.py"], timeout_seconds=0)
+
+
+def python_path(profile: Profile) -> str:
+    """The SDK first (a package of the layer cannot shadow the runtime), then the layer's packages."""
+    return f"{CONTAINER_SDK_DIR}:{CONTAINER_LAYER_DIR}" if profile.layer else CONTAINER_SDK_DIR
 
 
 def hardened_spec(profile: Profile, workdir: Path, *, job_id: str, env: dict[str, str], with_input: bool,
@@ -116,6 +129,8 @@ def hardened_spec(profile: Profile, workdir: Path, *, job_id: str, env: dict[str
     }
     if with_input:
         binds[str(folders.input)] = {"bind": "/job/input", "mode": "ro"}
+    if profile.layer:
+        binds[profile.layer] = {"bind": CONTAINER_LAYER_DIR, "mode": "ro"}
     tmpfs_size = f"size={profile.tmpfs_mb}m,mode=1777,noexec,nosuid,nodev"
     return ContainerSpec(
         job_id=job_id,

@@ -7,10 +7,11 @@ profile, fills it, binds its gateway there and writes its environment to the FIF
 container serves that one job and is removed after it; it never saw another job's code, input, files or processes.
 
 Pools are keyed by `Profile`. The profiles the pool starts with (the default one) are pinned: always kept warm. A
-job whose profile has no ready slot takes the cold path; once jobs of `owners_to_warm` different owners have asked
-for a profile, the pool keeps that one warm too (at most `max_profiles` profiles besides the pinned ones, the least
-recently used dropped). So one tenant's odd sizes can neither evict the default profile nor crowd out the profiles
-that several owners use.
+job whose profile has no ready slot takes the cold path, and the pool keeps that profile warm from then on when
+jobs of `owners_to_warm` different owners asked for it, or when one owner asked for it again (a hot function of
+theirs) and has no other profile warmed for them alone. At most `max_profiles` profiles besides the pinned ones,
+the least recently used dropped. So one tenant's odd sizes can never evict the default profile, and hold at most
+one of the other places.
 Refill, pruning of dead or old containers, and removal of used ones run in background threads, off the job's path.
 
 Ownership: every pool container carries POOL_LABEL (this pool's owner id) and the host name, process id and
@@ -70,11 +71,16 @@ class Profile:
     pids_limit: int
     tmpfs_mb: int
     nofile_limit: int
+    # The host folder of the job's dependency layer ("" without one), mounted read-only, and the layer's modules
+    # that a warm container imports while it waits, so that a job's own imports of them cost nothing.
+    layer: str = ""
+    preload: tuple[str, ...] = ()
 
     @property
     def key(self) -> str:
+        layer = f"-layer{Path(self.layer).name}" if self.layer else ""
         return (f"{self.memory_bytes // MiB}m-{self.nano_cpus / 1e9:g}cpu-{self.pids_limit}pids-"
-                f"{self.tmpfs_mb}tmpfs-{self.nofile_limit}nofile-{self.image}")
+                f"{self.tmpfs_mb}tmpfs-{self.nofile_limit}nofile-{self.image}{layer}")
 
 
 @dataclass
@@ -180,8 +186,10 @@ class WarmPool:
         self._ready: dict[Profile, deque[Slot]] = {}
         self._wanted: dict[Profile, float] = {}  # profile -> last time a job asked for it
         self._pinned: set[Profile] = set()
-        # Profiles asked for but not warmed yet -> the owners who asked (bounded: see _note_demand).
-        self._asked: dict[Profile, set[object]] = {}
+        # Profiles asked for but not warmed yet -> how many times each owner asked (bounded: see _note_demand).
+        self._asked: dict[Profile, dict[object, int]] = {}
+        # The profile warmed for one owner alone, by owner (one each).
+        self._owned: dict[object, Profile] = {}
         self._wake = threading.Event()
         self._stopped = threading.Event()
         self._retired: queue.Queue[Slot | None] = queue.Queue()
@@ -270,11 +278,16 @@ class WarmPool:
     # --- background work ---------------------------------------------------------------------------------------
 
     def _note_demand(self, profile: Profile, owner: object) -> bool:
-        """Count `owner`'s ask for a profile that is not warm (the lock held); True once enough owners asked."""
-        owners = self._asked.setdefault(profile, set())
-        owners.add(owner)
-        if len(owners) >= self.owners_to_warm:
+        """Count `owner`'s ask for a profile that is not warm (the lock held); True when it is to be warmed: enough
+        owners asked, or `owner` asked again and holds no other profile of their own."""
+        asks = self._asked.setdefault(profile, {})
+        asks[owner] = asks.get(owner, 0) + 1
+        shared = len(asks) >= self.owners_to_warm
+        own = asks[owner] >= 2 and self._owned.get(owner) not in self._wanted
+        if shared or own:
             del self._asked[profile]
+            if not shared:
+                self._owned[owner] = profile
             return True
         if len(self._asked) > 4 * max(self.max_profiles, 1):  # a flood of odd sizes: forget the oldest asks
             del self._asked[next(iter(self._asked))]

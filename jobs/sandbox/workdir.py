@@ -47,6 +47,14 @@ class JobFolders:
 
 def create_job_folders(root: Path, name: str) -> JobFolders:
     """Make `root`/`name` with its code, input, run and sdk folders; raises WorkdirError when that is not safe."""
+    path = create_shared_folders(root, name, ("code", "input", "run", "sdk"))
+    return JobFolders(path=path, code=path / "code", input=path / "input", run=path / "run", sdk=path / "sdk")
+
+
+def create_shared_folders(root: Path, name: str, subfolders: tuple[str, ...],
+                          modes: dict[str, int] | None = None) -> Path:
+    """Make `root`/`name` (0700) with `subfolders` shared with the container's group (SHARED_DIR_MODE, or the mode
+    `modes` gives one); returns its path. Raises WorkdirError when that is not safe, or when it already exists."""
     root_fd = _open_work_root(root)
     try:
         try:
@@ -58,17 +66,16 @@ def create_job_folders(root: Path, name: str) -> JobFolders:
         os.close(root_fd)
     try:
         os.fchmod(job_fd, JOB_DIR_MODE)
-        for sub in ("code", "input", "run", "sdk"):
+        for sub in subfolders:
             os.mkdir(sub, JOB_DIR_MODE, dir_fd=job_fd)
             sub_fd = os.open(sub, _DIR_FLAGS, dir_fd=job_fd)
             try:
-                share_with_runtime(sub_fd, SHARED_DIR_MODE)
+                share_with_runtime(sub_fd, (modes or {}).get(sub, SHARED_DIR_MODE))
             finally:
                 os.close(sub_fd)
     finally:
         os.close(job_fd)
-    path = root / name
-    return JobFolders(path=path, code=path / "code", input=path / "input", run=path / "run", sdk=path / "sdk")
+    return root / name
 
 
 def share_tree(folder: Path) -> None:
@@ -165,13 +172,23 @@ def _check_root(root: Path, info: os.stat_result) -> None:
 
 
 def _check_parent(parent: Path) -> None:
-    try:
-        info = os.stat(parent)
-    except FileNotFoundError:
-        return  # created below, by us
-    if info.st_mode & 0o002 and not info.st_mode & stat.S_ISVTX:
-        raise WorkdirError(f"JOB_WORK_ROOT's parent {parent} is writable by every user without the sticky bit: "
-                           f"another user could swap the root for a folder of theirs. Use another place.")
+    """Every folder above the root, as written and as resolved, must be one no other user can change: owned by root
+    or by us, and writable by others only with the sticky bit (like /tmp). Otherwise another user could swap a
+    folder (or a link) on the way for one of theirs, and the writes that go by path (the code's extraction, the SDK's
+    copy, the engine's bind mounts) would land in it."""
+    chains = [Path(os.path.abspath(parent)), Path(os.path.realpath(parent))]
+    for folder in {ancestor for chain in chains for ancestor in (chain, *chain.parents)}:
+        try:
+            info = os.lstat(folder)
+        except FileNotFoundError:
+            continue  # created below, by us
+        if info.st_uid not in (0, os.geteuid()):
+            raise WorkdirError(f"JOB_WORK_ROOT's ancestor {folder} belongs to uid {info.st_uid}, who could swap it "
+                               f"(or what is in it) for a folder of theirs. Use another place.")
+        if stat.S_ISDIR(info.st_mode) and info.st_mode & 0o022 and not info.st_mode & stat.S_ISVTX:
+            raise WorkdirError(f"JOB_WORK_ROOT's ancestor {folder} is writable by other users without the sticky "
+                               f"bit: another user could swap what is in it for a folder of theirs. Use another "
+                               f"place.")
 
 
 def _unsafe(path: Path, problem: str) -> str:

@@ -6,7 +6,7 @@ from rest_framework.test import APIClient
 
 from accounts.models import ApiKey
 from accounts.services import authenticate_key, create_api_key, revoke_api_key
-from tests.helpers import deploy
+from tests.support.jobs import deploy
 
 ENDPOINTS = [("get", "/api/v1/functions/"), ("get", "/api/v1/jobs/"), ("post", "/run"),
              ("get", "/status/00000000-0000-0000-0000-000000000000"), ("post", "/deploy")]

@@ -91,7 +91,7 @@ def test_errors_have_one_documented_shape(schema):
 
 def test_the_documented_execution_result_is_the_one_the_api_answers(alice):
     from jobs.results import execution_result
-    from tests.helpers import make_job
+    from tests.support.jobs import make_job
 
     job = make_job(alice, "print('hi')\n")
     assert set(execution_result(job)) == set(ExecutionResultSerializer().fields)

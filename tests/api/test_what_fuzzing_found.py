@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from tests.helpers import deploy
+from tests.support.jobs import deploy
 
 pytestmark = pytest.mark.usefixtures("served_models")
 

@@ -8,8 +8,8 @@ import shutil
 from datetime import timedelta
 
 from core.formatting import count, money
-from tests.helpers import BROWSER_WAIT as WAIT
-from tests.helpers import text_of
+from tests.support.browser import BROWSER_WAIT as WAIT
+from tests.support.browser import text_of
 
 
 def test_an_operator_logs_in_reads_the_dashboard_and_opens_a_job(live_server, browser, admin_user, alice, bob,

@@ -23,7 +23,7 @@ from core.formatting import money
 from jobs.metering.ledger import record_call
 from jobs.models import Job, JobStatus
 from nodeclient import Usage
-from tests.helpers import deploy
+from tests.support.jobs import deploy
 
 HANDLER = "def handler(event, context):\n    return event\n"
 MODEL = "model-a"  # 1.00 per 1,000 prompt tokens and 2.00 per 1,000 completion tokens: a token costs 0.002 at most

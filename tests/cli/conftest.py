@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from tests.helpers import REPO_ROOT, VENV_BIN
+from tests.support import REPO_ROOT, VENV_BIN
 
 AINODE = VENV_BIN / "ainode"
 

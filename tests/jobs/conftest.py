@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 
 from jobs.models import Job
-from tests.ai_node_fixture import ai_node  # noqa: F401  (the session fixture, used below)
-from tests.helpers import REDIS_TEST_URL
+from tests.fixtures.ai_node import ai_node  # noqa: F401  (the session fixture, used below)
+from tests.support.brokers import REDIS_TEST_URL
 
 
 @pytest.fixture

@@ -3,7 +3,7 @@ import pytest
 from django.test import Client
 
 from jobs.models import Job
-from tests.helpers import make_job
+from tests.support.jobs import make_job
 
 pytestmark = pytest.mark.usefixtures("served_models")
 

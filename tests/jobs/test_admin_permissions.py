@@ -5,7 +5,7 @@ from django.contrib.auth.models import Permission, User
 from django.test import Client
 
 from jobs.models import Job
-from tests.helpers import make_job
+from tests.support.jobs import make_job
 
 pytestmark = pytest.mark.usefixtures("served_models")
 

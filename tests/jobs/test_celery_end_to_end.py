@@ -7,7 +7,9 @@ import pytest
 
 from jobs.dispatch import enqueue_job
 from jobs.models import Job
-from tests.helpers import container_creations, deploy, submit, wait_for, wait_for_status
+from tests.support.containers import container_creations
+from tests.support.jobs import deploy, submit
+from tests.support.waiting import wait_for, wait_for_status
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("served_models")]
 

@@ -12,7 +12,8 @@ from django.test.utils import CaptureQueriesContext
 
 from accounts.models import Quota
 from jobs.models import Job
-from tests.helpers import database_url, deploy, submit
+from tests.support.jobs import deploy, submit
+from tests.support.workers import database_url
 
 HANDLER = "def handler(event, context):\n    return event\n"
 MODEL = "model-a"

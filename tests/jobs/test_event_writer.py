@@ -8,7 +8,7 @@ from django.db import connection
 from jobs.events.store import DatabaseEventStore
 from jobs.events.writer import EventWriter
 from jobs.models import JobEvent
-from tests.helpers import make_job
+from tests.support.jobs import make_job
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -129,7 +129,7 @@ def test_a_redis_stream_of_events_expires_after_the_ttl_from_its_last_write(job,
     import redis
 
     from jobs.events.store import RedisEventStore
-    from tests.helpers import REDIS_TEST_URL
+    from tests.support.brokers import REDIS_TEST_URL
 
     settings.JOB_EVENTS_TTL_SECONDS = 600
     store, client = RedisEventStore(REDIS_TEST_URL), redis.Redis.from_url(REDIS_TEST_URL)

@@ -4,7 +4,7 @@ import subprocess
 import sys
 import textwrap
 
-from tests.helpers import REPO_ROOT
+from tests.support import REPO_ROOT
 
 CONSUMER = textwrap.dedent("""
     import sys, time

@@ -4,7 +4,7 @@ import base64
 import pytest
 
 from jobs.models import Function
-from tests.helpers import make_zip
+from tests.support.jobs import make_zip
 
 HANDLER = "def handler(event, context):\n    return event\n"
 

@@ -6,7 +6,7 @@ import io
 import pytest
 
 from jobs.models import Function, FunctionVersion, Job
-from tests.helpers import deploy, make_zip
+from tests.support.jobs import deploy, make_zip
 
 pytestmark = pytest.mark.usefixtures("served_models")
 

@@ -11,7 +11,8 @@ import pytest
 
 from jobs.models import Job
 from jobs.runner import run_job
-from tests.helpers import job_containers, make_job
+from tests.support.containers import job_containers
+from tests.support.jobs import make_job
 
 # Every test runs on a cold container and on a pooled (warm) one.
 pytestmark = pytest.mark.usefixtures("served_models", "execution")

@@ -14,7 +14,7 @@ from django.db.models import Sum
 
 from billing.models import UsageDaily
 from jobs.models import Function, IdempotencyKey, Job
-from tests.helpers import deploy
+from tests.support.jobs import deploy
 
 HANDLER = "def handler(event, context):\n    return event\n"
 ASK = ("import ai_client\n"

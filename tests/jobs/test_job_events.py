@@ -26,7 +26,8 @@ from ainode_cli.events import (
 from jobs.events.feed import listeners
 from jobs.metering.ledger import ledger_totals
 from jobs.models import Job
-from tests.helpers import deploy, make_job, submit, wait_for, wait_for_status
+from tests.support.jobs import deploy, make_job, submit
+from tests.support.waiting import wait_for, wait_for_status
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.timeout(300)]
 
@@ -169,7 +170,8 @@ def test_resuming_with_last_event_id_loses_nothing_and_repeats_nothing(event_sto
         assert follow(live_stack, alice, job_id, last_event_id=late[cut].id) == late[cut + 1:], cut
 
 
-def test_fifty_listeners_on_one_job_all_get_the_full_stream(live_stack, alice):
+def test_fifty_listeners_on_one_job_all_get_the_full_stream(live_stack, alice, settings):
+    settings.WEB_THREADS, settings.JOB_EVENTS_MAX_PER_USER = 128, 50  # a server with room for fifty of one user's
     job_id = submit_async(alice, CHATTY, {"lines": 20, "pause": 0.05})
     streams: dict[int, list[ServerEvent]] = {}
     failures: list[BaseException] = []
@@ -265,7 +267,8 @@ def test_an_idle_stream_gets_keep_alive_comments(live_server, alice, served_mode
         ("status", "queued")]
 
 
-def test_idle_listeners_hold_no_database_connection_between_polls(live_server, alice, served_models):
+def test_idle_listeners_hold_no_database_connection_between_polls(live_server, alice, served_models, settings):
+    settings.WEB_THREADS, settings.JOB_EVENTS_MAX_PER_USER = 64, 20  # room for 20 listeners of one user
     job_id = submit_async(alice, "print('queued for ever')\n")
     before = open_database_connections()
     streams = [_raw_stream(live_server, alice, job_id) for _ in range(20)]
@@ -334,6 +337,23 @@ def test_listeners_past_the_limit_are_refused_with_503_until_a_place_frees(live_
     wait_for(lambda: listeners().active == 0, timeout=30, message="the first listener's place to be given back")
     alice.client.post(f"/api/v1/jobs/{job_id}/cancel/")
     assert follow(live_server, alice, job_id)[-1].event == "result"
+
+
+def test_one_user_follows_at_most_their_share_while_others_are_still_served(live_server, alice, bob, served_models,
+                                                                          settings):
+    settings.JOB_EVENTS_MAX_PER_USER = 2
+    alices, bobs = submit_async(alice, "print('queued for ever')\n"), submit_async(bob, "print('mine too')\n")
+    holding = [_raw_stream(live_server, alice, alices) for _ in range(2)]
+    try:
+        wait_for(lambda: listeners().active == 2, timeout=10, message="alice's two listeners to be served")
+        with pytest.raises(EventStreamError) as refused:
+            follow(live_server, alice, alices)
+        assert (refused.value.status, refused.value.body["code"]) == (503, "too_many_listeners")
+        holding.append(_raw_stream(live_server, bob, bobs))
+        wait_for(lambda: listeners().active == 3, timeout=10, message="bob's listener to be served")
+    finally:
+        for stream in holding:
+            stream.close()
 
 
 def _raw_stream(server: Any, account: Any, job_id: str, *, receive_buffer: int | None = None) -> socket.socket:

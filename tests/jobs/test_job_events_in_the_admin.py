@@ -4,8 +4,9 @@ import pytest
 from django.test import Client
 
 from jobs.models import Job
-from tests.helpers import BROWSER_WAIT as WAIT
-from tests.helpers import deploy, make_job, submit, text_of
+from tests.support.browser import BROWSER_WAIT as WAIT
+from tests.support.browser import text_of
+from tests.support.jobs import deploy, make_job, submit
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.timeout(300)]
 

@@ -11,7 +11,8 @@ import pytest
 from jobs.metering.gateway import GatewayConfig, JobGateway
 from jobs.models import Job
 from jobs.runner import run_job
-from tests.helpers import make_job, make_zip, wait_for
+from tests.support.jobs import make_job, make_zip
+from tests.support.waiting import wait_for
 
 # The runner's own threads (the gateway's, the job's event writer) write to the database: the tests' rows must be
 # committed, and no test transaction may hold the write lock they wait for. Every test here runs the real runner,
@@ -52,8 +53,9 @@ def zipped_job(account, settings):
     archive = make_zip({"main.py": LOOK_AROUND, "lib/helper.py": "X = 1\n"})
     function = services.deploy_function(owner=account.user, name="look-around", code=archive, filename="code.zip")
     return Job.objects.create(owner=account.user, function=function, function_version=function.current_version,
-                              model_id="smollm2:135m", queue="jobs", input_data={"padding": "x" * 100},
-                              memory_mb=function.memory_mb, timeout_seconds=function.timeout_seconds)
+                              model_id="smollm2:135m", node="test-node", queue="jobs",
+                              input_data={"padding": "x" * 100}, memory_mb=function.memory_mb,
+                              timeout_seconds=function.timeout_seconds)
 
 
 def test_code_input_and_socket_are_shared_with_the_containers_user_only(alice, settings, job_work_root):
@@ -128,6 +130,23 @@ def test_a_work_root_in_a_folder_anyone_may_rename_in_is_refused(alice, settings
     settings.JOB_WORK_ROOT = parent / "jobs"
     job = run(make_job(alice, "def handler(event, context):\n    return 1\n"))
     assert_refused_before_running(job, mentions="sticky")
+
+
+@pytest.mark.parametrize("swap", ["owned by another user", "group-writable"])
+def test_a_work_root_below_a_folder_another_user_controls_is_refused_whatever_the_depth(
+        alice, settings, short_tmp, swap):
+    """Not only the parent: a folder two levels up that another user owns (or may write in) lets them swap the
+    whole path, and every write by path (the code, the SDK, the mounts) with it."""
+    above = short_tmp / "theirs"
+    above.mkdir(mode=0o755)
+    if swap == "owned by another user":
+        os.chown(above, OTHER_UID, OTHER_UID)
+    else:
+        above.chmod(0o775)
+    (above / "ours").mkdir(mode=0o755)
+    settings.JOB_WORK_ROOT = above / "ours" / "jobs"
+    job = run(make_job(alice, "def handler(event, context):\n    return 1\n"))
+    assert_refused_before_running(job, mentions=f"ancestor {above}")
 
 
 def test_a_missing_work_root_is_created_for_the_worker_alone(alice, settings, short_tmp):

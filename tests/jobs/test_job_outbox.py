@@ -17,7 +17,9 @@ from django.utils import timezone
 from jobs.dispatch import OUTBOX_CHANNEL
 from jobs.models import Job
 from jobs.outbox import BATCH, dispatch_waiting
-from tests.helpers import broker_messages, deploy, filesystem_broker, submit, wait_for_status
+from tests.support.brokers import broker_messages, filesystem_broker
+from tests.support.jobs import deploy, submit
+from tests.support.waiting import wait_for_status
 
 pytestmark = [
     pytest.mark.skipif(not django_settings.DATABASES["default"]["ENGINE"].endswith("postgresql"),

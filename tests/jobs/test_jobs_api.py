@@ -5,7 +5,8 @@ import uuid
 import pytest
 
 from jobs.models import Job
-from tests.helpers import broker_messages, deploy, make_job
+from tests.support.brokers import broker_messages
+from tests.support.jobs import deploy, make_job
 
 pytestmark = pytest.mark.usefixtures("served_models")
 
@@ -79,7 +80,7 @@ def test_a_job_copies_the_functions_limits(alice):
     assert (job.memory_mb, job.timeout_seconds) == (77, 9)
 
 
-@pytest.mark.parametrize("function_id", [str(uuid.uuid4()), "not-a-uuid", ""])
+@pytest.mark.parametrize("function_id", ["5d0c0c2e-3f4f-4a5e-9d0b-7c1e2a3b4c5d", "not-a-uuid", ""])
 def test_running_an_unknown_function_is_404_or_invalid(alice, function_id):
     response = alice.client.post("/run", {"functionId": function_id}, format="json", HTTP_X_ASYNC="true")
     if function_id:
@@ -145,7 +146,7 @@ def test_status_answers_the_execution_result_contract(alice):
                                                                            str(job.function_id))
 
 
-@pytest.mark.parametrize("job_id", [str(uuid.uuid4()), "not-a-uuid", "123", "%27%3B--"])
+@pytest.mark.parametrize("job_id", ["5d0c0c2e-3f4f-4a5e-9d0b-7c1e2a3b4c5d", "not-a-uuid", "123", "%27%3B--"])
 def test_status_of_an_unknown_or_malformed_id_is_404(alice, job_id):
     for url in (f"/status/{job_id}", f"/api/v1/jobs/{job_id}/"):
         response = alice.client.get(url)

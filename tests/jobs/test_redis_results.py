@@ -9,7 +9,9 @@ import pytest
 from jobs.models import Job
 from jobs.results import channel, wait_for_job
 from jobs.runner import run_job
-from tests.helpers import REDIS_TEST_URL, deploy, make_job, submit, wait_for
+from tests.support.brokers import REDIS_TEST_URL
+from tests.support.jobs import deploy, make_job, submit
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.usefixtures("served_models")
 

@@ -9,7 +9,7 @@ import pytest
 
 from jobs.models import Job
 from jobs.runner import run_job
-from tests.helpers import make_job, make_zip
+from tests.support.jobs import make_job, make_zip
 
 pytestmark = pytest.mark.usefixtures("served_models")
 
@@ -156,8 +156,8 @@ def test_modules_next_to_main_py_can_be_imported(alice, job_work_root):
                         "helper.py": "def twice(x):\n    return x * 2\n"})
     function = services.deploy_function(owner=alice.user, name="zipped", code=archive, filename="code.zip")
     job = Job.objects.create(owner=alice.user, function=function, function_version=function.current_version,
-                             model_id="model-a", queue="jobs", input_data=21, memory_mb=function.memory_mb,
-                             timeout_seconds=function.timeout_seconds)
+                             model_id="model-a", node="test-node", queue="jobs", input_data=21,
+                             memory_mb=function.memory_mb, timeout_seconds=function.timeout_seconds)
     job = run(job)
     assert_succeeded(job)
     assert job.result == 42

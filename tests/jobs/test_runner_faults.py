@@ -13,7 +13,8 @@ from jobs.sandbox.docker_backend import DockerBackend
 from jobs.models import Job
 from jobs.runner import run_job
 from jobs.sandbox.spec import default_profile, hardened_spec, make_workdir_folders
-from tests.helpers import job_containers, make_job
+from tests.support.containers import job_containers
+from tests.support.jobs import make_job
 
 pytestmark = pytest.mark.usefixtures("served_models")
 

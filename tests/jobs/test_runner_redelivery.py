@@ -16,7 +16,8 @@ from django.utils import timezone
 from jobs.sandbox.docker_backend import JOB_LABEL
 from jobs.models import Job
 from jobs.runner import run_job
-from tests.helpers import container_creations, job_containers, make_job
+from tests.support.containers import container_creations, job_containers
+from tests.support.jobs import make_job
 
 pytestmark = pytest.mark.usefixtures("served_models")
 

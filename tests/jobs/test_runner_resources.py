@@ -5,7 +5,9 @@ import time
 import pytest
 
 from jobs.runner import run_job
-from tests.helpers import job_containers, make_job, run_in_thread, wait_for
+from tests.support.containers import job_containers
+from tests.support.jobs import make_job, run_in_thread
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.usefixtures("served_models")
 

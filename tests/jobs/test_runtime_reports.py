@@ -6,7 +6,7 @@ import pytest
 
 from jobs.models import Job
 from jobs.runner import run_job
-from tests.helpers import make_job
+from tests.support.jobs import make_job
 
 pytestmark = pytest.mark.usefixtures("served_models")
 

@@ -5,7 +5,7 @@ import pytest
 
 from jobs.exits import interpret_exit
 from jobs.models import TERMINAL, TRANSITIONS, Job, JobStatus
-from tests.helpers import make_job
+from tests.support.jobs import make_job
 
 pytestmark = pytest.mark.usefixtures("served_models")
 

@@ -12,7 +12,7 @@ import pytest
 
 from jobs.models import Function, Job
 from jobs.runner import run_job
-from tests.helpers import make_job, make_zip
+from tests.support.jobs import make_job, make_zip
 
 
 def peak_rss() -> int:

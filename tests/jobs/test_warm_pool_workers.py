@@ -9,7 +9,8 @@ import pytest
 
 from jobs.models import Job
 from jobs.sandbox.warm_pool import HOST_LABEL, PID_LABEL, POOL_LABEL, SLOT_LABEL
-from tests.helpers import deploy, pool_ready_timeout, submit, wait_for, wait_for_status
+from tests.support.jobs import deploy, submit
+from tests.support.waiting import pool_ready_timeout, wait_for, wait_for_status
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("served_models")]
 

@@ -10,15 +10,10 @@ import time
 import pytest
 
 from jobs.models import Job
-from tests.helpers import (
-    container_creations,
-    deploy,
-    job_containers,
-    sqs_broker,
-    submit,
-    wait_for,
-    wait_for_status,
-)
+from tests.support.brokers import sqs_broker
+from tests.support.containers import container_creations, job_containers
+from tests.support.jobs import deploy, submit
+from tests.support.waiting import wait_for, wait_for_status
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("served_models")]
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from tests.ai_node_fixture import AINode
+from tests.fixtures.ai_node import AINode
 from tests.metering.helpers import KINDS, RecordingProxy, use_node
 
 # --- the node -----------------------------------------------------------------------------------------------------

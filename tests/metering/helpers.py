@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 if TYPE_CHECKING:
-    from tests.ai_node_fixture import AINode
+    from tests.fixtures.ai_node import AINode
 
 MODEL_CALL_PATHS = frozenset({"/api/generate", "/api/chat", "/v1/completions", "/v1/chat/completions"})
 COUNT_FIELDS = ("usage", "prompt_eval_count", "eval_count")

@@ -5,8 +5,8 @@ drain included, stays within its timeout plus a few seconds.
 import pytest
 
 from jobs.models import LLMCall
-from tests.helpers import wait_for
 from tests.metering.helpers import RAW_HTTP
+from tests.support.waiting import wait_for
 
 TIMEOUT = 10
 LONG = 1500

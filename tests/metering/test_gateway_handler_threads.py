@@ -20,7 +20,7 @@ import pytest
 
 from jobs.metering.gateway import GatewayConfig, JobGateway
 from sdk.transport import UnixHTTPConnection
-from tests.helpers import wait_for
+from tests.support.waiting import wait_for
 
 CAP = 4
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from jobs.metering.gateway import GatewayConfig, JobGateway
-from tests.helpers import wait_for
+from tests.support.waiting import wait_for
 
 
 @pytest.fixture

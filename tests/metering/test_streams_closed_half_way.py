@@ -10,8 +10,8 @@ import pytest
 
 from jobs.metering.ledger import ledger_totals
 from jobs.models import LLMCall
-from tests.helpers import wait_for
 from tests.metering.helpers import RAW_HTTP
+from tests.support.waiting import wait_for
 
 LONG = 300  # tokens asked for: far more than the few generated before the gateway sees the script gone
 

@@ -8,8 +8,8 @@ from jobs.metering.ledger import ledger_totals
 from jobs.metering.meter import prompt_bound
 from jobs.models import Job, LLMCall
 from jobs.runner import run_job
-from tests.helpers import as_json
 from tests.metering.helpers import RAW_HTTP, assert_billed_as_node_counted
+from tests.support.accounts import as_json
 
 SPEND_IT_ALL = '''
 import ai_client

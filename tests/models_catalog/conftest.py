@@ -6,8 +6,9 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from tests.ai_node_fixture import AINode
-from tests.models_catalog.helpers import Listener, Node, Relay, ScriptedNode, free_port
+from tests.fixtures.ai_node import AINode
+from tests.models_catalog.helpers import Node, ScriptedNode, free_port
+from tests.support.nodes import Listener, Relay
 
 
 @pytest.fixture

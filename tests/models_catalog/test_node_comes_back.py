@@ -8,8 +8,8 @@ import pytest
 from jobs.models import Job
 from models_catalog.models import AINode, ModelCatalog
 from models_catalog.services import sync_catalogue
-from tests.helpers import deploy, submit
 from tests.models_catalog.helpers import MODEL, Node
+from tests.support.jobs import deploy, submit
 
 
 @pytest.fixture

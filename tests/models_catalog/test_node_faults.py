@@ -6,8 +6,8 @@ import time
 import pytest
 
 from models_catalog.models import AINode, ModelCatalog
-from tests.helpers import deploy
 from tests.models_catalog.helpers import MODEL, Node, by_node, models_of
+from tests.support.jobs import deploy
 
 pytestmark = pytest.mark.django_db
 

@@ -7,8 +7,8 @@ from core.errors import DomainError
 from jobs.models import Job
 from models_catalog import services
 from models_catalog.models import AINode, ModelCatalog
-from tests.helpers import make_job
 from tests.models_catalog.helpers import MODEL, Node
+from tests.support.jobs import make_job
 
 pytestmark = pytest.mark.django_db
 

@@ -6,8 +6,8 @@ import pytest
 from jobs.models import Job
 from models_catalog import services
 from models_catalog.models import ModelCatalog
-from tests.helpers import deploy
 from tests.models_catalog.helpers import MODEL, Node
+from tests.support.jobs import deploy
 
 pytestmark = pytest.mark.django_db
 

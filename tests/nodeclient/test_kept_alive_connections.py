@@ -11,8 +11,8 @@ from collections.abc import Iterator
 import pytest
 
 from nodeclient import Cancellation, Completion, NodeError, client_for
-from tests.ai_node_fixture import AINode
-from tests.models_catalog.helpers import Listener, Relay
+from tests.fixtures.ai_node import AINode
+from tests.support.nodes import Listener, Relay
 
 KINDS = ("openai", "ollama")
 HELLO = [{"role": "user", "content": "Say hello."}]

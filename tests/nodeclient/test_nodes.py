@@ -18,7 +18,7 @@ import ollama
 import pytest
 
 from nodeclient import Completion, NodeClient, NodeError, client_for
-from tests.ai_node_fixture import AINode
+from tests.fixtures.ai_node import AINode
 
 KINDS = ("openai", "ollama")
 DETERMINISTIC = {"temperature": 0, "seed": 42, "max_tokens": 8}

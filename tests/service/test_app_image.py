@@ -23,9 +23,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.ai_node_fixture import AINode
-from tests.helpers import REPO_ROOT, wait_for
+from tests.fixtures.ai_node import AINode
 from tests.service.ops_helpers import PRODUCTION_ENV, closed_port, parse_metrics, total
+from tests.support import REPO_ROOT
+from tests.support.waiting import wait_for
 
 APP_IMAGE = os.environ.get("APP_IMAGE", "infra-ainode:local")
 RUNTIME_IMAGE = os.environ.get("JOB_RUNTIME_IMAGE", "infra-ainode-runtime:bookworm-1")
@@ -193,7 +194,9 @@ def test_the_image_runs_web_worker_and_beat_to_a_metered_demo_result(deployment:
         samples = parse_metrics(response.read().decode())
     assert total(samples, "ainode_jobs_submitted_total") == 1
     # The worker's metrics: recorded in its pool process, summed and served by its main process.
-    with urllib.request.urlopen(f"http://127.0.0.1:{worker_metrics_port}/metrics", timeout=10) as response:
+    worker_scrape = urllib.request.Request(f"http://127.0.0.1:{worker_metrics_port}/metrics",
+                                           headers={"Authorization": "Bearer image-test-scrape-token"})
+    with urllib.request.urlopen(worker_scrape, timeout=10) as response:
         samples = parse_metrics(response.read().decode())
     assert total(samples, "ainode_jobs_finished_total", status="succeeded") == 1
     assert total(samples, "ainode_model_calls_total", outcome="ok") == 2

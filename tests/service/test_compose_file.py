@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import yaml
 
-from tests.helpers import REPO_ROOT
+from tests.support import REPO_ROOT
 
 
 def compose() -> dict:

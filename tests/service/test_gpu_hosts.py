@@ -30,18 +30,12 @@ from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 
-from tests.helpers import (
-    CELERY,
-    REPO_ROOT,
-    database_url,
-    deploy,
-    job_containers,
-    pump,
-    sqs_broker,
-    submit,
-    wait_for,
-    wait_for_status,
-)
+from tests.support import REPO_ROOT
+from tests.support.brokers import sqs_broker
+from tests.support.containers import job_containers, pump
+from tests.support.jobs import deploy, submit
+from tests.support.waiting import wait_for, wait_for_status
+from tests.support.workers import CELERY, database_url
 
 pytestmark = [pytest.mark.timeout(600), pytest.mark.django_db(transaction=True)]
 

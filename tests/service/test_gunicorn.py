@@ -3,80 +3,13 @@ PROMETHEUS_MULTIPROC_DIR, and whose /readyz names a database that does not answe
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import urllib.error
-import urllib.request
-from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
-import pytest
-
-from tests.helpers import REPO_ROOT, VENV_BIN, database_url, deploy, wait_for
 from tests.service.ops_helpers import closed_port, parse_metrics, total
-
-GUNICORN = VENV_BIN / "gunicorn"
-
-
-def get(url: str, **headers: str) -> tuple[int, bytes]:
-    request = urllib.request.Request(url, headers=headers)
-    try:
-        with urllib.request.urlopen(request, timeout=10) as response:
-            return response.status, response.read()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read()
-
-
-def post(url: str, body: dict, **headers: str) -> int:
-    request = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",
-                                     headers={"Content-Type": "application/json", **headers})
-    try:
-        with urllib.request.urlopen(request, timeout=10) as response:
-            return response.status
-    except urllib.error.HTTPError as exc:
-        return exc.code
-
-
-@pytest.fixture
-def gunicorn(tmp_path: Path, _isolated_broker) -> Iterator[Callable[..., str]]:
-    """Start gunicorn (the image's configuration file) with `env`; returns its base URL. Stopped at the end."""
-    started: list[subprocess.Popen] = []
-
-    def start(workers: int = 3, **env: str) -> str:
-        port = closed_port()
-        metrics_dir = tmp_path / f"prometheus-{port}"
-        metrics_dir.mkdir()
-        full_env = {key: value for key, value in os.environ.items() if not key.startswith(("CELERY_", "SQS_"))}
-        full_env.update(_isolated_broker.env)
-        full_env.update({"PROMETHEUS_MULTIPROC_DIR": str(metrics_dir), "WEB_BIND": f"127.0.0.1:{port}",
-                         "WEB_WORKERS": str(workers), "DJANGO_SETTINGS_MODULE": "infra_ainode.settings", **env})
-        log = open(tmp_path / f"gunicorn-{port}.log", "wb")
-        process = subprocess.Popen([str(GUNICORN), "--config", "infra_ainode/gunicorn.conf.py", "infra_ainode.wsgi"],
-                                   cwd=REPO_ROOT, env=full_env, stdout=log, stderr=subprocess.STDOUT,
-                                   start_new_session=True)
-        started.append(process)
-        base = f"http://127.0.0.1:{port}"
-
-        def up() -> bool:
-            assert process.poll() is None, (tmp_path / f"gunicorn-{port}.log").read_text()
-            try:
-                return get(base + "/healthz")[0] == 200
-            except OSError:
-                return False
-
-        wait_for(up, timeout=30, interval=0.2, message="gunicorn to answer /healthz")
-        return base
-
-    yield start
-    for process in started:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+from tests.support.jobs import deploy
+from tests.support.waiting import wait_for
+from tests.support.web import get, post
+from tests.support.workers import database_url
 
 
 def metric_samples(base: str) -> dict:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from tests.ai_node_fixture import AINode
-from tests.helpers import deploy
+from tests.fixtures.ai_node import AINode
 from tests.service.ops_helpers import Samples, parse_metrics, total
+from tests.support.jobs import deploy
 
 SCRIPT = '''
 import ai_client

@@ -9,9 +9,9 @@ import time
 
 import pytest
 
-from tests.ai_node_fixture import AINode
-from tests.helpers import REDIS_TEST_URL, sqs_broker
+from tests.fixtures.ai_node import AINode
 from tests.service.ops_helpers import closed_port
+from tests.support.brokers import REDIS_TEST_URL, sqs_broker
 
 
 @pytest.fixture
@@ -22,6 +22,7 @@ def all_up(transactional_db, settings, ai_node: AINode) -> None:
     settings.AI_NODES = ""
     settings.REDIS_URL = REDIS_TEST_URL
     settings.READYZ_TIMEOUT = 3000  # generous: the machine may be loaded; what is down fails at once anyway
+    settings.READYZ_CACHE_SECONDS = 0  # each test changes what is up: every probe checks anew
 
 
 def test_healthz_answers_without_credentials_or_a_database(anonymous):
@@ -90,6 +91,27 @@ def test_readyz_is_ok_while_at_least_one_of_two_nodes_answers(anonymous, all_up,
     assert response.status_code == 200, response.content
     nodes = response.json()["checks"]["ai_nodes"]["nodes"]
     assert nodes["up"]["ok"] is True and nodes["down"]["ok"] is False
+
+
+def test_readyz_tells_a_stranger_only_what_is_up_and_the_operator_everything(anonymous, all_up, settings):
+    stranger = {"REMOTE_ADDR": "203.0.113.9", "HTTP_HOST": "attacker.example"}
+    body = anonymous.get("/readyz", **stranger).json()
+    assert body["checks"] == {name: {"ok": True} for name in ("database", "broker", "redis", "ai_nodes")}
+    assert settings.AI_NODE_URL not in str(body) and "sqlite" not in str(body)
+
+    settings.METRICS_TOKEN = "scrape-token"
+    operator = anonymous.get("/readyz", HTTP_AUTHORIZATION="Bearer scrape-token", **stranger).json()
+    assert operator["checks"]["ai_nodes"]["nodes"]["default"] == {"ok": True, "url": settings.AI_NODE_URL}
+    assert anonymous.get("/readyz", HTTP_AUTHORIZATION="Bearer wrong", **stranger).json()["checks"] == body["checks"]
+
+
+def test_readyz_answers_a_flood_of_probes_from_one_round_of_checks(anonymous, all_up, settings):
+    assert anonymous.get("/readyz").status_code == 200  # checked now (the fixture's period is 0) and kept
+    settings.READYZ_CACHE_SECONDS = 60
+    settings.REDIS_URL = f"redis://127.0.0.1:{closed_port()}/0"  # down now, but not asked again within the period
+    assert anonymous.get("/readyz").status_code == 200
+    settings.READYZ_CACHE_SECONDS = 0
+    assert anonymous.get("/readyz").json()["down"] == ["redis"]
 
 
 def test_the_probes_are_exempt_from_the_https_redirect(anonymous, all_up, settings):

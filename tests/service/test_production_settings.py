@@ -9,8 +9,8 @@ import sys
 
 import pytest
 
-from tests.helpers import REPO_ROOT
 from tests.service.ops_helpers import PRODUCTION_ENV
+from tests.support import REPO_ROOT
 
 
 def manage(*args: str, **env: str) -> subprocess.CompletedProcess:

@@ -7,7 +7,8 @@ import json
 import os
 import subprocess
 
-from tests.helpers import REPO_ROOT, VENV_BIN, database_url
+from tests.support import REPO_ROOT, VENV_BIN
+from tests.support.workers import database_url
 
 
 def state_after(code: str) -> dict:

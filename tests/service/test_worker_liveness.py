@@ -4,8 +4,8 @@ from __future__ import annotations
 import time
 import urllib.request
 
-from tests.helpers import wait_for
 from tests.service.ops_helpers import closed_port
+from tests.support.waiting import wait_for
 
 
 def test_a_worker_keeps_its_liveness_file_fresh_serves_metrics_and_removes_the_file_when_it_stops(

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import BROWSER_WAIT as WAIT
+from tests.support.browser import BROWSER_WAIT as WAIT
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 STACK = REPO_ROOT / "scripts" / "stack.sh"
