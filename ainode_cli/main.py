@@ -39,6 +39,8 @@ EXIT_UNAVAILABLE = 7     # the API could not be reached or failed (5xx)
 EXIT_PENDING = 8         # the job has not finished yet (queued or running)
 
 SKIPPED_PARTS = {"__pycache__", ".git", ".venv", "node_modules"}
+# The entry files a folder may hold: main.py (python), index.js or main.js (node).
+ENTRY_FILES = ("main.py", "index.js", "main.js")
 
 
 class UsageError(Exception):
@@ -51,12 +53,14 @@ def cmd_deploy(client: Client, args: argparse.Namespace) -> int:
     """Deploy DIR or FILE as a new function, or as a new version of the function of that name."""
     path = Path(args.path)
     code = _code_of(path)
+    runtime = args.runtime or _runtime_of(path)
     name = args.name or (path.resolve().name if path.is_dir() else path.stem)
     settings = {key: value for key, value in (("memoryMb", args.memory), ("timeoutSeconds", args.timeout),
                                               ("tokenBudget", args.budget)) if value is not None}
     # A folder's requirements.txt is its dependencies: sent even when absent (empty), so that removing the file
     # removes them from the new version. A file or zip given alone keeps what the server makes of it.
-    code_fields = {"codeBase64": base64.b64encode(code).decode(), **_requirements_of(path)}
+    code_fields = {"codeBase64": base64.b64encode(code).decode(), **_requirements_of(path),
+                   **({"runtime": runtime} if runtime else {})}
     body = {"name": name, **code_fields, **settings}
     try:
         answer = client.post("/api/v1/functions/", body, headers={"Idempotency-Key": str(uuid.uuid4())})
@@ -189,10 +193,10 @@ def cmd_usage(client: Client, args: argparse.Namespace) -> int:
 # --- helpers ----------------------------------------------------------------------------------------------------
 
 def _code_of(path: Path) -> bytes:
-    """A folder zipped (it must hold main.py), or a file's bytes (main.py or a zip)."""
+    """A folder zipped (it must hold main.py, index.js or main.js), or a file's bytes (one of those, or a zip)."""
     if path.is_dir():
-        if not (path / "main.py").is_file():
-            raise UsageError(f"{path} has no main.py")
+        if not any((path / name).is_file() for name in ENTRY_FILES):
+            raise UsageError(f"{path} has no {', '.join(ENTRY_FILES[:-1])} or {ENTRY_FILES[-1]}")
         buffer = io.BytesIO()
         with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
             for file in sorted(path.rglob("*")):
@@ -203,6 +207,14 @@ def _code_of(path: Path) -> bytes:
     if path.is_file():
         return path.read_bytes()
     raise UsageError(f"{path}: no such file or folder")
+
+
+def _runtime_of(path: Path) -> str | None:
+    """The runtime `path` asks for: node for a folder with index.js or main.js and no main.py, or a .js file; python
+    for a folder with main.py or a .py file; None (the server's choice) for a zip."""
+    if path.is_dir():
+        return "python" if (path / "main.py").is_file() else "node"
+    return {".js": "node", ".py": "python"}.get(path.suffix)
 
 
 def _requirements_of(path: Path) -> dict[str, str]:
@@ -402,9 +414,11 @@ def parser() -> argparse.ArgumentParser:
         sub.set_defaults(handler=handler)
         return sub
 
-    deploy = command("deploy", cmd_deploy, "deploy a folder (with main.py), a main.py or a zip")
+    deploy = command("deploy", cmd_deploy, "deploy a folder (with main.py, or index.js for node), a file or a zip")
     deploy.add_argument("path", metavar="DIR|FILE")
     deploy.add_argument("--name", help="the function's name (default: the folder's or file's name)")
+    deploy.add_argument("--runtime", choices=("python", "node"),
+                        help="python (main.py) or node (index.js); default: what the folder or file holds")
     deploy.add_argument("--memory", type=int, metavar="MB")
     deploy.add_argument("--timeout", type=int, metavar="SECONDS")
     deploy.add_argument("--budget", type=int, metavar="TOKENS", help="most tokens one job may spend")

@@ -185,7 +185,7 @@ def owner_key(stack: Stack) -> str:
 
 def wait_for_pool(stack: Stack, expected: int) -> None:
     from jobs.sandbox.docker_backend import POOL_LABEL, DockerBackend
-    from jobs.sandbox.warm_pool import SLOT_LABEL
+    from jobs.sandbox.pool_containers import SLOT_LABEL
 
     backend = DockerBackend()
     deadline = time.monotonic() + 60

@@ -411,9 +411,13 @@ JOB_OUTPUT_LIMIT_BYTES = env_int("JOB_OUTPUT_LIMIT_BYTES", 1024 * 1024, minimum=
 JOB_RESULT_MAX_BYTES = env_int("JOB_RESULT_MAX_BYTES", 1024 * 1024, minimum=1024)
 # How long past its timeout a `running` job may stay before it is declared lost (its worker died).
 JOB_LOST_GRACE_SECONDS = env_int("JOB_LOST_GRACE_SECONDS", 60, minimum=0)
+# A job whose container the engine could not create or start (the engine is down or restarting) waits this long
+# for it, then runs; only a job whose script may have run is failed (executor_unavailable). Keep it well under
+# JOB_LOST_GRACE_SECONDS plus the shortest job timeout, or recovery takes a waiting job for a lost one.
+JOB_ENGINE_WAIT_SECONDS = env_int("JOB_ENGINE_WAIT_SECONDS", 30, minimum=0)
 # How long an Idempotency-Key on POST /run or a deploy is remembered (a repeat within it gets the first answer).
 IDEMPOTENCY_KEY_TTL = env_int("IDEMPOTENCY_KEY_TTL", 86400, minimum=1)
-JOB_RUNTIME_IMAGE = env_str("JOB_RUNTIME_IMAGE", "infra-ainode-runtime:bookworm-1")
+JOB_RUNTIME_IMAGE = env_str("JOB_RUNTIME_IMAGE", "infra-ainode-runtime:bookworm-2")
 # Host folder for each job's code and sockets; it is bind-mounted into the job container, so it must be a path
 # the Docker engine sees (the worker and the engine share a host).
 # Each job's gateway socket is JOB_WORK_ROOT/<job uuid>/run/gateway.sock, and a Unix socket path holds at most

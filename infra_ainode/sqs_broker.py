@@ -11,6 +11,10 @@ Everything else (creating and finding queues, receiving, deleting, changing visi
 boto3. Where botocore would do something this sender does not (a proxy, a client certificate, no credentials, no
 certificate check), messages go through boto3 as before.
 
+The consumer's polling survives an outage of the SQS server (kombu's own stops for good): a poll that failed is
+tried again with growing pauses, and a queue whose poll never came back (its answer raised inside kombu's callback
+chain, which then never schedules the next poll) is polled again by a watchdog on the worker's event loop.
+
 Failures look as boto3's do, so kombu and Celery treat them alike: an error answer raises botocore's ClientError,
 a connection that cannot be made raises EndpointConnectionError (one of kombu's connection errors, which Celery's
 publish retries). Throttling, 5xx answers and broken connections are tried again, up to ATTEMPTS in all. A message
@@ -23,6 +27,7 @@ import hashlib
 import hmac
 import http.client
 import json
+import logging
 import random
 import ssl
 import threading
@@ -34,7 +39,10 @@ from urllib.parse import urlsplit
 
 from botocore.exceptions import ChecksumError, ClientError, EndpointConnectionError
 from botocore.httpsession import get_cert_path
+from kombu.asynchronous.aws.sqs.connection import AsyncSQSConnection
 from kombu.transport import SQS
+
+logger = logging.getLogger(__name__)
 
 TARGET = "AmazonSQS.SendMessage"
 CONTENT_TYPE = "application/x-amz-json-1.0"
@@ -227,14 +235,95 @@ class _SendingClient:
         return getattr(self._client, name)
 
 
+# A failed poll is tried again after this pause, doubled after each failure in a row up to the most.
+POLL_RETRY_FIRST_SECONDS = 0.5
+POLL_RETRY_MAX_SECONDS = 5.0
+# How often the watchdog looks, and how long past its long poll a queue's poll may stay unanswered.
+WATCHDOG_SECONDS = 5.0
+STALL_MARGIN_SECONDS = 10.0
+
+
+class _PollingConnection(AsyncSQSConnection):
+    """kombu's asynchronous SQS client, except that an error answer to a poll is a failed poll, not an exception
+    raised inside the worker's event loop: there it ends the consumer ("Unrecoverable error"), and a server that
+    is restarting answers errors for a moment (a queue it does not know yet)."""
+
+    def _on_list_ready(self, parent: Any, markers: Any, operation: str, response: Any) -> Any:
+        try:
+            return super()._on_list_ready(parent, markers, operation, response)
+        except Exception as exc:  # kombu raises a bare Exception for an error status
+            logger.warning("SQS: %s failed: %s", operation, exc)
+            return []
+
+
 class Channel(SQS.Channel):
-    """kombu's channel, whose SQS clients send messages through a SignedSender each."""
+    """kombu's channel, whose SQS clients send messages through a SignedSender each, and whose polling outlives an
+    outage of the server."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         # The client and its sending form, per queue: kombu keeps one client per queue (and one for all queues not
         # predefined), but makes a new one when STS credentials expire.
         self._sending_clients: dict[str | None, tuple[Any, Any]] = {}
+        self._poll_failures: dict[str, int] = {}
+        self._polled_at: dict[str, float] = {}
+        self._watchdog: Any = None
         super().__init__(*args, **kwargs)
+
+    def asynsqs(self, queue: str | None = None) -> AsyncSQSConnection:
+        connection = super().asynsqs(queue)
+        # kombu makes and caches the client itself (with its predefined queues' and STS' rules); only its poll's
+        # answer differs, so the class is ours, the state is kombu's.
+        connection.__class__ = _PollingConnection
+        return connection
+
+    def basic_consume(self, queue: str, *args: Any, **kwargs: Any) -> Any:
+        self._polled_at[queue] = time.monotonic()
+        consumer = super().basic_consume(queue, *args, **kwargs)
+        if self.hub and self._watchdog is None:
+            self._watchdog = self.hub.call_repeatedly(WATCHDOG_SECONDS, self._revive_stalled_polls)
+        return consumer
+
+    def close(self) -> None:
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
+        super().close()
+
+    def _on_messages_ready(self, queue: str, qname: str, messages: Any) -> int:
+        # kombu's asynchronous client answers a poll that timed out or met a server error (a server that is down
+        # included) with an empty list instead of the parsed answer: no messages, and a failure to back off from.
+        if not isinstance(messages, dict):
+            self._poll_failures[queue] = self._poll_failures.get(queue, 0) + 1
+            return 0
+        if self._poll_failures.pop(queue, None):
+            logger.info("SQS: polling queue %s works again", queue)
+        return super()._on_messages_ready(queue, qname, messages)
+
+    def _loop1(self, queue: str, messages_fetched: Any = None) -> None:
+        self._polled_at[queue] = time.monotonic()
+        failures = self._poll_failures.get(queue, 0)
+        if failures:
+            pause = min(POLL_RETRY_FIRST_SECONDS * 2 ** (failures - 1), POLL_RETRY_MAX_SECONDS)
+            if failures == 1:
+                logger.warning("SQS: polling queue %s failed; trying again, at most every %.0f s", queue,
+                               POLL_RETRY_MAX_SECONDS)
+            self.hub.call_later(pause, self._schedule_queue, queue)
+            return
+        super()._loop1(queue, messages_fetched)
+
+    def _revive_stalled_polls(self) -> None:
+        """Poll again each consumed queue whose last poll ended longer ago than a long poll and a margin: its
+        answer raised inside kombu's callback chain (an error answer, a queue the server lost), which then never
+        schedules the next poll, and the worker would consume nothing more while looking alive."""
+        stalled_after = (self.wait_time_seconds or 0) + STALL_MARGIN_SECONDS
+        now = time.monotonic()
+        for queue in list(self._active_queues):
+            if now - self._polled_at.get(queue, now) > stalled_after:
+                logger.warning("SQS: no poll of queue %s has ended for %.0f s; polling it again", queue,
+                               now - self._polled_at[queue])
+                self._polled_at[queue] = now
+                self._queue_cache.pop(self.canonical_queue_name(queue), None)  # the server may have lost it
+                self._schedule_queue(queue)
 
     def sqs(self, queue: str | None = None) -> Any:
         client = super().sqs(queue)

@@ -22,7 +22,7 @@ from .models import DependencyLayer, Function, FunctionVersion, Job, LLMCall
 
 class FunctionVersionInline(admin.TabularInline):
     model = FunctionVersion
-    fields = ("number", "sha256", "files", "unpacked_bytes", "requirements", "dependencies", "created_at")
+    fields = ("number", "runtime", "sha256", "files", "unpacked_bytes", "requirements", "dependencies", "created_at")
     readonly_fields = fields
     extra = 0
     can_delete = False
@@ -74,8 +74,8 @@ class DependencyLayerAdmin(admin.ModelAdmin):
 
 @admin.register(Function)
 class FunctionAdmin(admin.ModelAdmin):
-    list_display = ("name", "owner", "version", "memory_mb", "timeout_seconds", "default_model", "created_at",
-                    "deleted_at")
+    list_display = ("name", "owner", "version", "runtime", "memory_mb", "timeout_seconds", "default_model",
+                    "created_at", "deleted_at")
     list_filter = ("deleted_at", "created_at")
     search_fields = ("name", "id", "owner__username")
     readonly_fields = ("id", "version", "created_at", "updated_at")

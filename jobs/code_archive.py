@@ -1,8 +1,12 @@
 """Validation of uploaded function code, and the normalised zip it is stored as.
 
-Code arrives as the text of main.py, as a main.py file, or as a zip holding main.py (and other modules). What we
-store is always a zip that we wrote ourselves from checked members, so a hostile archive's quirks (links, odd
-paths, huge headers) never reach the worker.
+Code arrives as the text of its entry file, as that file, or as a zip holding it (and other modules): `main.py` for
+the python runtime, `index.js` (or `main.js`) for node. What we store is always a zip that we wrote ourselves from
+checked members, so a hostile archive's quirks (links, odd paths, huge headers) never reach the worker.
+
+Python is parsed on the host in a bounded child (jobs.syntax_check); JavaScript is not checked here, because no
+JavaScript parser runs on the host without running Node on a user's upload: a syntax error in a node function is
+the job's `script_error`, reported by the container's runtime.
 """
 import hashlib
 import io
@@ -15,9 +19,12 @@ from django.conf import settings
 
 from core.errors import DomainError, TooLarge
 
+from .models import Runtime
 from .syntax_check import find_syntax_error
 
 ENTRY_POINT = "main.py"
+# The entry files of each runtime, in order of preference (the runtime runs the first it finds).
+ENTRY_POINTS: dict[str, tuple[str, ...]] = {Runtime.PYTHON: (ENTRY_POINT,), Runtime.NODE: ("index.js", "main.js")}
 REQUIREMENTS_FILE = "requirements.txt"
 
 
@@ -31,26 +38,44 @@ class CodeArchive:
     sha256: str
     files: list[str]
     unpacked_bytes: int
+    runtime: str = Runtime.PYTHON
     # The upload's requirements.txt (at its top level), unchecked: jobs.requirements judges it.
     requirements: bytes | None = None
 
 
-def build_archive(content: bytes, filename: str = ENTRY_POINT) -> CodeArchive:
-    """Check an upload and return the archive to store.
+def build_archive(content: bytes, filename: str = ENTRY_POINT, runtime: str | None = None) -> CodeArchive:
+    """Check an upload for `runtime` (None: the upload's own, see `runtime_of`) and return the archive to store.
 
     Raises `TooLarge` (code_too_large) past FUNCTION_MAX_CODE_BYTES, and `CodeRejected` with codes
-    bad_zip, unsafe_path, zip_link, too_many_files, missing_main, not_utf8 or syntax_error.
+    bad_zip, unsafe_path, zip_link, too_many_files, missing_main, not_utf8, syntax_error or invalid_runtime.
     """
     if len(content) > settings.FUNCTION_MAX_CODE_BYTES:
         raise TooLarge(f"Code is larger than {settings.FUNCTION_MAX_CODE_BYTES} bytes.", code="code_too_large")
+    if runtime is not None and runtime not in ENTRY_POINTS:
+        raise CodeRejected(f"Unknown runtime {runtime!r}; use one of {', '.join(ENTRY_POINTS)}.",
+                           code="invalid_runtime")
     if filename.lower().endswith(".zip") or content[:4] == b"PK\x03\x04":
         members = _read_zip(content)
+        runtime = runtime or runtime_of(members)
     else:
-        members = {ENTRY_POINT: content}
-    if ENTRY_POINT not in members:
-        raise CodeRejected("The code must contain main.py at its top level.", code="missing_main")
-    _check_python({name: data for name, data in members.items() if name.endswith(".py")})
-    return replace(_write_zip(members), requirements=members.get(REQUIREMENTS_FILE))
+        runtime = runtime or (Runtime.NODE if filename.endswith(".js") else Runtime.PYTHON)
+        entries = ENTRY_POINTS[runtime]
+        members = {filename if filename in entries else entries[0]: content}
+    if not any(name in members for name in ENTRY_POINTS[runtime]):
+        raise CodeRejected(f"The code of a {runtime} function must contain {' or '.join(ENTRY_POINTS[runtime])} "
+                           "at its top level.", code="missing_main")
+    if runtime == Runtime.PYTHON:
+        _check_python({name: data for name, data in members.items() if name.endswith(".py")})
+    else:
+        _decode({name: data for name, data in members.items() if name.endswith((".js", ".mjs", ".cjs"))})
+    return replace(_write_zip(members), runtime=runtime, requirements=members.get(REQUIREMENTS_FILE))
+
+
+def runtime_of(members: dict[str, bytes]) -> str:
+    """The runtime an upload's files ask for: node when it holds a node entry file and no main.py, else python."""
+    if ENTRY_POINT not in members and any(name in members for name in ENTRY_POINTS[Runtime.NODE]):
+        return Runtime.NODE
+    return Runtime.PYTHON
 
 
 def _read_zip(content: bytes) -> dict[str, bytes]:
@@ -93,7 +118,7 @@ def _safe_member_name(info: zipfile.ZipInfo) -> str:
 
 def _strip_common_folder(members: dict[str, bytes]) -> dict[str, bytes]:
     """A zip made by zipping a folder puts everything under `folder/`; accept it as if it were the top."""
-    if ENTRY_POINT in members or not members:
+    if any(name in members for entries in ENTRY_POINTS.values() for name in entries) or not members:
         return members
     tops = {name.split("/", 1)[0] for name in members}
     if len(tops) == 1 and all("/" in name for name in members):
@@ -104,16 +129,21 @@ def _strip_common_folder(members: dict[str, bytes]) -> dict[str, bytes]:
 
 def _check_python(modules: dict[str, bytes]) -> None:
     """Refuse modules that are not UTF-8, or whose syntax is wrong (as far as the bounded check can tell)."""
+    problem = find_syntax_error(_decode(modules))
+    if problem is not None:
+        raise CodeRejected(f"{problem.file} line {problem.line}: {problem.message}.", code="syntax_error",
+                           line=problem.line, file=problem.file)
+
+
+def _decode(modules: dict[str, bytes]) -> dict[str, str]:
+    """The text of `modules`; raises CodeRejected (not_utf8) for one that is not UTF-8."""
     sources = {}
     for name, data in modules.items():
         try:
             sources[name] = data.decode("utf-8")
         except UnicodeDecodeError:
             raise CodeRejected(f"{name} is not UTF-8 text.", code="not_utf8") from None
-    problem = find_syntax_error(sources)
-    if problem is not None:
-        raise CodeRejected(f"{problem.file} line {problem.line}: {problem.message}.", code="syntax_error",
-                           line=problem.line, file=problem.file)
+    return sources
 
 
 def _write_zip(members: dict[str, bytes]) -> CodeArchive:

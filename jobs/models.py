@@ -47,6 +47,11 @@ class Function(models.Model):
     def current_version(self) -> "FunctionVersion":
         return self.versions.get(number=self.version)
 
+    @property
+    def runtime(self) -> str:
+        """The current version's runtime (a `Runtime`)."""
+        return self.current_version.runtime
+
 
 class LayerStatus(models.TextChoices):
     """A dependency layer's build. Legal moves:
@@ -112,9 +117,18 @@ class DependencyLayerChunk(models.Model):
         constraints = [models.UniqueConstraint(fields=["layer", "index"], name="unique_layer_chunk")]
 
 
+class Runtime(models.TextChoices):
+    """The language a function version's code is run by, and so its entry file and the container's command
+    (jobs.sandbox.spec): `main.py` for python, `index.js` (or `main.js`) for node."""
+
+    PYTHON = "python"
+    NODE = "node"
+
+
 class FunctionVersion(models.Model):
-    """One immutable upload of a function's code: a normalised zip holding main.py and its modules, and its
-    dependencies (normalised requirements, and the layer they are installed in)."""
+    """One immutable upload of a function's code: a normalised zip holding its entry file (main.py, or index.js for
+    node) and its modules, the runtime that runs it, and its dependencies (normalised requirements, and the layer
+    they are installed in)."""
 
     function = models.ForeignKey(Function, on_delete=models.PROTECT, related_name="versions")
     number = models.PositiveIntegerField()
@@ -122,6 +136,7 @@ class FunctionVersion(models.Model):
     sha256 = models.CharField(max_length=64)
     files = models.JSONField(default=list)
     unpacked_bytes = models.PositiveBigIntegerField()
+    runtime = models.CharField(max_length=16, choices=Runtime.choices, default=Runtime.PYTHON)
     requirements = models.TextField(blank=True)
     # None without requirements, or once the cleanup removed the layer of a version nothing runs any more.
     layer = models.ForeignKey(DependencyLayer, null=True, blank=True, on_delete=models.SET_NULL,
@@ -147,9 +162,10 @@ class JobStatus(models.TextChoices):
     """A job's life. Legal moves (anything else is refused by `JobQuerySet.move`):
 
         queued ──> running ──> succeeded
-          │           ├──────> failed
-          │           ├──────> timed_out
-          │           └──────> cancelled
+          │  ^        ├──────> failed
+          │  │        ├──────> timed_out
+          │  │        └──────> cancelled
+          │  └─ running      (its worker vanished before it started a container: run it again)
           ├──> cancelled
           └──> failed        (it could not be started: no executor, or its worker vanished)
     """
@@ -166,7 +182,8 @@ TERMINAL = (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.TIMED_OUT, JobStatu
 
 TRANSITIONS: dict[str, tuple[str, ...]] = {
     JobStatus.QUEUED: (JobStatus.RUNNING, JobStatus.CANCELLED, JobStatus.FAILED),
-    JobStatus.RUNNING: (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.TIMED_OUT, JobStatus.CANCELLED),
+    JobStatus.RUNNING: (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.TIMED_OUT, JobStatus.CANCELLED,
+                        JobStatus.QUEUED),
 }
 
 

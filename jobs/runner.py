@@ -34,7 +34,8 @@ from .metering.ledger import ledger_totals
 from .metering.routing import gateway_config
 from .models import Job, JobStatus
 from .sandbox import warm_pool
-from .sandbox.docker_backend import ContainerError, ContainerGone, ContainerOutcome, DockerBackend
+from .sandbox.docker_backend import (ContainerError, ContainerGone, ContainerNotStarted, ContainerOutcome,
+                                     ContainerSpec, DockerBackend)
 from .sandbox.engine import shared_backend
 from .sandbox.layers import local_layer
 from .sandbox.recovery import handle_unclaimed
@@ -46,6 +47,8 @@ from .sandbox.workdir import WorkdirError, share_socket
 logger = logging.getLogger(__name__)
 
 CANCEL_CHECK_SECONDS = 0.5
+ENGINE_RETRY_FIRST_PAUSE = 0.5
+ENGINE_RETRY_MAX_PAUSE = 5.0
 
 
 def run_job(job_id: str | uuid.UUID, *, backend: DockerBackend | None = None) -> None:
@@ -104,13 +107,31 @@ def _execute(job: Job, backend: DockerBackend, live: events.EventWriter,
             return ran
     folders = prepare_workdir(job, cleanup)
     gateway = _start_gateway(job, folders.run, live, cleanup)
-    outcome = backend.run(
-        container_spec(job, folders, profile),
-        should_cancel=_cancel_checker(job.id),
-        on_started=_started_recorder(job.id, time.monotonic()),
-        on_output=live.output,
-    )
-    return outcome, gateway
+    return _run_cold(job, backend, live, container_spec(job, folders, profile)), gateway
+
+
+def _run_cold(job: Job, backend: DockerBackend, live: events.EventWriter, spec: ContainerSpec) -> ContainerOutcome:
+    """Run the job in a container created for it. An engine that fails before the script could run (it is
+    restarting, say) is waited for, with growing pauses, for at most JOB_ENGINE_WAIT_SECONDS: the job then runs once
+    it answers. A failure after the script may have run is not retried (the script may have spent tokens)."""
+    deadline = time.monotonic() + settings.JOB_ENGINE_WAIT_SECONDS
+    pause = ENGINE_RETRY_FIRST_PAUSE
+    while True:
+        try:
+            return backend.run(spec, should_cancel=_cancel_checker(job.id), before_start=_container_recorder(job.id),
+                               on_started=_started_recorder(time.monotonic()), on_output=live.output)
+        except ContainerNotStarted as exc:
+            if (exc.code != "executor_unavailable" or time.monotonic() + pause > deadline
+                    or Job.objects.filter(pk=job.pk, status=JobStatus.CANCELLED).exists()):
+                raise
+            logger.warning("job %s: the engine failed before the script ran (%s); trying again in %.1f s",
+                           job.id, exc, pause)
+            time.sleep(pause)
+            pause = min(pause * 2, ENGINE_RETRY_MAX_PAUSE)
+            try:  # a container the failed attempt created and could not remove would hold the job's name
+                backend.remove_job_containers(str(job.pk))
+            except ContainerError:
+                pass
 
 
 def _run_warm(job: Job, backend: DockerBackend, live: events.EventWriter, pool: WarmPool, slot: Slot,
@@ -123,11 +144,15 @@ def _run_warm(job: Job, backend: DockerBackend, live: events.EventWriter, pool: 
         fill_workdir(job, folders)
         gateway = _start_gateway(job, folders.run, live, attempt)
         spec = container_spec(job, folders, slot.profile)
+
+        def begin() -> None:
+            _container_recorder(job.id)(slot.container_id)
+            slot.begin(spec.env, is_running=lambda: backend.is_running(slot.container_id))
+
         try:
             outcome = backend.supervise(
                 slot.container_id, spec, should_cancel=_cancel_checker(job.id),
-                on_started=_started_recorder(job.id, asked_at), on_output=live.output,
-                begin=lambda: slot.begin(spec.env, is_running=lambda: backend.is_running(slot.container_id)),
+                on_started=_started_recorder(asked_at), on_output=live.output, begin=begin,
             )
         except (SlotUnavailable, ContainerGone) as exc:
             logger.warning("job %s: warm container %s unusable (%s); cold path", job.id, slot.container_id[:12], exc)
@@ -146,10 +171,18 @@ def _start_gateway(job: Job, run_dir: Path, live: events.EventWriter, cleanup: E
     return gateway
 
 
-def _started_recorder(job_id: uuid.UUID, asked_at: float):
+def _container_recorder(job_id: uuid.UUID):
+    """Records the job's container on its row just before the script is given it: a job whose row names no container
+    never ran a line of its script, which is what lost-job recovery needs to know (sandbox.recovery)."""
+    def record(container_id: str) -> None:
+        Job.objects.filter(pk=job_id).update(container_id=container_id)
+
+    return record
+
+
+def _started_recorder(asked_at: float):
     def on_started(container_id: str) -> None:
         metrics.container_started(seconds=time.monotonic() - asked_at)
-        Job.objects.filter(pk=job_id).update(container_id=container_id)
 
     return on_started
 

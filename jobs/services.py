@@ -44,12 +44,13 @@ def deploy_function(*, owner: User, name: str, code: bytes, filename: str = "mai
                     memory_mb: int | None = None, timeout_seconds: int | None = None,
                     env: dict[str, str] | None = None, default_model: str = "",
                     allowed_models: list[str] | None = None, token_budget: int | None = None,
-                    requirements: str | None = None) -> Function:
-    """Create a function with its first version. Its dependencies are `requirements` (the text of a
+                    requirements: str | None = None, runtime: str | None = None) -> Function:
+    """Create a function with its first version. Its runtime is `runtime` (`python` or `node`) when given, else the
+    upload's (jobs.code_archive.build_archive). Its dependencies are `requirements` (the text of a
     requirements.txt) when given, else the upload's own requirements.txt; a set with packages gets its layer
-    (jobs.dependencies), built once after the commit. Raises DomainError on bad code, requirements
-    (`invalid_requirements`) or limits."""
-    archive = build_archive(code, filename)
+    (jobs.dependencies), built once after the commit. Raises DomainError on bad code, runtime
+    (`invalid_runtime`), requirements (`invalid_requirements`) or limits."""
+    archive = build_archive(code, filename, runtime)
     wanted = _requirements_of(archive, requirements)
     if Function.objects.filter(owner=owner, name=name, deleted_at__isnull=True).exists():
         raise Conflict(f"You already have a function named {name!r}.", code="function_exists")
@@ -62,7 +63,7 @@ def deploy_function(*, owner: User, name: str, code: bytes, filename: str = "mai
         )
         FunctionVersion.objects.create(
             function=function, number=1, archive=archive.data, sha256=archive.sha256,
-            files=archive.files, unpacked_bytes=archive.unpacked_bytes,
+            files=archive.files, unpacked_bytes=archive.unpacked_bytes, runtime=archive.runtime,
             requirements=wanted.text, layer=layer_for(wanted),
         )
     return function
@@ -97,11 +98,14 @@ def update_function(*, function: Function, code: bytes | None = None, filename: 
                     memory_mb: int | None = None, timeout_seconds: int | None = None,
                     env: dict[str, str] | None = None, default_model: str | None = None,
                     allowed_models: list[str] | None = None, token_budget: int | None = None,
-                    clear_token_budget: bool = False, requirements: str | None = None) -> Function:
+                    clear_token_budget: bool = False, requirements: str | None = None,
+                    runtime: str | None = None) -> Function:
     """Change a function's settings; new code or new `requirements` become a new version, which keeps the current
-    version's code or requirements where it is given none (see `_requirements_of`). Jobs already queued keep their
-    version."""
-    archive = build_archive(code, filename) if code is not None else None
+    version's code, runtime or requirements where it is given none (see `_requirements_of`). Jobs already queued
+    keep their version."""
+    archive = None
+    if code is not None:
+        archive = build_archive(code, filename, runtime or function.current_version.runtime)
     with transaction.atomic():
         function = Function.objects.select_for_update().get(pk=function.pk)
         if memory_mb is not None:
@@ -129,10 +133,11 @@ def _add_version(function: Function, archive: CodeArchive | None, requirements: 
     function.version += 1
     if archive is None:
         archive = CodeArchive(data=bytes(current.archive), sha256=current.sha256, files=current.files,
-                              unpacked_bytes=current.unpacked_bytes)
+                              unpacked_bytes=current.unpacked_bytes, runtime=current.runtime)
     FunctionVersion.objects.create(
         function=function, number=function.version, archive=archive.data, sha256=archive.sha256,
-        files=archive.files, unpacked_bytes=archive.unpacked_bytes, requirements=wanted.text,
+        files=archive.files, unpacked_bytes=archive.unpacked_bytes, runtime=archive.runtime,
+        requirements=wanted.text,
         layer=layer_for(wanted),
     )
 

@@ -11,8 +11,9 @@ NodeError`); the modules are split by concern:
 
 - `options`: the one table of model options, `OLLAMA_TO_OPENAI_OPTIONS`, that the gateway's wire translation and
   devnode's Ollama front read as well, and the check of a caller's options.
-- `base`: `NodeError`, `Cancellation`, the kept-alive connections, the data types of an answer (`NodeModel`,
-  `Usage`, `Completion`) and `NodeClient` with the HTTP plumbing both kinds share.
+- `errors`: `NodeError`. `connections`: `Cancellation` and the kept-alive connections.
+- `base`: the data types of an answer (`NodeModel`, `Usage`, `Completion`) and `NodeClient` with the HTTP plumbing
+  both kinds share.
 - `ollama`, `openai`: the two clients.
 
 Token counts come from the node's own answer (`Usage`): they are what the operator bills. Where a node did not
@@ -30,7 +31,9 @@ Standard library only, and nothing from Django: callers pass the URL and timeout
 
 from __future__ import annotations
 
-from nodeclient.base import Cancellation, Completion, NodeClient, NodeError, NodeModel, Usage, format_parameter_size
+from nodeclient.base import Completion, NodeClient, NodeModel, Usage, format_parameter_size
+from nodeclient.connections import Cancellation
+from nodeclient.errors import NodeError
 from nodeclient.ollama import OllamaClient
 from nodeclient.openai import OpenAIClient
 from nodeclient.options import COMMON_OPTIONS, OLLAMA_TO_OPENAI_OPTIONS

@@ -1,6 +1,6 @@
-"""What both kinds of client share: the errors, the cancellation of a call, the kept-alive connections, the
-data types of an answer, and `NodeClient`, the interface with its HTTP plumbing (sending a request, reading a
-JSON answer or a stream's lines, turning every failure into a `NodeError`).
+"""What both kinds of client share: the data types of an answer, and `NodeClient`, the interface with its HTTP
+plumbing (sending a request, reading a JSON answer or a stream's lines, turning every failure into a `NodeError`).
+The errors are in nodeclient.errors, the cancellation and the kept-alive connections in nodeclient.connections.
 """
 
 from __future__ import annotations
@@ -8,15 +8,15 @@ from __future__ import annotations
 import http.client
 import json
 import logging
-import re
-import select
 import socket
-import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
+
+from nodeclient.connections import _CLOSED_WHILE_IDLE, Cancellation, _KeptAlive
+from nodeclient.errors import NodeError
 
 logger = logging.getLogger(__name__)
 
@@ -28,136 +28,6 @@ _Response = http.client.HTTPResponse
 # Picks the text out of one answer, stream event or choice.
 TextOf = Callable[[dict[str, Any]], Any]
 
-
-class NodeError(Exception):
-    """A call to an AI node failed.
-
-    `code` is one of: node_unreachable, node_timeout, node_bad_response, node_http_error, model_not_found,
-    call_cancelled. `status` is the HTTP status when the node answered with one. `str()` names the node's address
-    (for logs and the ledger); `public_message` does not (for whoever made the call).
-    """
-
-    def __init__(self, code: str, message: str, status: int | None = None) -> None:
-        super().__init__(message)
-        self.code = code
-        self.status = status
-
-    def __str__(self) -> str:
-        return f"{self.code}: {self.args[0]}"
-
-    @property
-    def public_message(self) -> str:
-        """The message with every URL and host:port in it replaced by "the AI node"."""
-        return f"{self.code}: {_ADDRESS.sub('the AI node', str(self.args[0]))}"
-
-
-# URLs, and bare host:port pairs (an IP, "localhost" or a dotted name followed by a port).
-_ADDRESS = re.compile(r"\b[a-z][a-z0-9+.-]*://[^\s'\"<>]+|\b(?:\d{1,3}(?:\.\d{1,3}){3}|localhost|"
-                      r"[a-z0-9-]+(?:\.[a-z0-9-]+)+)(?::\d{1,5})\b", re.IGNORECASE)
-
-
-class Cancellation:
-    """Stops one call in flight from any thread: `cancel()` shuts the call's connection to the node.
-
-    The thread reading the answer then gets a NodeError `call_cancelled`. A call started after `cancel()` is
-    refused before it is sent.
-    """
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        # The sockets themselves: http.client hands a streamed answer's socket over to the response object, so
-        # the connection object may no longer hold it.
-        self._sockets: set[socket.socket] = set()
-        self.reason = ""
-        # Whether the call got as far as a connection to the node (it was sent, or was being sent): a call
-        # cancelled after that was the node's to work on.
-        self.reached_node = False
-
-    @property
-    def cancelled(self) -> bool:
-        return bool(self.reason)
-
-    def cancel(self, reason: str) -> None:
-        with self._lock:
-            if self.reason:
-                return
-            self.reason = reason
-            sockets = list(self._sockets)
-        for sock in sockets:
-            try:
-                sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-
-    def error(self) -> NodeError:
-        return NodeError("call_cancelled", f"The call was cancelled: {self.reason}.")
-
-    def attach(self, sock: socket.socket) -> None:
-        with self._lock:
-            if self.reason:
-                raise self.error()
-            self._sockets.add(sock)
-            self.reached_node = True
-
-    def detach(self, sock: socket.socket | None) -> None:
-        with self._lock:
-            self._sockets.discard(sock)  # type: ignore[arg-type]
-
-
-# How a kept-alive connection fails when the node closed it while it sat idle (llama.cpp closes idle connections
-# after a few seconds): the request was never read, so it is sent again on a fresh connection. A timeout is not
-# among them: a call that was read and is slow to answer may be running.
-_CLOSED_WHILE_IDLE = (ConnectionResetError, BrokenPipeError, ConnectionAbortedError, http.client.RemoteDisconnected)
-
-
-def _idle_and_open(sock: socket.socket | None) -> bool:
-    """True when a kept-alive connection can carry a request: open, and with nothing to read (an idle connection
-    that is readable was closed by the node, or holds bytes that no request asked for)."""
-    if sock is None:
-        return False
-    poller = select.poll()
-    poller.register(sock, select.POLLIN | select.POLLRDHUP | select.POLLHUP | select.POLLERR)
-    try:
-        return not poller.poll(0)
-    except OSError:
-        return False
-
-
-class _KeptAlive:
-    """The idle connections to one node that a client keeps between calls: at most `size`, each used by one call
-    at a time. Thread-safe: the gateway's request threads share one client per node."""
-
-    def __init__(self, size: int) -> None:
-        self.size = size
-        self._idle: list[_Connection] = []
-        self._lock = threading.Lock()
-        self._closed = False
-
-    def take(self) -> _Connection | None:
-        """The most recently used idle connection that is still open, or None."""
-        while True:
-            with self._lock:
-                if not self._idle:
-                    return None
-                conn = self._idle.pop()
-            if _idle_and_open(conn.sock):
-                return conn
-            conn.close()
-
-    def give_back(self, conn: _Connection) -> None:
-        with self._lock:
-            if not self._closed and len(self._idle) < self.size:
-                self._idle.append(conn)
-                return
-        conn.close()
-
-    def close(self) -> None:
-        """Close the idle connections; connections given back later are closed too."""
-        with self._lock:
-            self._closed = True
-            idle, self._idle = self._idle, []
-        for conn in idle:
-            conn.close()
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-from nodeclient.base import Cancellation, Completion, NodeClient, NodeError, NodeModel, TextOf, Usage, int_or_none
+from nodeclient.base import Completion, NodeClient, NodeModel, TextOf, Usage, int_or_none
+from nodeclient.connections import Cancellation
+from nodeclient.errors import NodeError
 from nodeclient.options import OPENAI_TO_OLLAMA_OPTIONS, check_options
 
 

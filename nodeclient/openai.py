@@ -7,8 +7,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-from nodeclient.base import (Cancellation, Completion, NodeClient, NodeError, NodeModel, TextOf, Usage,
-                             format_parameter_size, int_or_none)
+from nodeclient.base import Completion, NodeClient, NodeModel, TextOf, Usage, format_parameter_size, int_or_none
+from nodeclient.connections import Cancellation
+from nodeclient.errors import NodeError
 from nodeclient.options import check_options
 
 # Counting tokens is a quick question; a node slow to answer it is treated as one without a tokenizer.

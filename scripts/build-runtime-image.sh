@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# Build the job runtime image (Debian bookworm + python3, user runner 10001).
+# Build the job runtime image (Debian bookworm + python3 + nodejs, user runner 10001).
 #
 #   scripts/build-runtime-image.sh [--force] [--offline] [IMAGE]
 #
-# IMAGE defaults to $JOB_RUNTIME_IMAGE, then infra-ainode-runtime:bookworm-1.
+# IMAGE defaults to $JOB_RUNTIME_IMAGE, then infra-ainode-runtime:bookworm-2.
 # If the image already exists this does nothing, unless --force.
 #
 # Where a registry answers, runtime/Dockerfile is built with `docker build`.
@@ -35,7 +35,7 @@ while (($#)); do
   esac
   shift
 done
-IMAGE="${IMAGE:-${JOB_RUNTIME_IMAGE:-infra-ainode-runtime:bookworm-1}}"
+IMAGE="${IMAGE:-${JOB_RUNTIME_IMAGE:-infra-ainode-runtime:bookworm-2}}"
 
 log() { printf '[build-runtime-image +%ss] %s\n' "$SECONDS" "$*"; }
 
@@ -80,7 +80,7 @@ build_with_debootstrap() {
 
   need debootstrap debootstrap >&2
   log "debootstrap $SUITE from $mirror (takes a few minutes)" >&2
-  debootstrap --variant=minbase --include=python3 "$SUITE" "$root" "$mirror" \
+  debootstrap --variant=minbase --include=python3,nodejs "$SUITE" "$root" "$mirror" \
     >"$WORK/debootstrap.log" 2>&1 || {
       tail -n 30 "$WORK/debootstrap.log" >&2
       [[ -f $root/debootstrap/debootstrap.log ]] && tail -n 30 "$root/debootstrap/debootstrap.log" >&2
@@ -143,7 +143,7 @@ EOF
       --change 'WORKDIR /job' \
       --change 'ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 LANG=C.UTF-8' \
       --change 'CMD ["python3"]' \
-      --message "infra-ainode runtime: debootstrap $SUITE minbase + python3" \
+      --message "infra-ainode runtime: debootstrap $SUITE minbase + python3 + nodejs" \
       - | sed 's/^sha256://'
 }
 
@@ -153,6 +153,9 @@ verify() {
   out="$(docker run --rm --network none "$image" \
            python3 -c 'import json,http.client,socket,ssl; print("ok")')"
   [[ $out == ok ]] || { echo "verify: python3 check printed '$out'" >&2; return 1; }
+  out="$(docker run --rm --network none "$image" \
+           node -e 'require("http"); require("net"); console.log("ok")')"
+  [[ $out == ok ]] || { echo "verify: node check printed '$out'" >&2; return 1; }
   uid="$(docker run --rm --network none "$image" id -u)"
   [[ $uid == "$RUNNER_UID" ]] || { echo "verify: id -u is '$uid', want $RUNNER_UID" >&2; return 1; }
 }

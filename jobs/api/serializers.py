@@ -8,7 +8,7 @@ from rest_framework import serializers
 
 from core.errors import TooLarge
 
-from ..models import Function, FunctionVersion, Job, JobStatus
+from ..models import Function, FunctionVersion, Job, JobStatus, Runtime
 from ..requirements import MAX_TEXT_BYTES
 from ..services import MAX_TOKEN_BUDGET
 from ..results import execution_result
@@ -46,8 +46,8 @@ def dependencies_of(version: FunctionVersion) -> dict[str, Any] | None:
 
 
 class FunctionSerializer(serializers.ModelSerializer):
-    """A function as users see it. Code comes in as `code` (text of main.py), `codeBase64` (a zip or main.py) or a
-    multipart `file`; it never goes out."""
+    """A function as users see it. Code comes in as `code` (text of main.py, or of index.js with `runtime` node),
+    `codeBase64` (a zip or one file) or a multipart `file`; it never goes out."""
 
     functionId = serializers.UUIDField(source="id", read_only=True)
     memoryMb = serializers.IntegerField(source="memory_mb", required=False, min_value=1)
@@ -59,6 +59,11 @@ class FunctionSerializer(serializers.ModelSerializer):
                                            max_value=MAX_TOKEN_BUDGET)
     env = serializers.DictField(child=serializers.CharField(allow_blank=True, max_length=4096), required=False)
     code = serializers.CharField(write_only=True, required=False, trim_whitespace=False)
+    runtime = serializers.ChoiceField(
+        choices=Runtime.choices, required=False,
+        help_text="The current version's runtime. Given with code: `python` (main.py) or `node` (index.js or "
+                  "main.js); without it, a new function's runtime is its upload's (node for a zip with index.js or "
+                  "main.js and no main.py, or a .js file), and an update keeps the current one.")
     requirements = serializers.CharField(
         write_only=True, required=False, allow_blank=True, trim_whitespace=False, max_length=MAX_TEXT_BYTES,
         help_text="The text of a requirements.txt (else the zip's own requirements.txt is used). Only "
@@ -77,7 +82,7 @@ class FunctionSerializer(serializers.ModelSerializer):
     class Meta:
         model = Function
         fields = ["functionId", "name", "version", "memoryMb", "timeoutSeconds", "env", "defaultModel", "allowedModels", "tokenBudget", "code",
-                  "codeBase64", "file", "requirements", "files", "sha256", "dependencies", "createdAt", "updatedAt"]
+                  "runtime", "codeBase64", "file", "requirements", "files", "sha256", "dependencies", "createdAt", "updatedAt"]
         read_only_fields = ["version"]
 
     def get_files(self, function: Function) -> list[str]:
@@ -110,7 +115,7 @@ class FunctionSerializer(serializers.ModelSerializer):
 
     def service_fields(self) -> dict[str, Any]:
         names = ("memory_mb", "timeout_seconds", "env", "default_model", "allowed_models", "token_budget",
-                 "requirements")
+                 "requirements", "runtime")
         return {name: self.validated_data[name] for name in names if name in self.validated_data}
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import docker
 import requests
-from docker.errors import DockerException, ImageNotFound, NotFound
+from docker.errors import APIError, DockerException, ImageNotFound, NotFound
 
 logger = logging.getLogger(__name__)
 
@@ -35,8 +35,26 @@ class ContainerError(Exception):
         self.code = code
 
 
-class ContainerGone(ContainerError):
+class ContainerNotStarted(ContainerError):
+    """The engine failed before the job's script could run (it could not be reached, or refused to create or attach
+    to the container): nothing of the job ran, so it is safe to try again once the engine answers."""
+
+
+class ContainerGone(ContainerNotStarted):
     """A started container that was to run a job no longer exists; nothing of the job ran in it."""
+
+
+def _never_reached(exc: BaseException) -> bool:
+    """Whether a failed engine call never reached the engine (its socket is missing or refuses connections), so
+    that whatever it asked for did not happen."""
+    for _ in range(10):  # the chain of causes, and requests' errors that carry theirs as an argument
+        if exc is None:
+            return False
+        if isinstance(exc, (FileNotFoundError, ConnectionRefusedError)):
+            return True
+        exc = exc.__cause__ or exc.__context__ or next(
+            (arg for arg in getattr(exc, "args", ()) if isinstance(arg, BaseException)), None)
+    return False
 
 
 @dataclass(frozen=True)
@@ -122,21 +140,29 @@ class DockerBackend:
                 else:
                     self._client = docker.from_env(timeout=30)
             except DockerException as exc:
-                raise ContainerError(f"Docker engine unavailable: {exc}") from None
+                raise ContainerNotStarted(f"Docker engine unavailable: {exc}") from None
             # The engine is never reached through a proxy, nor with .netrc credentials: without this, requests
             # reads the proxy variables and looks for ~/.netrc on every engine call.
             self._client.api.trust_env = False
         return self._client
 
     def run(self, spec: ContainerSpec, *, should_cancel: Callable[[], bool] = lambda: False,
+            before_start: Callable[[str], None] = lambda container_id: None,
             on_started: Callable[[str], None] = lambda container_id: None,
             on_output: OutputCallback | None = None) -> ContainerOutcome:
-        """Run `spec` to its end; raises ContainerError when the engine fails before the script could run.
+        """Run `spec` to its end; raises ContainerNotStarted when the engine fails before the script could run, and
+        ContainerError when it fails after the script may have.
 
+        `before_start` is told the container's id just before it is started (nothing of the script ran yet);
         `on_output` sees the output as it comes (only what is kept under the cap, see OutputCallback)."""
         container = self._create(spec, name=f"ainode-job-{spec.job_id}", labels={JOB_LABEL: spec.job_id})
+
+        def begin() -> None:
+            before_start(container.id)
+            self._start(container)
+
         try:
-            return self._supervise(container, spec, begin=lambda: self._start(container),
+            return self._supervise(container, spec, begin=begin,
                                    should_cancel=should_cancel, on_started=on_started, on_output=on_output)
         finally:
             self._remove(container)
@@ -188,8 +214,13 @@ class DockerBackend:
     def _start(self, container) -> None:
         try:
             container.start()
+        except APIError as exc:  # the engine answered, and did not start it
+            raise ContainerNotStarted(f"Docker could not start the job container: {exc}") from None
         except (DockerException, requests.RequestException) as exc:
-            raise ContainerError(f"Docker could not start the job container: {exc}") from None
+            # A start whose answer was lost may have started the script: only one that never reached the engine
+            # is known not to have.
+            error = ContainerNotStarted if _never_reached(exc) else ContainerError
+            raise error(f"Docker could not start the job container: {exc}") from None
 
     def remove_job_containers(self, job_id: str | None = None) -> int:
         """Remove containers that a dead worker left behind (all job containers, or one job's)."""
@@ -290,7 +321,7 @@ class DockerBackend:
                 code="runtime_image_missing",
             ) from None
         except (DockerException, requests.RequestException) as exc:
-            raise ContainerError(f"Docker engine unavailable: {exc}") from None
+            raise ContainerNotStarted(f"Docker engine unavailable: {exc}") from None
         # The low-level calls, as docker-py's `containers.create` makes them, without the inspect that it adds: the
         # id is all that the job needs, and every call costs the engine, which is what limits a burst of jobs.
         return self._container(created["Id"])
@@ -306,7 +337,7 @@ class DockerBackend:
         except NotFound:
             raise ContainerGone(f"The container {container.id[:12]} is gone.") from None
         except (DockerException, requests.RequestException) as exc:
-            raise ContainerError(f"Docker could not attach to the job container: {exc}") from None
+            raise ContainerNotStarted(f"Docker could not attach to the job container: {exc}") from None
 
         def pump() -> None:
             try:

@@ -5,6 +5,7 @@ from django.conf import settings
 
 from . import warm_pool
 from .docker_backend import DockerBackend
+from .pool_containers import reap_orphans
 from .spec import default_profile, make_workdir_folders, warm_spec
 from .warm_pool import WarmPool
 
@@ -45,4 +46,4 @@ def stop_warm_pool() -> None:
 
 def reap_orphan_containers() -> int:
     """Remove the warm containers of this host's dead workers."""
-    return warm_pool.reap_orphans(new_backend(), root=settings.JOB_WORK_ROOT)
+    return reap_orphans(new_backend(), root=settings.JOB_WORK_ROOT)

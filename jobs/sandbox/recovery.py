@@ -1,17 +1,20 @@
-"""Jobs whose worker was lost: a job still `running` long past its timeout is failed as `worker_lost` (it is not
-run again, since its script may already have spent tokens), its containers removed, its hold released and its end
-published."""
+"""Jobs whose worker was lost: a job still `running` long past its timeout. One whose row names no container never
+ran a line of its script (the runner records the container just before it starts it): it is queued again and sent,
+and its claim keeps it from running twice. Any other is failed as `worker_lost` (it is not run again, since its
+script may already have spent tokens), its containers removed, its hold released and its end published."""
 import logging
 import uuid
 from datetime import timedelta
 
 from django.conf import settings
+from django.db import transaction
 from django.utils import timezone
 
 from billing import job_money
 from core import metrics
 
 from .. import events, results
+from ..dispatch import dispatched_on_admission, hand_over
 from ..models import Job, JobStatus
 from .docker_backend import ContainerError, DockerBackend
 from .engine import new_backend
@@ -43,6 +46,18 @@ def recover_lost_jobs(*, backend: DockerBackend | None = None) -> int:
     return len(lost)
 
 
+def _queue_again(job: Job) -> bool:
+    """Queue `job` again and send it, if its row still names no container (in the same UPDATE); True if it did."""
+    with transaction.atomic():
+        if not Job.objects.filter(container_id="").move(job.pk, JobStatus.QUEUED, started_at=None, worker_id="",
+                                                        dispatched_at=dispatched_on_admission()):
+            return False
+        queued = Job.objects.get(pk=job.pk)
+        hand_over(queued)
+    logger.warning("job %s: its worker was lost before it started a container; queued again", job.pk)
+    return True
+
+
 def _lost_grace() -> timedelta:
     return timedelta(seconds=settings.JOB_LOST_GRACE_SECONDS)
 
@@ -54,6 +69,8 @@ def is_lost(job: Job) -> bool:
 
 
 def declare_lost(job: Job, *, backend: DockerBackend | None) -> None:
+    if _queue_again(job):
+        return
     if not Job.objects.move(job.pk, JobStatus.FAILED, error_code="worker_lost", finished_at=timezone.now(),
                             error_message="The worker running this job stopped before it finished."):
         return

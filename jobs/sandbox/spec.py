@@ -9,7 +9,7 @@ from pathlib import Path
 from django.conf import settings
 
 from ..code_archive import extract_archive
-from ..models import Job
+from ..models import Job, Runtime
 from .docker_backend import ContainerSpec
 from .layers import LocalLayer
 from .runtime_user import RUNTIME_USER
@@ -25,12 +25,20 @@ CONTAINER_OUTPUT_DIR = "/job/out"
 CONTAINER_INPUT_FILE = "/job/input/payload.json"
 # Names the platform sets in the container: a function's own env may not override them.
 RESERVED_ENV = {"JOB_ID", "FUNCTION_ID", "LLM_MODEL", "AI_ENDPOINT", "OUTPUT_DIR", "PAYLOAD", "PAYLOAD_FILE",
-                "PYTHONPATH", "CODE_DIR", "HOME"}
+                "PYTHONPATH", "NODE_PATH", "CODE_DIR", "HOME"}
+# Each runtime's command, for a cold container (runs the job) and a warm one (waits for a job, then runs it). The
+# hardening is the same for all: only the command differs.
+COMMANDS: dict[str, dict[str, list[str]]] = {
+    Runtime.PYTHON: {"cold": ["python3", "-B", f"{CONTAINER_SDK_DIR}/runner.py"],
+                     "warm": ["python3", "-B", f"{CONTAINER_SDK_DIR}/warm.py"]},
+    Runtime.NODE: {"cold": ["node", f"{CONTAINER_SDK_DIR}/node/runner.js"],
+                   "warm": ["node", f"{CONTAINER_SDK_DIR}/node/warm.js"]},
+}
 
 
 def job_profile(job: Job, layer: LocalLayer | None = None) -> Profile:
     """The profile of `job`'s container, with its dependency layer on this host (jobs.sandbox.layers.local_layer)."""
-    return profile_of(memory_mb=job.memory_mb, layer=layer)
+    return profile_of(memory_mb=job.memory_mb, layer=layer, runtime=job.function_version.runtime)
 
 
 def default_profile() -> Profile:
@@ -38,11 +46,12 @@ def default_profile() -> Profile:
     return profile_of(memory_mb=settings.JOB_DEFAULT_MEMORY_MB)
 
 
-def profile_of(*, memory_mb: int, layer: LocalLayer | None = None) -> Profile:
+def profile_of(*, memory_mb: int, layer: LocalLayer | None = None, runtime: str = Runtime.PYTHON) -> Profile:
     return Profile(image=settings.JOB_RUNTIME_IMAGE, memory_bytes=memory_mb * 1024 * 1024,
                    nano_cpus=int(settings.JOB_CPUS * 1_000_000_000), pids_limit=settings.JOB_PIDS_LIMIT,
                    tmpfs_mb=settings.JOB_TMPFS_MB, nofile_limit=settings.JOB_NOFILE_LIMIT,
-                   layer=str(layer.path) if layer else "", preload=layer.modules if layer else ())
+                   layer=str(layer.path) if layer else "", preload=layer.modules if layer else (),
+                   runtime=str(runtime))
 
 
 def prepare_workdir(job: Job, cleanup: ExitStack) -> JobFolders:
@@ -90,7 +99,7 @@ def container_spec(job: Job, folders: JobFolders, profile: Profile | None = None
         "AI_ENDPOINT": f"unix://{CONTAINER_SOCKET_DIR}/gateway.sock",
         "OUTPUT_DIR": CONTAINER_OUTPUT_DIR,
         "CODE_DIR": CONTAINER_CODE_DIR,
-        "PYTHONPATH": python_path(profile),
+        **module_path(profile),
         "HOME": "/tmp",
     })
     with_input = (folders.input / "payload.json").exists()
@@ -99,22 +108,25 @@ def container_spec(job: Job, folders: JobFolders, profile: Profile | None = None
     else:
         env["PAYLOAD"] = json.dumps(job.input_data)
     return hardened_spec(profile, folders.path, job_id=str(job.id), env=env, with_input=with_input,
-                         command=["python3", "-B", f"{CONTAINER_SDK_DIR}/runner.py"],
-                         timeout_seconds=job.timeout_seconds)
+                         command=COMMANDS[profile.runtime]["cold"], timeout_seconds=job.timeout_seconds)
 
 
 def warm_spec(profile: Profile, slot: Path) -> ContainerSpec:
     """A pool container of `profile` in the slot folder `slot`: its runtime waits there for a job's environment."""
-    env = {"PYTHONPATH": python_path(profile), "HOME": "/tmp"}
+    env = {**module_path(profile), "HOME": "/tmp"}
     if profile.preload:
         env["AINODE_PRELOAD"] = ",".join(profile.preload)
     return hardened_spec(profile, slot, job_id="", env=env, with_input=True,
-                         command=["python3", "-B", f"{CONTAINER_SDK_DIR}/warm.py"], timeout_seconds=0)
+                         command=COMMANDS[profile.runtime]["warm"], timeout_seconds=0)
 
 
-def python_path(profile: Profile) -> str:
-    """The SDK first (a package of the layer cannot shadow the runtime), then the layer's packages."""
-    return f"{CONTAINER_SDK_DIR}:{CONTAINER_LAYER_DIR}" if profile.layer else CONTAINER_SDK_DIR
+def module_path(profile: Profile) -> dict[str, str]:
+    """Where the runtime of `profile` finds modules: the SDK first (a package of the layer cannot shadow the
+    runtime), then the layer's packages (a node layer's are in its node_modules folder)."""
+    if profile.runtime == Runtime.NODE:
+        layer = f":{CONTAINER_LAYER_DIR}/node_modules" if profile.layer else ""
+        return {"NODE_PATH": f"{CONTAINER_SDK_DIR}/node{layer}"}
+    return {"PYTHONPATH": f"{CONTAINER_SDK_DIR}:{CONTAINER_LAYER_DIR}" if profile.layer else CONTAINER_SDK_DIR}
 
 
 def hardened_spec(profile: Profile, workdir: Path, *, job_id: str, env: dict[str, str], with_input: bool,

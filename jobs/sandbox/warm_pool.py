@@ -36,17 +36,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .docker_backend import POOL_LABEL, ContainerError, ContainerSpec, DockerBackend
+from .pool_containers import (HOST_LABEL, PID_LABEL, PID_START_LABEL, PROFILE_LABEL, SLOT_LABEL, SLOT_PREFIX,
+                              process_start, reap_orphans, remove_container, safe_labelled)
 from .workdir import share_socket
 
 logger = logging.getLogger(__name__)
 
-HOST_LABEL = "infra-ainode.pool-host"
-PID_LABEL = "infra-ainode.pool-pid"
-PID_START_LABEL = "infra-ainode.pool-pid-start"
-PROFILE_LABEL = "infra-ainode.pool-profile"
-SLOT_LABEL = "infra-ainode.pool-slot"
 START_FIFO = "start"
-SLOT_PREFIX = "w-"
 # How long a claim waits for a freshly started runtime to reach its FIFO before it takes the cold path instead.
 START_WAIT_SECONDS = 2.0
 CHECK_SECONDS = 2.0
@@ -75,12 +71,14 @@ class Profile:
     # that a warm container imports while it waits, so that a job's own imports of them cost nothing.
     layer: str = ""
     preload: tuple[str, ...] = ()
+    # The runtime a container of this profile starts (a jobs.models.Runtime): it runs only that runtime's jobs.
+    runtime: str = "python"
 
     @property
     def key(self) -> str:
         layer = f"-layer{Path(self.layer).name}" if self.layer else ""
         return (f"{self.memory_bytes // MiB}m-{self.nano_cpus / 1e9:g}cpu-{self.pids_limit}pids-"
-                f"{self.tmpfs_mb}tmpfs-{self.nofile_limit}nofile-{self.image}{layer}")
+                f"{self.tmpfs_mb}tmpfs-{self.nofile_limit}nofile-{self.image}-{self.runtime}{layer}")
 
 
 @dataclass
@@ -227,8 +225,8 @@ class WarmPool:
             self._remove(backend, slot)
         # Anything else still labelled as ours: used containers not yet removed, and a job's still running when
         # the pool is stopped under it (a worker stops its pool only once its jobs are over).
-        for container in _safe_labelled(backend, f"{POOL_LABEL}={self.owner}"):
-            _remove_container(backend, container, root=self.root)
+        for container in safe_labelled(backend, f"{POOL_LABEL}={self.owner}"):
+            remove_container(backend, container, root=self.root)
         logger.info("warm pool %s: stopped", self.owner)
 
     # --- the job's side -----------------------------------------------------------------------------------------
@@ -385,7 +383,7 @@ class WarmPool:
     def _labels(self, profile: Profile, path: Path) -> dict[str, str]:
         pid = os.getpid()
         return {POOL_LABEL: self.owner, HOST_LABEL: socket.gethostname(), PID_LABEL: str(pid),
-                PID_START_LABEL: _process_start(pid) or "", PROFILE_LABEL: profile.key, SLOT_LABEL: str(path)}
+                PID_START_LABEL: process_start(pid) or "", PROFILE_LABEL: profile.key, SLOT_LABEL: str(path)}
 
     @staticmethod
     def _remove(backend: DockerBackend, slot: Slot) -> None:
@@ -396,68 +394,11 @@ class WarmPool:
         shutil.rmtree(slot.path, ignore_errors=True)
 
 
-def reap_orphans(backend: DockerBackend, *, root: Path | None = None) -> int:
-    """Remove the pool containers whose owner was a process on this host that is gone (a worker that died).
-
-    Containers of live owners, and of owners on other hosts, are left alone. A removed container's slot folder is
-    deleted too when it lies under `root`. Returns how many containers were removed.
-    """
-    removed = 0
-    host = socket.gethostname()
-    for container in _safe_labelled(backend, POOL_LABEL):
-        labels = container["labels"]
-        if labels.get(HOST_LABEL) != host or _owner_alive(labels):
-            continue
-        _remove_container(backend, container, root=root)
-        removed += 1
-    if removed:
-        logger.info("warm pool: removed %d containers of dead workers", removed)
-    return removed
-
-
-def _owner_alive(labels: dict[str, str]) -> bool:
-    try:
-        pid = int(labels.get(PID_LABEL, ""))
-    except ValueError:
-        return False
-    started = _process_start(pid)
-    # The start time tells a live owner from a new process that got the dead owner's pid.
-    return started is not None and started == labels.get(PID_START_LABEL)
-
-
-def _process_start(pid: int) -> str | None:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    # Field 22 (start time), counted after the command name, which is in parentheses and may hold spaces.
-    return stat.rpartition(")")[2].split()[19]
-
-
 def _make_fifo(path: Path) -> None:
     """The start FIFO in the slot's run folder (made by `workdir`, 0750 with the container's group): owner the
     worker, group the container's user, 0660, as the gateway's socket beside it (the runtime opens it read-write)."""
     os.mkfifo(path, 0o600)
     share_socket(path)
-
-
-def _safe_labelled(backend: DockerBackend, label: str) -> list[dict]:
-    try:
-        return backend.labelled(label)
-    except ContainerError as exc:
-        logger.warning("warm pool: cannot list containers: %s", exc)
-        return []
-
-
-def _remove_container(backend: DockerBackend, container: dict, *, root: Path | None) -> None:
-    """Remove a labelled container, and its slot folder when that lies under `root`."""
-    try:
-        backend.remove_container(container["id"])
-    except ContainerError as exc:
-        logger.warning("warm pool: could not remove %s: %s", container["id"][:12], exc)
-    slot = Path(container["labels"].get(SLOT_LABEL, ""))
-    if root is not None and slot.name.startswith(SLOT_PREFIX) and slot.parent == Path(root):
-        shutil.rmtree(slot, ignore_errors=True)
 
 
 _current: WarmPool | None = None

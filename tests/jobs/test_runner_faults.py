@@ -140,8 +140,9 @@ def test_binary_output_with_nul_bytes_is_stored(alice, job_work_root):
 
 def test_the_docker_engine_down_fails_the_job_as_executor_unavailable(alice, job_work_root, settings,
                                                                         short_tmp):
-    # A real failure: a socket path with no engine behind it.
+    # A real failure: a socket path with no engine behind it (not waited for: see test_engine_restart).
     settings.DOCKER_HOST = f"unix://{short_tmp}/no-engine-here.sock"
+    settings.JOB_ENGINE_WAIT_SECONDS = 0
     job = run(make_job(alice, "def handler(event, context):\n    return 1\n"))
     assert job.status == "failed"
     assert job.error_code == "executor_unavailable"
@@ -150,9 +151,10 @@ def test_the_docker_engine_down_fails_the_job_as_executor_unavailable(alice, job
 
 
 def test_the_docker_engine_down_through_an_explicit_backend_is_executor_unavailable(alice, job_work_root,
-                                                                                     short_tmp):
+                                                                                     short_tmp, settings):
     from jobs.sandbox.docker_backend import DockerBackend
 
+    settings.JOB_ENGINE_WAIT_SECONDS = 0
     job = make_job(alice, "def handler(event, context):\n    return 1\n")
     run_job(job.pk, backend=DockerBackend(base_url=f"unix://{short_tmp}/missing/docker.sock"))
     job.refresh_from_db()

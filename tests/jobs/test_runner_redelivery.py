@@ -101,9 +101,29 @@ def test_a_job_cancelled_while_queued_is_never_started(alice, job_work_root, doc
     assert container_creations(docker_client, job.pk, since) == 0
 
 
-def _running_since(job: Job, seconds_ago: float) -> None:
-    Job.objects.filter(pk=job.pk).update(status="running", worker_id="a-worker-that-died",
+def _running_since(job: Job, seconds_ago: float, *, container_id: str = "3f2a9c1d0b7e") -> None:
+    """As a worker that claimed the job and then died leaves it: by default after it started the job's container
+    (its script may have run); with `container_id=""`, before."""
+    Job.objects.filter(pk=job.pk).update(status="running", worker_id="a-worker-that-died", container_id=container_id,
                                          started_at=timezone.now() - timedelta(seconds=seconds_ago))
+
+
+def test_a_job_whose_worker_was_lost_before_it_started_a_container_is_queued_again_and_runs_once(
+        alice, job_work_root, settings, docker_client):
+    from jobs.sandbox.recovery import recover_lost_jobs
+
+    settings.JOB_LOST_GRACE_SECONDS = 0
+    job = make_job(alice, CODE, timeout_seconds=1)
+    _running_since(job, 3, container_id="")
+    assert recover_lost_jobs() == 1
+    job.refresh_from_db()
+    assert (job.status, job.worker_id, job.started_at) == ("queued", "", None)
+    since = time.time()
+    run_job(job.pk)  # the message it was sent again with
+    run_job(job.pk)  # and the dead worker's own, redelivered: not run twice
+    job.refresh_from_db()
+    assert job.status == "succeeded", (job.error_code, job.error_message)
+    assert container_creations(docker_client, job.pk, since) == 1
 
 
 def test_a_redelivered_job_still_within_its_time_is_left_to_its_worker(alice, job_work_root, docker_client):

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from jobs.models import Job
-from jobs.sandbox.warm_pool import HOST_LABEL, PID_LABEL, POOL_LABEL, SLOT_LABEL
+from jobs.sandbox.docker_backend import POOL_LABEL
+from jobs.sandbox.pool_containers import HOST_LABEL, PID_LABEL, SLOT_LABEL
 from tests.support.jobs import deploy, submit
 from tests.support.waiting import pool_ready_timeout, wait_for, wait_for_status
 

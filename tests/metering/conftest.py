@@ -72,7 +72,7 @@ def run_script(transactional_db, job_work_root, alice, model_id: str) -> Callabl
     """Deploy `code` as alice's function, submit a job of it, run it in a real container; the Job row after.
 
     Keywords: input_data, job_budget (the job's tokenBudget), function_budget, allowed_models, model, memory_mb,
-    timeout_seconds.
+    timeout_seconds, runtime (`node`: `code` is the text of index.js).
     """
     from jobs import services
     from jobs.models import Job
@@ -80,10 +80,11 @@ def run_script(transactional_db, job_work_root, alice, model_id: str) -> Callabl
 
     def run(code: str, *, input_data: Any = None, job_budget: int | None = None, function_budget: int | None = None,
             allowed_models: list[str] | None = None, model: str | None = None, memory_mb: int | None = None,
-            timeout_seconds: int = 90) -> Job:
+            timeout_seconds: int = 90, runtime: str = "python") -> Job:
         function = services.deploy_function(
             owner=alice.user, name=f"metered-{uuid.uuid4().hex[:8]}", code=code.encode(), memory_mb=memory_mb,
             timeout_seconds=timeout_seconds, allowed_models=allowed_models, token_budget=function_budget,
+            runtime=runtime,
         )
         job = services.submit_job(owner=alice.user, function=function, model_id=model or model_id,
                                   input_data=input_data, token_budget=job_budget)

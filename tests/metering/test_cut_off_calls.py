@@ -12,7 +12,7 @@ from jobs.models import LLMCall
 from models_catalog.models import AINode
 from nodeclient import client_for
 from tests.metering.helpers import RAW_HTTP
-from tests.metering.test_estimated_counts import CUT_AFTER, _tampering_node
+from tests.metering.test_estimated_counts import CUT_AFTER, STREAM_UNTIL_IT_BREAKS, _tampering_node
 
 LONG_PROMPT = "Describe, one by one and at length, every lighthouse on the coast of Brittany. " * 40
 
@@ -30,21 +30,6 @@ def main(event, context):
     sock.close()
     time.sleep(1)
     return {"abandoned": True}
-'''
-
-STREAM_UNTIL_IT_BREAKS = '''
-import ai_client
-
-
-def main(event, context):
-    pieces = []
-    try:
-        for piece in ai_client.chat([{"role": "user", "content": "Tell me a long story about the sea."}],
-                                    stream=True, max_tokens=200, temperature=0, seed=42):
-            pieces.append(piece)
-    except ai_client.AIClientError:
-        pass
-    return {"pieces": pieces}
 '''
 
 

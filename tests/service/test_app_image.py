@@ -29,7 +29,7 @@ from tests.support import REPO_ROOT
 from tests.support.waiting import wait_for
 
 APP_IMAGE = os.environ.get("APP_IMAGE", "infra-ainode:local")
-RUNTIME_IMAGE = os.environ.get("JOB_RUNTIME_IMAGE", "infra-ainode-runtime:bookworm-1")
+RUNTIME_IMAGE = os.environ.get("JOB_RUNTIME_IMAGE", "infra-ainode-runtime:bookworm-2")
 PG_ADMIN_URL = os.environ.get("TEST_PG_ADMIN_URL", "postgres://postgres@127.0.0.1:5432/postgres")
 DOCKER_SOCKET = "/var/run/docker.sock"
 

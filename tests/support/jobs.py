@@ -55,13 +55,15 @@ def submit(account: Account, function_id: str, input_data: Any = None, *, model_
 
 
 def make_job(account: Account, code: str, input_data: Any = None, *, model_id: str = "smollm2:135m",
-             memory_mb: int | None = None, timeout_seconds: int | None = None, env: dict[str, str] | None = None):
-    """A queued Job row made through the services (no broker message): for tests that call the runner directly."""
+             memory_mb: int | None = None, timeout_seconds: int | None = None, env: dict[str, str] | None = None,
+             runtime: str = "python"):
+    """A queued Job row made through the services (no broker message): for tests that call the runner directly.
+    `code` is the text of main.py, or of index.js for the node `runtime`."""
     from jobs import services
 
     function = services.deploy_function(
         owner=account.user, name=f"fn-{uuid.uuid4().hex[:8]}", code=code.encode(), memory_mb=memory_mb,
-        timeout_seconds=timeout_seconds, env=env,
+        timeout_seconds=timeout_seconds, env=env, runtime=runtime,
     )
     from models_catalog.services import route_model
 

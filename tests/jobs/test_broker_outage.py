@@ -1,0 +1,70 @@
+"""A worker survives an SQS outage: with its SQS server killed and started again, the worker's consumer picks up
+the next job on its own, without a restart, within seconds of the server answering again.
+
+The SQS server is a moto_server of the test's own, killed for real (SIGKILL) and started again on the same port.
+A restarted moto has lost its queues (real SQS never does), so the test makes the job queue again, as the
+operator's SQS would still have it."""
+from __future__ import annotations
+
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import boto3
+import pytest
+
+from tests.service.ops_helpers import closed_port
+from tests.support.brokers import MOTO_HOST, MOTO_SERVER, moto_answers, sqs_broker
+from tests.support.jobs import deploy, submit
+from tests.support.waiting import wait_for, wait_for_status
+
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("served_models")]
+
+ECHO = "def handler(event, context):\n    return event\n"
+
+
+class MotoServer:
+    def __init__(self, port: int, log: Path) -> None:
+        self.port, self.log, self.process = port, log, None
+
+    def start(self) -> "MotoServer":
+        with open(self.log, "ab") as out:
+            self.process = subprocess.Popen([str(MOTO_SERVER), "-H", MOTO_HOST, "-p", str(self.port)], stdout=out,
+                                            stderr=subprocess.STDOUT)
+        wait_for(lambda: moto_answers(MOTO_HOST, self.port), timeout=30, message="moto_server to answer")
+        return self
+
+    def kill(self) -> None:
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait(10)
+
+
+@pytest.fixture
+def moto(tmp_path: Path) -> Iterator[MotoServer]:
+    server = MotoServer(closed_port(), tmp_path / "moto.log").start()
+    yield server
+    if server.process.poll() is None:
+        server.kill()
+
+
+def test_a_worker_consumes_again_on_its_own_after_the_sqs_server_comes_back(worker, alice, use_broker, short_tmp,
+                                                                             moto, settings):
+    broker = use_broker(sqs_broker(short_tmp / "var", (MOTO_HOST, moto.port), visibility_timeout=30))
+    worker(broker)
+    function = deploy(alice, ECHO)
+    first = submit(alice, function["functionId"], {"n": 1}).json()["jobId"]
+    assert wait_for_status(alice, first, timeout=60)["status"] == "succeeded"
+    queue_name = broker.transport_options["queue_name_prefix"] + settings.JOB_QUEUE
+
+    moto.kill()
+    time.sleep(8)  # the consumer's polls fail meanwhile
+    moto.start()
+    boto3.client("sqs", endpoint_url=f"http://{MOTO_HOST}:{moto.port}", region_name="us-east-1",
+                 aws_access_key_id="x", aws_secret_access_key="x").create_queue(QueueName=queue_name)
+    back_at = time.monotonic()
+    second = submit(alice, function["functionId"], {"n": 2}).json()["jobId"]
+    body = wait_for_status(alice, second, timeout=60)
+    assert body["status"] == "succeeded", body
+    assert time.monotonic() - back_at < 20
