@@ -14,7 +14,7 @@ from .docker_backend import ContainerSpec
 from .layers import LocalLayer
 from .runtime_user import RUNTIME_USER
 from .warm_pool import Profile
-from .workdir import JobFolders, create_job_folders, share_tree, write_shared_file
+from .workdir import JobFolders, create_job_folders, disk_space_checked, share_tree, write_shared_file
 
 SDK_DIR = Path(__file__).resolve().parent.parent.parent / "sdk"
 CONTAINER_CODE_DIR = "/job/code"
@@ -65,13 +65,15 @@ def prepare_workdir(job: Job, cleanup: ExitStack) -> JobFolders:
 def make_workdir_folders(path: Path, *, cleanup: ExitStack | None = None) -> JobFolders:
     """The folders a job container mounts at `path` (a job's, or a warm slot's): code, input, run (the gateway's
     socket, a warm slot's start FIFO) and sdk, made safely by `workdir`, with the SDK copied in."""
-    folders = create_job_folders(path.parent, path.name)
-    if cleanup is not None:
-        cleanup.callback(shutil.rmtree, folders.path, ignore_errors=True)
-    # The SDK is mounted from the job's folder, not from the code checkout: the engine resolves bind mounts on its
-    # own host, and a worker running in a container shares only JOB_WORK_ROOT with it.
-    shutil.copytree(SDK_DIR, folders.sdk, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"), dirs_exist_ok=True)
-    share_tree(folders.sdk)
+    with disk_space_checked(path.parent):
+        folders = create_job_folders(path.parent, path.name)
+        if cleanup is not None:
+            cleanup.callback(shutil.rmtree, folders.path, ignore_errors=True)
+        # The SDK is mounted from the job's folder, not from the code checkout: the engine resolves bind mounts on
+        # its own host, and a worker running in a container shares only JOB_WORK_ROOT with it.
+        shutil.copytree(SDK_DIR, folders.sdk, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"),
+                        dirs_exist_ok=True)
+        share_tree(folders.sdk)
     return folders
 
 
@@ -81,11 +83,12 @@ def folders_at(path: Path) -> JobFolders:
 
 def fill_workdir(job: Job, folders: JobFolders) -> None:
     """The job's own code and input, in folders made by `make_workdir_folders`."""
-    extract_archive(bytes(job.function_version.archive), str(folders.code))
-    share_tree(folders.code)
-    payload = json.dumps(job.input_data)
-    if len(payload.encode()) > settings.JOB_PAYLOAD_ENV_MAX_BYTES:
-        write_shared_file(folders.input, "payload.json", payload.encode())
+    with disk_space_checked(folders.path):
+        extract_archive(bytes(job.function_version.archive), str(folders.code))
+        share_tree(folders.code)
+        payload = json.dumps(job.input_data)
+        if len(payload.encode()) > settings.JOB_PAYLOAD_ENV_MAX_BYTES:
+            write_shared_file(folders.input, "payload.json", payload.encode())
 
 
 def container_spec(job: Job, folders: JobFolders, profile: Profile | None = None) -> ContainerSpec:

@@ -15,7 +15,10 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import shutil
 import stat
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,9 +34,37 @@ _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 class WorkdirError(Exception):
-    """The job's folders cannot be made safely. `code` is a job error code."""
+    """The job's folders cannot be made safely, or at all. `code` is a job error code."""
 
-    code = "work_root_unsafe"
+    def __init__(self, message: str, *, code: str = "work_root_unsafe"):
+        super().__init__(message)
+        self.code = code
+
+
+@contextmanager
+def disk_space_checked(path: Path) -> Iterator[None]:
+    """Turns a write under `path` that found its filesystem (or the worker's quota) full into WorkdirError
+    `work_disk_full`: the job fails with a clear code before its script ran, and the worker goes on serving."""
+    try:
+        yield
+    except shutil.Error as exc:  # copytree gathers its files' errors: (source, target, why) each
+        if not any(_is_full(why) for _, _, why in exc.args[0]):
+            raise
+        _disk_full(path)
+    except OSError as exc:
+        if not _is_full(exc):
+            raise
+        _disk_full(path)
+
+
+def _disk_full(path: Path) -> None:
+    logger.error("no space left under %s for a job's files", path)
+    # The tenant's message names no host path (the log does).
+    raise WorkdirError("The worker has no disk space left for the job's files.", code="work_disk_full") from None
+
+
+def _is_full(why: object) -> bool:
+    return isinstance(why, OSError) and why.errno in (errno.ENOSPC, errno.EDQUOT) or "[Errno 28]" in str(why)
 
 
 @dataclass(frozen=True)
