@@ -7,13 +7,11 @@ from __future__ import annotations
 
 import argparse
 import base64
-import io
 import json
 import os
 import sys
 import time
 import uuid
-import zipfile
 from collections.abc import Callable, Sequence
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
@@ -23,6 +21,7 @@ from . import output
 from .client import ApiError, Client, Unreachable
 from .events import EventStreamError, follow_job
 from .events import Progress as JobProgress
+from .upload import UsageError, code_of, requirements_of, runtime_of
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 POLL_SECONDS = 0.5
@@ -38,13 +37,6 @@ EXIT_QUOTA = 6           # over a quota or a rate limit (402, 429)
 EXIT_UNAVAILABLE = 7     # the API could not be reached or failed (5xx)
 EXIT_PENDING = 8         # the job has not finished yet (queued or running)
 
-SKIPPED_PARTS = {"__pycache__", ".git", ".venv", "node_modules"}
-# The entry files a folder may hold: main.py (python), index.js or main.js (node).
-ENTRY_FILES = ("main.py", "index.js", "main.js")
-
-
-class UsageError(Exception):
-    """A mistake on the command line that argparse cannot see (a missing file, input that is not JSON)."""
 
 
 # --- commands ---------------------------------------------------------------------------------------------------
@@ -52,14 +44,14 @@ class UsageError(Exception):
 def cmd_deploy(client: Client, args: argparse.Namespace) -> int:
     """Deploy DIR or FILE as a new function, or as a new version of the function of that name."""
     path = Path(args.path)
-    code = _code_of(path)
-    runtime = args.runtime or _runtime_of(path)
+    code = code_of(path)
+    runtime = args.runtime or runtime_of(path)
     name = args.name or (path.resolve().name if path.is_dir() else path.stem)
     settings = {key: value for key, value in (("memoryMb", args.memory), ("timeoutSeconds", args.timeout),
                                               ("tokenBudget", args.budget)) if value is not None}
     # A folder's requirements.txt is its dependencies: sent even when absent (empty), so that removing the file
     # removes them from the new version. A file or zip given alone keeps what the server makes of it.
-    code_fields = {"codeBase64": base64.b64encode(code).decode(), **_requirements_of(path),
+    code_fields = {"codeBase64": base64.b64encode(code).decode(), **requirements_of(path, runtime),
                    **({"runtime": runtime} if runtime else {})}
     body = {"name": name, **code_fields, **settings}
     try:
@@ -192,45 +184,12 @@ def cmd_usage(client: Client, args: argparse.Namespace) -> int:
 
 # --- helpers ----------------------------------------------------------------------------------------------------
 
-def _code_of(path: Path) -> bytes:
-    """A folder zipped (it must hold main.py, index.js or main.js), or a file's bytes (one of those, or a zip)."""
-    if path.is_dir():
-        if not any((path / name).is_file() for name in ENTRY_FILES):
-            raise UsageError(f"{path} has no {', '.join(ENTRY_FILES[:-1])} or {ENTRY_FILES[-1]}")
-        buffer = io.BytesIO()
-        with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
-            for file in sorted(path.rglob("*")):
-                relative = file.relative_to(path)
-                if file.is_file() and not SKIPPED_PARTS & set(relative.parts) and file.suffix != ".pyc":
-                    archive.write(file, relative.as_posix())
-        return buffer.getvalue()
-    if path.is_file():
-        return path.read_bytes()
-    raise UsageError(f"{path}: no such file or folder")
-
-
-def _runtime_of(path: Path) -> str | None:
-    """The runtime `path` asks for: node for a folder with index.js or main.js and no main.py, or a .js file; python
-    for a folder with main.py or a .py file; None (the server's choice) for a zip."""
-    if path.is_dir():
-        return "python" if (path / "main.py").is_file() else "node"
-    return {".js": "node", ".py": "python"}.get(path.suffix)
-
-
-def _requirements_of(path: Path) -> dict[str, str]:
-    """The `requirements` field of a deploy of `path`: a folder's requirements.txt, or none for a file."""
-    if not path.is_dir():
-        return {}
-    file = path / "requirements.txt"
-    return {"requirements": file.read_text() if file.is_file() else ""}
-
-
 def _wait_for_dependencies(client: Client, function: dict[str, Any], *, quiet: bool) -> dict[str, Any]:
     """`function` once its dependencies are no longer building, with a progress line (on a terminal)."""
     if (function.get("dependencies") or {}).get("status") != "building":
         return function
     if not quiet:
-        print(f"building the dependencies of {function['name']} (requirements.txt)...", file=sys.stderr)
+        print(f"building the dependencies of {function['name']}...", file=sys.stderr)
     progress = output.Progress()
     while (function.get("dependencies") or {}).get("status") == "building":
         progress.show("building dependencies")
@@ -423,7 +382,7 @@ def parser() -> argparse.ArgumentParser:
     deploy.add_argument("--timeout", type=int, metavar="SECONDS")
     deploy.add_argument("--budget", type=int, metavar="TOKENS", help="most tokens one job may spend")
     deploy.add_argument("--no-wait", action="store_true",
-                        help="do not wait for the dependencies (requirements.txt) to be built")
+                        help="do not wait for the dependencies (requirements.txt, package.json) to be built")
 
     run = command("run", cmd_run, "run a function and wait for its result")
     run.add_argument("function", metavar="FUNCTION", help="a function's id or name")

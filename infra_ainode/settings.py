@@ -455,6 +455,10 @@ DEPENDENCY_BUILD_MEMORY_MB = env_int("DEPENDENCY_BUILD_MEMORY_MB", 512, minimum=
 DEPENDENCY_BUILD_QUEUE = env_str("DEPENDENCY_BUILD_QUEUE", JOB_QUEUE)
 DEPENDENCY_LAYER_DIR = env_str("DEPENDENCY_LAYER_DIR", "")
 DEPENDENCY_PIP_CACHE_DIR = Path(env_str("DEPENDENCY_PIP_CACHE_DIR", str(VAR_DIR / "pip-cache")))
+# A node layer's packages are fetched by the host's npm (`npm ci --ignore-scripts`), with its own configuration;
+# DEPENDENCY_NPM_REGISTRY, when set, is the registry it fetches from and one that lockfiles may name.
+DEPENDENCY_NPM_CACHE_DIR = Path(env_str("DEPENDENCY_NPM_CACHE_DIR", str(VAR_DIR / "npm-cache")))
+DEPENDENCY_NPM_REGISTRY = env_str("DEPENDENCY_NPM_REGISTRY", "")
 # A layer that no live function's current version and no queued or running job uses is removed after this long.
 DEPENDENCY_LAYER_KEEP_SECONDS = env_int("DEPENDENCY_LAYER_KEEP_SECONDS", 86400, minimum=0)
 

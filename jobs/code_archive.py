@@ -41,6 +41,9 @@ class CodeArchive:
     runtime: str = Runtime.PYTHON
     # The upload's requirements.txt (at its top level), unchecked: jobs.requirements judges it.
     requirements: bytes | None = None
+    # A node upload's package.json and package-lock.json (at its top level), unchecked: jobs.node_packages judges them.
+    package_json: bytes | None = None
+    package_lock: bytes | None = None
 
 
 def build_archive(content: bytes, filename: str = ENTRY_POINT, runtime: str | None = None) -> CodeArchive:
@@ -68,7 +71,8 @@ def build_archive(content: bytes, filename: str = ENTRY_POINT, runtime: str | No
         _check_python({name: data for name, data in members.items() if name.endswith(".py")})
     else:
         _decode({name: data for name, data in members.items() if name.endswith((".js", ".mjs", ".cjs"))})
-    return replace(_write_zip(members), runtime=runtime, requirements=members.get(REQUIREMENTS_FILE))
+    return replace(_write_zip(members), runtime=runtime, requirements=members.get(REQUIREMENTS_FILE),
+                   package_json=members.get("package.json"), package_lock=members.get("package-lock.json"))
 
 
 def runtime_of(members: dict[str, bytes]) -> str:

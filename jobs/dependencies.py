@@ -2,7 +2,8 @@
 and the cleanup of layers nothing uses. The build itself is the worker's (jobs/sandbox/layers.py, task
 `jobs.build_layer`); it calls `start_build`, then `finish_build` or `fail_build` here.
 
-A layer is content-addressed: `layer_key` of the normalised requirements and the runtime image. Deploys of the same
+A layer is content-addressed: `layer_key` of the normalised requirements (a requirements.txt, or a node function's
+package.json and lockfile: jobs.node_packages), the runtime and the runtime image. Deploys of the same
 set, by any user, share one `DependencyLayer` row and so one build. A job of a version whose layer is still building
 is admitted but held: it is sent to the broker when the build ends (`release_held_jobs`), or failed with
 `dependency_build_failed` if the build fails. While the layer builds, an admission locks its row until the job
@@ -25,7 +26,8 @@ from core.errors import Conflict
 
 from . import events, results
 from .dispatch import enqueue_job, enqueue_layer_build, fail_unqueued
-from .models import DependencyLayer, DependencyLayerChunk, FunctionVersion, Job, JobStatus, LayerStatus
+from .models import DependencyLayer, DependencyLayerChunk, FunctionVersion, Job, JobStatus, LayerStatus, Runtime
+from .node_packages import NodePackages
 from .requirements import Requirements
 
 logger = logging.getLogger(__name__)
@@ -39,12 +41,13 @@ WAIT_POLL_SECONDS = 0.25
 UNSTARTED_BUILD_SECONDS = 120
 
 
-def layer_key(requirements: Requirements, image: str) -> str:
-    return hashlib.sha256(f"{LAYER_FORMAT}\n{image}\n{requirements.text}".encode()).hexdigest()
+def layer_key(requirements: Requirements | NodePackages, image: str, runtime: str = Runtime.PYTHON) -> str:
+    return hashlib.sha256(f"{LAYER_FORMAT}\n{runtime}\n{image}\n{requirements.text}".encode()).hexdigest()
 
 
-def layer_for(requirements: Requirements) -> DependencyLayer | None:
-    """The layer of `requirements` for JOB_RUNTIME_IMAGE (None for an empty set), for a deploy's transaction.
+def layer_for(requirements: Requirements | NodePackages, runtime: str = Runtime.PYTHON) -> DependencyLayer | None:
+    """The layer of `requirements` for `runtime` in JOB_RUNTIME_IMAGE (None for an empty set), for a deploy's
+    transaction.
 
     A set no deploy asked for before gets a new layer; one whose last build failed is built again; either build is
     requested once the transaction commits. The row is updated (and so locked) here, so that a cleanup cannot remove
@@ -52,10 +55,11 @@ def layer_for(requirements: Requirements) -> DependencyLayer | None:
     """
     if not requirements:
         return None
-    key = layer_key(requirements, settings.JOB_RUNTIME_IMAGE)
+    key = layer_key(requirements, settings.JOB_RUNTIME_IMAGE, runtime)
     while True:
         layer, created = DependencyLayer.objects.get_or_create(
-            key=key, defaults={"requirements": requirements.text, "runtime_image": settings.JOB_RUNTIME_IMAGE})
+            key=key, defaults={"requirements": requirements.text, "runtime": runtime,
+                               "runtime_image": settings.JOB_RUNTIME_IMAGE})
         if created:
             _request_build(layer)
             return layer
@@ -92,7 +96,7 @@ def _status(layers) -> str:
     row = layers.values_list("status", "log").first()
     if row is None or row[0] == LayerStatus.FAILED:
         raise Conflict("The function's dependencies failed to build; see its dependencies' log, fix "
-                       "requirements.txt and deploy again." + (f"\n{_last_line(row[1])}" if row else ""),
+                       "requirements.txt (or package.json) and deploy again." + (f"\n{_last_line(row[1])}" if row else ""),
                        code="dependency_build_failed")
     return row[0]
 

@@ -75,9 +75,13 @@ class DependencyLayer(models.Model):
     worker host already reaches, and chunks keep each row (and each read) small whatever the layer's size.
     """
 
-    key = models.CharField(max_length=64, unique=True, help_text="SHA-256 of the normalised requirements and the "
-                                                                 "runtime image.")
-    requirements = models.TextField()
+    key = models.CharField(max_length=64, unique=True, help_text="SHA-256 of the normalised requirements, the "
+                                                                 "runtime and the runtime image.")
+    requirements = models.TextField(help_text="The normalised requirements.txt, or for node the normalised "
+                                              "package.json and package-lock.json.")
+    # Part of the key: a python and a node layer never share one. Defined as text, not Runtime's choices, because
+    # Runtime is defined below.
+    runtime = models.CharField(max_length=16, default="python")
     runtime_image = models.CharField(max_length=200)
     image_id = models.CharField(max_length=80, blank=True, help_text="The runtime image's id at the build.")
     status = models.CharField(max_length=16, choices=LayerStatus.choices, default=LayerStatus.BUILDING,

@@ -24,7 +24,8 @@ from .code_archive import CodeArchive, build_archive
 from .dependencies import admission_hold, layer_for, wait_until_built
 from .dispatch import dispatched_on_admission, hand_over
 from .idempotency import once
-from .models import Function, FunctionVersion, IdempotencyKey, IdempotencyScope, Job, JobStatus
+from .models import Function, FunctionVersion, IdempotencyKey, IdempotencyScope, Job, JobStatus, Runtime
+from .node_packages import DependenciesRejected, NodePackages, parse_node_packages
 from .requirements import Requirements, parse_requirements
 
 ENV_NAME_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
@@ -47,9 +48,10 @@ def deploy_function(*, owner: User, name: str, code: bytes, filename: str = "mai
                     requirements: str | None = None, runtime: str | None = None) -> Function:
     """Create a function with its first version. Its runtime is `runtime` (`python` or `node`) when given, else the
     upload's (jobs.code_archive.build_archive). Its dependencies are `requirements` (the text of a
-    requirements.txt) when given, else the upload's own requirements.txt; a set with packages gets its layer
-    (jobs.dependencies), built once after the commit. Raises DomainError on bad code, runtime
-    (`invalid_runtime`), requirements (`invalid_requirements`) or limits."""
+    requirements.txt) when given, else the upload's own requirements.txt (a node function's: its package.json and
+    package-lock.json); a set with packages gets its layer (jobs.dependencies), built once after the commit. Raises
+    DomainError on bad code, runtime (`invalid_runtime`), requirements (`invalid_requirements`,
+    `invalid_dependencies`) or limits."""
     archive = build_archive(code, filename, runtime)
     wanted = _requirements_of(archive, requirements)
     if Function.objects.filter(owner=owner, name=name, deleted_at__isnull=True).exists():
@@ -64,20 +66,37 @@ def deploy_function(*, owner: User, name: str, code: bytes, filename: str = "mai
         FunctionVersion.objects.create(
             function=function, number=1, archive=archive.data, sha256=archive.sha256,
             files=archive.files, unpacked_bytes=archive.unpacked_bytes, runtime=archive.runtime,
-            requirements=wanted.text, layer=layer_for(wanted),
+            requirements=wanted.text, layer=layer_for(wanted, archive.runtime),
         )
     return function
 
 
 def _requirements_of(archive: CodeArchive | None, text: str | None,
-                     current: FunctionVersion | None = None) -> Requirements:
+                     current: FunctionVersion | None = None) -> Requirements | NodePackages:
     """A new version's requirements: `text` when given (empty clears them), else the upload's requirements.txt,
     else the current version's. Raises RequirementsRejected (`invalid_requirements`)."""
+    if (archive.runtime if archive is not None else current.runtime) == Runtime.NODE:
+        return _node_packages_of(archive, text, current)
     if text is not None:
         return parse_requirements(text)
     if archive is not None and archive.requirements is not None:
         return parse_requirements(archive.requirements)
-    return parse_requirements(current.requirements if current is not None else "")
+    return parse_requirements(current.requirements if current is not None and current.runtime == Runtime.PYTHON
+                              else "")
+
+
+def _node_packages_of(archive: CodeArchive | None, text: str | None,
+                      current: FunctionVersion | None) -> NodePackages:
+    """A node version's dependencies: none when `text` is empty, else the upload's package.json and lockfile, else
+    the current version's. Raises DependenciesRejected (`invalid_dependencies`), also for a requirements text."""
+    if text:
+        raise DependenciesRejected("A node function's dependencies are its package.json and package-lock.json, in "
+                                   "its zip; requirements are Python's.")
+    if text is not None:
+        return NodePackages("")
+    if archive is not None and archive.package_json is not None:
+        return parse_node_packages(archive.package_json, archive.package_lock)
+    return NodePackages(current.requirements if current is not None and current.runtime == Runtime.NODE else "")
 
 
 def deploy_function_once(*, owner: User, idempotency_key: str | None, body_fingerprint: str,
@@ -138,7 +157,7 @@ def _add_version(function: Function, archive: CodeArchive | None, requirements: 
         function=function, number=function.version, archive=archive.data, sha256=archive.sha256,
         files=archive.files, unpacked_bytes=archive.unpacked_bytes, runtime=archive.runtime,
         requirements=wanted.text,
-        layer=layer_for(wanted),
+        layer=layer_for(wanted, archive.runtime),
     )
 
 

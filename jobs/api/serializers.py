@@ -67,7 +67,9 @@ class FunctionSerializer(serializers.ModelSerializer):
     requirements = serializers.CharField(
         write_only=True, required=False, allow_blank=True, trim_whitespace=False, max_length=MAX_TEXT_BYTES,
         help_text="The text of a requirements.txt (else the zip's own requirements.txt is used). Only "
-                  "`name[extras] op version ; markers` lines; an empty text removes the dependencies.")
+                  "`name[extras] op version ; markers` lines; an empty text removes the dependencies. A node "
+                  "function's dependencies are its zip's package.json and package-lock.json; only an empty text "
+                  "is accepted for it.")
     dependencies = serializers.SerializerMethodField()
     # Strict base64 (what b64decode(validate=True) takes), so that the schema says what the server accepts.
     codeBase64 = serializers.RegexField(r"^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$",

@@ -35,7 +35,8 @@ from .serializers import (
 CODE_ERRORS = errors(
     *[(400, code) for code in ("invalid_code", "missing_main", "bad_zip", "too_many_files", "zip_link", "unsafe_path",
                                "not_utf8", "syntax_error", "invalid_model_id", "unknown_model", "invalid_memory",
-                               "invalid_timeout", "invalid_env", "invalid_token_budget", "invalid_requirements")],
+                               "invalid_timeout", "invalid_env", "invalid_token_budget", "invalid_requirements",
+                               "invalid_dependencies")],
     (413, "code_too_large"),
 )
 DEPLOY_EXAMPLE = OpenApiExample(

@@ -12,6 +12,13 @@ The build of one layer (claimed with `jobs.dependencies.start_build`, so a redel
    manifest to the build's output folder, the only place it may write;
 4. the tar is stored in the database, in chunks (`jobs.dependencies.finish_build`), and the held jobs are sent.
 
+A node layer (a function's package.json and lockfile, jobs.node_packages) is built the same way, from step 2:
+`npm ci --ignore-scripts` fetches and unpacks the packages the lockfile names into the build's folder on the host
+(npm runs no package's code with --ignore-scripts; the registry is npm's own configuration, or
+DEPENDENCY_NPM_REGISTRY), after a package the lockfile says has an install script was refused; then
+`npm_install.py` copies them into the layer's node_modules in the same sandbox container, refusing a package that
+declares an install step, and writes the layer as wheel_install.py does.
+
 The host cache (DEPENDENCY_LAYER_DIR, by default JOB_WORK_ROOT/layers: a path the engine sees) holds one folder per
 layer, extracted once from the database (regular files and folders only) under a temporary name and renamed into
 place, so a half-made folder is never mounted. Job containers mount it read-only at /opt/layer.
@@ -40,8 +47,9 @@ from packaging.requirements import Requirement
 from core.errors import DomainError
 
 from ..dependencies import abandon_build, fail_build, finish_build, start_build, sweep_layers
-from ..models import DependencyLayer, DependencyLayerChunk, FunctionVersion, LayerStatus
-from . import wheel_install
+from ..models import DependencyLayer, DependencyLayerChunk, FunctionVersion, LayerStatus, Runtime
+from ..node_packages import PACKAGE_JSON, PACKAGE_LOCK, NodePackages
+from . import npm_install, wheel_install
 from .docker_backend import ContainerError, ContainerSpec, DockerBackend
 from .runtime_user import RUNTIME_GID, RUNTIME_UID, RUNTIME_USER
 from .workdir import WorkdirError, create_shared_folders, share_tree, share_with_runtime
@@ -59,6 +67,7 @@ TEMPORARY_MAX_AGE_SECONDS = 3600
 CONTAINER_BUILD = "/build"
 CONTAINER_LAYER = "/layer"
 _NO_WHEEL = re.compile(r"No matching distribution found for (\S+)")
+_NPM_NAME = re.compile(r"^(@[A-Za-z0-9][A-Za-z0-9._~-]*/)?[A-Za-z0-9][A-Za-z0-9._~-]*$")
 _PROBE = ("import json, platform, sys; "
           "print(json.dumps([sys.implementation.name, *sys.version_info[:2], *platform.libc_ver(), platform.machine()]))")
 
@@ -107,12 +116,21 @@ def build_layer(layer_id: int, *, backend: DockerBackend) -> None:
     folder: Path | None = None
     try:
         folder = create_shared_folders(settings.JOB_WORK_ROOT, f"build-{uuid.uuid4().hex}",
-                                       ("installer", "wheels", "out"), modes={"out": 0o770})
-        target = runtime_target(backend)
-        log.append(fetch_wheels(layer.requirements, folder, target, deadline=deadline))
-        manifest, output = install_in_sandbox(backend, layer, folder, deadline=deadline)
+                                       ("installer", "fetched", "out"), modes={"out": 0o770})
+        if layer.runtime == Runtime.NODE:
+            image_id = backend.image_id(settings.JOB_RUNTIME_IMAGE)
+            log.append(fetch_node_packages(NodePackages(layer.requirements), folder, deadline=deadline))
+            installer, requested = npm_install, NodePackages(layer.requirements).requested
+        else:
+            target = runtime_target(backend)
+            image_id = target.image_id
+            log.append(fetch_wheels(layer.requirements, folder, target, deadline=deadline))
+            installer = wheel_install
+            requested = [Requirement(line).name for line in layer.requirements.splitlines() if line]
+        manifest, output = install_in_sandbox(backend, layer, folder, installer=installer, requested=requested,
+                                              deadline=deadline)
         log.append(output)
-        _store(layer, folder / "out" / wheel_install.ARCHIVE, manifest, log="\n".join(log), image_id=target.image_id)
+        _store(layer, folder / "out" / wheel_install.ARCHIVE, manifest, log="\n".join(log), image_id=image_id)
     except LayerBuildError as exc:
         fail_build(layer.pk, code=exc.code, log="\n".join([*log, exc.log, f"error: {exc}"]))
     except (ContainerError, WorkdirError) as exc:
@@ -148,12 +166,13 @@ def runtime_target(backend: DockerBackend) -> RuntimeTarget:
 def fetch_wheels(requirements: str, folder: Path, target: RuntimeTarget, *, deadline: float) -> str:
     """pip download of the wheels of `requirements` and their dependencies, for `target`, into `folder`/wheels;
     returns pip's output. Raises LayerBuildError naming a package that has no wheel."""
+    fetched = folder / "fetched"
     (folder / "requirements.txt").write_text(requirements)
     command = [sys.executable, "-m", "pip", "download", "--only-binary=:all:", "--no-input",
                "--disable-pip-version-check", "--progress-bar", "off", "--implementation", "cp",
                "--python-version", target.python, "--abi", target.abi, "--abi", "abi3", "--abi", "none",
                *[arg for platform in target.platforms for arg in ("--platform", platform)],
-               "--cache-dir", str(settings.DEPENDENCY_PIP_CACHE_DIR), "-d", str(folder / "wheels"),
+               "--cache-dir", str(settings.DEPENDENCY_PIP_CACHE_DIR), "-d", str(fetched),
                "-r", str(folder / "requirements.txt")]
     try:
         done = subprocess.run(command, capture_output=True, text=True, cwd=folder,
@@ -169,27 +188,76 @@ def fetch_wheels(requirements: str, folder: Path, target: RuntimeTarget, *, dead
                                   f"{target.platforms[0]} (or no such package); source distributions are never "
                                   f"built.", log=output)
         raise LayerBuildError("pip could not fetch the packages.", log=output)
-    wheels = sum(path.stat().st_size for path in (folder / "wheels").glob("*.whl"))
-    if wheels > settings.DEPENDENCY_LAYER_MAX_MB * MiB:
-        raise LayerBuildError(f"The wheels alone are {wheels // MiB} MB, more than DEPENDENCY_LAYER_MAX_MB "
-                              f"({settings.DEPENDENCY_LAYER_MAX_MB} MB).", code="dependency_layer_too_large", log=output)
-    share_tree(folder / "wheels")
+    _check_fetched_size(fetched, "The wheels alone", log=output)
+    share_tree(fetched)
     return output
 
 
-def install_in_sandbox(backend: DockerBackend, layer: DependencyLayer, folder: Path, *,
+def fetch_node_packages(packages: NodePackages, folder: Path, *, deadline: float) -> str:
+    """`npm ci --ignore-scripts` of the normalised package.json and lockfile of `packages` into `folder`/fetched;
+    returns npm's output. Raises LayerBuildError naming a package with an install script (before fetching
+    anything), or when npm fails."""
+    scripted = packages.with_install_scripts()
+    if scripted:
+        raise LayerBuildError(f"{', '.join(scripted)} needs an install script (the lockfile says hasInstallScript), "
+                              f"which is never run; choose a package that installs without one.")
+    fetched = folder / "fetched"
+    # Only these two files: no .npmrc of the user's (the registry and npm's settings are the operator's).
+    for name, content in packages.files.items():
+        (fetched / name).write_text(json.dumps(content, indent=1))
+    registry = ["--registry", settings.DEPENDENCY_NPM_REGISTRY] if settings.DEPENDENCY_NPM_REGISTRY else []
+    command = ["npm", "ci", "--ignore-scripts", "--no-audit", "--no-fund", "--no-bin-links", "--omit=dev",
+               "--prefer-offline", "--no-update-notifier", "--cache", str(settings.DEPENDENCY_NPM_CACHE_DIR),
+               "--prefix", str(fetched), *registry]
+    output = _run_fetch(command, cwd=fetched, deadline=deadline)
+    if not (fetched / "node_modules").is_dir():
+        (fetched / "node_modules").mkdir()
+    _check_fetched_size(fetched / "node_modules", "The packages fetched", log=output)
+    for name in (PACKAGE_JSON, PACKAGE_LOCK):
+        (fetched / name).unlink(missing_ok=True)
+    share_tree(fetched)
+    return output
+
+
+def _run_fetch(command: list[str], *, cwd: Path, deadline: float) -> str:
+    """npm's fetch, on the host; its output. Raises LayerBuildError when it fails or passes the deadline."""
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, cwd=cwd, stdin=subprocess.DEVNULL,
+                              timeout=max(deadline - time.monotonic(), 1))
+    except subprocess.TimeoutExpired as exc:
+        raise LayerBuildError(f"Fetching the packages took longer than {settings.DEPENDENCY_BUILD_TIMEOUT} s.",
+                              log=_text(exc.stdout) + _text(exc.stderr)) from None
+    except FileNotFoundError:
+        raise LayerBuildError("npm is not installed on the worker that builds layers.") from None
+    output = done.stdout + done.stderr
+    if done.returncode != 0:
+        raise LayerBuildError("npm could not fetch the packages.", log=output)
+    return output
+
+
+def _check_fetched_size(folder: Path, what: str, *, log: str) -> None:
+    size = sum(os.lstat(os.path.join(parent, name)).st_size
+               for parent, _, names in os.walk(folder) for name in names)
+    if size > settings.DEPENDENCY_LAYER_MAX_MB * MiB:
+        raise LayerBuildError(f"{what} are {size // MiB} MB, more than DEPENDENCY_LAYER_MAX_MB "
+                              f"({settings.DEPENDENCY_LAYER_MAX_MB} MB).", code="dependency_layer_too_large", log=log)
+
+
+def install_in_sandbox(backend: DockerBackend, layer: DependencyLayer, folder: Path, *, installer, requested: list[str],
                        deadline: float) -> tuple[dict, str]:
-    """Install the wheels of `folder`/wheels in a sandbox container (see the module's doc); returns the layer's
-    manifest and the container's output. Raises LayerBuildError (`dependency_layer_too_large` past the limit)."""
-    shutil.copy(wheel_install.__file__, folder / "installer" / "wheel_install.py")
+    """Install what was fetched into `folder`/fetched in a sandbox container with `installer` (wheel_install or
+    npm_install; see the module's doc); returns the layer's manifest and the container's output. Raises
+    LayerBuildError (`dependency_layer_too_large` past the limit)."""
+    for module in {wheel_install, installer}:  # npm_install uses wheel_install's archive writer
+        shutil.copy(module.__file__, folder / "installer" / Path(module.__file__).name)
     share_tree(folder / "installer")
-    requested = [Requirement(line).name for line in layer.requirements.splitlines() if line]
     build = f"{CONTAINER_BUILD}/"
     binds = {str(folder / "installer"): {"bind": build + "installer", "mode": "ro"},
-             str(folder / "wheels"): {"bind": build + "wheels", "mode": "ro"},
+             str(folder / "fetched"): {"bind": build + "fetched", "mode": "ro"},
              str(folder / "out"): {"bind": build + "out", "mode": "rw"}}
-    command = ["python3", "-I", build + "installer/wheel_install.py", build + "wheels", CONTAINER_LAYER, build + "out",
-               *requested]
+    source = build + ("fetched/node_modules" if installer is npm_install else "fetched")
+    command = ["python3", "-I", build + "installer/" + Path(installer.__file__).name, source, CONTAINER_LAYER,
+               build + "out", *requested]
     outcome = backend.run(_sandbox_spec(f"layer-{layer.pk}", command, binds=binds,
                                         layer_mb=settings.DEPENDENCY_LAYER_MAX_MB,
                                         timeout=max(deadline - time.monotonic(), 1)))
@@ -199,9 +267,16 @@ def install_in_sandbox(backend: DockerBackend, layer: DependencyLayer, folder: P
     if outcome.exit_code == wheel_install.EXIT_TOO_LARGE or outcome.oom_killed:
         raise LayerBuildError(f"The installed packages are larger than DEPENDENCY_LAYER_MAX_MB "
                               f"({settings.DEPENDENCY_LAYER_MAX_MB} MB).", code="dependency_layer_too_large", log=output)
+    if outcome.exit_code == npm_install.EXIT_INSTALL_SCRIPT:
+        raise LayerBuildError(_last_refusal(output), log=output)
     if outcome.exit_code != 0:
-        raise LayerBuildError(f"Installing the wheels failed (exit code {outcome.exit_code}).", log=output)
-    return _manifest(folder / "out" / wheel_install.MANIFEST), output
+        raise LayerBuildError(f"Installing the packages failed (exit code {outcome.exit_code}).", log=output)
+    return _manifest(folder / "out" / wheel_install.MANIFEST, runtime=layer.runtime), output
+
+
+def _last_refusal(output: str) -> str:
+    refusals = [line[len("refused: "):] for line in output.splitlines() if line.startswith("refused: ")]
+    return refusals[-1][:500] if refusals else "A package was refused."
 
 
 def _sandbox_spec(name: str, command: list[str], *, binds: dict, layer_mb: int, timeout: float) -> ContainerSpec:
@@ -220,16 +295,21 @@ def _sandbox_spec(name: str, command: list[str], *, binds: dict, layer_mb: int, 
     )
 
 
-def _manifest(path: Path) -> dict:
-    """The installer's manifest, read as untrusted (written in the container): no link, bounded, checked."""
+def _manifest(path: Path, *, runtime: str = Runtime.PYTHON) -> dict:
+    """The installer's manifest, read as untrusted (written in the container): no link, bounded, checked. Its
+    modules are Python identifiers, or npm package names for node."""
     with _open_regular(path) as handle:
         data = json.loads(handle.read(MANIFEST_MAX_BYTES))
     packages, modules = data.get("packages"), data.get("modules")
     if not (isinstance(packages, dict) and all(isinstance(v, str) for v in packages.values())
-            and isinstance(modules, list) and all(isinstance(m, str) and m.isidentifier() for m in modules)
+            and isinstance(modules, list) and all(isinstance(m, str) and _module_name(m, runtime) for m in modules)
             and isinstance(data.get("size_bytes"), int)):
         raise LayerBuildError("The installer's manifest is malformed.")
     return {"packages": {str(k): v for k, v in packages.items()}, "modules": modules, "size_bytes": data["size_bytes"]}
+
+
+def _module_name(name: str, runtime: str) -> bool:
+    return bool(_NPM_NAME.match(name)) if runtime == Runtime.NODE else name.isidentifier()
 
 
 def _store(layer: DependencyLayer, archive: Path, manifest: dict, *, log: str, image_id: str) -> None:

@@ -118,6 +118,15 @@ def write_archive(layer: str, path: str) -> tuple[int, int]:
     return files, size
 
 
+def refused_when_full(exc: OSError) -> int:
+    """EXIT_TOO_LARGE, said on stderr, when `exc` is the layer's tmpfs being full; raises `exc` otherwise."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        print("refused: the installed packages are larger than the layer's size limit (DEPENDENCY_LAYER_MAX_MB)",
+              file=sys.stderr)
+        return EXIT_TOO_LARGE
+    raise exc
+
+
 def main(argv: list[str]) -> int:
     wheels, layer, out, *requested = argv
     packages: dict[str, str] = {}
@@ -136,11 +145,7 @@ def main(argv: list[str]) -> int:
         print(f"refused: {exc}", file=sys.stderr)
         return EXIT_BAD_WHEEL
     except OSError as exc:
-        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-            print("refused: the installed packages are larger than the layer's size limit "
-                  "(DEPENDENCY_LAYER_MAX_MB)", file=sys.stderr)
-            return EXIT_TOO_LARGE
-        raise
+        return refused_when_full(exc)
     with open(os.path.join(out, MANIFEST), "w") as manifest:
         json.dump({"packages": packages, "modules": sorted(modules), "files": files, "size_bytes": size}, manifest)
     print(f"layer: {len(packages)} packages, {files} files, {size} bytes")

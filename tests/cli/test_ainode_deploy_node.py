@@ -41,3 +41,23 @@ def test_the_runtime_flag_wins_over_the_folder(ainode, tmp_path, api):
     result = ainode("deploy", str(tmp_path), "--name", "both", "--runtime", "node")
     assert result.returncode == 0, result.stderr
     assert Function.objects.get(owner=api.account.user).runtime == "node"
+
+
+def test_a_node_folder_sends_its_package_json_and_lockfile_and_removing_them_removes_the_dependencies(
+        ainode, tmp_path, api):
+    from tests.support.layers import IS_NUMBER_LOCK, IS_NUMBER_PACKAGE
+
+    (tmp_path / "index.js").write_text("exports.handler = () => require('is-number')(1);\n")
+    (tmp_path / "package.json").write_text(IS_NUMBER_PACKAGE)
+    (tmp_path / "package-lock.json").write_text(IS_NUMBER_LOCK)
+    result = ainode("deploy", str(tmp_path), "--name", "deps", "--no-wait", "--json")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["dependencies"]["status"] == "building"
+    version = Function.objects.get(owner=api.account.user).current_version
+    assert '"is-number": "7.0.0"' in version.requirements and version.layer.runtime == "node"
+
+    (tmp_path / "package.json").unlink()
+    (tmp_path / "package-lock.json").unlink()
+    assert ainode("deploy", str(tmp_path), "--name", "deps", "--no-wait").returncode == 0
+    version = Function.objects.get(owner=api.account.user).current_version
+    assert (version.number, version.requirements, version.layer) == (2, "", None)
