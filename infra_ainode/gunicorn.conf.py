@@ -3,7 +3,7 @@
     gunicorn --config infra_ainode/gunicorn.conf.py infra_ainode.wsgi
 
 Settings from the environment: WEB_BIND (default 127.0.0.1:8000), WEB_WORKERS (default 2 × CPUs + 1),
-WEB_THREADS (default 8: gunicorn's gthread workers), WEB_TIMEOUT (seconds, default 60: longer than
+WEB_THREADS (default 2: gunicorn's gthread workers), WEB_TIMEOUT (seconds, default 60: longer than
 RUN_SYNC_TIMEOUT, which a synchronous /run may wait).
 
 Threads, because a live event stream (GET /api/v1/jobs/{id}/events) holds its connection for as long as its job
@@ -18,7 +18,7 @@ import os
 
 bind = os.environ.get("WEB_BIND", "127.0.0.1:8000")
 workers = int(os.environ.get("WEB_WORKERS") or multiprocessing.cpu_count() * 2 + 1)
-threads = int(os.environ.get("WEB_THREADS") or 8)
+threads = int(os.environ.get("WEB_THREADS") or 2)
 timeout = int(os.environ.get("WEB_TIMEOUT") or 60)
 graceful_timeout = 30
 # A load balancer keeps connections open between requests; close ours a little after it would.

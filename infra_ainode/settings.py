@@ -370,8 +370,8 @@ JOB_EVENTS_KEEPALIVE_SECONDS = env_float("JOB_EVENTS_KEEPALIVE_SECONDS", 15.0)
 JOB_EVENTS_MAX_LISTENERS = env_int("JOB_EVENTS_MAX_LISTENERS", 100, minimum=1)
 JOB_EVENTS_MAX_PER_USER = env_int("JOB_EVENTS_MAX_PER_USER", 2, minimum=1)
 # The threads of each gunicorn worker (infra_ainode/gunicorn.conf.py reads the same variable): a live event stream
-# holds one thread, not the worker.
-WEB_THREADS = env_int("WEB_THREADS", 8, minimum=1)
+# holds one thread, not the worker. Two by default: each more thread costs every admission CPU (docs/performance.md).
+WEB_THREADS = env_int("WEB_THREADS", 2, minimum=1)
 JOB_EVENTS_FLUSH_SECONDS = env_float("JOB_EVENTS_FLUSH_SECONDS", 0.1)
 JOB_EVENTS_FLUSH_BYTES = env_int("JOB_EVENTS_FLUSH_BYTES", 64 * 1024, minimum=1024)
 

@@ -341,7 +341,7 @@ def test_listeners_past_the_limit_are_refused_with_503_until_a_place_frees(live_
 
 def test_one_user_follows_at_most_their_share_while_others_are_still_served(live_server, alice, bob, served_models,
                                                                           settings):
-    settings.JOB_EVENTS_MAX_PER_USER = 2
+    settings.WEB_THREADS, settings.JOB_EVENTS_MAX_PER_USER = 8, 2  # room for three listeners in this process
     alices, bobs = submit_async(alice, "print('queued for ever')\n"), submit_async(bob, "print('mine too')\n")
     holding = [_raw_stream(live_server, alice, alices) for _ in range(2)]
     try:
