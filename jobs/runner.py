@@ -122,7 +122,7 @@ def _run_cold(job: Job, backend: DockerBackend, live: events.EventWriter, spec: 
                                on_started=_started_recorder(time.monotonic()), on_output=live.output)
         except ContainerNotStarted as exc:
             if (exc.code != "executor_unavailable" or time.monotonic() + pause > deadline
-                    or Job.objects.filter(pk=job.pk, status=JobStatus.CANCELLED).exists()):
+                    or _is_cancelled(job.pk)):
                 raise
             logger.warning("job %s: the engine failed before the script ran (%s); trying again in %.1f s",
                            job.id, exc, pause)
@@ -201,9 +201,13 @@ def _cancel_checker(job_id: uuid.UUID):
         if time.monotonic() - last_check < CANCEL_CHECK_SECONDS:
             return False
         last_check = time.monotonic()
-        return Job.objects.filter(pk=job_id, status=JobStatus.CANCELLED).exists()
+        return _is_cancelled(job_id)
 
     return should_cancel
+
+
+def _is_cancelled(job_id: uuid.UUID) -> bool:
+    return Job.objects.filter(pk=job_id, status=JobStatus.CANCELLED).exists()
 
 
 def _finalize(job: Job, outcome: ContainerOutcome, report: ResultReport) -> None:

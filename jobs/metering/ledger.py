@@ -32,7 +32,7 @@ logger = logging.getLogger(__name__)
 
 
 @functools.lru_cache(maxsize=4096)
-def _job_facts(job_id: Any) -> tuple[int, Any, bool]:
+def job_facts(job_id: Any) -> tuple[int, Any, bool]:
     """A job's owner, function, and whether a quota holds its worst case (a hold is made at admission and deleted at
     the job's end, after its last call): read once per job and process, not once per call."""
     return (Job.objects.filter(pk=job_id).annotate(held=Exists(Hold.objects.filter(job_id=OuterRef("pk"))))
@@ -76,7 +76,7 @@ def record_call(*, job_id: str, model_id: str, node: str, endpoint: str, streame
         else:
             totals["unmetered_calls"] = 1
         add_to(Job, {"id": job_id}, totals)
-        owner_id, function_id, held = _job_facts(job_id)
+        owner_id, function_id, held = job_facts(job_id)
         if held:
             job_money.spend(job_id=job_id, cost=cost,
                             tokens=usage.prompt_tokens + usage.completion_tokens if known else None)

@@ -22,6 +22,7 @@ from nodeclient import NodeClient, client_for
 
 from ..models import Job, LLMCall
 from . import wire
+from .ledger import job_facts
 
 logger = logging.getLogger(__name__)
 
@@ -87,7 +88,7 @@ def _reconcile(call: LLMCall, client: NodeClient) -> bool:
         changes = {name: value for name, value in deltas.items() if value}
         if changes:
             add_to(Job, {"id": row.job_id}, changes)
-            owner_id, function_id = Job.objects.filter(pk=row.job_id).values_list("owner_id", "function_id").get()
+            owner_id, function_id, _ = job_facts(row.job_id)
             add_correction_to_rollups(row, owner_id=owner_id, function_id=function_id, increments=changes)
             job_money.spend(job_id=row.job_id, cost=deltas["cost"],
                             tokens=deltas["prompt_tokens"] + deltas["completion_tokens"])

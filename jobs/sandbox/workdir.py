@@ -30,6 +30,8 @@ JOB_DIR_MODE = 0o700
 SHARED_DIR_MODE = 0o750
 SHARED_FILE_MODE = 0o640
 SOCKET_MODE = 0o660
+# The errors of a full filesystem, and of a full quota.
+_FULL = (errno.ENOSPC, errno.EDQUOT)
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
@@ -47,12 +49,12 @@ def disk_space_checked(path: Path) -> Iterator[None]:
     `work_disk_full`: the job fails with a clear code before its script ran, and the worker goes on serving."""
     try:
         yield
-    except shutil.Error as exc:  # copytree gathers its files' errors: (source, target, why) each
-        if not any(_is_full(why) for _, _, why in exc.args[0]):
+    except shutil.Error as exc:  # copytree gathers its files' errors as text: (source, target, str(why)) each
+        if not any(f"[Errno {number}]" in why for _, _, why in exc.args[0] for number in _FULL):
             raise
         _disk_full(path)
     except OSError as exc:
-        if not _is_full(exc):
+        if exc.errno not in _FULL:
             raise
         _disk_full(path)
 
@@ -61,10 +63,6 @@ def _disk_full(path: Path) -> None:
     logger.error("no space left under %s for a job's files", path)
     # The tenant's message names no host path (the log does).
     raise WorkdirError("The worker has no disk space left for the job's files.", code="work_disk_full") from None
-
-
-def _is_full(why: object) -> bool:
-    return isinstance(why, OSError) and why.errno in (errno.ENOSPC, errno.EDQUOT) or "[Errno 28]" in str(why)
 
 
 @dataclass(frozen=True)
