@@ -20,7 +20,9 @@ def metric_samples(base: str) -> dict:
 
 def test_metrics_of_every_gunicorn_worker_add_up(transactional_db, alice, served_models, gunicorn, tmp_path):
     function = deploy(alice, "def handler(event, context):\n    return 1\n")
-    base = gunicorn(workers=3, DATABASE_URL=database_url(), METRICS_TOKEN="")
+    # Sync workers (one request at a time each), so that concurrent submissions must spread over the processes: a
+    # gthread worker may accept every connection itself, and which process serves is not what this test is about.
+    base = gunicorn(workers=3, WEB_THREADS="1", DATABASE_URL=database_url(), METRICS_TOKEN="")
     metrics_dir = next(tmp_path.glob("prometheus-*"))
     headers = {"Authorization": f"Bearer {alice.key}", "x-async": "true"}
     body = {"functionId": function["functionId"], "modelId": "model-a"}
