@@ -37,8 +37,13 @@ def _prepare_broker(sender: Celery, **kwargs: object) -> None:
 
 
 class LivenessFile(bootsteps.StartStopStep):
-    """Touches WORKER_HEARTBEAT_FILE every WORKER_HEARTBEAT_SECONDS from the worker's own timer, so the file goes
-    stale when the worker hangs as well as when it dies; removed at a clean shutdown."""
+    """Touches WORKER_HEARTBEAT_FILE every WORKER_HEARTBEAT_SECONDS while the worker is consuming, so that the file
+    goes stale when the worker dies, hangs, or lives on without taking messages; removed at a clean shutdown.
+
+    Consuming means: the consumer runs (it is not reconnecting to a broker that went away) and, where the transport
+    can tell (ours for SQS and the filesystem, `consuming()` on the channel), its loop over the job queues has
+    moved on lately. An SQS outage alone keeps the file fresh, since failed polls are tried again; a poll loop that
+    stopped for good does not, and the orchestrator restarts the worker (docs/operating.md)."""
 
     requires = {"celery.worker.components:Timer"}
 
@@ -54,7 +59,12 @@ class LivenessFile(bootsteps.StartStopStep):
             return
         path.parent.mkdir(parents=True, exist_ok=True)
         path.touch()
-        self.timer_entry = worker.timer.call_repeatedly(settings.WORKER_HEARTBEAT_SECONDS, path.touch, priority=10)
+
+        def beat() -> None:
+            if consuming(worker):
+                path.touch()
+
+        self.timer_entry = worker.timer.call_repeatedly(settings.WORKER_HEARTBEAT_SECONDS, beat, priority=10)
 
     def stop(self, worker: Any) -> None:
         from django.conf import settings
@@ -63,6 +73,16 @@ class LivenessFile(bootsteps.StartStopStep):
             self.timer_entry.cancel()
             self.timer_entry = None
             Path(settings.WORKER_HEARTBEAT_FILE).unlink(missing_ok=True)
+
+
+def consuming(worker: Any) -> bool:
+    """Whether `worker`'s consumer is running and, where its transport can tell, still taking messages."""
+    consumer = getattr(worker, "consumer", None)
+    if consumer is None or consumer.blueprint.state != bootsteps.RUN:
+        return False
+    channel = getattr(consumer.task_consumer, "channel", None)
+    check = getattr(channel, "consuming", None)
+    return check() if check is not None else True
 
 
 app.steps["worker"].add(LivenessFile)

@@ -25,7 +25,24 @@ from kombu.utils.encoding import str_to_bytes
 from kombu.utils.json import dumps
 
 
+# A consumer whose loop has not looked at its queues for this long is not consuming (it looks at least every polling
+# interval, and Celery's loop asks every 2 s at the most).
+STALLED_AFTER_SECONDS = 30.0
+
+
 class Channel(filesystem.Channel):
+    _looked_at: float | None = None
+
+    def drain_events(self, *args: object, **kwargs: object) -> object:
+        # Asked by the consumer's loop whether or not its prefetch has room: the loop is alive and looking.
+        self._looked_at = monotonic()
+        return super().drain_events(*args, **kwargs)
+
+    def consuming(self) -> bool:
+        """Whether the consumer's loop has looked at this channel's queues lately (the worker's liveness file,
+        infra_ainode/celery.py)."""
+        return self._looked_at is None or monotonic() - self._looked_at <= STALLED_AFTER_SECONDS
+
     def _put(self, queue: str, payload: dict, **kwargs: object) -> None:
         # Same name scheme as kombu's, so that its reader (which matches "<anything>.<queue>.msg") finds it.
         name = f"{int(round(monotonic() * 1000))}_{uuid.uuid4()}.{queue}.msg"

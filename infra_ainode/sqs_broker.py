@@ -266,6 +266,9 @@ class Channel(SQS.Channel):
         self._sending_clients: dict[str | None, tuple[Any, Any]] = {}
         self._poll_failures: dict[str, int] = {}
         self._polled_at: dict[str, float] = {}
+        # When each queue's poll loop last moved on by itself (the watchdog's revivals do not count): the worker's
+        # liveness file is kept fresh only while every queue's loop moves (infra_ainode/celery.py).
+        self._looped_at: dict[str, float] = {}
         self._watchdog: Any = None
         super().__init__(*args, **kwargs)
 
@@ -277,7 +280,7 @@ class Channel(SQS.Channel):
         return connection
 
     def basic_consume(self, queue: str, *args: Any, **kwargs: Any) -> Any:
-        self._polled_at[queue] = time.monotonic()
+        self._polled_at[queue] = self._looped_at[queue] = time.monotonic()
         consumer = super().basic_consume(queue, *args, **kwargs)
         if self.hub and self._watchdog is None:
             self._watchdog = self.hub.call_repeatedly(WATCHDOG_SECONDS, self._revive_stalled_polls)
@@ -300,7 +303,7 @@ class Channel(SQS.Channel):
         return super()._on_messages_ready(queue, qname, messages)
 
     def _loop1(self, queue: str, messages_fetched: Any = None) -> None:
-        self._polled_at[queue] = time.monotonic()
+        self._polled_at[queue] = self._looped_at[queue] = time.monotonic()
         failures = self._poll_failures.get(queue, 0)
         if failures:
             pause = min(POLL_RETRY_FIRST_SECONDS * 2 ** (failures - 1), POLL_RETRY_MAX_SECONDS)
@@ -324,6 +327,14 @@ class Channel(SQS.Channel):
                 self._polled_at[queue] = now
                 self._queue_cache.pop(self.canonical_queue_name(queue), None)  # the server may have lost it
                 self._schedule_queue(queue)
+
+    def consuming(self) -> bool:
+        """Whether every consumed queue's poll loop has moved on lately: within a long poll, the watchdog's look
+        and two margins (a poll that failed moves on too: the worker is trying; a full prefetch loops without
+        polling). False once the watchdog's revival has not helped either."""
+        bound = (self.wait_time_seconds or 0) + WATCHDOG_SECONDS + 2 * STALL_MARGIN_SECONDS
+        now = time.monotonic()
+        return all(now - self._looped_at.get(queue, now) <= bound for queue in list(self._active_queues))
 
     def sqs(self, queue: str | None = None) -> Any:
         client = super().sqs(queue)

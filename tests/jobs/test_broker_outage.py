@@ -68,3 +68,30 @@ def test_a_worker_consumes_again_on_its_own_after_the_sqs_server_comes_back(work
     body = wait_for_status(alice, second, timeout=60)
     assert body["status"] == "succeeded", body
     assert time.monotonic() - back_at < 20
+
+
+def test_a_worker_whose_sqs_polling_stopped_for_good_lets_its_liveness_file_go_stale(worker, use_broker, short_tmp,
+                                                                                     moto, tmp_path):
+    """The process and its timer live on, but it takes no message: an orchestrator must see it as dead. The
+    watchdog polls such a queue again (one poll each time), which does not count as the loop moving on."""
+    broker = use_broker(sqs_broker(short_tmp / "var", (MOTO_HOST, moto.port)))
+    heartbeat = tmp_path / "alive"
+    worker(broker, app="tests.support.wedged_sqs_worker", WORKER_HEARTBEAT_FILE=str(heartbeat),
+           WORKER_HEARTBEAT_SECONDS="1")
+    wait_for(heartbeat.exists, timeout=10, message="the liveness file")
+    # Stale within a long poll (1 s here), the watchdog's look and two margins, with a heartbeat's slack.
+    wait_for(lambda: time.time() - heartbeat.stat().st_mtime > 5, timeout=40, interval=1,
+             message="the liveness file to go stale")
+
+
+def test_a_worker_keeps_its_liveness_file_fresh_through_an_sqs_outage(worker, use_broker, short_tmp, moto, tmp_path):
+    """Its polls fail and are tried again: the worker is trying, and restarting it would not bring the server
+    back. (A worker that is restarted meanwhile loses nothing either: SQS keeps the messages.)"""
+    broker = use_broker(sqs_broker(short_tmp / "var", (MOTO_HOST, moto.port)))
+    heartbeat = tmp_path / "alive"
+    worker(broker, WORKER_HEARTBEAT_FILE=str(heartbeat), WORKER_HEARTBEAT_SECONDS="1")
+    wait_for(heartbeat.exists, timeout=10, message="the liveness file")
+    moto.kill()
+    for _ in range(35):
+        time.sleep(1)
+        assert time.time() - heartbeat.stat().st_mtime < 5

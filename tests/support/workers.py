@@ -65,11 +65,12 @@ class Worker:
     worker_id: str
     log_path: Path
     env: dict[str, str]
+    app: str = "infra_ainode"  # the Celery app's module (a test may give one that injects a fault)
     process: subprocess.Popen | None = None
     _log: Any = field(default=None, repr=False)
 
     def start(self, *, wait_ready: bool = True) -> "Worker":
-        command = [str(CELERY), "-A", "infra_ainode", "worker", "-Q", self.env.get("JOB_QUEUE", "jobs"), "-c", "1",
+        command = [str(CELERY), "-A", self.app, "worker", "-Q", self.env.get("JOB_QUEUE", "jobs"), "-c", "1",
                    "-P", "solo", "--without-heartbeat", "--without-mingle", "--without-gossip", "-l", "info",
                    "-n", f"{self.worker_id}@%h"]
         self._log = open(self.log_path, "ab")
