@@ -415,6 +415,9 @@ JOB_LOST_GRACE_SECONDS = env_int("JOB_LOST_GRACE_SECONDS", 60, minimum=0)
 # for it, then runs; only a job whose script may have run is failed (executor_unavailable). Keep it well under
 # JOB_LOST_GRACE_SECONDS plus the shortest job timeout, or recovery takes a waiting job for a lost one.
 JOB_ENGINE_WAIT_SECONDS = env_int("JOB_ENGINE_WAIT_SECONDS", 30, minimum=0)
+# A job sent to the broker but still queued this long after (and longer than it waited to be sent) is sent again:
+# its message may be held by a worker that died (jobs/outbox.py). Its claim keeps it from running twice.
+JOB_RESEND_AFTER_SECONDS = env_int("JOB_RESEND_AFTER_SECONDS", 120, minimum=5)
 # How long an Idempotency-Key on POST /run or a deploy is remembered (a repeat within it gets the first answer).
 IDEMPOTENCY_KEY_TTL = env_int("IDEMPOTENCY_KEY_TTL", 86400, minimum=1)
 JOB_RUNTIME_IMAGE = env_str("JOB_RUNTIME_IMAGE", "infra-ainode-runtime:bookworm-2")

@@ -170,14 +170,16 @@ def fail_build(layer_id: int, *, code: str, log: str) -> None:
 def release_held_jobs(layer_id: int) -> int:
     """Send the queued jobs of layer `layer_id`'s versions to the broker (a job sent twice runs once: the worker's
     claim is conditional); one the broker refuses fails with `queue_unavailable`. Returns how many were sent."""
-    sent = 0
+    sent = []
     for job_id, queue in _held(layer_id).values_list("pk", "queue"):
         try:
             enqueue_job(job_id, queue)
-            sent += 1
+            sent.append(job_id)
         except Exception as exc:  # the broker's client raises many types; each must fail the job visibly
             fail_unqueued(job_id, exc)
-    return sent
+    # Sent now: the resend of jobs no worker took (jobs/outbox.py) counts from here, not from their admission.
+    Job.objects.filter(pk__in=sent).update(dispatched_at=timezone.now())
+    return len(sent)
 
 
 def _held(layer_id: int):

@@ -11,11 +11,17 @@ harmless, as a worker's claim of a job is a conditional update.
 
 A broker that refuses a job leaves it waiting: the relay tries again every JOB_DISPATCH_POLL_SECONDS, and fails it
 with `queue_unavailable` once it has waited JOB_DISPATCH_TIMEOUT seconds.
+
+A job sent but still queued long after (`resend_unclaimed`) is sent again, whatever the dispatch mode: a worker
+killed with messages in its prefetch leaves them invisible on SQS until the visibility timeout (tens of minutes),
+and the filesystem broker loses them. The relays look every RESEND_LOOK_SECONDS, the beat's recovery task every
+minute; the claim keeps a job from running twice.
 """
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from datetime import timedelta
 from typing import TYPE_CHECKING
 
@@ -24,7 +30,7 @@ from django.db import DEFAULT_DB_ALIAS, Error, connection, connections, transact
 from django.utils import timezone
 
 from .dispatch import OUTBOX_CHANNEL, enqueue_job, fail_unqueued
-from .models import Job, JobStatus
+from .models import Job, JobStatus, LayerStatus
 
 if TYPE_CHECKING:
     from psycopg import Connection
@@ -39,6 +45,8 @@ WAIT_SLICE_SECONDS = 0.5
 # After the database fails, the relay connects again after this long, doubled up to RETRY_MAX_SECONDS.
 RETRY_SECONDS = 0.5
 RETRY_MAX_SECONDS = 30.0
+# How often a relay looks for jobs sent but not taken (JOB_RESEND_AFTER_SECONDS).
+RESEND_LOOK_SECONDS = 10.0
 
 
 def dispatch_waiting(*, limit: int = BATCH) -> int:
@@ -72,6 +80,34 @@ def dispatch_waiting(*, limit: int = BATCH) -> int:
     raise refused
 
 
+def resend_unclaimed(*, limit: int = 100) -> int:
+    """Send again the queued jobs sent longer ago than JOB_RESEND_AFTER_SECONDS, and than they had waited before
+    being sent (so a job that waits behind a long queue is sent again at most once per doubling of its wait, not
+    every look); returns how many. Jobs held for a dependency build are not sent: the build's end sends them."""
+    now = timezone.now()
+    with transaction.atomic():
+        candidates = (Job.objects.select_for_update(skip_locked=True, of=("self",))
+                      .filter(status=JobStatus.QUEUED,
+                              dispatched_at__lt=now - timedelta(seconds=settings.JOB_RESEND_AFTER_SECONDS))
+                      .exclude(function_version__layer__status=LayerStatus.BUILDING)
+                      .order_by("dispatched_at").values_list("pk", "queue", "created_at", "dispatched_at")[:limit])
+        due = [(job_id, queue) for job_id, queue, created, sent in candidates if now - sent > sent - created]
+        resent = []
+        for job_id, queue in due:
+            try:
+                enqueue_job(job_id, queue)
+            except Exception as exc:  # the broker's client raises many types: the next look tries again
+                logger.warning("job %s: could not send it again: %s", job_id, exc)
+                break
+            resent.append(job_id)
+        if resent:
+            Job.objects.filter(pk__in=resent).update(dispatched_at=now)
+    if resent:
+        logger.warning("sent %d jobs again that no worker had taken in %s s or more (their messages may have been "
+                       "held by a worker that died)", len(resent), settings.JOB_RESEND_AFTER_SECONDS)
+    return len(resent)
+
+
 class Relay:
     """Sends the outbox from a thread of its own: when it starts (jobs admitted while no relay ran), whenever an
     admission's NOTIFY arrives, and every JOB_DISPATCH_POLL_SECONDS (a notification lost while it reconnected, a
@@ -79,6 +115,7 @@ class Relay:
 
     def __init__(self) -> None:
         self._stopping = threading.Event()
+        self._resend_looked_at = 0.0
         self._thread = threading.Thread(target=self._run, name="outbox-relay", daemon=True)
 
     def start(self) -> Relay:
@@ -98,6 +135,7 @@ class Relay:
                 listener.connection.execute(f"LISTEN {OUTBOX_CHANNEL}")
                 while not self._stopping.is_set():
                     self._send_all()
+                    self._resend_when_due()
                     delay = RETRY_SECONDS
                     self._wait(listener.connection)
             except Exception as exc:  # the database went away: connect again, later
@@ -117,6 +155,12 @@ class Relay:
         except Exception as exc:  # the broker refused: the jobs wait for the next look
             logger.warning("outbox relay: the broker refused a job, trying again in %s s: %s",
                            settings.JOB_DISPATCH_POLL_SECONDS, exc)
+
+    def _resend_when_due(self) -> None:
+        if time.monotonic() - self._resend_looked_at < RESEND_LOOK_SECONDS:
+            return
+        self._resend_looked_at = time.monotonic()
+        resend_unclaimed()
 
     def _wait(self, raw: Connection) -> None:
         """Until a notification arrives, JOB_DISPATCH_POLL_SECONDS pass, or the relay is stopped."""

@@ -4,6 +4,7 @@ from celery.signals import worker_process_init, worker_process_shutdown, worker_
 from .events import prune_events
 from .idempotency import purge_expired_keys
 from .metering.reconcile import reconcile_estimated_calls
+from .outbox import resend_unclaimed
 from .runner import run_job
 from .sandbox.engine import new_backend, reap_orphan_containers, shared_backend, start_warm_pool, stop_warm_pool
 from .sandbox.layers import build_layer, cleanup as cleanup_layers, prune_host_cache
@@ -27,7 +28,9 @@ def sweep_layers_task() -> None:
 
 @shared_task(name="jobs.recover_lost_jobs", ignore_result=True)
 def recover_lost_jobs_task() -> None:
+    """Lost jobs (their worker died while running them), and lost messages (a job sent that no worker took)."""
     recover_lost_jobs()
+    resend_unclaimed()
 
 
 @shared_task(name="jobs.reconcile_estimated_calls", ignore_result=True)

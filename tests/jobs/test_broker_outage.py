@@ -1,5 +1,7 @@
 """A worker survives an SQS outage: with its SQS server killed and started again, the worker's consumer picks up
-the next job on its own, without a restart, within seconds of the server answering again.
+the next job on its own, without a restart, within seconds of the server answering again. Its liveness file says
+whether it is consuming. A message that a consumer took and died with comes back long before SQS's visibility
+timeout would return it.
 
 The SQS server is a moto_server of the test's own, killed for real (SIGKILL) and started again on the same port.
 A restarted moto has lost its queues (real SQS never does), so the test makes the job queue again, as the
@@ -14,6 +16,10 @@ from pathlib import Path
 
 import boto3
 import pytest
+from django.conf import settings as django_settings
+
+from jobs.models import Job
+from jobs.outbox import dispatch_waiting
 
 from tests.service.ops_helpers import closed_port
 from tests.support.brokers import MOTO_HOST, MOTO_SERVER, moto_answers, sqs_broker
@@ -95,3 +101,26 @@ def test_a_worker_keeps_its_liveness_file_fresh_through_an_sqs_outage(worker, us
     for _ in range(35):
         time.sleep(1)
         assert time.time() - heartbeat.stat().st_mtime < 5
+
+
+@pytest.mark.skipif(not django_settings.DATABASES["default"]["ENGINE"].endswith("postgresql"),
+                    reason="the relays, which send again, run on PostgreSQL (beat does it on SQLite)")
+def test_a_job_whose_message_a_dead_consumer_holds_is_sent_again_long_before_the_visibility_timeout(
+        worker, alice, use_broker, short_tmp, moto, settings):
+    broker = use_broker(sqs_broker(short_tmp / "var", (MOTO_HOST, moto.port), visibility_timeout=600))
+    function = deploy(alice, ECHO)
+    job_id = submit(alice, function["functionId"], {"n": 1}).json()["jobId"]
+    assert dispatch_waiting() == 1  # what a relay does: the message is in the queue
+    # A consumer takes the message and dies before it could claim the job: SQS hides the message for 600 s.
+    sqs = boto3.client("sqs", endpoint_url=f"http://{MOTO_HOST}:{moto.port}", region_name="us-east-1",
+                       aws_access_key_id="x", aws_secret_access_key="x")
+    queue_url = sqs.get_queue_url(QueueName=broker.transport_options["queue_name_prefix"] + settings.JOB_QUEUE)
+    taken = sqs.receive_message(QueueUrl=queue_url["QueueUrl"], VisibilityTimeout=600, WaitTimeSeconds=5)
+    assert len(taken.get("Messages", [])) == 1
+
+    started = time.monotonic()
+    worker(broker, JOB_RESEND_AFTER_SECONDS="5")
+    body = wait_for_status(alice, job_id, timeout=60)
+    assert (body["status"], body["result"]) == ("succeeded", {"n": 1}), body
+    assert time.monotonic() - started < 30
+    assert Job.objects.get(pk=job_id).deliveries == 1
