@@ -417,6 +417,9 @@ JOB_LOST_GRACE_SECONDS = env_int("JOB_LOST_GRACE_SECONDS", 60, minimum=0)
 JOB_ENGINE_WAIT_SECONDS = env_int("JOB_ENGINE_WAIT_SECONDS", 30, minimum=0)
 # A job sent to the broker but still queued this long after (and longer than it waited to be sent) is sent again:
 # its message may be held by a worker that died (jobs/outbox.py). Its claim keeps it from running twice.
+# A worker whose database is down waits this long for it, with growing pauses, before a job's claim, its end, or a
+# model call's ledger row is given up (core/database.py): a database restart costs time, not the job or its bill.
+JOB_DATABASE_WAIT_SECONDS = env_int("JOB_DATABASE_WAIT_SECONDS", 120, minimum=0)
 JOB_RESEND_AFTER_SECONDS = env_int("JOB_RESEND_AFTER_SECONDS", 120, minimum=5)
 # How long an Idempotency-Key on POST /run or a deploy is remembered (a repeat within it gets the first answer).
 IDEMPOTENCY_KEY_TTL = env_int("IDEMPOTENCY_KEY_TTL", 86400, minimum=1)

@@ -44,7 +44,7 @@ BATCH = 10
 WAIT_SLICE_SECONDS = 0.5
 # After the database fails, the relay connects again after this long, doubled up to RETRY_MAX_SECONDS.
 RETRY_SECONDS = 0.5
-RETRY_MAX_SECONDS = 30.0
+RETRY_MAX_SECONDS = 5.0
 # How often a relay looks for jobs sent but not taken (JOB_RESEND_AFTER_SECONDS).
 RESEND_LOOK_SECONDS = 10.0
 

@@ -15,16 +15,19 @@ are on the ledger, whatever ended the job (a cancel while it ran included).
 import logging
 import time
 import uuid
+from collections.abc import Callable
 from contextlib import ExitStack
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from django.conf import settings
+from django.db import connection
 from django.db.models import F
 from django.utils import timezone
 
 from billing import job_money
 from core import metrics
+from core.database import DATABASE_DOWN, outlasting_outages
 from core.errors import DomainError
 
 from . import collect, events, results
@@ -46,17 +49,19 @@ from .sandbox.workdir import WorkdirError, share_socket
 
 logger = logging.getLogger(__name__)
 
+T = TypeVar("T")
+
 CANCEL_CHECK_SECONDS = 0.5
 ENGINE_RETRY_FIRST_PAUSE = 0.5
 ENGINE_RETRY_MAX_PAUSE = 5.0
 
 
 def run_job(job_id: str | uuid.UUID, *, backend: DockerBackend | None = None) -> None:
-    Job.objects.filter(pk=job_id).update(deliveries=F("deliveries") + 1)
-    if not Job.objects.move(job_id, JobStatus.RUNNING, started_at=timezone.now(), worker_id=settings.WORKER_ID):
+    # Nothing has run yet: a database that is down is waited for (the message stays ours meanwhile).
+    job = _outlasting_outages(lambda: _claim(job_id), f"job {job_id}: its claim")
+    if job is None:
         handle_unclaimed(job_id)
         return
-    job = Job.objects.select_related("function_version").get(pk=job_id)
     logger.info("job %s: claimed by %s", job.id, settings.WORKER_ID)
     metrics.job_claimed(queue_wait_seconds=(job.started_at - job.created_at).total_seconds())
     backend = backend or shared_backend()
@@ -72,7 +77,8 @@ def run_job(job_id: str | uuid.UUID, *, backend: DockerBackend | None = None) ->
                 # cancels the calls in flight and waits (a few seconds) until they are on the ledger, so that the
                 # ledger is complete before the job's totals are taken from it.
                 gateway.stop()
-                _finalize(job, outcome, gateway.report)
+                # The script has run: its outcome waits for a database that is down, rather than be lost.
+                _outlasting_outages(lambda: _finalize(job, outcome, gateway.report), f"job {job.id}: its end")
             except (ContainerError, WorkdirError, DomainError) as exc:
                 logger.error("job %s: executor failed: %s", job.id, exc)
                 _fail(job, exc.code, str(exc))
@@ -82,8 +88,8 @@ def run_job(job_id: str | uuid.UUID, *, backend: DockerBackend | None = None) ->
                 _fail(job, "internal_error", "The worker failed while running the job.")
     finally:
         # The gateway is stopped (the ExitStack closed): nothing of this job can still spend.
-        job_money.release(job_id=job.pk)
-        job.refresh_from_db()
+        _outlasting_outages(lambda: (job_money.release(job_id=job.pk), job.refresh_from_db()),
+                            f"job {job.id}: its hold")
         for event in events.end_events(job):
             live.emit(*event)
         live.close()
@@ -91,6 +97,18 @@ def run_job(job_id: str | uuid.UUID, *, backend: DockerBackend | None = None) ->
         metrics.JOBS_RUNNING.dec()
         metrics.job_finished(status=job.status, error_code=job.error_code, run_seconds=_run_seconds(job))
         logger.info("job %s: %s (%s)", job.id, job.status, job.error_code or "ok")
+
+
+def _claim(job_id: str | uuid.UUID) -> Job | None:
+    """Count the delivery and move the job from queued to running; the job, or None when it was not queued."""
+    Job.objects.filter(pk=job_id).update(deliveries=F("deliveries") + 1)
+    if not Job.objects.move(job_id, JobStatus.RUNNING, started_at=timezone.now(), worker_id=settings.WORKER_ID):
+        return None
+    return Job.objects.select_related("function_version").get(pk=job_id)
+
+
+def _outlasting_outages(action: Callable[[], T], what: str) -> T:
+    return outlasting_outages(action, what=what, seconds=settings.JOB_DATABASE_WAIT_SECONDS)
 
 
 def _execute(job: Job, backend: DockerBackend, live: events.EventWriter,
@@ -175,7 +193,8 @@ def _container_recorder(job_id: uuid.UUID):
     """Records the job's container on its row just before the script is given it: a job whose row names no container
     never ran a line of its script, which is what lost-job recovery needs to know (sandbox.recovery)."""
     def record(container_id: str) -> None:
-        Job.objects.filter(pk=job_id).update(container_id=container_id)
+        _outlasting_outages(lambda: Job.objects.filter(pk=job_id).update(container_id=container_id),
+                            f"job {job_id}: its container")
 
     return record
 
@@ -201,7 +220,11 @@ def _cancel_checker(job_id: uuid.UUID):
         if time.monotonic() - last_check < CANCEL_CHECK_SECONDS:
             return False
         last_check = time.monotonic()
-        return _is_cancelled(job_id)
+        try:
+            return _is_cancelled(job_id)
+        except DATABASE_DOWN:  # a cancel cannot have been written either: the script runs on
+            connection.close()
+            return False
 
     return should_cancel
 
@@ -241,5 +264,6 @@ def _finalize(job: Job, outcome: ContainerOutcome, report: ResultReport) -> None
 
 
 def _fail(job: Job, error_code: str, message: str) -> None:
-    Job.objects.move(job.pk, JobStatus.FAILED, error_code=error_code, error_message=message,
-                     finished_at=timezone.now())
+    _outlasting_outages(lambda: Job.objects.move(job.pk, JobStatus.FAILED, error_code=error_code,
+                                                 error_message=message, finished_at=timezone.now()),
+                        f"job {job.id}: its end")

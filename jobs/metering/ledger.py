@@ -10,6 +10,7 @@ from datetime import date
 from decimal import Decimal
 from typing import Any
 
+from django.conf import settings
 from django.db import close_old_connections, connection, connections, transaction
 from django.db.models import QuerySet
 from django.db.models import Count, DecimalField, Exists, F, OuterRef, Q, Sum, Value
@@ -22,6 +23,7 @@ from billing.pricing import cost_of_call, job_cost_increments
 from billing.rebuild import RollupSources
 from billing.rollups import add_call_to_rollups
 from core import metrics
+from core.database import outlasting_outages
 from core.increments import add_to
 from core.ranges import created_in_days
 from nodeclient import Usage
@@ -39,10 +41,20 @@ def job_facts(job_id: Any) -> tuple[int, Any, bool]:
             .values_list("owner_id", "function_id", "held").get())
 
 
-def record_call(*, job_id: str, model_id: str, node: str, endpoint: str, streamed: bool, usage: Usage | None,
-                max_tokens: int | None, done_reason: str | None, duration_ms: int, node_duration_ms: float | None,
-                error_code: str = "", error_message: str = "", estimated: bool = False,
-                recount: dict[str, Any] | None = None) -> LLMCall:
+def record_call(*, job_id: str, **fields: Any) -> LLMCall:
+    """Write one ledger row (`write_call`), waiting up to JOB_DATABASE_WAIT_SECONDS for a database that is down: the
+    call was made and must be billed. Written once: a try whose commit went through unanswered is found by its job
+    and its time, fixed before the first try."""
+    at = timezone.now()
+    return outlasting_outages(lambda: write_call(job_id=job_id, at=at, **fields), what=f"job {job_id}: a ledger row",
+                              seconds=settings.JOB_DATABASE_WAIT_SECONDS,
+                              done=lambda: LLMCall.objects.filter(job_id=job_id, created_at=at).first())
+
+
+def write_call(*, job_id: str, model_id: str, node: str, endpoint: str, streamed: bool, usage: Usage | None,
+               max_tokens: int | None, done_reason: str | None, duration_ms: int, node_duration_ms: float | None,
+               error_code: str = "", error_message: str = "", estimated: bool = False,
+               recount: dict[str, Any] | None = None, at: Any = None) -> LLMCall:
     """Write one ledger row and add it to the job's running totals (in place, never read-modify-write).
 
     `usage` is what the node reported, or with `estimated` what the gateway counted in its place; both are billed.
@@ -52,7 +64,7 @@ def record_call(*, job_id: str, model_id: str, node: str, endpoint: str, streame
     """
     close_old_connections()
     known = usage is not None and usage.known
-    now = timezone.now()
+    now = at or timezone.now()
     # Priced before the transaction opens: on SQLite a transaction that reads before it writes can fail to get the
     # write lock. The cost is fixed here, at the price in force now, and never recomputed.
     cost = cost_of_call(model_id=model_id, prompt_tokens=usage.prompt_tokens if known else None,
