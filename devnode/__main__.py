@@ -98,6 +98,8 @@ def start_llama_server(model_path: Path, args: argparse.Namespace) -> tuple[Any,
     params.hostnames = [args.host]
     params.port = args.port
     params.ui = False
+    # GET /metrics: llama.cpp's own counters (llamacpp:tokens_predicted_total), which the meter is checked against.
+    params.endpoint_metrics = True
     if not args.verbose:
         params.verbosity = 2  # warnings and errors only: the info lines come per request and fill the log
     server = xllamacpp.Server(params)

@@ -415,6 +415,9 @@ JOB_LOST_GRACE_SECONDS = env_int("JOB_LOST_GRACE_SECONDS", 60, minimum=0)
 # for it, then runs; only a job whose script may have run is failed (executor_unavailable). Keep it well under
 # JOB_LOST_GRACE_SECONDS plus the shortest job timeout, or recovery takes a waiting job for a lost one.
 JOB_ENGINE_WAIT_SECONDS = env_int("JOB_ENGINE_WAIT_SECONDS", 30, minimum=0)
+# A job whose files do not fit on the work root's full disk waits this long for room (its script has not run), then
+# fails with work_disk_full.
+JOB_DISK_WAIT_SECONDS = env_int("JOB_DISK_WAIT_SECONDS", 30, minimum=0)
 # A job sent to the broker but still queued this long after (and longer than it waited to be sent) is sent again:
 # its message may be held by a worker that died (jobs/outbox.py). Its claim keeps it from running twice.
 # A worker whose database is down waits this long for it, with growing pauses, before a job's claim, its end, or a
@@ -520,6 +523,8 @@ if MODEL_SYNC_INTERVAL:
 
 # Model calls from jobs: the longest a call may take, and the most tokens one call may generate.
 AI_CALL_TIMEOUT = env_int("AI_CALL_TIMEOUT", 120, minimum=1)
+# A model call whose node refuses connections (restarting, say: nothing was asked of it) is tried again this long.
+AI_NODE_WAIT_SECONDS = env_int("AI_NODE_WAIT_SECONDS", 20, minimum=0)
 AI_MAX_OUTPUT_TOKENS = env_int("AI_MAX_OUTPUT_TOKENS", 2048, minimum=1)
 GATEWAY_MAX_BODY_BYTES = env_int("GATEWAY_MAX_BODY_BYTES", 1024 * 1024, minimum=1024)
 GATEWAY_MAX_CONCURRENT_CALLS = env_int("GATEWAY_MAX_CONCURRENT_CALLS", 4, minimum=1)

@@ -52,6 +52,7 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 CANCEL_CHECK_SECONDS = 0.5
+# The pauses between tries of an engine or a disk that failed before the script could run.
 ENGINE_RETRY_FIRST_PAUSE = 0.5
 ENGINE_RETRY_MAX_PAUSE = 5.0
 
@@ -72,7 +73,7 @@ def run_job(job_id: str | uuid.UUID, *, backend: DockerBackend | None = None) ->
     try:
         with ExitStack() as cleanup:
             try:
-                outcome, gateway = _execute(job, backend, live, cleanup)
+                outcome, gateway = _execute_when_disk_allows(job, backend, live, cleanup)
                 # Model calls may outlive the container: stopping the gateway drops the requests not yet forwarded,
                 # cancels the calls in flight and waits (a few seconds) until they are on the ledger, so that the
                 # ledger is complete before the job's totals are taken from it.
@@ -109,6 +110,28 @@ def _claim(job_id: str | uuid.UUID) -> Job | None:
 
 def _outlasting_outages(action: Callable[[], T], what: str) -> T:
     return outlasting_outages(action, what=what, seconds=settings.JOB_DATABASE_WAIT_SECONDS)
+
+
+def _execute_when_disk_allows(job: Job, backend: DockerBackend, live: events.EventWriter,
+                              cleanup: ExitStack) -> tuple[ContainerOutcome, JobGateway]:
+    """`_execute`, tried again with growing pauses for at most JOB_DISK_WAIT_SECONDS while the work root is too full
+    for the job's files: nothing of the script has run then (its files come before its container), so it runs
+    once there is room; past the wait it fails with `work_disk_full`."""
+    deadline = time.monotonic() + settings.JOB_DISK_WAIT_SECONDS
+    pause = ENGINE_RETRY_FIRST_PAUSE
+    while True:
+        with ExitStack() as attempt:
+            try:
+                ran = _execute(job, backend, live, attempt)
+            except WorkdirError as exc:
+                if exc.code != "work_disk_full" or time.monotonic() + pause > deadline or _is_cancelled(job.pk):
+                    raise
+                logger.warning("job %s: no disk space for its files; trying again in %.1f s", job.id, pause)
+            else:
+                cleanup.push(attempt.pop_all())
+                return ran
+        time.sleep(pause)
+        pause = min(pause * 2, ENGINE_RETRY_MAX_PAUSE)
 
 
 def _execute(job: Job, backend: DockerBackend, live: events.EventWriter,

@@ -39,6 +39,9 @@ from .transport import GatewayRequestError, Request, SocketServer
 logger = logging.getLogger(__name__)
 
 SOCKET_NAME = "gateway.sock"
+# Pauses between tries of a call whose node could not be reached.
+NODE_RETRY_FIRST_PAUSE = 0.5
+NODE_RETRY_MAX_PAUSE = 2.0
 PROMPT_COUNT_CACHE = 256  # prompts whose token count a gateway remembers (a script often repeats its prompt)
 
 @dataclass(frozen=True)
@@ -64,6 +67,8 @@ class GatewayConfig:
     max_connections: int = 32
     socket_timeout: float = 30.0
     drain_timeout: float = 5.0
+    # How long a call whose node refuses connections (it is restarting) is tried again before it fails.
+    node_wait: float = 20.0
     result_limit: int = 1024 * 1024
     # Told of each model call's start and end and of the running totals after it: (kind, data), kinds `llm_call`
     # and `usage` (see jobs.events). Called on the request's thread: it must return at once.
@@ -324,33 +329,63 @@ class JobGateway:
         if frames is not None:
             request.close_connection = True
         deadline = time.monotonic() + self.config.call_timeout
-        events = (client.stream_generate(call.model, call.prompt, system=call.system, raw=call.raw,
-                                         cancel=cancellation, **options)
-                  if call.op == wire.GENERATE else
-                  client.stream_chat(call.model, call.messages, cancel=cancellation, **options))
-        try:
-            for event in events:
-                if isinstance(event, Completion):
-                    outcome.completion = event
-                    return
-                outcome.pieces.append(event)
-                if frames is not None:
-                    if request.listening and not request.stream_started:
-                        request.listening = request.start_stream(frames.content_type)
-                    if request.listening:
-                        request.listening = request.write_frame(frames.chunk(event))
-                if request.peer_gone():
-                    cancellation.cancel("the script hung up")
-                elif frames is None and time.monotonic() > deadline:
-                    outcome.timed_out = True
-                    cancellation.cancel(f"it ran past the call timeout ({self.config.call_timeout:g} s)")
-            outcome.error = NodeError("node_bad_response", "The node's stream ended without its final event.")
-        except NodeError as exc:
-            outcome.error = exc
-            if outcome.timed_out:
-                outcome.error = NodeError("node_timeout", f"The call ran past {self.config.call_timeout:g} s.")
-        finally:
-            events.close()
+        node_deadline = time.monotonic() + self.config.node_wait
+        pause = NODE_RETRY_FIRST_PAUSE
+        while True:
+            events = (client.stream_generate(call.model, call.prompt, system=call.system, raw=call.raw,
+                                             cancel=cancellation, **options)
+                      if call.op == wire.GENERATE else
+                      client.stream_chat(call.model, call.messages, cancel=cancellation, **options))
+            try:
+                for event in events:
+                    if isinstance(event, Completion):
+                        outcome.completion = event
+                        return
+                    outcome.pieces.append(event)
+                    if frames is not None:
+                        if request.listening and not request.stream_started:
+                            request.listening = request.start_stream(frames.content_type)
+                        if request.listening:
+                            request.listening = request.write_frame(frames.chunk(event))
+                    if request.peer_gone():
+                        cancellation.cancel("the script hung up")
+                    elif frames is None and time.monotonic() > deadline:
+                        outcome.timed_out = True
+                        cancellation.cancel(f"it ran past the call timeout ({self.config.call_timeout:g} s)")
+                outcome.error = NodeError("node_bad_response", "The node's stream ended without its final event.")
+            except NodeError as exc:
+                outcome.error = exc
+                if outcome.timed_out:
+                    outcome.error = NodeError("node_timeout", f"The call ran past {self.config.call_timeout:g} s.")
+            finally:
+                events.close()
+            if not self._node_may_come_back(outcome, cancellation, request, time.monotonic() + pause > node_deadline):
+                return
+            logger.warning("job %s: the node of %s could not be reached; trying again in %.1f s", self.job_id,
+                           call.model, pause)
+            if not self._pause(pause, cancellation, request):
+                return
+            pause = min(pause * 2, NODE_RETRY_MAX_PAUSE)
+            outcome.error = None
+
+    def _node_may_come_back(self, outcome: "_Outcome", cancellation: Cancellation, request: Request,
+                            past_wait: bool) -> bool:
+        """Whether a call that failed is tried again: only one that never reached its node (refused at connect: a
+        node that is restarting, say), so that nothing was asked of the node, generated or owed, while the job and
+        its script still wait for it, within GatewayConfig.node_wait."""
+        error = outcome.error
+        return (error is not None and error.code == "node_unreachable" and not cancellation.reached_node
+                and not outcome.pieces and outcome.completion is None and not past_wait
+                and not (self.closing or request.peer_gone() or cancellation.cancelled))
+
+    def _pause(self, seconds: float, cancellation: Cancellation, request: Request) -> bool:
+        """Sleep `seconds`, in slices; False as soon as the job ends, the script hangs up or the call is cancelled."""
+        until = time.monotonic() + seconds
+        while time.monotonic() < until:
+            if self.closing or request.peer_gone() or cancellation.cancelled:
+                return False
+            time.sleep(min(0.1, until - time.monotonic()))
+        return True
 
     def _usage_of(self, client: NodeClient, call: wire.LLMRequest, reservation: Reservation,
                   outcome: "_Outcome", cancellation: Cancellation) -> tuple[Usage | None, bool, dict | None]:

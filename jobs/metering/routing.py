@@ -36,4 +36,5 @@ def gateway_config(job: Job, *, on_event: Callable[[str, dict[str, Any]], None] 
         max_body_bytes=settings.GATEWAY_MAX_BODY_BYTES, max_concurrent_calls=settings.GATEWAY_MAX_CONCURRENT_CALLS,
         max_connections=settings.GATEWAY_MAX_CONNECTIONS, socket_timeout=settings.GATEWAY_SOCKET_TIMEOUT,
         drain_timeout=settings.GATEWAY_DRAIN_SECONDS, result_limit=settings.JOB_RESULT_MAX_BYTES, on_event=on_event,
+        node_wait=settings.AI_NODE_WAIT_SECONDS,
     )

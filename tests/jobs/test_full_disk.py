@@ -1,9 +1,12 @@
-"""A full disk under the work root costs the job, not the worker: a job whose files cannot be written fails with
-`work_disk_full` before its script ran (nothing of it reaches the ledger), and once there is room again the next
-job runs. The filesystem is a real one, small: a 2 MB tmpfs the test mounts and fills."""
+"""A full disk under the work root costs time, not the worker: a job whose files cannot be written waits for room
+(JOB_DISK_WAIT_SECONDS) and runs once there is some; past the wait it fails with `work_disk_full` before its script
+ran (nothing of it reaches the ledger), and once there is room again the next job runs. The filesystem is a real
+one, small: a 2 MB tmpfs the test mounts and fills."""
 from __future__ import annotations
 
 import subprocess
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -42,6 +45,7 @@ def test_a_job_on_a_full_disk_fails_clearly_and_the_next_one_runs_once_there_is_
         alice, settings, small_disk, docker_client):
     settings.JOB_WORK_ROOT = small_disk / "jobs"
     settings.JOB_ENGINE_WAIT_SECONDS = 0
+    settings.JOB_DISK_WAIT_SECONDS = 0
     first = make_job(alice, "def handler(event, context):\n    return 1\n")
     run_job(first.pk)  # makes the work root, then leaves room for the filler only
     assert Job.objects.get(pk=first.pk).status == "succeeded"
@@ -60,3 +64,20 @@ def test_a_job_on_a_full_disk_fails_clearly_and_the_next_one_runs_once_there_is_
     run_job(after.pk)
     after.refresh_from_db()
     assert (after.status, after.result) == ("succeeded", 3)
+
+
+@pytest.mark.django_db(transaction=True)  # the runner's thread must see the job
+def test_a_job_on_a_full_disk_waits_for_room_and_then_runs(alice, settings, small_disk, docker_client):
+    settings.JOB_WORK_ROOT = small_disk / "jobs"
+    settings.JOB_DISK_WAIT_SECONDS = 30
+    run_job(make_job(alice, "def handler(event, context):\n    return 1\n").pk)  # makes the work root
+    filler = _fill(small_disk)
+    starved = make_job(alice, "def handler(event, context):\n    return 2\n", {"pad": "x" * 4096})
+    runner = threading.Thread(target=run_job, args=(starved.pk,))
+    runner.start()
+    time.sleep(2)
+    assert Job.objects.get(pk=starved.pk).status == "running"
+    filler.unlink()
+    runner.join(60)
+    starved.refresh_from_db()
+    assert (starved.status, starved.result) == ("succeeded", 2), starved.error_message

@@ -158,9 +158,10 @@ class _ProxyServer(ThreadingHTTPServer):
 
 
 class RecordingProxy:
-    """Forwards to a real node and records the counts in each of its answers. `kind` is the node's API."""
+    """Forwards to a real node and records the counts in each of its answers. `kind` is the node's API; `port` is
+    a free one by default (a test may give a stopped proxy's, to bring "the node" back where it was)."""
 
-    def __init__(self, upstream_url: str, kind: str, *, strip_usage: bool = False):
+    def __init__(self, upstream_url: str, kind: str, *, strip_usage: bool = False, port: int = 0):
         self.upstream = urlsplit(upstream_url)
         self.kind = kind
         self.strip_usage = strip_usage
@@ -169,7 +170,7 @@ class RecordingProxy:
         self.hang_up_kept_alive = False  # when set, a request on a connection that served one already is dropped
         self.hang_ups = 0
         self._lock = threading.Lock()
-        self._server = _ProxyServer(("127.0.0.1", 0), _ProxyHandler)
+        self._server = _ProxyServer(("127.0.0.1", port), _ProxyHandler)
         self._server.proxy = self
         self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
         self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.1},

@@ -30,7 +30,7 @@ def _bin(name: str) -> str:
     return str(versions[-1])
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
@@ -46,7 +46,7 @@ class PrivatePostgres:
         self.folder.chmod(0o755)
         self.database = database
         self.data = self.folder / "data"
-        self.port = _free_port()
+        self.port = free_port()
         self._as_postgres = os.geteuid() == 0
 
     @property
