@@ -31,6 +31,7 @@ from . import collect, events, results
 from .exits import interpret_exit
 from .metering.gateway import JobGateway
 from .metering.ledger import ledger_totals
+from .metering.receipts import close_chain
 from .metering.routing import gateway_config
 from .models import Job, JobStatus
 from .sandbox import warm_pool
@@ -81,8 +82,10 @@ def run_job(job_id: str | uuid.UUID, *, backend: DockerBackend | None = None) ->
                 # The exception's text (SQL, host paths) is the operator's, in the log; not the tenant's.
                 _fail(job, "internal_error", "The worker failed while running the job.")
     finally:
-        # The gateway is stopped (the ExitStack closed): nothing of this job can still spend.
+        # The gateway is stopped (the ExitStack closed): nothing of this job can still spend, and its chain of
+        # receipts is closed by its job receipt.
         job_money.release(job_id=job.pk)
+        _close_receipts(job)
         job.refresh_from_db()
         for event in events.end_events(job):
             live.emit(*event)
@@ -238,6 +241,13 @@ def _finalize(job: Job, outcome: ContainerOutcome, report: ResultReport) -> None
         # Cancelled by a user while it ran: the status stays, the output is still kept for them to read.
         fields.pop("finished_at")
         Job.objects.filter(pk=job.pk).update(**fields)
+
+
+def _close_receipts(job: Job) -> None:
+    try:
+        close_chain(job)
+    except Exception:  # the job's result must still be published; verify_ledger names the chain left open
+        logger.exception("job %s: could not write its job receipt", job.pk)
 
 
 def _fail(job: Job, error_code: str, message: str) -> None:
