@@ -488,6 +488,12 @@ CELERY_BEAT_SCHEDULE = {
         "schedule": 60.0,
         "options": {"queue": JOB_QUEUE, "routing_key": JOB_QUEUE, "expires": 60},
     },
+    # Each user's signed checkpoint of each day's job receipts, once the day is over (jobs.metering.checkpoints).
+    "seal-receipt-days": {
+        "task": "jobs.seal_receipt_days",
+        "schedule": 3600.0,
+        "options": {"queue": JOB_QUEUE, "routing_key": JOB_QUEUE, "expires": 3600},
+    },
     "purge-idempotency-keys": {
         "task": "jobs.purge_idempotency_keys",
         "schedule": 3600.0,
