@@ -23,10 +23,25 @@ def published_keys() -> dict[str, Ed25519PublicKey]:
 def checked_chain(job: Any) -> list[dict[str, Any]]:
     """The bodies of `job`'s receipts in chain order, after asserting that each one hashes to its hash, is signed by
     a published key and follows the one before it, and that the last is the job receipt covering all the others."""
+    bodies = [link["body"] for link in _checked_links(job)]
+    assert bodies and bodies[-1]["kind"] == "job"
+    return bodies
+
+
+def checked_chain_with_corrections(job: Any) -> list[dict[str, Any]]:
+    """Like `checked_chain`, for a chain that goes on after its job receipt (corrections made later): each link as
+    its body with its hash beside it ({"hash", "body"}); the links after the job receipt as their bodies."""
+    links = _checked_links(job)
+    closing = next(n for n, link in enumerate(links) if link["body"]["kind"] == "job")
+    return [*links[:closing], links[closing]["body"], *(link["body"] for link in links[closing + 1:])]
+
+
+def _checked_links(job: Any) -> list[dict[str, Any]]:
     from jobs.models import Receipt
 
     keys = published_keys()
-    bodies, prev = [], GENESIS
+    links: list[dict[str, Any]] = []
+    prev = GENESIS
     for number, receipt in enumerate(Receipt.objects.filter(job=job).order_by("seq"), start=1):
         data = receipt.body.encode()
         assert hashlib.sha256(data).hexdigest() == receipt.hash
@@ -34,11 +49,11 @@ def checked_chain(job: Any) -> list[dict[str, Any]]:
         body = json.loads(data)
         assert (body["seq"], receipt.seq, body["prev"], body["job"], body["keyId"]) == (
             number, number, prev, str(job.pk), receipt.key_id)
-        bodies.append(body)
+        if body["kind"] == "job":
+            assert body["covers"] == [link["hash"] for link in links]
+        links.append({"hash": receipt.hash, "body": body})
         prev = receipt.hash
-    assert bodies and bodies[-1]["kind"] == "job"
-    assert bodies[-1]["covers"] == [Receipt.objects.get(job=job, seq=n).hash for n in range(1, len(bodies))]
-    return bodies
+    return links
 
 
 def swap_seq(job: Any, first: int, second: int) -> None:
