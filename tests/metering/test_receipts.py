@@ -1,9 +1,12 @@
 """Receipts of real jobs: every model call a real job makes (real container, real model) gets a signed receipt in
 its job's chain, written with its ledger row, and the chain is closed by a job receipt; verify_ledger finds nothing
 wrong with an untouched ledger, and names the row when one is edited, deleted, inserted or moved."""
+import csv
 import hashlib
+import io
 
 from django.db.models import F
+from django.utils import timezone
 
 from jobs.events.store import event_store
 from jobs.metering.audit import verify_ledger
@@ -57,6 +60,18 @@ def test_each_calls_receipt_hash_is_in_the_live_events(run_script, node):
     hashes = dict(Receipt.objects.filter(job=job, kind="call").values_list("seq", "hash"))
     assert sorted((data["seq"], data["receiptHash"]) for data in told) == sorted(hashes.items())
     assert sorted(data["call"] for data in told) == [1, 2, 3]
+
+
+def test_the_admin_job_page_and_the_csv_export_show_the_receipts(run_script, node, alice, admin_client):
+    job = run_script(THREE_CALLS)
+
+    page = admin_client.get(f"/admin/jobs/job/{job.pk}/change/").content.decode()
+    for receipt in Receipt.objects.filter(job=job):
+        assert receipt.hash in page
+    today = timezone.localdate().isoformat()
+    lines = alice.client.get("/api/v1/usage/jobs.csv", {"from": today, "to": today}).getvalue().decode()
+    rows = list(csv.DictReader(io.StringIO(lines)))
+    assert [(row["job_id"], row["receipt_hash"]) for row in rows] == [(str(job.pk), job.receipt_hash)]
 
 
 def test_verify_ledger_names_a_call_whose_tokens_were_edited(run_script, node):
