@@ -27,7 +27,7 @@ from django.db import connection, transaction
 from django.utils import timezone
 
 from billing.models import ModelPrice
-from billing.receipt_keys import publish, signing_key
+from billing.receipt_keys import SigningKey, publish, signing_key
 from core.inserts import insert
 
 from ..models import Job, LLMCall, Receipt, ReceiptKind
@@ -98,16 +98,23 @@ def _lock_head(job_id: Any) -> tuple[int, str]:
     return seq, head or GENESIS
 
 
+def link(facts: dict[str, Any], *, kind: str, job_id: Any, seq: int, prev: str,
+         key: SigningKey) -> tuple[bytes, str, str]:
+    """A receipt's canonical bytes, hash and signature: `facts` placed at `seq` of job `job_id`'s chain, after the
+    receipt whose hash is `prev`."""
+    body = {**facts, "v": VERSION, "kind": kind, "job": str(job_id), "seq": seq, "prev": prev, "keyId": key.key_id}
+    data = canonical(body)
+    return data, sha256_hex(data), key.sign(data)
+
+
 def _append(*, job_id: Any, owner_id: int, kind: str, day: Any, facts: dict[str, Any], call_id: int | None = None,
             closes: bool = False) -> Receipt:
     """Link, sign and insert one receipt, and move the chain's head. Call it inside a transaction."""
     seq, prev = _lock_head(job_id)
     key = signing_key()
-    body = {**facts, "v": VERSION, "kind": kind, "job": str(job_id), "seq": seq + 1, "prev": prev,
-            "keyId": key.key_id}
-    data = canonical(body)
+    data, digest, signature = link(facts, kind=kind, job_id=job_id, seq=seq + 1, prev=prev, key=key)
     receipt = Receipt(job_id=job_id, seq=seq + 1, kind=kind, call_id=call_id, owner_id=owner_id, day=day,
-                      body=data.decode(), hash=sha256_hex(data), key_id=key.key_id, signature=key.sign(data),
+                      body=data.decode(), hash=digest, key_id=key.key_id, signature=signature,
                       created_at=timezone.now())
     insert(receipt)
     moved = {"receipt_seq": seq + 1, "receipt_head": receipt.hash, **({"receipt_hash": receipt.hash} if closes else {})}
@@ -119,7 +126,18 @@ def call_receipt(call: LLMCall, *, owner_id: int, function_id: Any, version: int
                  started_at: datetime, ended_at: datetime, request_sha256: str | None,
                  delivered_sha256: str | None) -> Receipt:
     """The receipt of ledger row `call`, just written in the caller's transaction."""
-    facts = {
+    facts = call_facts(call, owner_id=owner_id, function_id=function_id, version=version, price=price,
+                       started_at=started_at, ended_at=ended_at, request_sha256=request_sha256,
+                       delivered_sha256=delivered_sha256)
+    return _append(job_id=call.job_id, owner_id=owner_id, kind=ReceiptKind.CALL,
+                   day=timezone.localdate(call.created_at), facts=facts, call_id=call.pk)
+
+
+def call_facts(call: LLMCall, *, owner_id: int, function_id: Any, version: int, price: ModelPrice | None,
+               started_at: datetime, ended_at: datetime, request_sha256: str | None,
+               delivered_sha256: str | None) -> dict[str, Any]:
+    """What a call receipt says of ledger row `call`, besides its place in the chain."""
+    return {
         "call": call.pk, "user": owner_id, "function": str(function_id), "functionVersion": version,
         "model": call.model_id, "node": call.node, "endpoint": call.endpoint, "status": call.status,
         "errorCode": call.error_code, "promptTokens": call.prompt_tokens, "completionTokens": call.completion_tokens,
@@ -128,8 +146,6 @@ def call_receipt(call: LLMCall, *, owner_id: int, function_id: Any, version: int
         "endedAt": instant(ended_at), "recordedAt": instant(call.created_at), "day": _day(call.created_at),
         "requestSha256": request_sha256, "deliveredSha256": delivered_sha256,
     }
-    return _append(job_id=call.job_id, owner_id=owner_id, kind=ReceiptKind.CALL,
-                   day=timezone.localdate(call.created_at), facts=facts, call_id=call.pk)
 
 
 def correction_receipt(call: LLMCall, *, owner_id: int, reason: str, prompt_tokens: int, completion_tokens: int,
@@ -163,14 +179,20 @@ def close_chain(job: Job) -> Receipt | None:
         links = list(Receipt.objects.filter(job_id=job.pk).order_by("seq").values_list("hash", "body"))
         status = Job.objects.filter(pk=job.pk).values_list("status", flat=True).get()
         now = timezone.now()
-        facts = {
-            "user": job.owner_id, "function": str(job.function_id), "functionVersion": job.function_version.number,
-            "model": job.model_id, "status": status, "covers": [digest for digest, _ in links],
-            **chain_sums(json.loads(body) for _, body in links), "currency": settings.BILLING_CURRENCY,
-            "closedAt": instant(now), "day": _day(now),
-        }
+        facts = closing_facts(job, status=status, hashes=[digest for digest, _ in links],
+                              bodies=[json.loads(body) for _, body in links], now=now)
         return _append(job_id=job.pk, owner_id=job.owner_id, kind=ReceiptKind.JOB, day=timezone.localdate(now),
                        facts=facts, closes=True)
+
+
+def closing_facts(job: Job, *, status: str, hashes: list[str], bodies: list[dict[str, Any]],
+                  now: datetime) -> dict[str, Any]:
+    """What a job receipt says: the job, its end, the hashes of the receipts before it and their sums."""
+    return {
+        "user": job.owner_id, "function": str(job.function_id), "functionVersion": job.function_version.number,
+        "model": job.model_id, "status": status, "covers": hashes, **chain_sums(bodies),
+        "currency": settings.BILLING_CURRENCY, "closedAt": instant(now), "day": _day(now),
+    }
 
 
 def chain_sums(bodies: Any) -> dict[str, int]:
