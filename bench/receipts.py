@@ -4,6 +4,7 @@
                                                [--database-url postgres://...]
     .venv/bin/python bench/receipts.py verify [--calls 1000000] [--calls-per-job 10]
                                               [--server postgres://postgres@127.0.0.1:5432/postgres]
+                                              [--database-url postgres://.../kept]
 
 latency: two real gateways (bench/gateway_latency.py's set-up: each in a process of its own, the ledger in a
 throw-away SQLite database unless --database-url), one writing receipts and one whose ledger writes none (its
@@ -128,27 +129,39 @@ def _report(label: str, times: dict[str, list[float]]) -> None:
 # --- verify_ledger's rate -----------------------------------------------------------------------------------------
 
 def verify(args: argparse.Namespace) -> None:
+    if args.database_url:  # a database seeded by an earlier run (or empty: seeded now), kept afterwards
+        with tempfile.TemporaryDirectory() as folder:
+            _verify_in(args, args.database_url, folder)
+        return
     with postgres_database(args.server) as url, tempfile.TemporaryDirectory() as folder:
-        gateway_bench._setup_django(folder, url)
+        _verify_in(args, url, folder)
+
+
+def _verify_in(args: argparse.Namespace, url: str, folder: str) -> None:
+    gateway_bench._setup_django(folder, url)
+    from django.db import connection
+
+    from jobs.metering.audit import verify_ledger
+    from jobs.models import LLMCall
+
+    if not LLMCall.objects.exists():
         began = time.monotonic()
         receipts = _seed(args.calls, args.calls_per_job)
         print(f"seeded {args.calls} calls in {args.calls // args.calls_per_job} jobs ({receipts} receipts) in "
               f"{time.monotonic() - began:.0f} s")
-        from django.db import connection
-
         with connection.cursor() as cursor:
             cursor.execute("VACUUM ANALYZE")
-        from jobs.metering.audit import verify_ledger
 
-        began = time.monotonic()
-        audit = verify_ledger()
-        seconds = time.monotonic() - began
-        print(f"verify_ledger: {audit.receipts} receipts, {audit.signatures} signatures, "
-              f"{len(audit.findings)} findings in {seconds:.1f} s = {audit.receipts / seconds:,.0f} receipts/s "
-              f"({seconds / audit.receipts * 1e6:.1f} us per receipt; a million in {seconds / audit.receipts * 1e6:.0f} s)")
-        for finding in audit.findings[:5]:
-            print("  ", finding)
-        _where_the_time_goes(audit.receipts, audit.signatures)
+    began = time.monotonic()
+    audit = verify_ledger()
+    seconds = time.monotonic() - began
+    per_receipt = seconds / audit.receipts
+    print(f"verify_ledger: {audit.receipts} receipts, {audit.signatures} signatures, {len(audit.findings)} "
+          f"findings in {seconds:.1f} s = {audit.receipts / seconds:,.0f} receipts/s ({per_receipt * 1e6:.1f} us "
+          f"per receipt; a million in {per_receipt * 1e6:.0f} s)")
+    for finding in audit.findings[:5]:
+        print("  ", finding)
+    _where_the_time_goes(audit.receipts, audit.signatures)
 
 
 def _seed(calls: int, per_job: int) -> int:
@@ -276,7 +289,9 @@ def main() -> None:
     walked = modes.add_parser("verify")
     walked.add_argument("--calls", type=int, default=1_000_000)
     walked.add_argument("--calls-per-job", type=int, default=10)
-    walked.add_argument("--server", default="postgres://postgres@127.0.0.1:5432/postgres")
+    walked.add_argument("--server", default="postgres://postgres@127.0.0.1:5432/postgres",
+                        help="where a fresh database is made for the run, and dropped after it")
+    walked.add_argument("--database-url", help="a database to keep: seeded when empty, verified as it is")
     args = parser.parse_args()
     latency(args) if args.mode == "latency" else verify(args)
 

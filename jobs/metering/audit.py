@@ -14,11 +14,12 @@ import uuid
 from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
 from django.db import connection
+from django.db.models import Exists, OuterRef
 
 from billing.models import UsageDaily
 from billing.receipt_keys import public_keys, signature_holds
@@ -33,8 +34,10 @@ CALL_FIELDS = (("model", "model_id"), ("node", "node"), ("endpoint", "endpoint")
                ("errorCode", "error_code"), ("promptTokens", "prompt_tokens"),
                ("completionTokens", "completion_tokens"), ("estimated", "estimated"), ("amount", "cost"),
                ("durationMs", "duration_ms"), ("recordedAt", "created_at"), ("job", "job_id"))
+FIELD_NAMES = tuple(name for name, _ in CALL_FIELDS)
 ROW_COLUMNS = ("id", "job_id", "model_id", "node", "endpoint", "status", "error_code", "prompt_tokens",
                "completion_tokens", "estimated", "cost", "duration_ms", "created_at")
+ZERO = timedelta(0)
 
 
 @dataclass
@@ -58,6 +61,7 @@ class Audit:
 @dataclass
 class _Chain:
     job_id: str
+    raw_id: Any = None  # the job's id as the database answers it
     seq: int = 0
     prev: str = GENESIS
     hashes: list[str] = field(default_factory=list)
@@ -77,11 +81,10 @@ def verify_ledger(*, since: date | None = None, signatures: str = "anchors") -> 
     rollups: dict[tuple, list[int]] = defaultdict(lambda: [0, 0, 0, 0])
     chain: _Chain | None = None
     for row in _receipts_with_rows(since):
-        job_id = _uuid_text(row[0])
-        if chain is None or chain.job_id != job_id:
+        if chain is None or chain.raw_id != row[0]:
             if chain is not None:
                 _end(chain, audit, keys, jobs.get(chain.job_id), rollups)
-            chain = _Chain(job_id)
+            chain = _Chain(_uuid_text(row[0]), row[0])
         audit.receipts += 1
         if not chain.broken:
             _link(chain, row, audit, keys, signatures)
@@ -112,14 +115,14 @@ def _receipts_with_rows(since: date | None) -> Iterator[tuple]:
             yield from rows
 
 
-def _break(chain: _Chain, audit: Audit, problem: str, where: str, detail: str) -> None:
-    audit.findings.append(Finding(problem, where, detail))
+def _break(chain: _Chain, audit: Audit, problem: str, where: object, detail: str) -> None:
+    audit.findings.append(Finding(problem, str(where), detail))
     chain.broken = True
 
 
 def _link(chain: _Chain, row: tuple, audit: Audit, keys: dict, signatures: str) -> None:
     _, seq, kind, call_id, text, digest, key_id, signature = row[:8]
-    where = f"receipt {seq} of job {chain.job_id}"
+    where = _Where(seq, chain.job_id)
     data = text.encode()
     if hashlib.sha256(data).hexdigest() != digest:
         return _break(chain, audit, "edited", where, "its body no longer hashes to its hash")
@@ -144,7 +147,7 @@ def _link(chain: _Chain, row: tuple, audit: Audit, keys: dict, signatures: str) 
             return _break(chain, audit, "forged", where, "the job receipt does not cover the receipts before it")
         chain.closed = True
     elif kind == ReceiptKind.CALL:
-        chain.calls[call_id] = (body, _row(row[8:]))
+        chain.calls[call_id] = (body, _row(row[8:], chain))
     elif kind == ReceiptKind.CORRECTION and call_id in chain.calls:
         original, current = chain.calls[call_id]
         chain.calls[call_id] = ({**original, **body["now"]}, current)
@@ -154,18 +157,33 @@ def _link(chain: _Chain, row: tuple, audit: Audit, keys: dict, signatures: str) 
     chain.last = None if check_now else (key_id, data, signature, where)
 
 
-def _row(values: tuple) -> dict[str, Any] | None:
-    if values[0] is None:
+class _Where:
+    """Where a receipt is, written out only when a problem is found there."""
+
+    __slots__ = ("seq", "job_id")
+
+    def __init__(self, seq: int, job_id: str):
+        self.seq, self.job_id = seq, job_id
+
+    def __str__(self) -> str:
+        return f"receipt {self.seq} of job {self.job_id}"
+
+
+def _row(values: tuple, chain: _Chain) -> tuple | None:
+    """A ledger row as its receipt writes it, in CALL_FIELDS' order; None when the row is gone."""
+    (call_id, job_id, model_id, node, endpoint, status, error_code, prompt, completion, estimated, cost, duration,
+     created) = values
+    if call_id is None:
         return None
-    row = dict(zip(ROW_COLUMNS, values))
-    row["cost"] = nanos(Decimal(row["cost"])) if row["cost"] is not None else None
-    created = row["created_at"]
-    if isinstance(created, str):
+    if isinstance(created, str):  # SQLite
         created = datetime.fromisoformat(created)
-    row["created_at"] = instant(created if created.tzinfo else created.replace(tzinfo=UTC))
-    row["job_id"] = _uuid_text(row["job_id"])
-    row["estimated"] = bool(row["estimated"])
-    return row
+    if created.tzinfo is None:
+        created = created.replace(tzinfo=UTC)
+    recorded = (created.strftime("%Y-%m-%dT%H:%M:%S.%fZ") if created.utcoffset() == ZERO else instant(created))
+    if cost is not None:
+        cost = nanos(cost if isinstance(cost, Decimal) else Decimal(str(cost)))
+    return (model_id, node, endpoint, status, error_code, prompt, completion, bool(estimated), cost, duration, recorded,
+            chain.job_id if job_id == chain.raw_id else _uuid_text(job_id))
 
 
 def _end(chain: _Chain, audit: Audit, keys: dict, job: tuple | None, rollups: dict) -> None:
@@ -179,8 +197,9 @@ def _end(chain: _Chain, audit: Audit, keys: dict, job: tuple | None, rollups: di
         if row is None:
             audit.findings.append(Finding("deleted", where, "its receipt names a ledger row that is gone"))
             continue
-        changed = [name for name, column in CALL_FIELDS if said.get(name) != row[column]]
-        if changed:
+        told = tuple(said.get(name) for name in FIELD_NAMES)
+        if told != row:
+            changed = [name for name, value, kept in zip(FIELD_NAMES, told, row) if value != kept]
             audit.findings.append(Finding("edited", where, f"{', '.join(changed)} differ from its receipt"))
         if said.get("promptTokens") is not None and said.get("completionTokens") is not None:
             totals = rollups[(said["day"], said["user"], said["function"], said["model"])]
@@ -218,8 +237,9 @@ def _compare_job(chain: _Chain, audit: Audit, job: tuple) -> None:
 
 def _unreceipted_calls(audit: Audit, since: date | None) -> None:
     calls = created_in_days(LLMCall.objects.all(), since, None) if since else LLMCall.objects.all()
-    receipted = Receipt.objects.filter(kind=ReceiptKind.CALL).values("call_id")
-    for call_id, job_id in calls.exclude(pk__in=receipted).order_by("pk").values_list("pk", "job_id"):
+    # NOT EXISTS, which PostgreSQL runs as an anti-join; NOT IN (a subquery) can become a scan per row.
+    receipted = Receipt.objects.filter(kind=ReceiptKind.CALL, call_id=OuterRef("pk"))
+    for call_id, job_id in calls.filter(~Exists(receipted)).order_by("pk").values_list("pk", "job_id"):
         audit.findings.append(Finding("inserted", f"LLMCall {call_id} of job {job_id}", "no receipt names it"))
 
 
