@@ -87,7 +87,33 @@ def latency(args: argparse.Namespace) -> None:
     finally:
         for gateway in gateways.values():
             gateway.stop()
+    try:
+        _ledger_row_cost(model, args.calls)
+    finally:
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _ledger_row_cost(model: str, calls: int) -> None:
+    """What a ledger row costs its ledger thread with its receipt and without, written one after another here."""
+    from jobs.metering import ledger
+    from nodeclient import Usage
+
+    job_id = gateway_bench._job_row(model)
+    record = lambda: ledger.record_call(  # noqa: E731
+        job_id=job_id, model_id=model, node="bench", endpoint="/v1/completions", streamed=False, usage=Usage(9, 2),
+        max_tokens=2, done_reason="length", duration_ms=40, node_duration_ms=30.0)
+    kept, times = ledger.call_receipt, {}
+    for name in ("on", "off", "on", "off"):
+        if name == "off":
+            ledger.call_receipt = lambda call, **facts: SimpleNamespace(seq=0, hash="")
+        began = time.perf_counter()
+        for _ in range(calls):
+            record()
+        times.setdefault(name, []).append((time.perf_counter() - began) / calls * 1000)
+        ledger.call_receipt = kept
+    on, off = min(times["on"]), min(times["off"])
+    print(f"{'a ledger row':30} on       {on:7.2f} ms   off {off:7.2f} ms   receipt {on - off:+7.2f} ms "
+          f"(the ledger thread's time, off the answer's path)")
 
 
 def _settle(through: dict) -> None:

@@ -117,9 +117,19 @@ def _append(*, job_id: Any, owner_id: int, kind: str, day: Any, facts: dict[str,
                       body=data.decode(), hash=digest, key_id=key.key_id, signature=signature,
                       created_at=timezone.now())
     insert(receipt)
-    moved = {"receipt_seq": seq + 1, "receipt_head": receipt.hash, **({"receipt_hash": receipt.hash} if closes else {})}
-    Job.objects.filter(pk=job_id).update(**moved)
+    _move_head(job_id, seq + 1, digest, closes=closes)
     return receipt
+
+
+def _move_head(job_id: Any, seq: int, digest: str, *, closes: bool) -> None:
+    """The chain's new head (and, for a job receipt, the job's receiptHash): the UPDATE the ORM would write, without
+    building it each time (a tenth of a millisecond per call)."""
+    quote = connection.ops.quote_name
+    columns = ["receipt_seq", "receipt_head", *(["receipt_hash"] if closes else [])]
+    sets = ", ".join(f"{quote(column)} = %s" for column in columns)
+    params = [seq, digest, *([digest] if closes else []), Job._meta.pk.get_db_prep_value(job_id, connection)]
+    with connection.cursor() as cursor:
+        cursor.execute(f"UPDATE {quote(Job._meta.db_table)} SET {sets} WHERE {quote('id')} = %s", params)
 
 
 def call_receipt(call: LLMCall, *, owner_id: int, function_id: Any, version: int, price: ModelPrice | None,
