@@ -35,6 +35,14 @@ class ReceiptSerializer(serializers.ModelSerializer):
         read_only_fields = fields
 
 
+class ReceiptPageSerializer(serializers.Serializer):
+    """One page of receipts; `next` is the following page's link (null on the last)."""
+
+    next = serializers.URLField(allow_null=True)
+    previous = serializers.URLField(allow_null=True)
+    results = ReceiptSerializer(many=True)
+
+
 class CheckpointSerializer(serializers.ModelSerializer):
     """A user's signed checkpoint of one day: `checkpoint` (canonical JSON) lists the hashes of the job receipts
     that closed that day and chains to the user's previous checkpoint."""
@@ -58,7 +66,7 @@ def _page(request: Request, view: APIView, receipts, ordering: str) -> Response:
 class JobReceiptsView(APIView):
     @extend_schema(summary="A job's receipts, in chain order", tags=["receipts"],
                    parameters=[OpenApiParameter("id", OpenApiTypes.UUID, OpenApiParameter.PATH), CURSOR, PAGE_SIZE],
-                   responses={200: ReceiptSerializer(many=True), **errors((404, "job_not_found"))})
+                   responses={200: ReceiptPageSerializer, **errors((404, "job_not_found"))})
     def get(self, request: Request, pk: str) -> Response:
         job = services.get_job(owner=request.user, job_id=pk)
         return _page(request, self, Receipt.objects.filter(job=job), "seq")
@@ -69,7 +77,7 @@ class ReceiptsView(APIView):
                    tags=["receipts"],
                    parameters=[OpenApiParameter("since", OpenApiTypes.DATE, description="First day (YYYY-MM-DD) of "
                                                 "the jobs; default: all."), CURSOR, PAGE_SIZE],
-                   responses={200: ReceiptSerializer(many=True), **errors((400, "invalid_date"))})
+                   responses={200: ReceiptPageSerializer, **errors((400, "invalid_date"))})
     def get(self, request: Request) -> Response:
         receipts = Receipt.objects.filter(owner=request.user)
         if request.query_params.get("since"):
