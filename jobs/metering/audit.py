@@ -77,7 +77,8 @@ def verify_ledger(*, since: date | None = None, signatures: str = "anchors") -> 
     audit = Audit()
     keys = public_keys()
     jobs = {str(row[0]): row[1:] for row in created_in_days(Job.objects.all(), since, None).values_list(
-        "id", "prompt_tokens", "completion_tokens", "llm_calls", "unmetered_calls", "cost", "status")}
+        "id", "prompt_tokens", "completion_tokens", "llm_calls", "unmetered_calls", "cost", "status", "started_at")}
+    walked: set[str] = set()
     rollups: dict[tuple, list[int]] = defaultdict(lambda: [0, 0, 0, 0])
     chain: _Chain | None = None
     for row in _receipts_with_rows(since):
@@ -85,12 +86,14 @@ def verify_ledger(*, since: date | None = None, signatures: str = "anchors") -> 
             if chain is not None:
                 _end(chain, audit, keys, jobs.get(chain.job_id), rollups)
             chain = _Chain(_uuid_text(row[0]), row[0])
+            walked.add(chain.job_id)
         audit.receipts += 1
         if not chain.broken:
             _link(chain, row, audit, keys, signatures)
     if chain is not None:
         _end(chain, audit, keys, jobs.get(chain.job_id), rollups)
     audit.jobs = len(jobs)
+    _chains_gone(audit, jobs, walked)
     _unreceipted_calls(audit, since)
     _compare_rollups(audit, rollups, since)
     return audit
@@ -226,13 +229,22 @@ def _compare_job(chain: _Chain, audit: Audit, job: tuple) -> None:
     if chain.broken:
         return
     sums = chain_sums(chain.bodies)
-    prompt, completion, calls, unmetered, cost, _ = job
+    prompt, completion, calls, unmetered, cost, _, _ = job
     figures = {"promptTokens": prompt, "completionTokens": completion, "calls": calls, "unmeteredCalls": unmetered,
                "amount": nanos(Decimal(cost))}
     changed = [name for name, value in figures.items() if sums[name] != value]
     if changed:
         audit.findings.append(Finding("mismatch", f"job {chain.job_id}", f"its {', '.join(changed)} no longer "
                                                                          f"match its receipts"))
+
+
+def _chains_gone(audit: Audit, jobs: dict[str, tuple], walked: set[str]) -> None:
+    """Jobs that have no receipt at all although they made calls, or ran and ended (a job cancelled while queued
+    never had a chain)."""
+    for job_id, (_, _, calls, _, _, status, started_at) in sorted(jobs.items()):
+        if job_id not in walked and (calls or (status in TERMINAL and started_at is not None)):
+            audit.findings.append(Finding("deleted", f"job {job_id}", f"its whole chain of receipts is gone "
+                                                                      f"({calls} calls on its row)"))
 
 
 def _unreceipted_calls(audit: Audit, since: date | None) -> None:

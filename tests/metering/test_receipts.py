@@ -112,6 +112,14 @@ def test_verify_ledger_names_an_inserted_call_and_an_inserted_receipt(run_script
     assert str(verify_ledger().findings[0]).startswith(f"edited: receipt 1 of job {job.pk}")
 
 
+def test_verify_ledger_names_a_job_whose_whole_chain_was_deleted(run_script, node):
+    job = run_script(THREE_CALLS)
+    Receipt.objects.filter(job=job).delete()
+
+    assert f"deleted: job {job.pk}: its whole chain of receipts is gone (3 calls on its row)" in map(
+        str, verify_ledger().findings)
+
+
 def test_verify_ledger_names_receipts_swapped_in_their_chain(run_script, node):
     job = run_script(THREE_CALLS)
     swap_seq(job, 1, 2)
