@@ -140,7 +140,8 @@ class Progress:
             if self.status == "running" and self.started is None:
                 self.started = time.monotonic() if now is None else now
         elif event.event == "llm_call":
-            self.calls_running += 1 if data.get("phase") == "start" else -1
+            # A call's `receipt` comes after its `end`, once its ledger row is written: it changes nothing here.
+            self.calls_running += {"start": 1, "end": -1}.get(data.get("phase"), 0)
         elif event.event == "usage":
             self.calls = data.get("llmCalls", self.calls)
             self.prompt_tokens = data.get("promptTokens", self.prompt_tokens)

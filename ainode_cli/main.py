@@ -17,7 +17,7 @@ from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 
-from . import output
+from . import output, receipts
 from .client import ApiError, Client, Unreachable
 from .events import EventStreamError, follow_job
 from .events import Progress as JobProgress
@@ -365,7 +365,8 @@ def parser() -> argparse.ArgumentParser:
     common = _common_options()
     main = argparse.ArgumentParser(prog="ainode", parents=[common], description=__doc__.split("\n\n")[0],
                                    epilog="exit codes: 0 ok, 1 job failed, 2 usage, 3 refused, 4 not found, "
-                                          "5 bad key, 6 quota or rate limit, 7 API unavailable, 8 job not finished")
+                                          "5 bad key, 6 quota or rate limit, 7 API unavailable, 8 job not finished, "
+                                          "9 receipts do not verify")
     commands = main.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def command(name: str, handler: Callable[[Client, argparse.Namespace], int], help: str) -> argparse.ArgumentParser:
@@ -410,6 +411,7 @@ def parser() -> argparse.ArgumentParser:
     usage.add_argument("--from", dest="start", metavar="YYYY-MM-DD")
     usage.add_argument("--to", dest="end", metavar="YYYY-MM-DD")
     usage.add_argument("--by", choices=("day", "model", "function"), default="day")
+    receipts.add_commands(command)
     return main
 
 

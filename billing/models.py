@@ -108,3 +108,22 @@ class Hold(models.Model):
 
     def __str__(self) -> str:
         return f"hold of job {self.job_id}"
+
+
+class ReceiptKey(models.Model):
+    """A public key that signs (or signed) receipts, published at `GET /api/v1/receipts/keys` so that anyone can
+    verify a receipt offline. The private key never enters the database: it comes from RECEIPT_SIGNING_KEY or
+    RECEIPT_SIGNING_KEY_FILE (billing.receipt_keys). A rotated-out key stays here, with `retired_at`, so that the
+    receipts it signed still verify by their `keyId`."""
+
+    key_id = models.CharField(max_length=32, unique=True, help_text="The first 16 hex digits of the SHA-256 of "
+                                                                     "the raw public key.")
+    public_key = models.CharField(max_length=64, help_text="The raw 32-byte Ed25519 public key, base64.")
+    created_at = models.DateTimeField(default=timezone.now)
+    retired_at = models.DateTimeField(null=True, blank=True, help_text="When another key took over signing.")
+
+    class Meta:
+        ordering = ["created_at", "key_id"]
+
+    def __str__(self) -> str:
+        return f"receipt key {self.key_id}" + (" (retired)" if self.retired_at else "")

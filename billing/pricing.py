@@ -35,12 +35,16 @@ def cost_of_call(*, model_id: str, prompt_tokens: int | None, completion_tokens:
                  at: datetime) -> Decimal | None:
     """What a call costs at the price in force at `at`; None (unknown, never zero) when either token count is
     unknown or the model has no price then."""
-    if prompt_tokens is None or completion_tokens is None:
-        return None
+    return priced_call(model_id=model_id, prompt_tokens=prompt_tokens, completion_tokens=completion_tokens, at=at)[1]
+
+
+def priced_call(*, model_id: str, prompt_tokens: int | None, completion_tokens: int | None,
+                at: datetime) -> tuple[ModelPrice | None, Decimal | None]:
+    """The price in force at `at` (None: the model has none) and what the call costs at it (see `cost_of_call`)."""
     price = price_in_force(model_id=model_id, at=at)
-    if price is None:
-        return None
-    return price.cost_of(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens)
+    if price is None or prompt_tokens is None or completion_tokens is None:
+        return price, None
+    return price, price.cost_of(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens)
 
 
 def job_cost_increments(cost: Decimal | None) -> dict[str, Any]:

@@ -11,7 +11,7 @@ from django.core.exceptions import PermissionDenied, RequestDataTooBig
 from django.db import InterfaceError, OperationalError
 from django.http import Http404, HttpRequest, JsonResponse
 from rest_framework.exceptions import APIException, ValidationError
-from rest_framework.pagination import PageNumberPagination
+from rest_framework.pagination import CursorPagination, PageNumberPagination
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
@@ -52,6 +52,19 @@ class Pagination(PageNumberPagination):
             if parameter["name"] == self.page_size_query_param:
                 parameter["schema"]["maximum"] = self.max_page_size
         return parameters
+
+
+class Cursor(CursorPagination):
+    """Pages of `page_size` (1-500) that follow a cursor (`next`), for lists that grow at their end while a client
+    reads them (receipts): a row is never skipped or seen twice. Views set `ordering` (a unique, unchanging field)."""
+
+    page_size_query_param = "page_size"
+    max_page_size = 500
+    page_size = 100
+
+    def get_page_size(self, request: Request) -> int:
+        Pagination._check_number(request, self.page_size_query_param, self.max_page_size)
+        return super().get_page_size(request)
 
 
 def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:

@@ -497,6 +497,12 @@ CELERY_BEAT_SCHEDULE = {
         "schedule": 60.0,
         "options": {"queue": JOB_QUEUE, "routing_key": JOB_QUEUE, "expires": 60},
     },
+    # Each user's signed checkpoint of each day's job receipts, once the day is over (jobs.metering.checkpoints).
+    "seal-receipt-days": {
+        "task": "jobs.seal_receipt_days",
+        "schedule": 3600.0,
+        "options": {"queue": JOB_QUEUE, "routing_key": JOB_QUEUE, "expires": 3600},
+    },
     "purge-idempotency-keys": {
         "task": "jobs.purge_idempotency_keys",
         "schedule": 3600.0,
@@ -545,3 +551,17 @@ QUOTA_DEFAULT_TOKEN_BUDGET = env_int("QUOTA_DEFAULT_TOKEN_BUDGET", 4096, minimum
 if not (len(BILLING_CURRENCY) == 3 and BILLING_CURRENCY.isascii() and BILLING_CURRENCY.isalpha()
         and BILLING_CURRENCY.isupper()):
     raise ImproperlyConfigured(f"BILLING_CURRENCY must be a three-letter ISO 4217 code, got {BILLING_CURRENCY!r}")
+# Receipts (billing.receipt_keys): the Ed25519 key that signs every model call's receipt, as base64 of its 32-byte
+# seed, or a file holding that (or a PEM private key). Production refuses to start without one, as for SECRET_KEY;
+# development makes one under VAR_DIR on first use. Rotate by configuring a new key: the old public key stays
+# published, so its receipts still verify.
+RECEIPT_SIGNING_KEY = env_str("RECEIPT_SIGNING_KEY", "")
+RECEIPT_SIGNING_KEY_FILE = env_str("RECEIPT_SIGNING_KEY_FILE", "" if PRODUCTION else
+                                   str(VAR_DIR / "receipt-signing-key"))
+if PRODUCTION and not (RECEIPT_SIGNING_KEY or RECEIPT_SIGNING_KEY_FILE):
+    raise ImproperlyConfigured(
+        "ENVIRONMENT=production needs a receipt signing key: RECEIPT_SIGNING_KEY (base64 of 32 random bytes, e.g. "
+        "python -c 'import base64, os; print(base64.b64encode(os.urandom(32)).decode())') or "
+        "RECEIPT_SIGNING_KEY_FILE")
+if PRODUCTION and not RECEIPT_SIGNING_KEY and not Path(RECEIPT_SIGNING_KEY_FILE).is_file():
+    raise ImproperlyConfigured(f"RECEIPT_SIGNING_KEY_FILE {RECEIPT_SIGNING_KEY_FILE} is not a file")

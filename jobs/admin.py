@@ -17,7 +17,7 @@ from . import services
 from .events.feed import event_stream_response, open_feed
 from .events.store import event_store
 from .export import jobs_csv_lines
-from .models import DependencyLayer, Function, FunctionVersion, Job, LLMCall
+from .models import DependencyLayer, Function, FunctionVersion, Job, LLMCall, Receipt
 
 
 class FunctionVersionInline(admin.TabularInline):
@@ -90,7 +90,20 @@ def _json(value: Any) -> SafeString:
     return _pre(json.dumps(value, indent=2, ensure_ascii=False))
 
 
-class LLMCallInline(admin.TabularInline):
+class _RecordInline(admin.TabularInline):
+    """Rows the worker writes and nobody edits: shown, never added, changed or deleted."""
+
+    extra = 0
+    can_delete = False
+
+    def has_add_permission(self, request: HttpRequest, obj: Job | None = None) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Job | None = None) -> bool:
+        return False
+
+
+class LLMCallInline(_RecordInline):
     """The job's model calls, oldest first: its part of the billing ledger, read-only."""
 
     model = LLMCall
@@ -98,15 +111,17 @@ class LLMCallInline(admin.TabularInline):
               "completion_tokens", "estimated", "cost", "duration_ms", "done_reason", "error_code")
     readonly_fields = fields
     ordering = ("created_at", "id")
-    extra = 0
-    can_delete = False
     verbose_name_plural = "LLM calls"
 
-    def has_add_permission(self, request: HttpRequest, obj: Job | None = None) -> bool:
-        return False
 
-    def has_change_permission(self, request: HttpRequest, obj: Job | None = None) -> bool:
-        return False
+class ReceiptInline(_RecordInline):
+    """The job's chain of signed receipts, in order (jobs.metering.receipts); `manage.py verify_ledger` checks them."""
+
+    model = Receipt
+    fields = ("seq", "kind", "call_id", "hash", "key_id", "created_at")
+    readonly_fields = fields
+    ordering = ("seq",)
+    verbose_name_plural = "receipts"
 
 
 @admin.register(Job)
@@ -118,7 +133,7 @@ class JobAdmin(admin.ModelAdmin):
     list_select_related = ("function", "owner")
     date_hierarchy = "created_at"
     actions = ("cancel_jobs", "rerun_jobs", "export_csv")
-    inlines = [LLMCallInline]
+    inlines = [LLMCallInline, ReceiptInline]
     # Everything the worker writes is read-only: operators look, the worker decides.
     fieldsets = (
         (None, {"fields": ("id", "status", "owner", "function", "function_version", "model_id", "node", "queue",
@@ -131,7 +146,7 @@ class JobAdmin(admin.ModelAdmin):
                                   "started_at", "finished_at")}),
         ("Tokens and cost", {"fields": ("token_budget", "prompt_tokens", "completion_tokens", "llm_calls",
                                         "unmetered_calls", "estimated_calls", "cost_shown", "uncosted_calls",
-                                        "ledger_link")}),
+                                        "ledger_link", "receipt_hash")}),
     )
     readonly_fields = tuple(name for _, options in fieldsets for name in options["fields"])
 

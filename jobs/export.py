@@ -22,7 +22,7 @@ def jobs_in_range(span: DateRange, *, owner: User | None = None) -> QuerySet[Job
 
 CSV_COLUMNS = ["job_id", "created_at", "owner", "function_id", "function_name", "model_id", "status", "duration_ms",
                "llm_calls", "unmetered_calls", "estimated_calls", "uncosted_calls", "prompt_tokens", "completion_tokens",
-               "total_tokens", "cost", "currency"]
+               "total_tokens", "cost", "currency", "receipt_hash"]
 
 
 class _Echo:
@@ -40,22 +40,22 @@ def _text_cell(value: str) -> str:
 def jobs_csv_lines(jobs: QuerySet[Job], *, currency: str) -> Iterable[str]:
     """The jobs as CSV lines (header first), oldest first: tokens and cost (the sum of the calls' known costs;
     `uncosted_calls` says how many calls it leaves out; `estimated_calls` how many were billed with counts the
-    gateway estimated)."""
+    gateway estimated), and the hash of the job receipt that closed the job's receipts (empty until it ended)."""
     writer = csv.writer(_Echo())
     yield writer.writerow(CSV_COLUMNS)
     rows = (jobs.order_by("created_at", "id")
             .values_list("id", "created_at", "owner__username", "function_id", "function__name", "model_id",
                          "status", "duration_ms", "llm_calls", "unmetered_calls", "estimated_calls", "uncosted_calls",
-                         "prompt_tokens", "completion_tokens", "cost"))
+                         "prompt_tokens", "completion_tokens", "cost", "receipt_hash"))
     for (job_id, created_at, owner, function_id, function_name, model_id, status, duration_ms, llm_calls,
          unmetered_calls, estimated_calls, uncosted_calls, prompt_tokens, completion_tokens,
-         cost) in rows.iterator(chunk_size=2000):
+         cost, receipt_hash) in rows.iterator(chunk_size=2000):
         yield writer.writerow([
             job_id, created_at.isoformat(), _text_cell(owner), function_id, _text_cell(function_name), model_id,
             status, "" if duration_ms is None else duration_ms, llm_calls, unmetered_calls, estimated_calls,
             uncosted_calls,
             prompt_tokens, completion_tokens, prompt_tokens + completion_tokens,
-            format(Decimal(cost).quantize(COST_QUANTUM), "f"), currency,
+            format(Decimal(cost).quantize(COST_QUANTUM), "f"), currency, receipt_hash,
         ])
 
 

@@ -262,6 +262,12 @@ class Job(models.Model):
     cost = models.DecimalField(max_digits=24, decimal_places=10, default=Decimal(0))
     uncosted_calls = models.PositiveIntegerField(default=0)
 
+    # The head of the job's receipt chain (jobs.metering.receipts): the last receipt's number and hash, locked and
+    # moved by whoever appends one; and the hash of the job receipt that closed the chain when the job ended.
+    receipt_seq = models.PositiveIntegerField(default=0)
+    receipt_head = models.CharField(max_length=64, blank=True)
+    receipt_hash = models.CharField(max_length=64, blank=True)
+
     objects = JobQuerySet.as_manager()
 
     class Meta:
@@ -352,6 +358,62 @@ class LLMCall(models.Model):
     @property
     def total_tokens(self) -> int | None:
         return self.prompt_tokens + self.completion_tokens if self.is_metered else None
+
+
+class ReceiptKind(models.TextChoices):
+    CALL = "call"
+    CORRECTION = "correction"
+    JOB = "job"
+
+
+class Receipt(models.Model):
+    """One signed link of a job's receipt chain (jobs.metering.receipts): a model call, a correction of one, or the
+    job receipt that closes the chain over all of its calls.
+
+    `body` is the canonical JSON exactly as it was hashed and signed; the other columns repeat what the queries need
+    (and what verify_ledger checks against the body). `call_id` names the ledger row without a foreign key, so that
+    a row deleted behind the ledger's back leaves a receipt that says so. Rows are only ever inserted.
+    """
+
+    job = models.ForeignKey(Job, on_delete=models.PROTECT, related_name="receipts")
+    seq = models.PositiveIntegerField(help_text="The receipt's place in its job's chain, from 1.")
+    kind = models.CharField(max_length=16, choices=ReceiptKind.choices)
+    call_id = models.BigIntegerField(null=True, blank=True, db_index=True, help_text="The LLMCall it receipts.")
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
+    day = models.DateField(help_text="The usage day it counts in (a call's), or the day it closed the job.")
+    body = models.TextField(help_text="The canonical JSON that was hashed and signed.")
+    hash = models.CharField(max_length=64, unique=True, help_text="SHA-256 of the body, hex.")
+    key_id = models.CharField(max_length=32)
+    signature = models.CharField(max_length=128, help_text="Ed25519 over the body, hex.")
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["job", "seq"]
+        constraints = [models.UniqueConstraint(fields=["job", "seq"], name="unique_receipt_link")]
+        indexes = [models.Index(fields=["owner", "kind", "day"])]
+
+    def __str__(self) -> str:
+        return f"{self.kind} receipt {self.seq} of job {self.job_id}"
+
+
+class DayCheckpoint(models.Model):
+    """A user's signed checkpoint of one day: the hashes of the job receipts that closed that day, chained to the
+    user's previous checkpoint (jobs.metering.checkpoints)."""
+
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
+    day = models.DateField()
+    body = models.TextField()
+    hash = models.CharField(max_length=64, unique=True)
+    key_id = models.CharField(max_length=32)
+    signature = models.CharField(max_length=128)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["owner", "day"]
+        constraints = [models.UniqueConstraint(fields=["owner", "day"], name="unique_day_checkpoint")]
+
+    def __str__(self) -> str:
+        return f"checkpoint of {self.day} for user {self.owner_id}"
 
 
 class IdempotencyScope(models.TextChoices):

@@ -56,6 +56,8 @@ def execution_result(job: Job) -> dict[str, Any]:
         "createdAt": job.created_at.isoformat(),
         "startedAt": job.started_at.isoformat() if job.started_at else None,
         "finishedAt": job.finished_at.isoformat() if job.finished_at else None,
+        # The hash of the job receipt that closed the job's chain of receipts once it ended ("" until then).
+        "receiptHash": job.receipt_hash,
     }
 
 

@@ -34,6 +34,7 @@ from . import collect, events, results
 from .exits import interpret_exit
 from .metering.gateway import JobGateway
 from .metering.ledger import ledger_totals
+from .metering.receipts import close_chain
 from .metering.routing import gateway_config
 from .models import Job, JobStatus
 from .sandbox import warm_pool
@@ -88,9 +89,11 @@ def run_job(job_id: str | uuid.UUID, *, backend: DockerBackend | None = None) ->
                 # The exception's text (SQL, host paths) is the operator's, in the log; not the tenant's.
                 _fail(job, "internal_error", "The worker failed while running the job.")
     finally:
-        # The gateway is stopped (the ExitStack closed): nothing of this job can still spend.
-        _outlasting_outages(lambda: (job_money.release(job_id=job.pk), job.refresh_from_db()),
-                            f"job {job.id}: its hold")
+        # The gateway is stopped (the ExitStack closed): nothing of this job can still spend, and its chain of
+        # receipts is closed by its job receipt.
+        _outlasting_outages(lambda: job_money.release(job_id=job.pk), f"job {job.id}: its hold")
+        _close_receipts(job)
+        _outlasting_outages(job.refresh_from_db, f"job {job.id}: its end")
         for event in events.end_events(job):
             live.emit(*event)
         live.close()
@@ -284,6 +287,13 @@ def _finalize(job: Job, outcome: ContainerOutcome, report: ResultReport) -> None
         # Cancelled by a user while it ran: the status stays, the output is still kept for them to read.
         fields.pop("finished_at")
         Job.objects.filter(pk=job.pk).update(**fields)
+
+
+def _close_receipts(job: Job) -> None:
+    try:
+        _outlasting_outages(lambda: close_chain(job), f"job {job.id}: its job receipt")
+    except Exception:  # the job's result must still be published; verify_ledger names the chain left open
+        logger.exception("job %s: could not write its job receipt", job.pk)
 
 
 def _fail(job: Job, error_code: str, message: str) -> None:

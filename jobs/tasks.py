@@ -3,6 +3,7 @@ from celery.signals import worker_process_init, worker_process_shutdown, worker_
 
 from .events import prune_events
 from .idempotency import purge_expired_keys
+from .metering.checkpoints import seal_due_days
 from .metering.reconcile import reconcile_estimated_calls
 from .outbox import resend_unclaimed
 from .runner import run_job
@@ -36,6 +37,11 @@ def recover_lost_jobs_task() -> None:
 @shared_task(name="jobs.reconcile_estimated_calls", ignore_result=True)
 def reconcile_estimated_calls_task() -> None:
     reconcile_estimated_calls()
+
+
+@shared_task(name="jobs.seal_receipt_days", ignore_result=True)
+def seal_receipt_days_task() -> None:
+    seal_due_days()
 
 
 @shared_task(name="jobs.purge_idempotency_keys", ignore_result=True)

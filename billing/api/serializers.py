@@ -93,3 +93,16 @@ class UsageSerializer(serializers.Serializer):
         fields = super().get_fields()
         fields["from"] = fields.pop("from_")
         return fields
+
+
+class ReceiptKeySerializer(serializers.Serializer):
+    keyId = serializers.CharField()
+    algorithm = serializers.ChoiceField(choices=["Ed25519"])
+    publicKey = serializers.CharField(help_text="The raw 32-byte public key, base64.")
+    createdAt = serializers.DateTimeField()
+    retiredAt = serializers.DateTimeField(allow_null=True, help_text="When a newer key took over; its receipts "
+                                                                      "still verify.")
+
+
+class ReceiptKeysSerializer(serializers.Serializer):
+    keys = ReceiptKeySerializer(many=True)

@@ -3,15 +3,19 @@ from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework.request import Request
 from rest_framework.response import Response
+from rest_framework.permissions import AllowAny
 from rest_framework.views import APIView
 
 from core.api import Pagination
 from core.ranges import range_from_query
 from core.schema import errors
 
+from ..models import ReceiptKey
 from ..quotas import standing
+from ..receipt_keys import ALGORITHM, publish, signing_key
 from ..reports import user_usage
-from .serializers import FiguresSerializer, QuotaStandingSerializer, UsageRowSerializer, UsageSerializer
+from .serializers import (FiguresSerializer, QuotaStandingSerializer, ReceiptKeysSerializer, UsageRowSerializer,
+                          UsageSerializer)
 
 
 class UsageView(APIView):
@@ -41,3 +45,20 @@ class UsageView(APIView):
                          "currency": settings.BILLING_CURRENCY, "totals": FiguresSerializer(totals).data,
                          **response.data, "quota": QuotaStandingSerializer(quota).data if quota else None}
         return response
+
+
+class ReceiptKeysView(APIView):
+    """Every public key that signs or signed receipts, retired ones too: what a receipt's `keyId` names. Public:
+    anyone holding a receipt may check it."""
+
+    authentication_classes: list = []
+    permission_classes = [AllowAny]
+    throttle_classes: list = []
+
+    @extend_schema(summary="The public keys of receipts", tags=["receipts"], auth=[],
+                   responses={200: ReceiptKeysSerializer})
+    def get(self, request: Request) -> Response:
+        publish(signing_key())  # a fresh installation that has signed nothing yet still shows its key
+        keys = [{"keyId": key.key_id, "algorithm": ALGORITHM, "publicKey": key.public_key,
+                 "createdAt": key.created_at, "retiredAt": key.retired_at} for key in ReceiptKey.objects.all()]
+        return Response(ReceiptKeysSerializer({"keys": keys}).data)

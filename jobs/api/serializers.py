@@ -184,6 +184,8 @@ class ExecutionResultSerializer(serializers.Serializer):
     createdAt = serializers.DateTimeField()
     startedAt = serializers.DateTimeField(allow_null=True)
     finishedAt = serializers.DateTimeField(allow_null=True)
+    receiptHash = serializers.CharField(allow_blank=True, help_text="The hash of the job receipt that closed the "
+                                                                     "job's receipts when it ended; empty until then.")
 
 
 class AcceptedSerializer(serializers.Serializer):

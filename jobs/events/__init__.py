@@ -4,7 +4,9 @@ Kinds, in the order they happen:
 - `status`   {"status", ...}: queued (web), running (worker), then the terminal status.
 - `stdout` / `stderr`  {"text", "truncated"}: whole lines of output, under the same cap as the Job row's.
 - `llm_call` {"phase": "start" | "end", "model", "streamed", "endpoint", ...}: each model call's start and end; the
-  end carries the tokens as the ledger recorded them (null when the node did not say) and `estimated`.
+  end carries the tokens as the ledger recorded them (null when the node did not say) and `estimated`. Then
+  {"phase": "receipt", "call", "seq", "receiptHash"} once the call's ledger row and receipt are written (after its
+  answer went out, so it may come after the next call's start).
 - `usage`    the job's running totals and what is left of its budget (the gateway's `/_job/usage` shape).
 - `result`   the execution result (`GET /status/{id}`'s body); the stream ends with it.
 

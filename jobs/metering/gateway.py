@@ -15,6 +15,7 @@ A call lives only as long as someone wants its answer: when the script hangs up,
 node's answer is cancelled (the gateway closes its connection to the node) and the call is billed for what the
 node generated until then; requests not yet forwarded are dropped unstarted.
 """
+import hashlib
 import itertools
 import json
 import logging
@@ -24,6 +25,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 from nodeclient import Cancellation, Completion, NodeClient, NodeError, Usage, client_for
@@ -31,9 +33,10 @@ from nodeclient import Cancellation, Completion, NodeClient, NodeError, Usage, c
 from ..models import LLMCallStatus
 from ..sandbox.result_channel import RESULT_ROUTE, ResultChannel, ResultReport
 from . import wire
-from .ledger import LedgerWriter, record_call
+from .ledger import CallTrace, LedgerWriter, record_call
 from .meter import BudgetExhausted, Meter, Reservation, WaitAbandoned, prompt_bound
 from .reconcile import recount_record
+from .receipts import request_digest
 from .transport import GatewayRequestError, Request, SocketServer
 
 logger = logging.getLogger(__name__)
@@ -253,7 +256,7 @@ class JobGateway:
         described = {"call": number, "model": call.model, "streamed": call.stream, "endpoint": request.route_path}
         self._tell("llm_call", {"phase": "start", **described, "maxTokens": reservation.max_tokens})
         frames = wire.StreamRenderer(call) if call.stream else None
-        started = time.monotonic()
+        started, started_at = time.monotonic(), datetime.now(UTC)
         outcome = _Outcome()
         try:
             self._relay(request, call, client, options, cancellation, frames, outcome)
@@ -273,8 +276,11 @@ class JobGateway:
                             duration_ms=duration_ms)
         # The row is written on the ledger's thread, off the answer's path (`stop` waits for it), and queued once the
         # answer is out: that thread's Python would otherwise hold the interpreter lock while the answer is written.
+        ended_at = datetime.now(UTC)
+        delivered = completion.text if completion is not None else "".join(outcome.pieces)
         request.after_answer.append(lambda: self._ledger.write(lambda: self._record(
-            call, endpoint, route, reservation, usage, estimated, recount, completion, error, duration_ms)))
+            call, endpoint, route, reservation, usage, estimated, recount, completion, error, duration_ms,
+            number=number, options=options, trace=(started_at, ended_at, delivered))))
         if frames is not None and request.stream_started:
             # A stream's last frame goes out once the call is settled: a script that reads it and then asks
             # usage() must find the call counted.
@@ -421,19 +427,30 @@ class JobGateway:
 
     def _record(self, call: wire.LLMRequest, endpoint: str, route: ModelRoute, reservation: Reservation,
                 usage: Usage | None, estimated: bool, recount: dict | None, completion: Completion | None,
-                error: NodeError | None, duration_ms: int) -> None:
+                error: NodeError | None, duration_ms: int, *, number: int, options: dict[str, Any],
+                trace: tuple[datetime, datetime, str]) -> None:
+        """Put the call on the ledger with its receipt (on the ledger's thread: the digests are made here too, off
+        the answer's path), then tell the live events the receipt's hash."""
+        started_at, ended_at, delivered = trace
+        digests = CallTrace(
+            started_at=started_at, ended_at=ended_at, delivered_sha256=hashlib.sha256(delivered.encode()).hexdigest(),
+            request_sha256=request_digest(model=call.model, op=call.op, prompt=call.prompt, system=call.system,
+                                          raw=call.raw, messages=call.messages, options=options))
         try:
-            record_call(
+            row = record_call(
                 job_id=self.job_id, model_id=call.model, node=route.node, endpoint=endpoint,
                 streamed=call.stream, usage=usage, estimated=estimated, recount=recount,
                 max_tokens=reservation.max_tokens,
                 done_reason=completion.done_reason if completion else None, duration_ms=duration_ms,
                 node_duration_ms=completion.total_duration_ms if completion else None,
-                error_code=error.code if error else "", error_message=str(error) if error else "",
+                error_code=error.code if error else "", error_message=str(error) if error else "", trace=digests,
             )
         except Exception:
             # The meter has counted the call already; the job's totals are recomputed from the ledger at its end.
             logger.exception("job %s: could not record a %s call on the ledger", self.job_id, call.model)
+            return
+        self._tell("llm_call", {"phase": "receipt", "call": number, "seq": row.receipt.seq,
+                                "receiptHash": row.receipt.hash})
 
     def _tell(self, kind: str, data: dict[str, Any]) -> None:
         if self.config.on_event is None:

@@ -1,12 +1,13 @@
 """The ledger: one `LLMCall` row per model call, priced when it is recorded, added to its job's totals, spent from
-its job's hold and added to the daily roll-ups in the same transaction; and the ledger's side of the roll-ups'
-rebuild (billing.rebuild)."""
+its job's hold, added to the daily roll-ups and receipted (jobs.metering.receipts) in the same transaction; and the
+ledger's side of the roll-ups' rebuild (billing.rebuild)."""
 import functools
 import logging
 import threading
 from collections import deque
 from collections.abc import Callable
-from datetime import date
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -19,7 +20,7 @@ from django.utils import timezone
 
 from billing import job_money
 from billing.models import Hold
-from billing.pricing import cost_of_call, job_cost_increments
+from billing.pricing import job_cost_increments, priced_call
 from billing.rebuild import RollupSources
 from billing.rollups import add_call_to_rollups
 from core import metrics
@@ -29,16 +30,30 @@ from core.ranges import created_in_days
 from nodeclient import Usage
 
 from ..models import METERED, Job, LLMCall, LLMCallStatus
+from .receipts import call_receipt
 
 logger = logging.getLogger(__name__)
 
 
 @functools.lru_cache(maxsize=4096)
-def job_facts(job_id: Any) -> tuple[int, Any, bool]:
-    """A job's owner, function, and whether a quota holds its worst case (a hold is made at admission and deleted at
-    the job's end, after its last call): read once per job and process, not once per call."""
+def job_facts(job_id: Any) -> tuple[int, Any, bool, int]:
+    """A job's owner, function, whether a quota holds its worst case (a hold is made at admission and deleted at
+    the job's end, after its last call) and its function version's number: read once per job and process, not once
+    per call."""
     return (Job.objects.filter(pk=job_id).annotate(held=Exists(Hold.objects.filter(job_id=OuterRef("pk"))))
-            .values_list("owner_id", "function_id", "held").get())
+            .values_list("owner_id", "function_id", "held", "function_version__number").get())
+
+
+@dataclass(frozen=True)
+class CallTrace:
+    """What a call's receipt says besides its ledger row: when the gateway started and ended it, and the SHA-256 of
+    the request it forwarded and of the text it delivered (jobs.metering.receipts.request_digest); None where
+    unknown (a call recorded by hand)."""
+
+    started_at: datetime | None = None
+    ended_at: datetime | None = None
+    request_sha256: str | None = None
+    delivered_sha256: str | None = None
 
 
 def record_call(*, job_id: str, **fields: Any) -> LLMCall:
@@ -54,11 +69,12 @@ def record_call(*, job_id: str, **fields: Any) -> LLMCall:
 def write_call(*, job_id: str, model_id: str, node: str, endpoint: str, streamed: bool, usage: Usage | None,
                max_tokens: int | None, done_reason: str | None, duration_ms: int, node_duration_ms: float | None,
                error_code: str = "", error_message: str = "", estimated: bool = False,
-               recount: dict[str, Any] | None = None, at: Any = None) -> LLMCall:
+               recount: dict[str, Any] | None = None, trace: CallTrace = CallTrace(), at: Any = None) -> LLMCall:
     """Write one ledger row and add it to the job's running totals (in place, never read-modify-write).
 
     `usage` is what the node reported, or with `estimated` what the gateway counted in its place; both are billed.
     `recount` keeps what an estimate that is not exact can be counted again from (jobs.metering.reconcile).
+    Returns the row, with its receipt (jobs.metering.receipts) as `receipt`.
 
     Called from a job's `LedgerWriter` thread, which closes its database connection when the job ends.
     """
@@ -67,8 +83,8 @@ def write_call(*, job_id: str, model_id: str, node: str, endpoint: str, streamed
     now = at or timezone.now()
     # Priced before the transaction opens: on SQLite a transaction that reads before it writes can fail to get the
     # write lock. The cost is fixed here, at the price in force now, and never recomputed.
-    cost = cost_of_call(model_id=model_id, prompt_tokens=usage.prompt_tokens if known else None,
-                        completion_tokens=usage.completion_tokens if known else None, at=now)
+    price, cost = priced_call(model_id=model_id, prompt_tokens=usage.prompt_tokens if known else None,
+                              completion_tokens=usage.completion_tokens if known else None, at=now)
     with transaction.atomic():  # the ledger row, the job's totals and the day's roll-up commit together
         call = LLMCall.objects.create(
             job_id=job_id, model_id=model_id, node=node, endpoint=endpoint, streamed=streamed,
@@ -88,11 +104,15 @@ def write_call(*, job_id: str, model_id: str, node: str, endpoint: str, streamed
         else:
             totals["unmetered_calls"] = 1
         add_to(Job, {"id": job_id}, totals)
-        owner_id, function_id, held = job_facts(job_id)
+        owner_id, function_id, held, version = job_facts(job_id)
         if held:
             job_money.spend(job_id=job_id, cost=cost,
                             tokens=usage.prompt_tokens + usage.completion_tokens if known else None)
         add_call_to_rollups(call, owner_id=owner_id, function_id=function_id)
+        call.receipt = call_receipt(call, owner_id=owner_id, function_id=function_id, version=version, price=price,
+                               started_at=trace.started_at or now - timedelta(milliseconds=duration_ms),
+                               ended_at=trace.ended_at or now, request_sha256=trace.request_sha256,
+                               delivered_sha256=trace.delivered_sha256)
     metrics.model_call(model=model_id, node=node, error_code=error_code,
                        prompt_tokens=call.prompt_tokens, completion_tokens=call.completion_tokens,
                        duration_ms=duration_ms, node_duration_ms=node_duration_ms)

@@ -5,7 +5,8 @@ of the prompt and the pieces it streamed (jobs.metering.gateway) and keeps, on t
 from: the prompt as sent and the text delivered (`LLMCall.recount`). `reconcile_estimated_calls` (a beat task) asks
 the node's tokenizer for both once the node answers again and corrects, in one transaction, the ledger row (counts
 and cost, at the price in force when the call was made), the job's totals, the day's roll-up (and with it the
-owner's standing against their quota) and the job's hold if it still has one; the text is then dropped.
+owner's standing against their quota) and the job's hold if it still has one, and appends a correction receipt to the
+job's chain (jobs.metering.receipts): the call's own receipt is never rewritten. The text is then dropped.
 """
 import logging
 from typing import Any
@@ -23,6 +24,7 @@ from nodeclient import NodeClient, client_for
 from ..models import Job, LLMCall
 from . import wire
 from .ledger import job_facts
+from .receipts import correction_receipt
 
 logger = logging.getLogger(__name__)
 
@@ -83,12 +85,15 @@ def _reconcile(call: LLMCall, client: NodeClient) -> bool:
                             at=row.created_at)
         deltas = {"prompt_tokens": prompt - row.prompt_tokens, "completion_tokens": completion - row.completion_tokens,
                   "cost": (cost or 0) - (row.cost or 0)}
+        changes = {name: value for name, value in deltas.items() if value}
+        owner_id, function_id, _, _ = job_facts(row.job_id)
+        if changes:  # the call's receipt stays; a correction naming it is appended to its job's chain
+            correction_receipt(row, owner_id=owner_id, reason="recount", prompt_tokens=prompt,
+                               completion_tokens=completion, cost=cost)
         LLMCall.objects.filter(pk=row.pk).update(prompt_tokens=prompt, completion_tokens=completion, cost=cost,
                                                  recount=None)
-        changes = {name: value for name, value in deltas.items() if value}
         if changes:
             add_to(Job, {"id": row.job_id}, changes)
-            owner_id, function_id, _ = job_facts(row.job_id)
             add_correction_to_rollups(row, owner_id=owner_id, function_id=function_id, increments=changes)
             job_money.spend(job_id=row.job_id, cost=deltas["cost"],
                             tokens=deltas["prompt_tokens"] + deltas["completion_tokens"])

@@ -15,6 +15,7 @@ from core import metrics
 
 from .. import events, results
 from ..dispatch import dispatched_on_admission, hand_over
+from ..metering.receipts import close_chain
 from ..models import Job, JobStatus
 from .docker_backend import ContainerError, DockerBackend
 from .engine import new_backend
@@ -88,5 +89,7 @@ def declare_lost(job: Job, *, backend: DockerBackend | None) -> None:
     # Its containers are gone: no call of its gateway can still reach the ledger, so what it held is settled now.
     job_money.release(job_id=job.pk)
     lost = Job.objects.select_related("function_version").get(pk=job.pk)
+    close_chain(lost)
+    lost.refresh_from_db(fields=["receipt_hash"])
     events.record_end(lost)
     results.publish(lost)

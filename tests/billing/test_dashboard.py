@@ -136,4 +136,5 @@ def test_operators_export_every_users_jobs_of_the_range_as_csv(admin_client, ali
     lines = b"".join(response.streaming_content).decode().splitlines()
     assert lines[0].startswith("job_id,created_at,owner,")
     assert [line.split(",")[2] for line in lines[1:]] == ["alice", "bob"]
-    assert [line.split(",")[-2] for line in lines[1:]] == ["0.1300000000", "0.1000000000"]
+    assert [line.split(",")[-3:-1] for line in lines[1:]] == [["0.1300000000", "USD"], ["0.1000000000", "USD"]]
+    assert [line.split(",")[-1] for line in lines[1:]] == ["", ""]  # receipt_hash: neither job has ended

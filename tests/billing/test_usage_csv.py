@@ -41,7 +41,7 @@ def test_it_lists_the_callers_jobs_with_tokens_and_cost(alice, two_users_jobs):
         "status": "queued", "duration_ms": "", "llm_calls": "2", "unmetered_calls": "1", "estimated_calls": "0",
         "uncosted_calls": "1",
         "prompt_tokens": "1000", "completion_tokens": "500", "total_tokens": "1500", "cost": "0.0900000000",
-        "currency": "USD",
+        "currency": "USD", "receipt_hash": "",
     }
     # An unpriced model: its tokens are known, its cost is not (and the row says so).
     assert (rows[1]["total_tokens"], rows[1]["cost"], rows[1]["uncosted_calls"]) == ("20", "0.0000000000", "1")

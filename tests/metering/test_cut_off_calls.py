@@ -6,12 +6,15 @@ import uuid
 from decimal import Decimal
 
 from billing.models import ModelPrice, UsageDaily
+from jobs.metering.audit import verify_ledger
 from jobs.metering.ledger import ledger_totals
+from jobs.metering.receipts import chain_sums
 from jobs.metering.reconcile import reconcile_estimated_calls
 from jobs.models import LLMCall
 from models_catalog.models import AINode
 from nodeclient import client_for
 from tests.metering.helpers import RAW_HTTP
+from tests.support.receipts import checked_chain_with_corrections
 from tests.metering.test_estimated_counts import CUT_AFTER, STREAM_UNTIL_IT_BREAKS, _tampering_node
 
 LONG_PROMPT = "Describe, one by one and at length, every lighthouse on the coast of Brittany. " * 40
@@ -92,3 +95,10 @@ def test_a_stream_cut_off_by_a_dead_node_is_billed_by_what_it_delivered_then_cou
     assert (rollup.prompt_tokens, rollup.completion_tokens, rollup.cost) == (
         row.prompt_tokens, row.completion_tokens, row.cost)
     assert reconcile_estimated_calls() == 0  # counted once
+    # The call's receipt stays as it was; a correction naming it is appended to the job's chain, which adds up.
+    call_receipt, job_receipt, correction = checked_chain_with_corrections(job)
+    assert (correction["kind"], correction["corrects"], correction["call"]) == ("correction", call_receipt["hash"],
+                                                                              row.pk)
+    assert call_receipt["body"]["completionTokens"] + correction["completionTokens"] == row.completion_tokens
+    assert chain_sums([call_receipt["body"], correction])["promptTokens"] == job.prompt_tokens
+    assert job_receipt["kind"] == "job" and verify_ledger().findings == []

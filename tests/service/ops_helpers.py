@@ -2,6 +2,7 @@
 reading Prometheus' text format."""
 from __future__ import annotations
 
+import base64
 import secrets
 import socket
 
@@ -13,6 +14,7 @@ Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 PRODUCTION_ENV = {
     "ENVIRONMENT": "production",
     "SECRET_KEY": secrets.token_urlsafe(50),
+    "RECEIPT_SIGNING_KEY": base64.b64encode(secrets.token_bytes(32)).decode(),
     "ALLOWED_HOSTS": "api.example.org",
     "CSRF_TRUSTED_ORIGINS": "https://api.example.org",
     "SECURE_PROXY_SSL_HEADER": "X-Forwarded-Proto: https",

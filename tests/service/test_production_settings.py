@@ -15,7 +15,8 @@ from tests.support import REPO_ROOT
 
 def manage(*args: str, **env: str) -> subprocess.CompletedProcess:
     base = {key: value for key, value in os.environ.items()
-            if key not in ("ENVIRONMENT", "SECRET_KEY", "DEBUG", "LOG_FORMAT", "JOB_DISPATCH")}
+            if key not in ("ENVIRONMENT", "SECRET_KEY", "DEBUG", "LOG_FORMAT", "JOB_DISPATCH", "RECEIPT_SIGNING_KEY",
+                           "RECEIPT_SIGNING_KEY_FILE")}
     return subprocess.run([sys.executable, "manage.py", *args], cwd=REPO_ROOT, env={**base, **env},
                           capture_output=True, text=True, timeout=60)
 
@@ -51,6 +52,24 @@ def test_production_refuses_to_start_without_a_real_secret_key(secret_key):
     run = manage("check", **env)
     assert run.returncode != 0
     assert "ImproperlyConfigured" in run.stderr and "SECRET_KEY" in run.stderr
+
+
+@pytest.mark.parametrize("missing", [{}, {"RECEIPT_SIGNING_KEY_FILE": "/nonexistent/receipt-key"}])
+def test_production_refuses_to_start_without_a_receipt_signing_key(missing):
+    env = {key: value for key, value in PRODUCTION_ENV.items() if key != "RECEIPT_SIGNING_KEY"}
+    run = manage("check", **env, **missing)
+    assert run.returncode != 0
+    assert "ImproperlyConfigured" in run.stderr and "RECEIPT_SIGNING_KEY" in run.stderr
+
+
+def test_production_takes_its_receipt_signing_key_from_a_file(tmp_path):
+    key_file = tmp_path / "receipt-key"
+    key_file.write_text(PRODUCTION_ENV["RECEIPT_SIGNING_KEY"])
+    env = {key: value for key, value in PRODUCTION_ENV.items() if key != "RECEIPT_SIGNING_KEY"}
+    code = "from billing.receipt_keys import signing_key; print(signing_key().key_id)"
+    run = manage("shell", "-c", code, **env, RECEIPT_SIGNING_KEY_FILE=str(key_file))
+    assert run.returncode == 0, run.stderr
+    assert len(run.stdout.strip().splitlines()[-1]) == 16
 
 
 def test_production_refuses_debug():
