@@ -36,15 +36,13 @@ from . import wire
 from .ledger import CallTrace, LedgerWriter, record_call
 from .meter import BudgetExhausted, Meter, Reservation, WaitAbandoned, prompt_bound
 from .reconcile import recount_record
+from .relay import Outcome, relay
 from .receipts import request_digest
 from .transport import GatewayRequestError, Request, SocketServer
 
 logger = logging.getLogger(__name__)
 
 SOCKET_NAME = "gateway.sock"
-# Pauses between tries of a call whose node could not be reached.
-NODE_RETRY_FIRST_PAUSE = 0.5
-NODE_RETRY_MAX_PAUSE = 2.0
 PROMPT_COUNT_CACHE = 256  # prompts whose token count a gateway remembers (a script often repeats its prompt)
 
 @dataclass(frozen=True)
@@ -257,9 +255,10 @@ class JobGateway:
         self._tell("llm_call", {"phase": "start", **described, "maxTokens": reservation.max_tokens})
         frames = wire.StreamRenderer(call) if call.stream else None
         started, started_at = time.monotonic(), datetime.now(UTC)
-        outcome = _Outcome()
+        outcome = Outcome()
         try:
-            self._relay(request, call, client, options, cancellation, frames, outcome)
+            relay(request, call, client, options, cancellation, frames, outcome, call_timeout=self.config.call_timeout,
+                  node_wait=self.config.node_wait, ended=lambda: self.closing, job_id=self.job_id)
         except Exception:  # a fault of ours: the call still settles, so its reservation is not held for ever
             logger.exception("job %s: relaying a %s call failed", self.job_id, call.model)
             outcome.error = NodeError("node_bad_response", "The gateway could not relay the node's answer.")
@@ -326,75 +325,8 @@ class JobGateway:
                 self._prompt_counts[key] = count
         return count
 
-    def _relay(self, request: Request, call: wire.LLMRequest, client: NodeClient, options: dict[str, Any],
-               cancellation: Cancellation, frames: "wire.StreamRenderer | None", outcome: "_Outcome") -> None:
-        """Forward the call and relay its answer. The node is always asked for a stream, so that the gateway
-        knows what it generated even when the call does not end well; a streamed call is relayed piece by piece,
-        a whole one gathered. The call is cancelled at the node as soon as the script hangs up, and a whole call
-        (whose script waits with nothing) once it runs past the call timeout."""
-        if frames is not None:
-            request.close_connection = True
-        deadline = time.monotonic() + self.config.call_timeout
-        node_deadline = time.monotonic() + self.config.node_wait
-        pause = NODE_RETRY_FIRST_PAUSE
-        while True:
-            events = (client.stream_generate(call.model, call.prompt, system=call.system, raw=call.raw,
-                                             cancel=cancellation, **options)
-                      if call.op == wire.GENERATE else
-                      client.stream_chat(call.model, call.messages, cancel=cancellation, **options))
-            try:
-                for event in events:
-                    if isinstance(event, Completion):
-                        outcome.completion = event
-                        return
-                    outcome.pieces.append(event)
-                    if frames is not None:
-                        if request.listening and not request.stream_started:
-                            request.listening = request.start_stream(frames.content_type)
-                        if request.listening:
-                            request.listening = request.write_frame(frames.chunk(event))
-                    if request.peer_gone():
-                        cancellation.cancel("the script hung up")
-                    elif frames is None and time.monotonic() > deadline:
-                        outcome.timed_out = True
-                        cancellation.cancel(f"it ran past the call timeout ({self.config.call_timeout:g} s)")
-                outcome.error = NodeError("node_bad_response", "The node's stream ended without its final event.")
-            except NodeError as exc:
-                outcome.error = exc
-                if outcome.timed_out:
-                    outcome.error = NodeError("node_timeout", f"The call ran past {self.config.call_timeout:g} s.")
-            finally:
-                events.close()
-            if not self._node_may_come_back(outcome, cancellation, request, time.monotonic() + pause > node_deadline):
-                return
-            logger.warning("job %s: the node of %s could not be reached; trying again in %.1f s", self.job_id,
-                           call.model, pause)
-            if not self._pause(pause, cancellation, request):
-                return
-            pause = min(pause * 2, NODE_RETRY_MAX_PAUSE)
-            outcome.error = None
-
-    def _node_may_come_back(self, outcome: "_Outcome", cancellation: Cancellation, request: Request,
-                            past_wait: bool) -> bool:
-        """Whether a call that failed is tried again: only one that never reached its node (refused at connect: a
-        node that is restarting, say), so that nothing was asked of the node, generated or owed, while the job and
-        its script still wait for it, within GatewayConfig.node_wait."""
-        error = outcome.error
-        return (error is not None and error.code == "node_unreachable" and not cancellation.reached_node
-                and not outcome.pieces and outcome.completion is None and not past_wait
-                and not (self.closing or request.peer_gone() or cancellation.cancelled))
-
-    def _pause(self, seconds: float, cancellation: Cancellation, request: Request) -> bool:
-        """Sleep `seconds`, in slices; False as soon as the job ends, the script hangs up or the call is cancelled."""
-        until = time.monotonic() + seconds
-        while time.monotonic() < until:
-            if self.closing or request.peer_gone() or cancellation.cancelled:
-                return False
-            time.sleep(min(0.1, until - time.monotonic()))
-        return True
-
     def _usage_of(self, client: NodeClient, call: wire.LLMRequest, reservation: Reservation,
-                  outcome: "_Outcome", cancellation: Cancellation) -> tuple[Usage | None, bool, dict | None]:
+                  outcome: Outcome, cancellation: Cancellation) -> tuple[Usage | None, bool, dict | None]:
         """The call's tokens, whether the gateway counted them, and what to count them from again when they are
         not exact yet (see jobs.metering.reconcile). The node's counts where it reported them.
 
@@ -474,13 +406,3 @@ class JobGateway:
                 "durationMs": duration_ms,
             })
             self._tell("usage", self.meter.snapshot())
-
-
-@dataclass
-class _Outcome:
-    """What a forwarded call came to: the node's final answer, or an error and the text generated before it."""
-
-    pieces: list[str] = field(default_factory=list)
-    completion: Completion | None = None
-    error: NodeError | None = None
-    timed_out: bool = False
