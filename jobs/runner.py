@@ -28,6 +28,7 @@ from core import metrics
 from core.errors import DomainError
 
 from . import collect, events, results
+from .endings import end_job
 from .exits import interpret_exit
 from .metering.gateway import JobGateway
 from .metering.ledger import ledger_totals
@@ -234,12 +235,11 @@ def _finalize(job: Job, outcome: ContainerOutcome, report: ResultReport) -> None
         # The ledger is the truth; the running totals kept during the job must agree with it.
         **ledger_totals(str(job.pk)),
     }
-    if not Job.objects.move(job.pk, status, error_code=error_code, error_message=message, **fields):
+    if not end_job(job.pk, status, error_code=error_code, error_message=message, **fields):
         # Cancelled by a user while it ran: the status stays, the output is still kept for them to read.
         fields.pop("finished_at")
         Job.objects.filter(pk=job.pk).update(**fields)
 
 
 def _fail(job: Job, error_code: str, message: str) -> None:
-    Job.objects.move(job.pk, JobStatus.FAILED, error_code=error_code, error_message=message,
-                     finished_at=timezone.now())
+    end_job(job.pk, JobStatus.FAILED, error_code=error_code, error_message=message, finished_at=timezone.now())

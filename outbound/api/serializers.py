@@ -1,0 +1,85 @@
+from typing import Any
+
+from rest_framework import serializers
+
+from ..models import EVENT_TYPES, Budget, BudgetMetric, DeliveryAttempt, Event, EventStatus, WebhookEndpoint
+
+
+class WebhookEndpointSerializer(serializers.ModelSerializer):
+    """An endpoint as its owner sees it; its secret never, except once (`WebhookSecretSerializer`)."""
+
+    url = serializers.URLField(max_length=2000)
+    eventTypes = serializers.ListField(source="event_types", child=serializers.ChoiceField(choices=EVENT_TYPES),
+                                       min_length=1, max_length=len(EVENT_TYPES))
+    previousSecretValidUntil = serializers.DateTimeField(source="previous_until", read_only=True, allow_null=True)
+    createdAt = serializers.DateTimeField(source="created_at", read_only=True)
+
+    class Meta:
+        model = WebhookEndpoint
+        fields = ["id", "url", "description", "eventTypes", "active", "previousSecretValidUntil", "createdAt"]
+        read_only_fields = ["id"]
+
+
+class WebhookSecretSerializer(WebhookEndpointSerializer):
+    """An endpoint just made, or its secret just rotated: the only answers that show the secret."""
+
+    secret = serializers.CharField(read_only=True, help_text="Shown once: keep it to verify signatures.")
+
+    class Meta(WebhookEndpointSerializer.Meta):
+        fields = [*WebhookEndpointSerializer.Meta.fields, "secret"]
+
+
+class CallbackSecretSerializer(serializers.Serializer):
+    secret = serializers.CharField(read_only=True, help_text="Shown once: it signs your runs' callbacks.")
+    previousSecretValidUntil = serializers.DateTimeField(source="previous_until", read_only=True, allow_null=True)
+
+
+class DeliveryAttemptSerializer(serializers.ModelSerializer):
+    startedAt = serializers.DateTimeField(source="started_at")
+    durationMs = serializers.IntegerField(source="duration_ms")
+    statusCode = serializers.IntegerField(source="status_code", allow_null=True)
+    responseBody = serializers.CharField(source="response_body")
+
+    class Meta:
+        model = DeliveryAttempt
+        fields = ["startedAt", "durationMs", "statusCode", "succeeded", "error", "responseBody"]
+        read_only_fields = fields
+
+
+class DeliverySerializer(serializers.ModelSerializer):
+    """One event for one destination, and its attempts."""
+
+    eventId = serializers.CharField(source="event_id")
+    eventType = serializers.CharField(source="event_type")
+    endpoint = serializers.UUIDField(source="endpoint_id", allow_null=True)
+    status = serializers.ChoiceField(choices=EventStatus.choices)
+    nextAttemptAt = serializers.DateTimeField(source="next_attempt_at")
+    lastStatusCode = serializers.IntegerField(source="last_status_code", allow_null=True)
+    lastError = serializers.CharField(source="last_error")
+    createdAt = serializers.DateTimeField(source="created_at")
+    deliveredAt = serializers.DateTimeField(source="delivered_at", allow_null=True)
+    attempts = serializers.IntegerField()
+    log = DeliveryAttemptSerializer(source="delivery_attempts", many=True)
+    payload = serializers.JSONField()
+
+    class Meta:
+        model = Event
+        fields = ["id", "eventId", "eventType", "destination", "endpoint", "status", "attempts", "nextAttemptAt",
+                  "lastStatusCode", "lastError", "createdAt", "deliveredAt", "payload", "log"]
+        read_only_fields = fields
+
+
+class BudgetSerializer(serializers.ModelSerializer):
+    metric = serializers.ChoiceField(choices=BudgetMetric.choices)
+    amount = serializers.DecimalField(max_digits=24, decimal_places=10, min_value=0, coerce_to_string=True)
+    thresholds = serializers.ListField(child=serializers.IntegerField(min_value=1, max_value=1000), min_length=1,
+                                       max_length=20, help_text="Percentages of `amount`, e.g. [50, 80, 95, 100].")
+    createdAt = serializers.DateTimeField(source="created_at", read_only=True)
+
+    class Meta:
+        model = Budget
+        fields = ["id", "name", "metric", "amount", "thresholds", "createdAt"]
+        read_only_fields = ["id"]
+
+    def validate_thresholds(self, value: list[int]) -> list[Any]:
+        return sorted(set(value))
