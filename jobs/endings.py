@@ -1,16 +1,21 @@
 """A job's end, and what it tells the outside: the one way a job reaches a final status. The move and the events of
 the end (`job.<status>` to its owner's webhooks and its run's callback URL, outbound) commit together, so an ended
-job's events are never lost and never sent for a move that did not happen."""
+job's events are never lost and never sent for a move that did not happen. Once the job's money is settled, the
+thresholds its owner's spending passed fire (`check_thresholds`)."""
+import logging
 import uuid
 from typing import Any
 
 from django.db import transaction
 from django.db.models import QuerySet
 
-from outbound import services as outbound
+from billing.quotas import month_spending, monthly_limits
+from outbound import services as outbound, thresholds
 
 from .models import TERMINAL, Job
 from .results import execution_result
+
+logger = logging.getLogger(__name__)
 
 
 def end_job(job_id: uuid.UUID | str, status: str, *, among: QuerySet[Job] | None = None, **fields: Any) -> bool:
@@ -25,3 +30,14 @@ def end_job(job_id: uuid.UUID | str, status: str, *, among: QuerySet[Job] | None
         outbound.record_job_end(owner_id=job.owner_id, job_id=job.pk, status=status,
                                 result=lambda: execution_result(job))
     return True
+
+
+def check_thresholds(job: Job) -> None:
+    """Fire the thresholds (quota and alert budgets) that `job`'s owner's spending this month has passed: called by
+    the runner once the job's calls are on the ledger. A failure here is logged; it fails nothing of the job."""
+    try:
+        quota_tokens, quota_cost = monthly_limits(job.owner_id)
+        thresholds.check(owner_id=job.owner_id, quota_tokens=quota_tokens, quota_cost=quota_cost,
+                         spending=lambda: month_spending(job.owner_id))
+    except Exception:
+        logger.exception("job %s: checking its owner's thresholds failed", job.pk)

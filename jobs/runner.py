@@ -28,7 +28,7 @@ from core import metrics
 from core.errors import DomainError
 
 from . import collect, events, results
-from .endings import end_job
+from .endings import check_thresholds, end_job
 from .exits import interpret_exit
 from .metering.gateway import JobGateway
 from .metering.ledger import ledger_totals
@@ -84,6 +84,7 @@ def run_job(job_id: str | uuid.UUID, *, backend: DockerBackend | None = None) ->
     finally:
         # The gateway is stopped (the ExitStack closed): nothing of this job can still spend.
         job_money.release(job_id=job.pk)
+        check_thresholds(job)
         job.refresh_from_db()
         for event in events.end_events(job):
             live.emit(*event)
