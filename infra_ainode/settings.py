@@ -124,6 +124,7 @@ INSTALLED_APPS = [
     "jobs",
     "billing",
     "outbound",
+    "schedules",
 ]
 
 MIDDLEWARE = [
@@ -549,6 +550,21 @@ CELERY_BEAT_SCHEDULE["sweep-outbound"] = {
     "task": "outbound.sweep",
     "schedule": OUTBOUND_SWEEP_SECONDS,
     "options": {"queue": OUTBOUND_QUEUE, "routing_key": OUTBOUND_QUEUE, "expires": OUTBOUND_SWEEP_SECONDS},
+}
+
+# ---------------------------------------------------------------------------------------------------------
+# Schedules (docs/webhooks.md#schedules): beat fires the due ones every SCHEDULE_POLL_SECONDS on SCHEDULE_QUEUE
+# (the outbound queue by default: its workers are never busy running a job for long).
+# ---------------------------------------------------------------------------------------------------------
+SCHEDULE_POLL_SECONDS = env_float("SCHEDULE_POLL_SECONDS", 5.0, minimum=0.5)
+SCHEDULE_QUEUE = env_str("SCHEDULE_QUEUE", OUTBOUND_QUEUE)
+SCHEDULE_MIN_INTERVAL_SECONDS = env_int("SCHEDULE_MIN_INTERVAL_SECONDS", 10, minimum=1)
+# After an outage, a schedule runs once for the first tick it missed within this many seconds; older ones are not run.
+SCHEDULE_CATCH_UP_SECONDS = env_int("SCHEDULE_CATCH_UP_SECONDS", 60, minimum=0)
+CELERY_BEAT_SCHEDULE["fire-schedules"] = {
+    "task": "schedules.fire_due",
+    "schedule": SCHEDULE_POLL_SECONDS,
+    "options": {"queue": SCHEDULE_QUEUE, "routing_key": SCHEDULE_QUEUE, "expires": SCHEDULE_POLL_SECONDS},
 }
 
 if MODEL_SYNC_INTERVAL:
