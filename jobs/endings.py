@@ -1,7 +1,7 @@
 """A job's end, and what it tells the outside: the one way a job reaches a final status. The move and the events of
-the end (`job.<status>` to its owner's webhooks and its run's callback URL, outbound) commit together, so an ended
-job's events are never lost and never sent for a move that did not happen. Once the job's money is settled, the
-thresholds its owner's spending passed fire (`check_thresholds`)."""
+the end (`job.<status>` to its owner's webhooks and its run's callback URL, and the job's total to the usage export:
+outbound) commit together, so an ended job's events are never lost and never sent for a move that did not happen.
+Once the job's money is settled, the thresholds its owner's spending passed fire (`check_thresholds`)."""
 import logging
 import uuid
 from typing import Any
@@ -10,10 +10,11 @@ from django.db import transaction
 from django.db.models import QuerySet
 
 from billing.quotas import month_spending, monthly_limits
-from outbound import services as outbound, thresholds
+from outbound import export, services as outbound, thresholds
 
 from .models import TERMINAL, Job
 from .results import execution_result
+from .usage_export import job_usage
 
 logger = logging.getLogger(__name__)
 
@@ -29,6 +30,7 @@ def end_job(job_id: uuid.UUID | str, status: str, *, among: QuerySet[Job] | None
         job = Job.objects.select_related("function_version").get(pk=job_id)
         outbound.record_job_end(owner_id=job.owner_id, job_id=job.pk, status=status,
                                 result=lambda: execution_result(job))
+        export.record(lambda: job_usage(job))
     return True
 
 

@@ -120,7 +120,7 @@ def record(*, owner_id: int, event_type: str, data: Callable[[], dict[str, Any]]
     if callback_url:
         rows.append(Event(event_id=event_id, event_type=event_type, destination=Destination.CALLBACK,
                           owner_id=owner_id, url=callback_url, payload=payload, created_at=now, next_attempt_at=now))
-    return _write(rows)
+    return write(rows)
 
 
 def record_job_end(*, owner_id: int, job_id: Any, status: str, result: Callable[[], dict[str, Any]]) -> list[Event]:
@@ -130,7 +130,7 @@ def record_job_end(*, owner_id: int, job_id: Any, status: str, result: Callable[
     return record(owner_id=owner_id, event_type=f"job.{status}", data=result, callback_url=callback)
 
 
-def _write(rows: list[Event]) -> list[Event]:
+def write(rows: list[Event]) -> list[Event]:
     """Insert outbox rows and send them after the commit. bulk_create sets the ids on PostgreSQL and SQLite."""
     with transaction.atomic(savepoint=False):
         written = Event.objects.bulk_create(rows)

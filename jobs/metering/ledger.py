@@ -1,5 +1,5 @@
 """The ledger: one `LLMCall` row per model call, priced when it is recorded, added to its job's totals, spent from
-its job's hold and added to the daily roll-ups in the same transaction; and the ledger's side of the roll-ups'
+its job's hold, added to the daily roll-ups and to the usage export (when it is on) in the same transaction; and the ledger's side of the roll-ups'
 rebuild (billing.rebuild)."""
 import functools
 import logging
@@ -25,8 +25,10 @@ from core import metrics
 from core.increments import add_to
 from core.ranges import created_in_days
 from nodeclient import Usage
+from outbound import export
 
 from ..models import METERED, Job, LLMCall, LLMCallStatus
+from ..usage_export import call_usage
 
 logger = logging.getLogger(__name__)
 
@@ -81,6 +83,7 @@ def record_call(*, job_id: str, model_id: str, node: str, endpoint: str, streame
             job_money.spend(job_id=job_id, cost=cost,
                             tokens=usage.prompt_tokens + usage.completion_tokens if known else None)
         add_call_to_rollups(call, owner_id=owner_id, function_id=function_id)
+        export.record(lambda: call_usage(call, owner_id=owner_id, function_id=function_id))
     metrics.model_call(model=model_id, node=node, error_code=error_code,
                        prompt_tokens=call.prompt_tokens, completion_tokens=call.completion_tokens,
                        duration_ms=duration_ms, node_duration_ms=node_duration_ms)
