@@ -1,11 +1,14 @@
+from decimal import Decimal
 from typing import Any
 
 from rest_framework import serializers
 
+from core.serializers import StrictTypes
+
 from ..models import EVENT_TYPES, Budget, BudgetMetric, DeliveryAttempt, Event, EventStatus, WebhookEndpoint
 
 
-class WebhookEndpointSerializer(serializers.ModelSerializer):
+class WebhookEndpointSerializer(StrictTypes, serializers.ModelSerializer):
     """An endpoint as its owner sees it; its secret never, except once (`WebhookSecretSerializer`)."""
 
     url = serializers.URLField(max_length=2000)
@@ -69,9 +72,12 @@ class DeliverySerializer(serializers.ModelSerializer):
         read_only_fields = fields
 
 
-class BudgetSerializer(serializers.ModelSerializer):
+class BudgetSerializer(StrictTypes, serializers.ModelSerializer):
     metric = serializers.ChoiceField(choices=BudgetMetric.choices)
-    amount = serializers.DecimalField(max_digits=24, decimal_places=10, min_value=0, coerce_to_string=True)
+    # A decimal string, as the API writes costs; at most ten digits before the point, which SQLite (it keeps
+    # decimals as floats) reads back exactly.
+    amount = serializers.RegexField(r"^[0-9]{1,10}(\.[0-9]{1,10})?$",
+                                    help_text="Tokens, or cost in BILLING_CURRENCY, as a decimal string.")
     thresholds = serializers.ListField(child=serializers.IntegerField(min_value=1, max_value=1000), min_length=1,
                                        max_length=20, help_text="Percentages of `amount`, e.g. [50, 80, 95, 100].")
     createdAt = serializers.DateTimeField(source="created_at", read_only=True)
@@ -80,6 +86,14 @@ class BudgetSerializer(serializers.ModelSerializer):
         model = Budget
         fields = ["id", "name", "metric", "amount", "thresholds", "createdAt"]
         read_only_fields = ["id"]
+
+    def validate_amount(self, value: str) -> Decimal:
+        return Decimal(value)
+
+    def to_representation(self, budget: Budget) -> dict[str, Any]:
+        data = super().to_representation(budget)
+        data["amount"] = format(Decimal(budget.amount).normalize(), "f")
+        return data
 
     def validate_thresholds(self, value: list[int]) -> list[Any]:
         return sorted(set(value))

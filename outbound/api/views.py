@@ -3,6 +3,7 @@ from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema
 from rest_framework import mixins, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.exceptions import ValidationError
+from rest_framework.parsers import JSONParser
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -38,6 +39,7 @@ DELIVERY_NOT_FOUND = errors((404, "delivery_not_found"))
 )
 class WebhookEndpointViewSet(viewsets.ModelViewSet):
     serializer_class = WebhookEndpointSerializer
+    parser_classes = [JSONParser]
 
     def get_queryset(self) -> QuerySet[WebhookEndpoint]:
         return WebhookEndpoint.objects.filter(owner=self.request.user)
@@ -55,7 +57,7 @@ class WebhookEndpointViewSet(viewsets.ModelViewSet):
 
     def update(self, request: Request, *args, **kwargs) -> Response:
         endpoint = self.get_object()
-        serializer = self.get_serializer(endpoint, data=request.data, partial=True)
+        serializer = self.get_serializer(endpoint, data=request.data, partial=kwargs.get("partial", False))
         serializer.is_valid(raise_exception=True)
         data = serializer.validated_data
         endpoint = services.update_endpoint(endpoint=endpoint, url=data.get("url"),
@@ -69,6 +71,8 @@ class WebhookEndpointViewSet(viewsets.ModelViewSet):
 
 
 class CallbackSecretView(APIView):
+    parser_classes = [JSONParser]
+
     @extend_schema(summary="Make or rotate your callback secret", request=None,
                    description="The secret that signs the callbacks of your runs (`callbackUrl`), shown once. The "
                                "first call makes it; later calls rotate it, the old one still signing beside the new "
@@ -122,6 +126,7 @@ class DeliveryViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets
 )
 class BudgetViewSet(viewsets.ModelViewSet):
     serializer_class = BudgetSerializer
+    parser_classes = [JSONParser]
 
     def get_queryset(self) -> QuerySet[Budget]:
         return Budget.objects.filter(owner=self.request.user)

@@ -1,16 +1,19 @@
+from django.conf import settings
 from rest_framework import serializers
 
+from core.serializers import StrictTypes
 from jobs.services import MAX_TOKEN_BUDGET
 
 from ..models import Overlap, Schedule, ScheduleTick, TickOutcome
 
 
-class ScheduleSerializer(serializers.ModelSerializer):
+class ScheduleSerializer(StrictTypes, serializers.ModelSerializer):
     """A schedule: a cron expression (five fields, UTC) or an interval, with the run's fixed input."""
 
     functionId = serializers.UUIDField(source="function_id")
     intervalSeconds = serializers.IntegerField(source="interval_seconds", required=False, allow_null=True,
-                                               min_value=1, max_value=366 * 86400)
+                                               min_value=settings.SCHEDULE_MIN_INTERVAL_SECONDS,
+                                               max_value=366 * 86400)
     cron = serializers.CharField(required=False, allow_blank=True, max_length=100)
     inputData = serializers.JSONField(source="input_data", required=False, allow_null=True)
     modelId = serializers.CharField(source="model_id", required=False, allow_blank=True, max_length=200)

@@ -2,6 +2,7 @@ from django.db.models import QuerySet
 from drf_spectacular.utils import extend_schema, extend_schema_view
 from rest_framework import status, viewsets
 from rest_framework.decorators import action
+from rest_framework.parsers import JSONParser
 from rest_framework.request import Request
 from rest_framework.response import Response
 
@@ -41,6 +42,7 @@ SCHEDULE_NOT_FOUND = errors((404, "schedule_not_found"))
 )
 class ScheduleViewSet(viewsets.ModelViewSet):
     serializer_class = ScheduleSerializer
+    parser_classes = [JSONParser]
 
     def get_queryset(self) -> QuerySet[Schedule]:
         return Schedule.objects.filter(owner=self.request.user)
@@ -58,7 +60,7 @@ class ScheduleViewSet(viewsets.ModelViewSet):
 
     def update(self, request: Request, *args, **kwargs) -> Response:
         schedule = self.get_object()
-        serializer = self.get_serializer(schedule, data=request.data, partial=True)
+        serializer = self.get_serializer(schedule, data=request.data, partial=kwargs.get("partial", False))
         serializer.is_valid(raise_exception=True)
         fields = dict(serializer.validated_data)
         if "function_id" in fields:

@@ -35,7 +35,9 @@ def ainode(api: Api) -> Callable[..., subprocess.CompletedProcess]:
     def run(*args: str, stdin: str | None = None, env: dict[str, str] | None = None,
             timeout: float = 120) -> subprocess.CompletedProcess:
         command = [str(AINODE)] if AINODE.exists() else [sys.executable, "-m", "ainode_cli"]
-        environment = {**os.environ, "AINODE_URL": api.url, "AINODE_API_KEY": api.key, **(env or {})}
+        # PYTHONPATH: this checkout's ainode_cli, whichever checkout the shared .venv's entry point was installed from.
+        environment = {**os.environ, "AINODE_URL": api.url, "AINODE_API_KEY": api.key, "PYTHONPATH": str(REPO_ROOT),
+                       **(env or {})}
         return subprocess.run([*command, *args], input=stdin, capture_output=True, text=True, cwd=REPO_ROOT,
                               env=environment, timeout=timeout)
 

@@ -36,7 +36,7 @@ def test_an_interval_replaces_the_cron_expression(alice):
 
 
 @pytest.mark.parametrize("fields, code", [({"cron": "61 * * * *"}, "invalid_cron"),
-                                          ({"cron": "", "intervalSeconds": 1}, "invalid_schedule"),
+                                          ({"cron": "", "intervalSeconds": 1}, "invalid"),
                                           ({"intervalSeconds": 60}, "invalid_schedule")])
 def test_it_refuses_bad_timing(alice, fields, code):
     response = _schedule(alice, **fields)
