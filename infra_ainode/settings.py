@@ -533,6 +533,8 @@ OUTBOUND_RETRY_SECONDS = env_numbers("OUTBOUND_RETRY_SECONDS", "10,60,300,1800,7
 # How often the sweep sends the events that are due (retries whose message was lost, leases of killed workers).
 OUTBOUND_SWEEP_SECONDS = env_float("OUTBOUND_SWEEP_SECONDS", 10.0, minimum=0.5)
 OUTBOUND_RESPONSE_BODY_BYTES = env_int("OUTBOUND_RESPONSE_BODY_BYTES", 1024, minimum=0)
+# Delivered and dead events (and their logs), and schedules' ticks, are removed after this long (beat, hourly).
+OUTBOUND_KEEP_SECONDS = env_int("OUTBOUND_KEEP_SECONDS", 30 * 86400, minimum=3600)
 # Where deliveries may go. Hosts: names (`*.example.com` matches below it) or empty for any. Networks (CIDR):
 # addresses allowed although they are private, loopback, link-local or otherwise not global, which are refused
 # otherwise, checked on the address connected to (a name that resolves to 10.0.0.1 is refused too).
@@ -546,6 +548,11 @@ QUOTA_THRESHOLDS = env_numbers("QUOTA_THRESHOLDS", "50,80,95,100", int)
 # with USAGE_EXPORT_SECRET (a whsec_ secret) when set.
 USAGE_EXPORT_URL = env_str("USAGE_EXPORT_URL", "")
 USAGE_EXPORT_SECRET = env_str("USAGE_EXPORT_SECRET", "")
+CELERY_BEAT_SCHEDULE["prune-outbound"] = {
+    "task": "outbound.prune",
+    "schedule": 3600.0,
+    "options": {"queue": OUTBOUND_QUEUE, "routing_key": OUTBOUND_QUEUE, "expires": 3600},
+}
 CELERY_BEAT_SCHEDULE["sweep-outbound"] = {
     "task": "outbound.sweep",
     "schedule": OUTBOUND_SWEEP_SECONDS,
@@ -561,6 +568,11 @@ SCHEDULE_QUEUE = env_str("SCHEDULE_QUEUE", OUTBOUND_QUEUE)
 SCHEDULE_MIN_INTERVAL_SECONDS = env_int("SCHEDULE_MIN_INTERVAL_SECONDS", 10, minimum=1)
 # After an outage, a schedule runs once for the first tick it missed within this many seconds; older ones are not run.
 SCHEDULE_CATCH_UP_SECONDS = env_int("SCHEDULE_CATCH_UP_SECONDS", 60, minimum=0)
+CELERY_BEAT_SCHEDULE["prune-schedule-ticks"] = {
+    "task": "schedules.prune_ticks",
+    "schedule": 3600.0,
+    "options": {"queue": SCHEDULE_QUEUE, "routing_key": SCHEDULE_QUEUE, "expires": 3600},
+}
 CELERY_BEAT_SCHEDULE["fire-schedules"] = {
     "task": "schedules.fire_due",
     "schedule": SCHEDULE_POLL_SECONDS,

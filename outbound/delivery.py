@@ -137,6 +137,15 @@ def _send_next_of_stream(event: Event) -> None:
         dispatch.send(following)
 
 
+def prune() -> int:
+    """Remove the delivered and dead events (and their logs) older than OUTBOUND_KEEP_SECONDS; returns how many
+    events. A usage record pruned may be exported again by a backfill, under its same id."""
+    old = timezone.now() - timedelta(seconds=settings.OUTBOUND_KEEP_SECONDS)
+    pks = list(Event.objects.filter(created_at__lt=old).exclude(status=EventStatus.PENDING)
+               .values_list("pk", flat=True)[:SWEEP_BATCH * 10])
+    return Event.objects.filter(pk__in=pks).delete()[1].get(Event._meta.label, 0)
+
+
 def sweep(*, limit: int = SWEEP_BATCH) -> int:
     """Send every row that is due: retries whose message was lost, rows whose worker was killed mid-attempt (once
     their lease ends), rows the broker refused. Only the first due row of each stream. Returns how many it sent."""

@@ -195,3 +195,9 @@ def _submit(schedule: Schedule, row: ScheduleTick) -> None:
     ScheduleTick.objects.filter(pk=row.pk).update(outcome=TickOutcome.SUBMITTED, job=job)
     Schedule.objects.filter(pk=schedule.pk).update(last_job=job)
     logger.info("schedule %s: tick %s runs as job %s", schedule.pk, row.tick, job.pk)
+
+
+def prune_ticks() -> int:
+    """Remove the ticks older than OUTBOUND_KEEP_SECONDS, but never a schedule's waiting one; returns how many."""
+    old = timezone.now() - timedelta(seconds=settings.OUTBOUND_KEEP_SECONDS)
+    return ScheduleTick.objects.filter(tick__lt=old).exclude(outcome=TickOutcome.WAITING).delete()[0]

@@ -1,9 +1,12 @@
 """The outbox's delivery, attempt by attempt, in this process against a real receiver on 127.0.0.1: signatures,
 ids that repeat on retries, the delivery log, backoff, dead letters and redelivery."""
+from datetime import timedelta
+
 import pytest
+from django.utils import timezone
 
 from outbound import services
-from outbound.delivery import deliver, sweep
+from outbound.delivery import deliver, prune, sweep
 from outbound.models import DeliveryAttempt, Event, EventStatus
 from outbound.signing import verify
 
@@ -120,3 +123,14 @@ def test_the_sweep_sends_what_is_due(alice, receiver):
     _endpoint(alice, hook.url)
     _event(alice), _event(alice)
     assert sweep() == 2
+
+
+def test_old_delivered_and_dead_events_are_pruned_but_pending_ones_stay(alice, receiver, settings):
+    _endpoint(alice, receiver().url)
+    delivered, dead, pending = _event(alice), _event(alice), _event(alice)
+    deliver(delivered.pk)
+    Event.objects.filter(pk=dead.pk).update(status=EventStatus.DEAD)
+    Event.objects.update(created_at=timezone.now() - timedelta(seconds=settings.OUTBOUND_KEEP_SECONDS + 1))
+    assert prune() == 2
+    assert list(Event.objects.values_list("pk", flat=True)) == [pending.pk]
+    assert DeliveryAttempt.objects.count() == 0

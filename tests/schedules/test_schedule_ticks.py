@@ -5,6 +5,7 @@ import threading
 from datetime import timedelta
 
 import pytest
+from django.db.models import F
 from django.utils import timezone
 
 from jobs.models import Job
@@ -99,6 +100,15 @@ def test_a_refused_run_is_recorded_and_the_schedule_goes_on(alice, function):
     schedule = _every(alice, function, model_id="no-such-model")
     _run_for(schedule, 25)
     assert list(ScheduleTick.objects.values_list("outcome", "error_code")) == [("failed", "unknown_model")] * 2
+
+
+@pytest.mark.django_db
+def test_old_ticks_are_pruned_but_a_waiting_one_stays(alice, function, settings):
+    schedule = _every(alice, function, overlap="queue")
+    _run_for(schedule, 35, end_runs=False)
+    ScheduleTick.objects.update(tick=F("tick") - timedelta(seconds=settings.OUTBOUND_KEEP_SECONDS + 60))
+    assert services.prune_ticks() == 2
+    assert _outcomes(schedule) == ["waiting"]
 
 
 @pytest.mark.django_db(transaction=True)
