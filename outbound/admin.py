@@ -1,4 +1,5 @@
 from django.contrib import admin, messages
+from django.db import models
 from django.db.models import QuerySet
 from django.http import HttpRequest
 
@@ -16,6 +17,7 @@ class WebhookEndpointAdmin(admin.ModelAdmin):
     fields = ("owner", "url", "description", "event_types", "active", "previous_until", "created_at")
     readonly_fields = ("previous_until", "created_at")
     actions = ["rotate_secrets"]
+    formfield_overrides = {models.URLField: {"assume_scheme": "https"}}
 
     def save_model(self, request: HttpRequest, obj: WebhookEndpoint, form, change: bool) -> None:
         if change:
