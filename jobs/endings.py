@@ -4,13 +4,17 @@ outbound) commit together, so an ended job's events are never lost and never sen
 Once the job's money is settled, the thresholds its owner's spending passed fire (`check_thresholds`)."""
 import logging
 import uuid
+from decimal import Decimal
 from typing import Any
 
 from django.db import transaction
-from django.db.models import QuerySet
+from django.db.models import QuerySet, Sum
+from django.utils import timezone
 
-from billing.quotas import month_spending, monthly_limits
+from billing.quotas import month_spending, month_start, monthly_limits
+from core.ranges import day_start
 from outbound import export, services as outbound, thresholds
+from outbound.models import JobKey
 
 from .models import TERMINAL, Job
 from .results import execution_result
@@ -34,12 +38,21 @@ def end_job(job_id: uuid.UUID | str, status: str, *, among: QuerySet[Job] | None
     return True
 
 
+def key_month_spending(api_key_id: int) -> tuple[int, Decimal]:
+    """The tokens and cost this month of the jobs API key `api_key_id` submitted (recorded as outbound.JobKey)."""
+    submitted = JobKey.objects.filter(api_key_id=api_key_id).values("job_id")
+    spent = Job.objects.filter(pk__in=submitted, created_at__gte=day_start(month_start(timezone.localdate()))
+                               ).aggregate(prompt=Sum("prompt_tokens"), completion=Sum("completion_tokens"),
+                                           cost=Sum("cost"))
+    return (spent["prompt"] or 0) + (spent["completion"] or 0), Decimal(spent["cost"] or 0)
+
+
 def check_thresholds(job: Job) -> None:
     """Fire the thresholds (quota and alert budgets) that `job`'s owner's spending this month has passed: called by
     the runner once the job's calls are on the ledger. A failure here is logged; it fails nothing of the job."""
     try:
         quota_tokens, quota_cost = monthly_limits(job.owner_id)
         thresholds.check(owner_id=job.owner_id, quota_tokens=quota_tokens, quota_cost=quota_cost,
-                         spending=lambda: month_spending(job.owner_id))
+                         spending=lambda: month_spending(job.owner_id), key_spending=key_month_spending)
     except Exception:
         logger.exception("job %s: checking its owner's thresholds failed", job.pk)

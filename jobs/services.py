@@ -234,7 +234,8 @@ def _budget(value: int | None) -> int | None:
 # --- jobs -----------------------------------------------------------------------------------------------------
 
 def submit_job(*, owner: User, function: Function, model_id: str | None, input_data: Any,
-               token_budget: int | None = None, callback_url: str | None = None) -> Job:
+               token_budget: int | None = None, callback_url: str | None = None,
+               api_key_id: int | None = None) -> Job:
     """Record a queued job and enqueue it once the row is committed.
 
     Under a quota, the job is admitted first (billing.quotas.admit): its worst case is held until it ends, and a job
@@ -277,6 +278,8 @@ def submit_job(*, owner: User, function: Function, model_id: str | None, input_d
             job_money.admit(owner=owner, quota=quota, job_id=job.pk, model_ids=may_call, token_budget=budget)
         if callback_url:
             outbound.add_callback(owner=owner, job_id=job.pk, url=callback_url)
+        if api_key_id is not None:  # the key that submitted it, for the key's own alert budgets
+            outbound.note_key(job_id=job.pk, api_key_id=api_key_id)
         # The `queued` event commits with the job, before the message: the worker's `running` must come after it.
         events.record_queued(job)
         if not held:

@@ -3,7 +3,8 @@ transaction of what it reports), its log (`DeliveryAttempt`), where users want e
 `JobCallback` and the owner's `CallbackSecret`), and the thresholds that fire once per period (`Budget`,
 `ThresholdCrossing`).
 
-This app imports no other of ours: jobs and billing hand it what it needs as arguments (ids, payloads, figures).
+This app imports no other of ours (its models name accounts' ApiKey, a lower room, by label): jobs and billing hand
+it what it needs as arguments (ids, payloads, figures).
 """
 import uuid
 from datetime import datetime
@@ -173,9 +174,12 @@ class BudgetMetric(models.TextChoices):
 
 class Budget(models.Model):
     """A user's own monthly alert budget: `budget.threshold` fires as their spending this month passes each of
-    `thresholds` (percentages of `amount`). It refuses nothing; the quota (set by the operator) does."""
+    `thresholds` (percentages of `amount`); with `api_key`, the spending of the jobs that key submitted. It refuses
+    nothing; the quota (set by the operator) does."""
 
     owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="budgets")
+    api_key = models.ForeignKey("accounts.ApiKey", null=True, blank=True, on_delete=models.CASCADE, related_name="+",
+                                help_text="Only the jobs this key submits; empty: all the owner's.")
     name = models.CharField(max_length=100)
     metric = models.CharField(max_length=16, choices=BudgetMetric.choices)
     amount = models.DecimalField(max_digits=24, decimal_places=10, help_text="Tokens, or cost in BILLING_CURRENCY.")
@@ -187,6 +191,19 @@ class Budget(models.Model):
 
     def __str__(self) -> str:
         return f"{self.name} ({self.amount} {self.metric})"
+
+
+class JobKey(models.Model):
+    """The API key that submitted a job, recorded at admission only for keys that have a budget (the budget's
+    spending is that of these jobs). A job id, not a key: this app imports nothing from jobs."""
+
+    job_id = models.UUIDField(primary_key=True)
+    api_key = models.ForeignKey("accounts.ApiKey", on_delete=models.CASCADE, related_name="+")
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["-created_at"]
+        indexes = [models.Index(fields=["api_key", "created_at"])]
 
 
 class ThresholdCrossing(models.Model):

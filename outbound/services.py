@@ -12,12 +12,16 @@ from django.db import transaction
 from django.utils import timezone
 
 from core.errors import DomainError, NotFound
+from core.lookups import CachedLookup
 
 from . import dispatch
 from .destinations import check_url
-from .models import (EVENT_TYPES, CallbackSecret, Destination, Event, EventStatus, JobCallback, SigningSecret,
-                     WebhookEndpoint)
+from .models import (EVENT_TYPES, Budget, CallbackSecret, Destination, Event, EventStatus, JobCallback, JobKey,
+                     SigningSecret, WebhookEndpoint)
 from .signing import new_secret
+
+# Whether an API key has a budget of its own, by key id: asked at every admission, so cached (core.lookups).
+_keys_with_budgets: CachedLookup[tuple[bool]] = CachedLookup("key-budgets")
 
 
 # --- endpoints and secrets --------------------------------------------------------------------------------------
@@ -102,6 +106,20 @@ def add_callback(*, owner: User, job_id: Any, url: str) -> None:
         raise DomainError("Create your callback secret first (POST /api/v1/webhooks/callback-secret): callbacks are "
                           "signed with it.", code="no_callback_secret")
     JobCallback.objects.create(job_id=job_id, owner=owner, url=url)
+
+
+def note_key(*, job_id: Any, api_key_id: int) -> None:
+    """Record that key `api_key_id` submitted job `job_id`, if the key has a budget of its own (only then is the
+    job's spending needed per key); call it in the transaction that creates the job. A cache hit costs no SQL."""
+    [has_budget] = _keys_with_budgets.get(
+        str(api_key_id), lambda: (Budget.objects.filter(api_key_id=api_key_id).exists(),))
+    if has_budget:
+        JobKey.objects.create(job_id=job_id, api_key_id=api_key_id)
+
+
+def budgets_changed(**_: Any) -> None:
+    """Every process asks again which keys have budgets. Also a signal receiver (outbound.apps)."""
+    _keys_with_budgets.invalidate()
 
 
 def record(*, owner_id: int, event_type: str, data: Callable[[], dict[str, Any]],

@@ -1,5 +1,6 @@
 """Thresholds: `quota.threshold` as a user's spending this month passes QUOTA_THRESHOLDS percent of their quota's
-monthly tokens or cost, and `budget.threshold` as it passes the thresholds of one of their own alert budgets.
+monthly tokens or cost, and `budget.threshold` as it passes the thresholds of one of their own alert budgets (of all their jobs, or of those one
+API key submitted).
 
 Each (owner, subject, threshold, month) fires once: its `ThresholdCrossing` row and its events are written in one
 transaction, and the row's unique constraint refuses the second of two job ends that cross it at once (the loser's
@@ -31,6 +32,8 @@ class Watched:
     limit: Decimal
     thresholds: tuple[int, ...]
     name: str = ""
+    api_key_id: int | None = None
+    api_key: str = ""  # the key's prefix, for people
 
 
 def watched(*, owner_id: int, quota_tokens: int | None, quota_cost: Decimal | None) -> list[Watched]:
@@ -39,29 +42,33 @@ def watched(*, owner_id: int, quota_tokens: int | None, quota_cost: Decimal | No
     found = [Watched(f"quota:{metric}", "quota.threshold", metric, Decimal(limit), quota)
              for metric, limit in ((BudgetMetric.TOKENS, quota_tokens), (BudgetMetric.COST, quota_cost))
              if limit]
-    found += [Watched(f"budget:{b.pk}", "budget.threshold", b.metric, b.amount, tuple(b.thresholds), b.name)
-              for b in Budget.objects.filter(owner_id=owner_id) if b.amount > 0]
+    found += [Watched(f"budget:{b.pk}", "budget.threshold", b.metric, b.amount, tuple(b.thresholds), b.name,
+                      b.api_key_id, b.api_key.prefix if b.api_key_id else "")
+              for b in Budget.objects.filter(owner_id=owner_id).select_related("api_key") if b.amount > 0]
     return found
 
 
 def check(*, owner_id: int, quota_tokens: int | None, quota_cost: Decimal | None,
-          spending: Callable[[], tuple[int, Decimal]]) -> list[ThresholdCrossing]:
-    """Fire each threshold that `owner_id`'s spending this month (`spending()`: tokens, cost) has passed and that has
-    not fired this month; returns the crossings this call recorded."""
+          spending: Callable[[], tuple[int, Decimal]],
+          key_spending: Callable[[int], tuple[int, Decimal]]) -> list[ThresholdCrossing]:
+    """Fire each threshold that `owner_id`'s spending this month (`spending()`: tokens, cost; for a key's budget
+    `key_spending(key id)`) has passed and that has not fired this month; returns the crossings this call
+    recorded."""
     limits = watched(owner_id=owner_id, quota_tokens=quota_tokens, quota_cost=quota_cost)
     if not limits:
         return []
     period = timezone.localdate().strftime("%Y-%m")
-    tokens, cost = spending()
-    used = {BudgetMetric.TOKENS: Decimal(tokens), BudgetMetric.COST: cost}
+    spent = {None: spending(), **{key: key_spending(key) for key in {w.api_key_id for w in limits} - {None}}}
     fired = set(ThresholdCrossing.objects.filter(owner_id=owner_id, period=period).values_list("subject",
                                                                                                "threshold"))
     made = []
     for limit in limits:
+        tokens, cost = spent[limit.api_key_id]
+        used = Decimal(tokens) if limit.metric == BudgetMetric.TOKENS else cost
         for threshold in sorted(limit.thresholds):
-            if (limit.subject, threshold) in fired or used[limit.metric] * 100 < limit.limit * threshold:
+            if (limit.subject, threshold) in fired or used * 100 < limit.limit * threshold:
                 continue
-            crossing = _fire(owner_id, limit, threshold, period, used[limit.metric])
+            crossing = _fire(owner_id, limit, threshold, period, used)
             if crossing is not None:
                 made.append(crossing)
     return made
@@ -88,4 +95,6 @@ def _data(limit: Watched, crossing: ThresholdCrossing) -> dict:
         data["currency"] = settings.BILLING_CURRENCY
     if limit.name:
         data["budget"] = limit.name
+    if limit.api_key:
+        data["apiKey"] = limit.api_key
     return data

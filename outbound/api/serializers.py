@@ -1,6 +1,7 @@
 from decimal import Decimal
 from typing import Any
 
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from core.serializers import StrictTypes
@@ -80,12 +81,20 @@ class BudgetSerializer(StrictTypes, serializers.ModelSerializer):
                                     help_text="Tokens, or cost in BILLING_CURRENCY, as a decimal string.")
     thresholds = serializers.ListField(child=serializers.IntegerField(min_value=1, max_value=1000), min_length=1,
                                        max_length=20, help_text="Percentages of `amount`, e.g. [50, 80, 95, 100].")
+    thisKeyOnly = serializers.BooleanField(write_only=True, required=False, default=False,
+                                           help_text="Count only the jobs submitted with the key of this request.")
+    apiKey = serializers.SerializerMethodField(help_text="The first characters of the key whose jobs it counts; "
+                                                         "null: all.")
     createdAt = serializers.DateTimeField(source="created_at", read_only=True)
 
     class Meta:
         model = Budget
-        fields = ["id", "name", "metric", "amount", "thresholds", "createdAt"]
+        fields = ["id", "name", "metric", "amount", "thresholds", "thisKeyOnly", "apiKey", "createdAt"]
         read_only_fields = ["id"]
+
+    @extend_schema_field({"type": "string", "nullable": True})
+    def get_apiKey(self, budget: Budget) -> str | None:  # noqa: N802 (the field's name)
+        return budget.api_key.prefix if budget.api_key_id else None
 
     def validate_amount(self, value: str) -> Decimal:
         return Decimal(value)

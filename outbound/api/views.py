@@ -129,7 +129,13 @@ class BudgetViewSet(viewsets.ModelViewSet):
     parser_classes = [JSONParser]
 
     def get_queryset(self) -> QuerySet[Budget]:
-        return Budget.objects.filter(owner=self.request.user)
+        return Budget.objects.filter(owner=self.request.user).select_related("api_key")
 
     def perform_create(self, serializer: BudgetSerializer) -> None:
-        serializer.save(owner=self.request.user)
+        self.perform_update(serializer, owner=self.request.user)
+
+    def perform_update(self, serializer: BudgetSerializer, **fields) -> None:
+        if "thisKeyOnly" in self.request.data:
+            fields["api_key"] = self.request.auth if serializer.validated_data.get("thisKeyOnly") else None
+        serializer.validated_data.pop("thisKeyOnly", None)
+        serializer.save(**fields)

@@ -3,19 +3,24 @@ is written by the real ledger (jobs.metering.ledger.record_call) on real Job row
 makes at each job's end (jobs.endings.check_thresholds). record_call closes a connection left in a transaction (as
 the gateway's threads must), so every test here commits its rows."""
 import threading
+import uuid
 from datetime import date
 from decimal import Decimal
 from unittest import mock
 
 import pytest
 
+from rest_framework.test import APIClient
+
 from accounts.models import Quota
+from accounts.services import create_api_key
 from jobs.endings import check_thresholds
 from jobs.metering.ledger import record_call
+from jobs.models import Job
 from nodeclient import Usage
 from outbound import services
-from outbound.models import Budget, Event, ThresholdCrossing
-from tests.support.jobs import make_job
+from outbound.models import Budget, Event, JobKey, ThresholdCrossing
+from tests.support.jobs import deploy, make_job, submit
 from tests.support.threads import run_in_threads
 
 CODE = "def handler(event, context):\n    return 1\n"
@@ -96,3 +101,32 @@ def test_fifty_jobs_crossing_eighty_percent_at_once_fire_it_once(alice, served_m
     assert run_in_threads(end, [(job,) for job in jobs]) == []
     assert _fired("quota.threshold") == [50, 80, 95, 100]
     assert ThresholdCrossing.objects.filter(threshold=80).count() == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_keys_budget_counts_only_the_jobs_that_key_submitted(alice, served_models):
+    other_client = make_account_client(alice)
+    _subscribe(alice, "budget.threshold")
+    made = alice.client.post("/api/v1/budgets/", {"name": "ci key", "metric": "tokens", "amount": "100",
+                                                 "thresholds": [50], "thisKeyOnly": True}, format="json")
+    assert made.status_code == 201, made.content
+    assert made.json()["apiKey"] == alice.key[:len(made.json()["apiKey"])]
+    function = deploy(alice, CODE)
+    by_key = submit(alice, function["functionId"], {}).json()["jobId"]
+    by_other = submit(other_client, function["functionId"], {}).json()["jobId"]
+    assert JobKey.objects.get().job_id == uuid.UUID(by_key)
+    _spend(Job.objects.get(pk=by_other), 90)  # another key's job: not this budget's
+    check_thresholds(Job.objects.get(pk=by_other))
+    assert _fired("budget.threshold") == []
+    _spend(Job.objects.get(pk=by_key), 60)
+    check_thresholds(Job.objects.get(pk=by_key))
+    assert _fired("budget.threshold") == [50]
+    assert Event.objects.get().payload["data"]["apiKey"] == made.json()["apiKey"]
+
+
+def make_account_client(account):
+    """A second API key of `account`'s, and a client that sends it."""
+    _, key = create_api_key(user=account.user, name="second")
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Bearer {key}")
+    return type(account)(user=account.user, key=key, client=client)
