@@ -9,6 +9,7 @@ from outbound import services
 from outbound.delivery import deliver, prune, sweep
 from outbound.models import DeliveryAttempt, Event, EventStatus
 from outbound.signing import verify
+from tests.support import REPO_ROOT
 
 pytestmark = pytest.mark.django_db
 
@@ -134,3 +135,16 @@ def test_old_delivered_and_dead_events_are_pruned_but_pending_ones_stay(alice, r
     assert prune() == 2
     assert list(Event.objects.values_list("pk", flat=True)) == [pending.pk]
     assert DeliveryAttempt.objects.count() == 0
+
+
+def test_the_verification_in_the_docs_verifies_a_real_delivery(alice, receiver):
+    text = (REPO_ROOT / "docs" / "webhooks.md").read_text()
+    snippet = text.split("### Verifying a signature", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
+    namespace: dict = {}
+    exec(snippet, namespace)  # the documentation's own code, as a receiver would paste it
+    hook = receiver()
+    endpoint = _endpoint(alice, hook.url)
+    deliver(_event(alice).pk)
+    [got] = hook.received
+    assert namespace["verify"](endpoint.secret, got.headers, got.body)
+    assert not namespace["verify"](endpoint.secret, got.headers, got.body + b" ")
