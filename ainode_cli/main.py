@@ -17,7 +17,7 @@ from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 
-from . import output, receipts
+from . import events_out, output, receipts
 from .client import ApiError, Client, Unreachable
 from .events import EventStreamError, follow_job
 from .events import Progress as JobProgress
@@ -412,6 +412,7 @@ def parser() -> argparse.ArgumentParser:
     usage.add_argument("--to", dest="end", metavar="YYYY-MM-DD")
     usage.add_argument("--by", choices=("day", "model", "function"), default="day")
     receipts.add_commands(command)
+    events_out.add_commands(command, _function_id)
     return main
 
 

@@ -70,21 +70,32 @@ def lock_quota(owner: User) -> Quota | None:
     return Quota.objects.select_for_update().filter(user=owner).first()
 
 
+def month_spending(owner_id: int) -> tuple[int, Decimal]:
+    """The tokens and the cost `owner_id` spent in the current calendar month (the roll-ups: billed calls)."""
+    spent = UsageDaily.objects.filter(owner_id=owner_id, day__gte=month_start(timezone.localdate())).aggregate(
+        cost=Sum("cost"), prompt=Sum("prompt_tokens"), completion=Sum("completion_tokens"))
+    return (spent["prompt"] or 0) + (spent["completion"] or 0), Decimal(spent["cost"] or 0).quantize(COST_QUANTUM)
+
+
+def monthly_limits(owner_id: int) -> tuple[int | None, Decimal | None]:
+    """The monthly tokens and cost `owner_id`'s quota allows (None: no limit, or no quota)."""
+    limits = Quota.objects.filter(user_id=owner_id).values_list("monthly_tokens", "monthly_cost").first()
+    return limits or (None, None)
+
+
 def standing(*, owner: User, quota: Quota | None = None) -> Standing | None:
     """Where `owner` stands against their quota in the current calendar month; None when they have no quota."""
     quota = quota or Quota.objects.filter(user=owner).first()
     if quota is None:
         return None
     start = month_start(timezone.localdate())
-    spent = UsageDaily.objects.filter(owner=owner, day__gte=start).aggregate(
-        cost=Sum("cost"), prompt=Sum("prompt_tokens"), completion=Sum("completion_tokens"))
+    spent_tokens, spent_cost = month_spending(owner.pk)
     held = Hold.objects.filter(owner=owner).aggregate(cost=Sum("cost"), tokens=Sum("tokens"), jobs=Count("id"))
-    spent_cost = Decimal(spent["cost"] or 0).quantize(COST_QUANTUM)
     held_cost = Decimal(held["cost"] or 0).quantize(COST_QUANTUM)
     return Standing(
         month=start.strftime("%Y-%m"),
         cost=Limit(quota.monthly_cost, spent_cost, held_cost) if quota.monthly_cost is not None else None,
-        tokens=(Limit(quota.monthly_tokens, (spent["prompt"] or 0) + (spent["completion"] or 0), held["tokens"] or 0)
+        tokens=(Limit(quota.monthly_tokens, spent_tokens, held["tokens"] or 0)
                 if quota.monthly_tokens is not None else None),
         concurrent_jobs=(Limit(quota.max_concurrent_jobs, held["jobs"] or 0, 0)
                          if quota.max_concurrent_jobs is not None else None),

@@ -46,6 +46,18 @@ def env_float(name: str, default: float, *, minimum: float | None = None) -> flo
     return value
 
 
+def env_numbers(name: str, default: str, kind: type = float) -> list:
+    """A comma-separated list of non-negative numbers (of `kind`), at least one."""
+    raw = os.environ.get(name) or default
+    try:
+        values = [kind(item) for item in raw.split(",") if item.strip()]
+    except ValueError:
+        raise ImproperlyConfigured(f"{name} must be a comma-separated list of numbers, got {raw!r}") from None
+    if not values or min(values) < 0:
+        raise ImproperlyConfigured(f"{name} must list at least one number, none negative, got {raw!r}")
+    return values
+
+
 def env_bool(name: str, default: bool) -> bool:
     raw = os.environ.get(name)
     if raw is None or raw == "":
@@ -111,6 +123,8 @@ INSTALLED_APPS = [
     "models_catalog",
     "jobs",
     "billing",
+    "outbound",
+    "schedules",
 ]
 
 MIDDLEWARE = [
@@ -520,6 +534,66 @@ CELERY_BEAT_SCHEDULE = {
         "options": {"queue": JOB_QUEUE, "routing_key": JOB_QUEUE, "expires": 300},
     },
 }
+# ---------------------------------------------------------------------------------------------------------
+# Events out (docs/webhooks.md): webhooks, per-run callbacks, threshold alerts and the usage export leave through
+# one outbox, delivered by the workers of OUTBOUND_QUEUE (run a worker of its own on it: a slow endpoint then holds
+# only that worker's slots, never a job's).
+# ---------------------------------------------------------------------------------------------------------
+OUTBOUND_QUEUE = env_str("OUTBOUND_QUEUE", "outbound")
+# One attempt's connect, send and answer together may take at most this long.
+OUTBOUND_TIMEOUT_SECONDS = env_float("OUTBOUND_TIMEOUT_SECONDS", 5.0, minimum=0.1)
+# The pauses after each failed attempt, in seconds: one attempt more than pauses, then the event is dead (about 9
+# hours by default). The pauses grow by up to a tenth at random, so that retries of many events do not come at once.
+OUTBOUND_RETRY_SECONDS = env_numbers("OUTBOUND_RETRY_SECONDS", "10,60,300,1800,7200,21600", float)
+# How often the sweep sends the events that are due (retries whose message was lost, leases of killed workers).
+OUTBOUND_SWEEP_SECONDS = env_float("OUTBOUND_SWEEP_SECONDS", 10.0, minimum=0.5)
+OUTBOUND_RESPONSE_BODY_BYTES = env_int("OUTBOUND_RESPONSE_BODY_BYTES", 1024, minimum=0)
+# Delivered and dead events (and their logs), and schedules' ticks, are removed after this long (beat, hourly).
+OUTBOUND_KEEP_SECONDS = env_int("OUTBOUND_KEEP_SECONDS", 30 * 86400, minimum=3600)
+# Where deliveries may go. Hosts: names (`*.example.com` matches below it) or empty for any. Networks (CIDR):
+# addresses allowed although they are private, loopback, link-local or otherwise not global, which are refused
+# otherwise, checked on the address connected to (a name that resolves to 10.0.0.1 is refused too).
+OUTBOUND_ALLOWED_HOSTS = [h.strip().lower() for h in env_str("OUTBOUND_ALLOWED_HOSTS", "").split(",") if h.strip()]
+OUTBOUND_ALLOWED_NETWORKS = [n.strip() for n in env_str("OUTBOUND_ALLOWED_NETWORKS", "").split(",") if n.strip()]
+# After a secret's rotation, deliveries are signed with the old secret too for this long.
+WEBHOOK_SECRET_OVERLAP_SECONDS = env_int("WEBHOOK_SECRET_OVERLAP_SECONDS", 86400, minimum=0)
+# Percentages of a quota's monthly tokens or cost at which `quota.threshold` fires (once per month each).
+QUOTA_THRESHOLDS = env_numbers("QUOTA_THRESHOLDS", "50,80,95,100", int)
+# The usage export: each model call and each job's total as a CloudEvent to this URL (empty: no export), signed
+# with USAGE_EXPORT_SECRET (a whsec_ secret) when set.
+USAGE_EXPORT_URL = env_str("USAGE_EXPORT_URL", "")
+USAGE_EXPORT_SECRET = env_str("USAGE_EXPORT_SECRET", "")
+CELERY_BEAT_SCHEDULE["prune-outbound"] = {
+    "task": "outbound.prune",
+    "schedule": 3600.0,
+    "options": {"queue": OUTBOUND_QUEUE, "routing_key": OUTBOUND_QUEUE, "expires": 3600},
+}
+CELERY_BEAT_SCHEDULE["sweep-outbound"] = {
+    "task": "outbound.sweep",
+    "schedule": OUTBOUND_SWEEP_SECONDS,
+    "options": {"queue": OUTBOUND_QUEUE, "routing_key": OUTBOUND_QUEUE, "expires": OUTBOUND_SWEEP_SECONDS},
+}
+
+# ---------------------------------------------------------------------------------------------------------
+# Schedules (docs/webhooks.md#schedules): beat fires the due ones every SCHEDULE_POLL_SECONDS on SCHEDULE_QUEUE
+# (the outbound queue by default: its workers are never busy running a job for long).
+# ---------------------------------------------------------------------------------------------------------
+SCHEDULE_POLL_SECONDS = env_float("SCHEDULE_POLL_SECONDS", 5.0, minimum=0.5)
+SCHEDULE_QUEUE = env_str("SCHEDULE_QUEUE", OUTBOUND_QUEUE)
+SCHEDULE_MIN_INTERVAL_SECONDS = env_int("SCHEDULE_MIN_INTERVAL_SECONDS", 10, minimum=1)
+# After an outage, a schedule runs once for the first tick it missed within this many seconds; older ones are not run.
+SCHEDULE_CATCH_UP_SECONDS = env_int("SCHEDULE_CATCH_UP_SECONDS", 60, minimum=0)
+CELERY_BEAT_SCHEDULE["prune-schedule-ticks"] = {
+    "task": "schedules.prune_ticks",
+    "schedule": 3600.0,
+    "options": {"queue": SCHEDULE_QUEUE, "routing_key": SCHEDULE_QUEUE, "expires": 3600},
+}
+CELERY_BEAT_SCHEDULE["fire-schedules"] = {
+    "task": "schedules.fire_due",
+    "schedule": SCHEDULE_POLL_SECONDS,
+    "options": {"queue": SCHEDULE_QUEUE, "routing_key": SCHEDULE_QUEUE, "expires": SCHEDULE_POLL_SECONDS},
+}
+
 if MODEL_SYNC_INTERVAL:
     CELERY_BEAT_SCHEDULE["sync-models"] = {
         "task": "models_catalog.sync_models",

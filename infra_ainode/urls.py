@@ -18,6 +18,8 @@ urlpatterns = [
     path("api/v1/", include("jobs.api.urls")),
     path("api/v1/", include("billing.api.urls")),
     path("api/v1/", include("models_catalog.api.urls")),
+    path("api/v1/", include("outbound.api.urls")),
+    path("api/v1/", include("schedules.api.urls")),
     # The original platform's routes, kept for its clients.
     path("run", RunView.as_view(), name="run"),
     path("status/<str:job_id>", StatusView.as_view(), name="status"),

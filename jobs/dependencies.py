@@ -26,6 +26,7 @@ from core.errors import Conflict
 
 from . import events, results
 from .dispatch import enqueue_job, enqueue_layer_build, fail_unqueued
+from .endings import end_job
 from .models import DependencyLayer, DependencyLayerChunk, FunctionVersion, Job, JobStatus, LayerStatus, Runtime
 from .node_packages import NodePackages
 from .requirements import Requirements
@@ -159,8 +160,8 @@ def fail_build(layer_id: int, *, code: str, log: str) -> None:
     logger.warning("layer %s: build failed (%s): %s", layer_id, code, _last_line(log))
     message = f"The function's dependencies failed to build ({code}): {_last_line(log)}"
     for job_id in _held(layer_id).values_list("pk", flat=True):
-        if Job.objects.move(job_id, JobStatus.FAILED, error_code="dependency_build_failed",
-                            error_message=message[:2000], finished_at=timezone.now()):
+        if end_job(job_id, JobStatus.FAILED, error_code="dependency_build_failed", error_message=message[:2000],
+                   finished_at=timezone.now()):
             job_money.release(job_id=job_id)  # it never ran
             job = Job.objects.select_related("function_version").get(pk=job_id)
             events.record_end(job)

@@ -16,6 +16,7 @@ from django.utils import timezone
 from billing import job_money
 
 from . import events
+from .endings import end_job
 from .models import Job, JobStatus
 
 logger = logging.getLogger(__name__)
@@ -68,8 +69,7 @@ def _publish(job: Job) -> None:
 def fail_unqueued(job_id: uuid.UUID, exc: Exception) -> None:
     """Fail queued job `job_id` with `queue_unavailable`: the broker refused it (`exc`), and it will not be run."""
     logger.error("job %s: could not enqueue: %s", job_id, exc)
-    if Job.objects.move(job_id, JobStatus.FAILED, error_code="queue_unavailable",
-                        error_message="The job queue is unavailable; the job was not run.",
-                        finished_at=timezone.now()):
+    if end_job(job_id, JobStatus.FAILED, error_code="queue_unavailable",
+               error_message="The job queue is unavailable; the job was not run.", finished_at=timezone.now()):
         job_money.release(job_id=job_id)
         events.record_end(Job.objects.select_related("function_version").get(pk=job_id))

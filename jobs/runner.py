@@ -31,6 +31,7 @@ from core.database import DATABASE_DOWN, outlasting_outages
 from core.errors import DomainError
 
 from . import collect, events, results
+from .endings import check_thresholds, end_job
 from .exits import interpret_exit
 from .metering.gateway import JobGateway
 from .metering.ledger import ledger_totals
@@ -93,6 +94,7 @@ def run_job(job_id: str | uuid.UUID, *, backend: DockerBackend | None = None) ->
         # receipts is closed by its job receipt.
         _outlasting_outages(lambda: job_money.release(job_id=job.pk), f"job {job.id}: its hold")
         _close_receipts(job)
+        check_thresholds(job)
         _outlasting_outages(job.refresh_from_db, f"job {job.id}: its end")
         for event in events.end_events(job):
             live.emit(*event)
@@ -283,7 +285,7 @@ def _finalize(job: Job, outcome: ContainerOutcome, report: ResultReport) -> None
         # The ledger is the truth; the running totals kept during the job must agree with it.
         **ledger_totals(str(job.pk)),
     }
-    if not Job.objects.move(job.pk, status, error_code=error_code, error_message=message, **fields):
+    if not end_job(job.pk, status, error_code=error_code, error_message=message, **fields):
         # Cancelled by a user while it ran: the status stays, the output is still kept for them to read.
         fields.pop("finished_at")
         Job.objects.filter(pk=job.pk).update(**fields)
@@ -297,6 +299,6 @@ def _close_receipts(job: Job) -> None:
 
 
 def _fail(job: Job, error_code: str, message: str) -> None:
-    _outlasting_outages(lambda: Job.objects.move(job.pk, JobStatus.FAILED, error_code=error_code,
-                                                 error_message=message, finished_at=timezone.now()),
+    _outlasting_outages(lambda: end_job(job.pk, JobStatus.FAILED, error_code=error_code, error_message=message,
+                                        finished_at=timezone.now()),
                         f"job {job.id}: its end")

@@ -18,11 +18,13 @@ from core.errors import Conflict, DomainError, NotFound, TooLarge
 from core.inserts import insert
 from core.lookups import CachedLookup
 from models_catalog.services import check_model_id, route_model
+from outbound import services as outbound
 
 from . import events
 from .code_archive import CodeArchive, build_archive
 from .dependencies import admission_hold, layer_for, wait_until_built
 from .dispatch import dispatched_on_admission, hand_over
+from .endings import end_job
 from .idempotency import once
 from .models import Function, FunctionVersion, IdempotencyKey, IdempotencyScope, Job, JobStatus, Runtime
 from .node_packages import DependenciesRejected, NodePackages, parse_node_packages
@@ -232,13 +234,15 @@ def _budget(value: int | None) -> int | None:
 # --- jobs -----------------------------------------------------------------------------------------------------
 
 def submit_job(*, owner: User, function: Function, model_id: str | None, input_data: Any,
-               token_budget: int | None = None) -> Job:
+               token_budget: int | None = None, callback_url: str | None = None,
+               api_key_id: int | None = None) -> Job:
     """Record a queued job and enqueue it once the row is committed.
 
     Under a quota, the job is admitted first (billing.quotas.admit): its worst case is held until it ends, and a job
     without a token budget gets the quota's default one. Raises TooLarge (input_too_large), DomainError
     (invalid_input for text a database cannot store, invalid_model_id, unknown_model, too_many_jobs) and
-    QuotaExceeded (quota_exceeded). The job reaches the broker as JOB_DISPATCH says (jobs.dispatch.hand_over); one
+    QuotaExceeded (quota_exceeded), and for a `callback_url` (which receives the job's end, outbound) DestinationRefused
+    (destination_not_allowed, invalid_url) and DomainError (no_callback_secret). The job reaches the broker as JOB_DISPATCH says (jobs.dispatch.hand_over); one
     the broker refuses is failed with `queue_unavailable` rather than left queued for ever.
     """
     if not _storable(input_data):
@@ -272,6 +276,10 @@ def submit_job(*, owner: User, function: Function, model_id: str | None, input_d
         if quota is not None:
             may_call = [model, *(target for target, _ in routes.values())]
             job_money.admit(owner=owner, quota=quota, job_id=job.pk, model_ids=may_call, token_budget=budget)
+        if callback_url:
+            outbound.add_callback(owner=owner, job_id=job.pk, url=callback_url)
+        if api_key_id is not None:  # the key that submitted it, for the key's own alert budgets
+            outbound.note_key(job_id=job.pk, api_key_id=api_key_id)
         # The `queued` event commits with the job, before the message: the worker's `running` must come after it.
         events.record_queued(job)
         if not held:
@@ -371,12 +379,12 @@ def cancel_job(*, job: Job) -> Job:
     fields = {"error_code": "cancelled", "error_message": "Cancelled by the user.", "finished_at": timezone.now()}
     # A queued job will never reach a worker: its events end here. A running one's worker notices within a second,
     # kills the container and writes its last events itself (its status, then the result with the output).
-    if Job.objects.filter(status=JobStatus.QUEUED).move(job.pk, JobStatus.CANCELLED, **fields):
+    if end_job(job.pk, JobStatus.CANCELLED, among=Job.objects.filter(status=JobStatus.QUEUED), **fields):
         job_money.release(job_id=job.pk)  # it never ran: nothing of it can reach the ledger
         job.refresh_from_db()
         events.record_end(job)
         return job
-    if not Job.objects.move(job.pk, JobStatus.CANCELLED, **fields):
+    if not end_job(job.pk, JobStatus.CANCELLED, **fields):
         job.refresh_from_db()
         raise Conflict(f"Job {job.pk} already ended ({job.status}).", code="job_finished", status=409)
     job.refresh_from_db()

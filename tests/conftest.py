@@ -19,6 +19,7 @@ pytest_plugins = [
     "tests.fixtures.warm",
     "tests.fixtures.ai_node",
     "tests.fixtures.web",
+    "tests.fixtures.receivers",
 ]
 
 # A test that uses any of these needs a real outside part that is slow to use: the Docker engine (a job run in a

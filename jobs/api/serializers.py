@@ -135,6 +135,9 @@ class RunSerializer(serializers.Serializer):
     modelId = serializers.CharField(required=False, allow_blank=True, allow_null=True, max_length=10_000)
     inputData = serializers.JSONField(required=False, allow_null=True)
     tokenBudget = serializers.IntegerField(required=False, allow_null=True, min_value=1, max_value=MAX_TOKEN_BUDGET)
+    callbackUrl = serializers.URLField(required=False, allow_null=True, max_length=2000,
+                                       help_text="Where the job's end is sent (signed with your callback secret), "
+                                                 "besides your webhooks.")
 
 
 class JobSerializer(serializers.ModelSerializer):

@@ -57,7 +57,8 @@ FUNCTION_CHANGE = {"application/json": FunctionJsonSerializer(partial=True),
 FUNCTION_NOT_FOUND = errors((404, "function_not_found"))
 JOB_NOT_FOUND = errors((404, "job_not_found"))
 RUN_ERRORS = errors((400, "invalid_input"), (400, "invalid_x_async"), (400, "invalid_model_id"), (400, "unknown_model"),
-                    (400, "invalid_token_budget"), (400, "invalid_idempotency_key"), (402, "quota_exceeded"),
+                    (400, "invalid_token_budget"), (400, "invalid_idempotency_key"), (400, "invalid_url"),
+                    (400, "destination_not_allowed"), (400, "no_callback_secret"), (402, "quota_exceeded"),
                     (404, "function_not_found"), (409, "dependencies_building"), (409, "dependency_build_failed"),
                     (413, "input_too_large"), (422, "idempotency_key_reused"), (429, "too_many_jobs"))
 IDEMPOTENCY_KEY = OpenApiParameter(
@@ -205,7 +206,8 @@ def run(request: Request) -> Response:
     job, replayed = services.submit_job_once(
         owner=request.user, idempotency_key=idempotency_key(request), body_fingerprint=fingerprint(request.data),
         function=function, model_id=data.get("modelId"), input_data=data.get("inputData"),
-        token_budget=data.get("tokenBudget"),
+        token_budget=data.get("tokenBudget"), callback_url=data.get("callbackUrl"),
+        api_key_id=getattr(request.auth, "pk", None),
     )
     if not asynchronous(request):
         job = wait_for_job(job.pk, max(wait, 0.0))

@@ -1,6 +1,6 @@
 """The ledger: one `LLMCall` row per model call, priced when it is recorded, added to its job's totals, spent from
-its job's hold, added to the daily roll-ups and receipted (jobs.metering.receipts) in the same transaction; and the
-ledger's side of the roll-ups' rebuild (billing.rebuild)."""
+its job's hold, added to the daily roll-ups, receipted (jobs.metering.receipts) and added to the usage export (when it
+is on) in the same transaction; and the ledger's side of the roll-ups' rebuild (billing.rebuild)."""
 import functools
 import logging
 import threading
@@ -28,8 +28,10 @@ from core.database import outlasting_outages
 from core.increments import add_to
 from core.ranges import created_in_days
 from nodeclient import Usage
+from outbound import export
 
 from ..models import METERED, Job, LLMCall, LLMCallStatus
+from ..usage_export import call_usage
 from .receipts import call_receipt
 
 logger = logging.getLogger(__name__)
@@ -110,9 +112,10 @@ def write_call(*, job_id: str, model_id: str, node: str, endpoint: str, streamed
                             tokens=usage.prompt_tokens + usage.completion_tokens if known else None)
         add_call_to_rollups(call, owner_id=owner_id, function_id=function_id)
         call.receipt = call_receipt(call, owner_id=owner_id, function_id=function_id, version=version, price=price,
-                               started_at=trace.started_at or now - timedelta(milliseconds=duration_ms),
-                               ended_at=trace.ended_at or now, request_sha256=trace.request_sha256,
-                               delivered_sha256=trace.delivered_sha256)
+                                    started_at=trace.started_at or now - timedelta(milliseconds=duration_ms),
+                                    ended_at=trace.ended_at or now, request_sha256=trace.request_sha256,
+                                    delivered_sha256=trace.delivered_sha256)
+        export.record(lambda: call_usage(call, owner_id=owner_id, function_id=function_id))
     metrics.model_call(model=model_id, node=node, error_code=error_code,
                        prompt_tokens=call.prompt_tokens, completion_tokens=call.completion_tokens,
                        duration_ms=duration_ms, node_duration_ms=node_duration_ms)

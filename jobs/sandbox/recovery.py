@@ -15,6 +15,7 @@ from core import metrics
 
 from .. import events, results
 from ..dispatch import dispatched_on_admission, hand_over
+from ..endings import end_job
 from ..metering.receipts import close_chain
 from ..models import Job, JobStatus
 from .docker_backend import ContainerError, DockerBackend
@@ -72,8 +73,8 @@ def is_lost(job: Job) -> bool:
 def declare_lost(job: Job, *, backend: DockerBackend | None) -> None:
     if _queue_again(job):
         return
-    if not Job.objects.move(job.pk, JobStatus.FAILED, error_code="worker_lost", finished_at=timezone.now(),
-                            error_message="The worker running this job stopped before it finished."):
+    if not end_job(job.pk, JobStatus.FAILED, error_code="worker_lost", finished_at=timezone.now(),
+                   error_message="The worker running this job stopped before it finished."):
         return
     logger.warning("job %s: its worker was lost; failed", job.pk)
     metrics.job_finished(status=JobStatus.FAILED, error_code="worker_lost", run_seconds=None)

@@ -38,6 +38,12 @@ include-method = "POST"
 checks.positive_data_acceptance.expected-statuses = ["2xx", "3xx", "400", "401", "402", "403", "404", "409", "422",
                                                      "429"]
 
+# Webhooks and schedules: a URL at an address the operator does not allow, a cron expression's fields, cron or
+# interval (400).
+[[operations]]
+include-path-regex = "^/api/v1/(webhooks|schedules)/"
+checks.positive_data_acceptance.expected-statuses = ["2xx", "3xx", "400", "401", "403", "404", "409", "429"]
+
 # Usage over a date range: a range longer than the longest allowed (400).
 [[operations]]
 include-path-regex = "^/api/v1/usage/"

@@ -70,7 +70,9 @@ class Worker:
     _log: Any = field(default=None, repr=False)
 
     def start(self, *, wait_ready: bool = True) -> "Worker":
-        command = [str(CELERY), "-A", self.app, "worker", "-Q", self.env.get("JOB_QUEUE", "jobs"), "-c", "1",
+        # WORKER_QUEUES (a comma-separated list) names the queues a worker consumes, by default the jobs' queue.
+        queues = self.env.get("WORKER_QUEUES") or self.env.get("JOB_QUEUE", "jobs")
+        command = [str(CELERY), "-A", self.app, "worker", "-Q", queues, "-c", "1",
                    "-P", "solo", "--without-heartbeat", "--without-mingle", "--without-gossip", "-l", "info",
                    "-n", f"{self.worker_id}@%h"]
         self._log = open(self.log_path, "ab")
