@@ -3,6 +3,8 @@
 #
 #   web                  gunicorn on $WEB_BIND (default 0.0.0.0:8000), $WEB_WORKERS processes
 #   worker               a Celery worker on $JOB_QUEUE, $WORKER_CONCURRENCY jobs at once
+#   outbound             a Celery worker on $OUTBOUND_QUEUE (webhooks, the usage export, schedules' ticks),
+#                        $OUTBOUND_CONCURRENCY deliveries at once; needs no Docker engine
 #   beat                 Celery beat (catalogue sync, lost-job recovery): run exactly one
 #   migrate              apply database migrations, then exit
 #   manage ARGS...       manage.py ARGS (create_api_key, createsuperuser, check --deploy, ...)
@@ -28,6 +30,11 @@ web)
 worker)
     clear_metrics
     exec celery -A infra_ainode worker -Q "${JOB_QUEUE:-jobs}" -c "${WORKER_CONCURRENCY:-2}" \
+        -l "${LOG_LEVEL:-INFO}" --without-gossip --without-mingle "$@"
+    ;;
+outbound)
+    clear_metrics
+    exec celery -A infra_ainode worker -Q "${OUTBOUND_QUEUE:-outbound}" -c "${OUTBOUND_CONCURRENCY:-4}" \
         -l "${LOG_LEVEL:-INFO}" --without-gossip --without-mingle "$@"
     ;;
 beat)

@@ -58,9 +58,10 @@ start)
     $PY manage.py migrate --noinput -v0 || fail "migrating the database" "see the error above; check DATABASE_URL"
     # The admin's and the dashboard's CSS, served by WhiteNoise from STATIC_ROOT (VAR_DIR/static).
     $PY manage.py collectstatic --noinput -v0 || fail "collecting static files" "see the error above"
-    # Each worker process keeps WARM_POOL_SIZE containers started ahead of its jobs (off: 0).
+    # Each worker process keeps WARM_POOL_SIZE containers started ahead of its jobs (off: 0). The one worker also
+    # delivers webhooks and runs beat (schedules included); production gives each its own process.
     WARM_POOL_SIZE=${WARM_POOL_SIZE:-2} start_one worker .venv/bin/celery -A infra_ainode worker \
-        -Q "${JOB_QUEUE:-jobs}" -c "${WORKER_CONCURRENCY:-$(default_concurrency)}" \
+        -Q "${JOB_QUEUE:-jobs},${OUTBOUND_QUEUE:-outbound}" -c "${WORKER_CONCURRENCY:-$(default_concurrency)}" \
         -l info --without-gossip --without-mingle -B
     if [[ ${WEB_SERVER:-gunicorn} == runserver ]]; then
         start_one web $PY manage.py runserver "127.0.0.1:$WEB_PORT" --noreload

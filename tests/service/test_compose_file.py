@@ -12,10 +12,10 @@ def compose() -> dict:
 
 def test_compose_runs_the_whole_stack_from_one_application_image():
     services = compose()["services"]
-    assert {"web", "worker", "beat", "migrate", "postgres", "redis", "sqs", "ollama", "runtime"} <= set(services)
-    assert {services[name]["image"] for name in ("web", "worker", "beat", "migrate")} == {"infra-ainode:local"}
-    assert [services[name]["command"] for name in ("web", "worker", "beat", "migrate")] == \
-        [["web"], ["worker"], ["beat"], ["migrate"]]
+    processes = ("web", "worker", "outbound", "beat", "migrate")
+    assert {*processes, "postgres", "redis", "sqs", "ollama", "runtime"} <= set(services)
+    assert {services[name]["image"] for name in processes} == {"infra-ainode:local"}
+    assert [services[name]["command"] for name in processes] == [[name] for name in processes]
 
 
 def test_compose_gives_the_worker_the_engine_and_a_work_root_with_the_same_path_inside_and_out():
