@@ -498,41 +498,24 @@ DEFAULT_MODEL_ID = env_str("DEFAULT_MODEL_ID", "smollm2:135m")
 AI_NODES = env_str("AI_NODES", "")
 # Seconds between catalogue syncs (Celery beat, task models_catalog.sync_models); 0 turns the schedule off.
 MODEL_SYNC_INTERVAL = env_int("MODEL_SYNC_INTERVAL", 60, minimum=0)
-# Periodic work, run by `celery beat` (or a worker started with -B): keep the catalogue fresh, and fail the
-# jobs whose worker vanished. A run that waited longer than one interval in the queue is stale: the next replaces it.
+# Periodic work, run by `celery beat` (or a worker started with -B): keep the catalogue fresh, recover lost jobs
+# and messages, and the rest (docs/operating.md#periodic-tasks).
+
+def periodic(task: str, every: float, queue: str) -> dict:
+    """A beat entry: `task` every `every` seconds on `queue`; a run that waited longer than one interval in the
+    queue is stale (the next replaces it)."""
+    return {"task": task, "schedule": float(every), "options": {"queue": queue, "routing_key": queue, "expires": every}}
+
+
 CELERY_BEAT_SCHEDULE = {
-    "recover-lost-jobs": {
-        "task": "jobs.recover_lost_jobs",
-        "schedule": 60.0,
-        "options": {"queue": JOB_QUEUE, "routing_key": JOB_QUEUE, "expires": 60},
-    },
-    "reconcile-estimated-calls": {
-        "task": "jobs.reconcile_estimated_calls",
-        "schedule": 60.0,
-        "options": {"queue": JOB_QUEUE, "routing_key": JOB_QUEUE, "expires": 60},
-    },
+    "recover-lost-jobs": periodic("jobs.recover_lost_jobs", 60, JOB_QUEUE),
+    "reconcile-estimated-calls": periodic("jobs.reconcile_estimated_calls", 60, JOB_QUEUE),
     # Each user's signed checkpoint of each day's job receipts, once the day is over (jobs.metering.checkpoints).
-    "seal-receipt-days": {
-        "task": "jobs.seal_receipt_days",
-        "schedule": 3600.0,
-        "options": {"queue": JOB_QUEUE, "routing_key": JOB_QUEUE, "expires": 3600},
-    },
-    "purge-idempotency-keys": {
-        "task": "jobs.purge_idempotency_keys",
-        "schedule": 3600.0,
-        "options": {"queue": JOB_QUEUE, "routing_key": JOB_QUEUE, "expires": 3600},
-    },
-    "prune-job-events": {
-        "task": "jobs.prune_job_events",
-        "schedule": 3600.0,
-        "options": {"queue": JOB_QUEUE, "routing_key": JOB_QUEUE, "expires": 3600},
-    },
+    "seal-receipt-days": periodic("jobs.seal_receipt_days", 3600, JOB_QUEUE),
+    "purge-idempotency-keys": periodic("jobs.purge_idempotency_keys", 3600, JOB_QUEUE),
+    "prune-job-events": periodic("jobs.prune_job_events", 3600, JOB_QUEUE),
     # Lost and unstarted layer builds, layers nothing uses, and the cache of the worker that runs it.
-    "sweep-dependency-layers": {
-        "task": "jobs.sweep_layers",
-        "schedule": 300.0,
-        "options": {"queue": JOB_QUEUE, "routing_key": JOB_QUEUE, "expires": 300},
-    },
+    "sweep-dependency-layers": periodic("jobs.sweep_layers", 300, JOB_QUEUE),
 }
 # ---------------------------------------------------------------------------------------------------------
 # Events out (docs/webhooks.md): webhooks, per-run callbacks, threshold alerts and the usage export leave through
@@ -563,16 +546,8 @@ QUOTA_THRESHOLDS = env_numbers("QUOTA_THRESHOLDS", "50,80,95,100", int)
 # with USAGE_EXPORT_SECRET (a whsec_ secret) when set.
 USAGE_EXPORT_URL = env_str("USAGE_EXPORT_URL", "")
 USAGE_EXPORT_SECRET = env_str("USAGE_EXPORT_SECRET", "")
-CELERY_BEAT_SCHEDULE["prune-outbound"] = {
-    "task": "outbound.prune",
-    "schedule": 3600.0,
-    "options": {"queue": OUTBOUND_QUEUE, "routing_key": OUTBOUND_QUEUE, "expires": 3600},
-}
-CELERY_BEAT_SCHEDULE["sweep-outbound"] = {
-    "task": "outbound.sweep",
-    "schedule": OUTBOUND_SWEEP_SECONDS,
-    "options": {"queue": OUTBOUND_QUEUE, "routing_key": OUTBOUND_QUEUE, "expires": OUTBOUND_SWEEP_SECONDS},
-}
+CELERY_BEAT_SCHEDULE["prune-outbound"] = periodic("outbound.prune", 3600, OUTBOUND_QUEUE)
+CELERY_BEAT_SCHEDULE["sweep-outbound"] = periodic("outbound.sweep", OUTBOUND_SWEEP_SECONDS, OUTBOUND_QUEUE)
 
 # ---------------------------------------------------------------------------------------------------------
 # Schedules (docs/webhooks.md#schedules): beat fires the due ones every SCHEDULE_POLL_SECONDS on SCHEDULE_QUEUE
@@ -583,23 +558,11 @@ SCHEDULE_QUEUE = env_str("SCHEDULE_QUEUE", OUTBOUND_QUEUE)
 SCHEDULE_MIN_INTERVAL_SECONDS = env_int("SCHEDULE_MIN_INTERVAL_SECONDS", 10, minimum=1)
 # After an outage, a schedule runs once for the first tick it missed within this many seconds; older ones are not run.
 SCHEDULE_CATCH_UP_SECONDS = env_int("SCHEDULE_CATCH_UP_SECONDS", 60, minimum=0)
-CELERY_BEAT_SCHEDULE["prune-schedule-ticks"] = {
-    "task": "schedules.prune_ticks",
-    "schedule": 3600.0,
-    "options": {"queue": SCHEDULE_QUEUE, "routing_key": SCHEDULE_QUEUE, "expires": 3600},
-}
-CELERY_BEAT_SCHEDULE["fire-schedules"] = {
-    "task": "schedules.fire_due",
-    "schedule": SCHEDULE_POLL_SECONDS,
-    "options": {"queue": SCHEDULE_QUEUE, "routing_key": SCHEDULE_QUEUE, "expires": SCHEDULE_POLL_SECONDS},
-}
+CELERY_BEAT_SCHEDULE["prune-schedule-ticks"] = periodic("schedules.prune_ticks", 3600, SCHEDULE_QUEUE)
+CELERY_BEAT_SCHEDULE["fire-schedules"] = periodic("schedules.fire_due", SCHEDULE_POLL_SECONDS, SCHEDULE_QUEUE)
 
 if MODEL_SYNC_INTERVAL:
-    CELERY_BEAT_SCHEDULE["sync-models"] = {
-        "task": "models_catalog.sync_models",
-        "schedule": float(MODEL_SYNC_INTERVAL),
-        "options": {"queue": JOB_QUEUE, "routing_key": JOB_QUEUE, "expires": MODEL_SYNC_INTERVAL},
-    }
+    CELERY_BEAT_SCHEDULE["sync-models"] = periodic("models_catalog.sync_models", MODEL_SYNC_INTERVAL, JOB_QUEUE)
 
 # Model calls from jobs: the longest a call may take, and the most tokens one call may generate.
 AI_CALL_TIMEOUT = env_int("AI_CALL_TIMEOUT", 120, minimum=1)
