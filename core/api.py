@@ -10,7 +10,7 @@ from typing import Any
 from django.core.exceptions import PermissionDenied, RequestDataTooBig
 from django.db import InterfaceError, OperationalError
 from django.http import Http404, HttpRequest, JsonResponse
-from rest_framework.exceptions import APIException, ValidationError
+from rest_framework.exceptions import APIException, NotFound, ValidationError
 from rest_framework.pagination import CursorPagination, PageNumberPagination
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -65,6 +65,13 @@ class Cursor(CursorPagination):
     def get_page_size(self, request: Request) -> int:
         Pagination._check_number(request, self.page_size_query_param, self.max_page_size)
         return super().get_page_size(request)
+
+    def decode_cursor(self, request: Request) -> Any:
+        """A cursor this list did not give is the caller's mistake (400 `invalid_cursor`), not a missing page."""
+        try:
+            return super().decode_cursor(request)
+        except NotFound:
+            raise DomainError("The cursor is not one that this list gave.", code="invalid_cursor") from None
 
 
 def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:

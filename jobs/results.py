@@ -117,8 +117,19 @@ def publish(job: Job) -> None:
         logger.warning("job %s: could not publish the result to Redis: %s", job.id, exc)
 
 
+# A job that ran gets its job receipt just after its final status (jobs.runner): its waiter waits this long for it.
+RECEIPT_WAIT_SECONDS = 5.0
+
+
+def _settled(job: Job, ended_at: float) -> bool:
+    """Whether an ended job is all there: one that ran also has its job receipt (or has waited for it long enough:
+    a receipt that could not be written is verify_ledger's to name, not the caller's to wait for)."""
+    return bool(job.receipt_hash) or job.started_at is None or time.monotonic() - ended_at > RECEIPT_WAIT_SECONDS
+
+
 def wait_for_job(job_id: Any, timeout: float) -> Job:
-    """Wait up to `timeout` seconds for the job to finish; returns the job as it then is.
+    """Wait up to `timeout` seconds for the job to finish (and, if it ran, for its job receipt); returns the job
+    as it then is.
 
     With Redis, it subscribes before reading the row, so a result that lands between the read and the
     subscription cannot be missed; without Redis, it listens on the job's doorbell, also opened before the read.
@@ -137,11 +148,14 @@ def wait_for_job(job_id: Any, timeout: float) -> Job:
         except Exception as exc:
             logger.warning("job %s: Redis unavailable, polling the database: %s", job_id, exc)
             pubsub = None
+    ended_at: float | None = None
     try:
         while True:
             job = Job.objects.select_related("function_version").get(pk=job_id)
             remaining = deadline - time.monotonic()
-            if job.is_terminal or remaining <= 0:
+            if job.is_terminal and ended_at is None:
+                ended_at = time.monotonic()
+            if remaining <= 0 or (ended_at is not None and _settled(job, ended_at)):
                 return job
             if pubsub is not None:
                 # A message means "look again"; the row is still what we answer from. The 1 s bound re-reads

@@ -66,7 +66,7 @@ def _page(request: Request, view: APIView, receipts, ordering: str) -> Response:
 class JobReceiptsView(APIView):
     @extend_schema(summary="A job's receipts, in chain order", tags=["receipts"],
                    parameters=[OpenApiParameter("id", OpenApiTypes.UUID, OpenApiParameter.PATH), CURSOR, PAGE_SIZE],
-                   responses={200: ReceiptPageSerializer, **errors((404, "job_not_found"))})
+                   responses={200: ReceiptPageSerializer, **errors((400, "invalid_cursor"), (404, "job_not_found"))})
     def get(self, request: Request, pk: str) -> Response:
         job = services.get_job(owner=request.user, job_id=pk)
         return _page(request, self, Receipt.objects.filter(job=job), "seq")
@@ -77,10 +77,10 @@ class ReceiptsView(APIView):
                    tags=["receipts"],
                    parameters=[OpenApiParameter("since", OpenApiTypes.DATE, description="First day (YYYY-MM-DD) of "
                                                 "the jobs; default: all."), CURSOR, PAGE_SIZE],
-                   responses={200: ReceiptPageSerializer, **errors((400, "invalid_date"))})
+                   responses={200: ReceiptPageSerializer, **errors((400, "invalid_date"), (400, "invalid_cursor"))})
     def get(self, request: Request) -> Response:
         receipts = Receipt.objects.filter(owner=request.user)
-        if request.query_params.get("since"):
+        if "since" in request.query_params:
             since = parse_day(request.query_params["since"], "since")
             receipts = receipts.filter(job__created_at__gte=day_start(since))
         return _page(request, self, receipts, "id")

@@ -5,8 +5,8 @@ stateful runs along the schema's links (deploy -> run -> status, cancel). No ans
 Every check runs, `positive_data_acceptance` included: a schema-valid request must not be refused with a 400 or a
 422 wherever the schema can say what the server enforces (an Idempotency-Key's characters, base64, a modelId's
 form). Where it cannot (SCHEMATHESIS_CONFIG: code that does not compile, a model that no node serves now, a quota,
-a key reused with another body, a date range longer than the longest allowed), those operations may also answer
-400, 402 or 422; nowhere else.
+a key reused with another body, a date range longer than the longest allowed, a cursor a list did not give, an
+address or a cron expression not allowed), those operations may also answer 400, 402 or 422; nowhere else.
 
 A real server (pytest-django's live server, in its own thread) with a user who has an API key and a quota, a
 catalogue synced from the local AI node, and no worker: jobs stay queued, and a synchronous run answers 202 after
@@ -42,6 +42,11 @@ checks.positive_data_acceptance.expected-statuses = ["2xx", "3xx", "400", "401",
 # interval (400).
 [[operations]]
 include-path-regex = "^/api/v1/(webhooks|schedules)/"
+checks.positive_data_acceptance.expected-statuses = ["2xx", "3xx", "400", "401", "403", "404", "409", "429"]
+
+# Receipts' lists: a cursor this list did not give (400: a cursor is opaque, no schema can tell a good one).
+[[operations]]
+include-path-regex = "receipts/$"
 checks.positive_data_acceptance.expected-statuses = ["2xx", "3xx", "400", "401", "403", "404", "409", "429"]
 
 # Usage over a date range: a range longer than the longest allowed (400).

@@ -110,6 +110,7 @@ def deployment(postgres_database: str, moto_endpoint, ai_node: AINode, request) 
     web_port = closed_port()
     env = {
         "SECRET_KEY": secrets.token_urlsafe(50),
+        "RECEIPT_SIGNING_KEY": PRODUCTION_ENV["RECEIPT_SIGNING_KEY"],
         "ALLOWED_HOSTS": "127.0.0.1",
         "SECURE_SSL_REDIRECT": "false",  # plain HTTP on loopback here; a TLS proxy stands in front in production
         "DATABASE_URL": postgres_database,
