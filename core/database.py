@@ -10,11 +10,12 @@ answer is returned instead of trying again (so that a ledger row is never writte
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable
 from typing import TypeVar
 
 from django.db import InterfaceError, OperationalError, connection
+
+from .backoff import Backoff
 
 logger = logging.getLogger(__name__)
 
@@ -28,8 +29,7 @@ T = TypeVar("T")
 def outlasting_outages(action: Callable[[], T], *, what: str, seconds: float,
                        done: Callable[[], T | None] | None = None) -> T:
     """`action()`, tried again while the database is down, for at most `seconds`; then its error is raised."""
-    deadline = time.monotonic() + seconds
-    pause = FIRST_PAUSE_SECONDS
+    backoff = Backoff(seconds, first=FIRST_PAUSE_SECONDS, most=MAX_PAUSE_SECONDS)
     failed = False
     while True:
         try:
@@ -39,7 +39,7 @@ def outlasting_outages(action: Callable[[], T], *, what: str, seconds: float,
                     return earlier
             result = action()
         except DATABASE_DOWN as exc:
-            if connection.in_atomic_block or time.monotonic() + pause > deadline:
+            if connection.in_atomic_block or not backoff.allows():
                 raise
             if not failed:
                 logger.warning("%s: the database is unavailable (%s); trying again for up to %.0f s", what,
@@ -47,8 +47,7 @@ def outlasting_outages(action: Callable[[], T], *, what: str, seconds: float,
                                seconds)
             failed = True
             connection.close()  # unusable now: the next try connects again
-            time.sleep(pause)
-            pause = min(pause * 2, MAX_PAUSE_SECONDS)
+            backoff.wait()
             continue
         if failed:
             logger.info("%s: done once the database answered again", what)

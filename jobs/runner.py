@@ -27,6 +27,7 @@ from django.utils import timezone
 
 from billing import job_money
 from core import metrics
+from core.backoff import Backoff
 from core.database import DATABASE_DOWN, outlasting_outages
 from core.errors import DomainError
 
@@ -113,6 +114,11 @@ def _claim(job_id: str | uuid.UUID) -> Job | None:
     return Job.objects.select_related("function_version").get(pk=job_id)
 
 
+def _start_backoff(seconds: float) -> Backoff:
+    """The pauses of a job waiting for an engine or a disk that failed before its script could run."""
+    return Backoff(seconds, first=ENGINE_RETRY_FIRST_PAUSE, most=ENGINE_RETRY_MAX_PAUSE)
+
+
 def _outlasting_outages(action: Callable[[], T], what: str) -> T:
     return outlasting_outages(action, what=what, seconds=settings.JOB_DATABASE_WAIT_SECONDS)
 
@@ -122,21 +128,19 @@ def _execute_when_disk_allows(job: Job, backend: DockerBackend, live: events.Eve
     """`_execute`, tried again with growing pauses for at most JOB_DISK_WAIT_SECONDS while the work root is too full
     for the job's files: nothing of the script has run then (its files come before its container), so it runs
     once there is room; past the wait it fails with `work_disk_full`."""
-    deadline = time.monotonic() + settings.JOB_DISK_WAIT_SECONDS
-    pause = ENGINE_RETRY_FIRST_PAUSE
+    backoff = _start_backoff(settings.JOB_DISK_WAIT_SECONDS)
     while True:
         with ExitStack() as attempt:
             try:
                 ran = _execute(job, backend, live, attempt)
             except WorkdirError as exc:
-                if exc.code != "work_disk_full" or time.monotonic() + pause > deadline or _is_cancelled(job.pk):
+                if exc.code != "work_disk_full" or not backoff.allows() or _is_cancelled(job.pk):
                     raise
-                logger.warning("job %s: no disk space for its files; trying again in %.1f s", job.id, pause)
+                logger.warning("job %s: no disk space for its files; trying again in %.1f s", job.id, backoff.pause)
             else:
                 cleanup.push(attempt.pop_all())
                 return ran
-        time.sleep(pause)
-        pause = min(pause * 2, ENGINE_RETRY_MAX_PAUSE)
+        backoff.wait()
 
 
 def _execute(job: Job, backend: DockerBackend, live: events.EventWriter,
@@ -160,20 +164,17 @@ def _run_cold(job: Job, backend: DockerBackend, live: events.EventWriter, spec: 
     """Run the job in a container created for it. An engine that fails before the script could run (it is
     restarting, say) is waited for, with growing pauses, for at most JOB_ENGINE_WAIT_SECONDS: the job then runs once
     it answers. A failure after the script may have run is not retried (the script may have spent tokens)."""
-    deadline = time.monotonic() + settings.JOB_ENGINE_WAIT_SECONDS
-    pause = ENGINE_RETRY_FIRST_PAUSE
+    backoff = _start_backoff(settings.JOB_ENGINE_WAIT_SECONDS)
     while True:
         try:
             return backend.run(spec, should_cancel=_cancel_checker(job.id), before_start=_container_recorder(job.id),
                                on_started=_started_recorder(time.monotonic()), on_output=live.output)
         except ContainerNotStarted as exc:
-            if (exc.code != "executor_unavailable" or time.monotonic() + pause > deadline
-                    or _is_cancelled(job.pk)):
+            if exc.code != "executor_unavailable" or not backoff.allows() or _is_cancelled(job.pk):
                 raise
             logger.warning("job %s: the engine failed before the script ran (%s); trying again in %.1f s",
-                           job.id, exc, pause)
-            time.sleep(pause)
-            pause = min(pause * 2, ENGINE_RETRY_MAX_PAUSE)
+                           job.id, exc, backoff.pause)
+            backoff.wait()
             try:  # a container the failed attempt created and could not remove would hold the job's name
                 backend.remove_job_containers(str(job.pk))
             except ContainerError:

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from core.backoff import Backoff
 from nodeclient import Cancellation, Completion, NodeClient, NodeError
 
 from . import wire
@@ -42,17 +43,15 @@ def relay(request: Request, call: wire.LLMRequest, client: NodeClient, options: 
     if frames is not None:
         request.close_connection = True
     deadline = time.monotonic() + call_timeout
-    node_deadline = time.monotonic() + node_wait
-    pause = NODE_RETRY_FIRST_PAUSE
+    backoff = Backoff(node_wait, first=NODE_RETRY_FIRST_PAUSE, most=NODE_RETRY_MAX_PAUSE)
     while True:
         _forward(request, call, client, options, cancellation, frames, outcome, deadline, call_timeout)
-        if not _may_try_again(outcome, cancellation, request, ended, time.monotonic() + pause > node_deadline):
+        if not _may_try_again(outcome, cancellation, request, ended, not backoff.allows()):
             return
         logger.warning("job %s: the node of %s could not be reached; trying again in %.1f s", job_id, call.model,
-                       pause)
-        if not _pause(pause, cancellation, request, ended):
+                       backoff.pause)
+        if not backoff.wait(lambda seconds: _pause(seconds, cancellation, request, ended)):
             return
-        pause = min(pause * 2, NODE_RETRY_MAX_PAUSE)
         outcome.error = None
 
 
