@@ -47,7 +47,8 @@ sys.path.insert(0, str(REPO_ROOT))
 import psycopg  # noqa: E402
 
 from tests.support.brokers import MOTO_HOST, MOTO_SERVER, moto_answers  # noqa: E402
-from tests.support.private_postgres import PrivatePostgres, free_port  # noqa: E402
+from tests.support.ports import free_port  # noqa: E402
+from tests.support.private_postgres import PrivatePostgres  # noqa: E402
 
 PYTHON = REPO_ROOT / ".venv" / "bin" / "python"
 CELERY = REPO_ROOT / ".venv" / "bin" / "celery"

@@ -20,10 +20,9 @@ from django.conf import settings as django_settings
 
 from jobs.models import Job
 from jobs.outbox import dispatch_waiting
-
-from tests.service.ops_helpers import closed_port
 from tests.support.brokers import MOTO_HOST, MOTO_SERVER, moto_answers, sqs_broker
 from tests.support.jobs import deploy, submit
+from tests.support.ports import free_port
 from tests.support.waiting import wait_for, wait_for_status
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("served_models")]
@@ -49,7 +48,7 @@ class MotoServer:
 
 @pytest.fixture
 def moto(tmp_path: Path) -> Iterator[MotoServer]:
-    server = MotoServer(closed_port(), tmp_path / "moto.log").start()
+    server = MotoServer(free_port(), tmp_path / "moto.log").start()
     yield server
     if server.process.poll() is None:
         server.kill()

@@ -15,8 +15,8 @@ from django.db import connection
 from django.test import Client
 
 from jobs.models import Job
-from tests.models_catalog.helpers import free_port
 from tests.support.jobs import deploy
+from tests.support.ports import free_port
 from tests.support.waiting import wait_for
 
 SUBMITTERS = 20

@@ -7,8 +7,9 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from tests.fixtures.ai_node import AINode
-from tests.models_catalog.helpers import Node, ScriptedNode, free_port
+from tests.models_catalog.helpers import Node, ScriptedNode
 from tests.support.nodes import Listener, Relay
+from tests.support.ports import free_port
 
 
 @pytest.fixture

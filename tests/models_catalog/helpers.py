@@ -8,7 +8,6 @@ The fixtures that hand them to tests are in conftest.py; tests import these help
 from __future__ import annotations
 
 import json
-import socket
 import threading
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -28,13 +27,6 @@ class Node:
 
     def as_setting(self) -> dict[str, str]:
         return {"name": self.name, "kind": self.kind, "url": self.url, "queue": self.queue}
-
-
-def free_port() -> int:
-    """A port on 127.0.0.1 that nothing listens on (it was free a moment ago: good enough for a refusal)."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @dataclass

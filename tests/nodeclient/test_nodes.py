@@ -19,6 +19,7 @@ import pytest
 
 from nodeclient import Completion, NodeClient, NodeError, client_for
 from tests.fixtures.ai_node import AINode
+from tests.support.ports import free_port
 
 KINDS = ("openai", "ollama")
 DETERMINISTIC = {"temperature": 0, "seed": 42, "max_tokens": 8}
@@ -190,12 +191,6 @@ class TestOllamaFrontWithTheOfficialClient:
 # --- against nodes that misbehave ---------------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def silent_node() -> Iterator[str]:
     """Accepts connections and never answers: the hung node."""
@@ -260,7 +255,7 @@ def canned_node() -> Iterator[ThreadingHTTPServer]:
 @pytest.mark.parametrize("kind", KINDS)
 class TestMisbehavingNodes:
     def test_a_node_that_is_down_is_unreachable_at_once(self, kind: str) -> None:
-        client = client_for(kind, f"http://127.0.0.1:{_free_port()}", timeout=5)
+        client = client_for(kind, f"http://127.0.0.1:{free_port()}", timeout=5)
         started = time.monotonic()
         with pytest.raises(NodeError) as caught:
             client.list_models()

@@ -1,10 +1,8 @@
-"""Helpers of the service tests: the documented production environment, a port where nothing listens, and
-reading Prometheus' text format."""
+"""Helpers of the service tests: the documented production environment, and reading Prometheus' text format."""
 from __future__ import annotations
 
 import base64
 import secrets
-import socket
 
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -19,13 +17,6 @@ PRODUCTION_ENV = {
     "CSRF_TRUSTED_ORIGINS": "https://api.example.org",
     "SECURE_PROXY_SSL_HEADER": "X-Forwarded-Proto: https",
 }
-
-
-def closed_port() -> int:
-    """A port on 127.0.0.1 where nothing listens (bound once by us, then let go)."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def parse_metrics(text: str) -> Samples:

@@ -24,8 +24,9 @@ from pathlib import Path
 import pytest
 
 from tests.fixtures.ai_node import AINode
-from tests.service.ops_helpers import PRODUCTION_ENV, closed_port, parse_metrics, total
+from tests.service.ops_helpers import PRODUCTION_ENV, parse_metrics, total
 from tests.support import REPO_ROOT
+from tests.support.ports import free_port
 from tests.support.waiting import wait_for
 
 APP_IMAGE = os.environ.get("APP_IMAGE", "infra-ainode:local")
@@ -107,7 +108,7 @@ def deployment(postgres_database: str, moto_endpoint, ai_node: AINode, request) 
     work_root = Path(tempfile.mkdtemp(prefix="ain-img-")) / "jobs"
     work_root.mkdir()
     os.chown(work_root, 10002, 10002)  # the image's service user writes the job folders
-    web_port = closed_port()
+    web_port = free_port()
     env = {
         "SECRET_KEY": secrets.token_urlsafe(50),
         "RECEIPT_SIGNING_KEY": PRODUCTION_ENV["RECEIPT_SIGNING_KEY"],
@@ -150,7 +151,7 @@ def test_the_image_runs_web_worker_and_beat_to_a_metered_demo_result(deployment:
     key = deployment.run("manage", "create_api_key", "demo", "--name", "image test")
     socket_group = str(os.stat(DOCKER_SOCKET).st_gid)
     deployment.run("web", detach=True, name=f"ainode-web-{suffix}")
-    worker_metrics_port = closed_port()
+    worker_metrics_port = free_port()
     deployment.run("worker", detach=True, name=f"ainode-worker-{suffix}",
                    extra=("--env", f"WORKER_ID=image-worker-{suffix}", "--group-add", socket_group,
                           "--env", f"WORKER_METRICS_PORT={worker_metrics_port}",

@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 from concurrent.futures import ThreadPoolExecutor
 
-from tests.service.ops_helpers import closed_port, parse_metrics, total
+from tests.service.ops_helpers import parse_metrics, total
 from tests.support.jobs import deploy
+from tests.support.ports import free_port
 from tests.support.waiting import wait_for
 from tests.support.web import get, post
 from tests.support.workers import database_url
@@ -51,8 +52,8 @@ def test_with_log_format_json_gunicorn_logs_json_lines_too(gunicorn, tmp_path):
 
 
 def test_readyz_names_the_database_when_it_does_not_answer_while_healthz_still_answers(gunicorn):
-    base = gunicorn(workers=1, DATABASE_URL=f"postgres://postgres@127.0.0.1:{closed_port()}/nowhere",
-                    AI_NODE_URL=f"http://127.0.0.1:{closed_port()}")
+    base = gunicorn(workers=1, DATABASE_URL=f"postgres://postgres@127.0.0.1:{free_port()}/nowhere",
+                    AI_NODE_URL=f"http://127.0.0.1:{free_port()}")
     assert get(base + "/healthz")[0] == 200
     status, body = get(base + "/readyz")
     assert status == 503

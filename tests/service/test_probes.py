@@ -10,8 +10,8 @@ import time
 import pytest
 
 from tests.fixtures.ai_node import AINode
-from tests.service.ops_helpers import closed_port
 from tests.support.brokers import REDIS_TEST_URL, sqs_broker
+from tests.support.ports import free_port
 
 
 @pytest.fixture
@@ -50,7 +50,7 @@ def test_readyz_leaves_redis_out_when_it_is_not_configured(anonymous, all_up, se
 
 def test_readyz_names_the_broker_when_sqs_does_not_answer_and_answers_within_its_timeout(anonymous, all_up, settings,
                                                                                          use_broker, short_tmp):
-    use_broker(sqs_broker(short_tmp / "var", ("127.0.0.1", closed_port())))
+    use_broker(sqs_broker(short_tmp / "var", ("127.0.0.1", free_port())))
     settings.READYZ_TIMEOUT = 1000  # botocore retries a refused connection for longer than this
     started = time.monotonic()
     response = anonymous.get("/readyz")
@@ -69,14 +69,14 @@ def test_readyz_checks_a_working_sqs_broker_too(anonymous, all_up, use_broker, s
 
 
 def test_readyz_names_redis_when_it_does_not_answer(anonymous, all_up, settings):
-    settings.REDIS_URL = f"redis://127.0.0.1:{closed_port()}/0"
+    settings.REDIS_URL = f"redis://127.0.0.1:{free_port()}/0"
     response = anonymous.get("/readyz")
     assert response.status_code == 503
     assert response.json()["down"] == ["redis"]
 
 
 def test_readyz_names_the_ai_nodes_when_no_node_answers(anonymous, all_up, settings):
-    settings.AI_NODE_URL = f"http://127.0.0.1:{closed_port()}"
+    settings.AI_NODE_URL = f"http://127.0.0.1:{free_port()}"
     response = anonymous.get("/readyz")
     assert response.status_code == 503
     body = response.json()
@@ -86,7 +86,7 @@ def test_readyz_names_the_ai_nodes_when_no_node_answers(anonymous, all_up, setti
 
 def test_readyz_is_ok_while_at_least_one_of_two_nodes_answers(anonymous, all_up, settings, ai_node: AINode):
     settings.AI_NODES = (f'[{{"name": "up", "kind": "openai", "url": "{ai_node.openai_url}"}},'
-                         f' {{"name": "down", "kind": "openai", "url": "http://127.0.0.1:{closed_port()}"}}]')
+                         f' {{"name": "down", "kind": "openai", "url": "http://127.0.0.1:{free_port()}"}}]')
     response = anonymous.get("/readyz")
     assert response.status_code == 200, response.content
     nodes = response.json()["checks"]["ai_nodes"]["nodes"]
@@ -108,7 +108,7 @@ def test_readyz_tells_a_stranger_only_what_is_up_and_the_operator_everything(ano
 def test_readyz_answers_a_flood_of_probes_from_one_round_of_checks(anonymous, all_up, settings):
     assert anonymous.get("/readyz").status_code == 200  # checked now (the fixture's period is 0) and kept
     settings.READYZ_CACHE_SECONDS = 60
-    settings.REDIS_URL = f"redis://127.0.0.1:{closed_port()}/0"  # down now, but not asked again within the period
+    settings.REDIS_URL = f"redis://127.0.0.1:{free_port()}/0"  # down now, but not asked again within the period
     assert anonymous.get("/readyz").status_code == 200
     settings.READYZ_CACHE_SECONDS = 0
     assert anonymous.get("/readyz").json()["down"] == ["redis"]

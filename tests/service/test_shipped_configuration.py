@@ -5,7 +5,6 @@ folders to that group alone). gunicorn's control socket is the stack's own."""
 from __future__ import annotations
 
 import fnmatch
-import socket
 import urllib.error
 import urllib.request
 
@@ -14,6 +13,7 @@ import yaml
 
 from core import metrics
 from tests.support import REPO_ROOT
+from tests.support.ports import free_port
 
 
 def _ignored(path: str) -> bool:
@@ -42,19 +42,13 @@ def test_the_image_user_is_in_the_job_group_and_the_engine_adds_it():
     assert "\nUSER 10002\n" in dockerfile  # a group given here would keep the engine from adding the others
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def test_worker_metrics_refuse_to_listen_beyond_loopback_without_a_token():
     with pytest.raises(ValueError, match="METRICS_TOKEN"):
-        metrics.start_worker_exporter(port=_free_port(), address="0.0.0.0", token="")
+        metrics.start_worker_exporter(port=free_port(), address="0.0.0.0", token="")
 
 
 def test_worker_metrics_ask_for_the_token():
-    port = _free_port()
+    port = free_port()
     metrics.start_worker_exporter(port=port, address="127.0.0.1", token="scrape-me")
     url = f"http://127.0.0.1:{port}/metrics"
     with pytest.raises(urllib.error.HTTPError) as refused:

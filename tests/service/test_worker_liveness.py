@@ -4,14 +4,14 @@ from __future__ import annotations
 import time
 import urllib.request
 
-from tests.service.ops_helpers import closed_port
+from tests.support.ports import free_port
 from tests.support.waiting import wait_for
 
 
 def test_a_worker_keeps_its_liveness_file_fresh_serves_metrics_and_removes_the_file_when_it_stops(
         worker, _isolated_broker, tmp_path):
     heartbeat = tmp_path / "alive"
-    port = closed_port()
+    port = free_port()
     process = worker(_isolated_broker, WORKER_HEARTBEAT_FILE=str(heartbeat), WORKER_HEARTBEAT_SECONDS="1",
                      WORKER_METRICS_PORT=str(port))
     wait_for(heartbeat.exists, timeout=10, message="the liveness file")

@@ -5,7 +5,6 @@ operator who logs in sees the styled admin and dashboard, not bare HTML. Checked
 The stack gets a port, a VAR_DIR and a SQLite database of its own, so a user's stack is never touched.
 """
 import os
-import socket
 import subprocess
 import urllib.error
 import urllib.request
@@ -16,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.browser import BROWSER_WAIT as WAIT
+from tests.support.ports import free_port
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 STACK = REPO_ROOT / "scripts" / "stack.sh"
@@ -30,12 +30,6 @@ class Stack:
     url: str
     env: dict[str, str]
     var_dir: Path
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def run(command: list[str], env: dict[str, str]) -> str:

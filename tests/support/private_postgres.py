@@ -8,13 +8,14 @@ from __future__ import annotations
 import os
 import pwd
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
 from pathlib import Path
 
 import psycopg
+
+from tests.support.ports import free_port
 
 BIN_ROOT = Path("/usr/lib/postgresql")
 START_TIMEOUT_S = 60
@@ -28,12 +29,6 @@ def _bin(name: str) -> str:
     if not versions:
         raise RuntimeError(f"{name} not found (Debian's postgresql package puts it under {BIN_ROOT})")
     return str(versions[-1])
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 class PrivatePostgres:
