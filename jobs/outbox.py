@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING
 
 from django.conf import settings
 from django.db import DEFAULT_DB_ALIAS, Error, connection, connections, transaction
+from django.db.models import DateTimeField, DurationField, ExpressionWrapper, F, Value
 from django.utils import timezone
 
 from .dispatch import OUTBOX_CHANNEL, enqueue_job, fail_unqueued
@@ -89,11 +90,16 @@ def resend_unclaimed(*, limit: int = 100) -> int:
         candidates = (Job.objects.select_for_update(skip_locked=True, of=("self",))
                       .filter(status=JobStatus.QUEUED,
                               dispatched_at__lt=now - timedelta(seconds=settings.JOB_RESEND_AFTER_SECONDS))
+                      # Sent longer ago than it had waited before: decided in the query, so that jobs not yet due
+                      # never fill the batch ahead of due ones.
+                      .alias(waited=ExpressionWrapper(F("dispatched_at") - F("created_at"),
+                                                      output_field=DurationField()))
+                      .filter(dispatched_at__lt=ExpressionWrapper(Value(now) - F("waited"),
+                                                                  output_field=DateTimeField()))
                       .exclude(function_version__layer__status=LayerStatus.BUILDING)
-                      .order_by("dispatched_at").values_list("pk", "queue", "created_at", "dispatched_at")[:limit])
-        due = [(job_id, queue) for job_id, queue, created, sent in candidates if now - sent > sent - created]
+                      .order_by("dispatched_at").values_list("pk", "queue")[:limit])
         resent = []
-        for job_id, queue in due:
+        for job_id, queue in candidates:
             try:
                 enqueue_job(job_id, queue)
             except Exception as exc:  # the broker's client raises many types: the next look tries again

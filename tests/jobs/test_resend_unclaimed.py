@@ -57,6 +57,15 @@ def test_a_job_that_waited_long_before_it_was_sent_is_sent_again_only_after_as_l
     assert resend_unclaimed() == 1
 
 
+def test_jobs_not_yet_due_never_keep_a_due_one_from_being_sent(sent_jobs, _isolated_broker, settings):
+    settings.JOB_RESEND_AFTER_SECONDS = 60
+    waited, due, _ = sent_jobs
+    sent_ago(waited, 200, admitted_before=300)  # sent first, but not due until it has waited 300 s since
+    sent_ago(due, 100)
+    assert resend_unclaimed(limit=1) == 1
+    assert messages_of(_isolated_broker).count(due) == 2
+
+
 def test_a_job_taken_or_ended_is_never_sent_again(sent_jobs, alice, settings):
     settings.JOB_RESEND_AFTER_SECONDS = 60
     running, cancelled, _ = sent_jobs
