@@ -44,8 +44,6 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
-import psycopg  # noqa: E402
-
 from tests.support.brokers import MOTO_HOST, MOTO_SERVER, moto_answers  # noqa: E402
 from tests.support.ports import free_port  # noqa: E402
 from tests.support.private_postgres import PrivatePostgres  # noqa: E402
@@ -189,10 +187,6 @@ class Stack:
         return subprocess.run([str(PYTHON), "manage.py", *args], cwd=REPO_ROOT, env=self.env, check=True,
                               capture_output=True, text=True).stdout
 
-    def rows(self, sql: str, params: tuple = ()) -> list[tuple]:
-        with psycopg.connect(self.database.url.replace("postgres://", "postgresql://", 1)) as db:
-            return db.execute(sql, params).fetchall()
-
     def make_job_queue(self) -> None:
         import boto3
 
@@ -293,22 +287,22 @@ def run_fault(stack: Stack, key: str, function_id: str, name: str, args: argpars
                       for status, body in load.answers if status != 202)
     deadline = time.monotonic() + args.drain
     while time.monotonic() < deadline:
-        ended = stack.rows("SELECT count(*) FROM jobs_job WHERE id = ANY(%s::uuid[]) AND status = ANY(%s)",
+        ended = stack.database.rows("SELECT count(*) FROM jobs_job WHERE id = ANY(%s::uuid[]) AND status = ANY(%s)",
                            (admitted, list(TERMINAL)))[0][0]
         if ended == len(admitted):
             break
         time.sleep(1)
-    by_status = Counter({(status, code): count for status, code, count in stack.rows(
+    by_status = Counter({(status, code): count for status, code, count in stack.database.rows(
         "SELECT status, error_code, count(*) FROM jobs_job WHERE id = ANY(%s::uuid[]) GROUP BY 1, 2", (admitted,))})
     known = sum(by_status.values())
-    retried = stack.rows("SELECT count(*) FROM jobs_job WHERE id = ANY(%s::uuid[]) AND deliveries > 1",
+    retried = stack.database.rows("SELECT count(*) FROM jobs_job WHERE id = ANY(%s::uuid[]) AND deliveries > 1",
                          (admitted,))[0][0]
     # A run makes one call that answers (the SDK may try again a call that failed: one row each).
-    twice = stack.rows("SELECT count(*) FROM (SELECT job_id FROM jobs_llmcall WHERE job_id = ANY(%s::uuid[]) "
+    twice = stack.database.rows("SELECT count(*) FROM (SELECT job_id FROM jobs_llmcall WHERE job_id = ANY(%s::uuid[]) "
                        "AND status = 'ok' GROUP BY job_id HAVING count(*) > 1) AS more", (admitted,))[0][0]
-    first_end = stack.rows("SELECT min(finished_at) FROM jobs_job WHERE id = ANY(%s::uuid[]) "
+    first_end = stack.database.rows("SELECT min(finished_at) FROM jobs_job WHERE id = ANY(%s::uuid[]) "
                            "AND status = 'succeeded' AND finished_at > %s", (admitted, back_at))[0][0]
-    billed = stack.rows("SELECT coalesce(sum(completion_tokens), 0) FROM jobs_llmcall "
+    billed = stack.database.rows("SELECT coalesce(sum(completion_tokens), 0) FROM jobs_llmcall "
                         "WHERE job_id = ANY(%s::uuid[])", (admitted,))[0][0]
     return {
         "fault": name, "submits": len(load.answers), "refused": dict(refused), "admitted": len(admitted),

@@ -15,7 +15,6 @@ import threading
 import time
 from collections.abc import Iterator
 
-import psycopg
 import pytest
 
 from tests.support import REPO_ROOT
@@ -57,11 +56,6 @@ def request(base: str, method: str, path: str, key: str, body: dict | None = Non
             return response.status, json.loads(response.read() or b"null")
     except urllib.error.HTTPError as exc:
         return exc.code, json.loads(exc.read() or b"null")
-
-
-def rows(url: str, sql: str) -> list[tuple]:
-    with psycopg.connect(url.replace("postgres://", "postgresql://", 1)) as db:
-        return db.execute(sql).fetchall()
 
 
 def test_a_postgresql_crash_under_load_costs_time_not_jobs(database, ai_node, gunicorn, worker, _isolated_broker):
@@ -115,13 +109,13 @@ def test_a_postgresql_crash_under_load_costs_time_not_jobs(database, ai_node, gu
     ids = ", ".join(f"'{job_id}'" for job_id in admitted)
 
     def all_ended() -> bool:
-        ended = rows(database.url, f"SELECT count(*) FROM jobs_job WHERE id IN ({ids}) "
+        ended = database.rows(f"SELECT count(*) FROM jobs_job WHERE id IN ({ids}) "
                                    "AND status IN ('succeeded', 'failed', 'timed_out', 'cancelled')")
         return ended[0][0] == len(admitted)
 
     wait_for(all_ended, timeout=180, interval=1, message="every admitted job to end")
-    statuses = rows(database.url, f"SELECT status, error_code, count(*) FROM jobs_job WHERE id IN ({ids}) "
+    statuses = database.rows(f"SELECT status, error_code, count(*) FROM jobs_job WHERE id IN ({ids}) "
                                   "GROUP BY status, error_code")
     assert statuses == [("succeeded", "", len(admitted))], statuses
-    calls = rows(database.url, f"SELECT job_id, count(*) FROM jobs_llmcall WHERE job_id IN ({ids}) GROUP BY job_id")
+    calls = database.rows(f"SELECT job_id, count(*) FROM jobs_llmcall WHERE job_id IN ({ids}) GROUP BY job_id")
     assert len(calls) == len(admitted) and {count for _, count in calls} == {1}, calls

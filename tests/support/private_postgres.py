@@ -75,17 +75,24 @@ class PrivatePostgres:
                     raise
                 time.sleep(0.5)
         if fresh:
-            with psycopg.connect(f"postgresql://postgres@127.0.0.1:{self.port}/postgres", autocommit=True) as db:
+            with psycopg.connect(self._conninfo("postgres"), autocommit=True) as db:
                 db.execute(f'CREATE DATABASE "{self.database}"')
         return self
 
+    def rows(self, sql: str, params: tuple = ()) -> list[tuple]:
+        """The rows `sql` answers in the database, on a connection of its own."""
+        with psycopg.connect(self._conninfo(), connect_timeout=2) as db:
+            return db.execute(sql, params).fetchall()
+
     def answers(self) -> bool:
         try:
-            with psycopg.connect(self.url.replace("postgres://", "postgresql://", 1), connect_timeout=2) as db:
-                db.execute("SELECT 1")
+            self.rows("SELECT 1")
             return True
         except psycopg.Error:
             return False
+
+    def _conninfo(self, database: str | None = None) -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.port}/{database or self.database}"
 
     def crash(self) -> None:
         """SIGKILL the postmaster; its children notice and exit within moments (`start` waits for them)."""
