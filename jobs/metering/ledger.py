@@ -59,19 +59,19 @@ class CallTrace:
 
 
 def record_call(*, job_id: str, **fields: Any) -> LLMCall:
-    """Write one ledger row (`write_call`), waiting up to JOB_DATABASE_WAIT_SECONDS for a database that is down: the
+    """Write one ledger row (`_write_call`), waiting up to JOB_DATABASE_WAIT_SECONDS for a database that is down: the
     call was made and must be billed. Written once: a try whose commit went through unanswered is found by its job
     and its time, fixed before the first try."""
     at = timezone.now()
-    return outlasting_outages(lambda: write_call(job_id=job_id, at=at, **fields), what=f"job {job_id}: a ledger row",
+    return outlasting_outages(lambda: _write_call(job_id=job_id, now=at, **fields), what=f"job {job_id}: a ledger row",
                               seconds=settings.JOB_DATABASE_WAIT_SECONDS,
                               done=lambda: LLMCall.objects.filter(job_id=job_id, created_at=at).first())
 
 
-def write_call(*, job_id: str, model_id: str, node: str, endpoint: str, streamed: bool, usage: Usage | None,
-               max_tokens: int | None, done_reason: str | None, duration_ms: int, node_duration_ms: float | None,
-               error_code: str = "", error_message: str = "", estimated: bool = False,
-               recount: dict[str, Any] | None = None, trace: CallTrace = CallTrace(), at: Any = None) -> LLMCall:
+def _write_call(*, job_id: str, now: datetime, model_id: str, node: str, endpoint: str, streamed: bool,
+                usage: Usage | None, max_tokens: int | None, done_reason: str | None, duration_ms: int,
+                node_duration_ms: float | None, error_code: str = "", error_message: str = "", estimated: bool = False,
+                recount: dict[str, Any] | None = None, trace: CallTrace = CallTrace()) -> LLMCall:
     """Write one ledger row and add it to the job's running totals (in place, never read-modify-write).
 
     `usage` is what the node reported, or with `estimated` what the gateway counted in its place; both are billed.
@@ -82,7 +82,6 @@ def write_call(*, job_id: str, model_id: str, node: str, endpoint: str, streamed
     """
     close_old_connections()
     known = usage is not None and usage.known
-    now = at or timezone.now()
     # Priced before the transaction opens: on SQLite a transaction that reads before it writes can fail to get the
     # write lock. The cost is fixed here, at the price in force now, and never recomputed.
     price, cost = priced_call(model_id=model_id, prompt_tokens=usage.prompt_tokens if known else None,
