@@ -1,6 +1,7 @@
 import hashlib
 
 from django.conf import settings
+from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 
 
@@ -49,6 +50,10 @@ class Quota(models.Model):
         null=True, blank=True,
         help_text="The token budget of a job that has none (neither its run nor its function), when a monthly "
                   "limit applies; empty: QUOTA_DEFAULT_TOKEN_BUDGET.")
+    share_weight = models.FloatField(
+        default=1.0, validators=[MinValueValidator(0.01), MaxValueValidator(100.0)],
+        help_text="This user's weight in fair share: with weight 2 they get twice the service of a weight-1 user "
+                  "when both wait for the same node (docs/fair-share.md).")
     updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:

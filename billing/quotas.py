@@ -5,6 +5,7 @@ What is left of a month's quota is its limit, less what was spent this month (th
 settled may still spend (their `Hold`s). Admission runs with the owner's quota row locked (`lock_quota`), so
 concurrent submits see each other's holds and together can never promise more than the quota.
 """
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import date
 from decimal import Decimal
@@ -68,6 +69,13 @@ def lock_quota(owner: User) -> Quota | None:
     if User.quota.related.get_cached_value(owner, default=NOT_READ) is None:
         return None
     return Quota.objects.select_for_update().filter(user=owner).first()
+
+
+def share_weights(owner_ids: Iterable[int]) -> dict[int, float]:
+    """Each of `owner_ids`' weight in fair share (their quota's `share_weight`; 1 for a user without a quota)."""
+    ids = list(owner_ids)
+    weights = dict(Quota.objects.filter(user_id__in=ids).values_list("user_id", "share_weight"))
+    return {owner_id: weights.get(owner_id, 1.0) for owner_id in ids}
 
 
 def month_spending(owner_id: int) -> tuple[int, Decimal]:

@@ -106,7 +106,10 @@ class OutboxRelay(bootsteps.StartStopStep):
         if connection.vendor == "postgresql":
             from jobs.outbox import Relay
 
-            self.relay = Relay().start()
+            # Fair share sends each queue's jobs against the seats of the workers that consume it.
+            queues = list(worker.app.amqp.queues.consume_from or [worker.app.conf.task_default_queue])
+            self.relay = Relay(worker=f"{worker.hostname}/{os.getpid()}",
+                               seats={queue: worker.concurrency for queue in queues}).start()
 
     def stop(self, worker: Any) -> None:
         if self.relay is not None:

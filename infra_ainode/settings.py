@@ -301,6 +301,14 @@ if JOB_DISPATCH == "outbox" and not _on_postgresql:
 JOB_DISPATCH_TIMEOUT = env_int("JOB_DISPATCH_TIMEOUT", 300, minimum=1)
 JOB_DISPATCH_POLL_SECONDS = env_float("JOB_DISPATCH_POLL_SECONDS", 5.0)
 JOB_QUEUE = env_str("JOB_QUEUE", "jobs")
+# Fair share between users (docs/fair-share.md). With the outbox, a queue's jobs are sent only as its workers have
+# seats (plus FAIR_SHARE_AHEAD more, so that a worker never waits for its next message), each time to the user with
+# the least recent service for their weight; off: every job is sent at once, oldest first. Service decays with this
+# half-life; a user whose next job has been passed over this long goes first whatever their service.
+FAIR_SHARE = env_bool("FAIR_SHARE", True)
+FAIR_SHARE_AHEAD = env_int("FAIR_SHARE_AHEAD", 1, minimum=0)
+FAIR_SHARE_HALF_LIFE_SECONDS = env_float("FAIR_SHARE_HALF_LIFE_SECONDS", 300.0, minimum=1.0)
+FAIR_SHARE_MAX_WAIT_SECONDS = env_float("FAIR_SHARE_MAX_WAIT_SECONDS", 60.0, minimum=1.0)
 JOB_MAX_TIMEOUT = env_int("JOB_MAX_TIMEOUT", 900, minimum=1)
 AWS_REGION = env_str("AWS_REGION", "us-east-1")
 
@@ -496,6 +504,9 @@ AI_NODE_TIMEOUT = env_int("AI_NODE_TIMEOUT", 2000, minimum=1)
 AI_NODE_RECHECK_SECONDS = env_float("AI_NODE_RECHECK_SECONDS", 5.0)
 DEFAULT_MODEL_ID = env_str("DEFAULT_MODEL_ID", "smollm2:135m")
 AI_NODES = env_str("AI_NODES", "")
+# The single node's limit on model calls at once across all its workers (AI_NODES gives each node its own
+# `max_concurrent_calls`); 0: no limit. Calls past it wait their turn in fair-share order.
+AI_NODE_MAX_CONCURRENT_CALLS = env_int("AI_NODE_MAX_CONCURRENT_CALLS", 0, minimum=0)
 # Seconds between catalogue syncs (Celery beat, task models_catalog.sync_models); 0 turns the schedule off.
 MODEL_SYNC_INTERVAL = env_int("MODEL_SYNC_INTERVAL", 60, minimum=0)
 # Periodic work, run by `celery beat` (or a worker started with -B): keep the catalogue fresh, recover lost jobs

@@ -10,19 +10,17 @@ from datetime import datetime
 
 from celery import current_app
 from django.conf import settings
-from django.db import connection, transaction
+from django.db import transaction
 from django.utils import timezone
 
 from billing import job_money
 
-from . import events
+from . import events, relay_bell
 from .endings import end_job
 from .models import Job, JobStatus
 
 logger = logging.getLogger(__name__)
 
-# The channel of the admissions' NOTIFY, on which every relay LISTENs.
-OUTBOX_CHANNEL = "job_outbox"
 # The worker's tasks (jobs.tasks), sent by name: the web process imports nothing of the worker.
 RUN_JOB_TASK = "jobs.run_job"
 BUILD_LAYER_TASK = "jobs.build_layer"
@@ -53,8 +51,7 @@ def hand_over(job: Job) -> None:
     (direct) or by waking the relays with a NOTIFY, which PostgreSQL delivers with the commit and drops with a
     rollback (outbox)."""
     if settings.JOB_DISPATCH == "outbox":
-        with connection.cursor() as cursor:
-            cursor.execute(f"NOTIFY {OUTBOX_CHANNEL}")
+        relay_bell.ring()
     else:
         transaction.on_commit(lambda: _publish(job))
 

@@ -7,6 +7,7 @@ import uuid
 from decimal import Decimal
 from typing import Any
 
+from django.conf import settings
 from django.db import transaction
 from django.db.models import QuerySet, Sum
 from django.utils import timezone
@@ -16,6 +17,7 @@ from core.ranges import day_start
 from outbound import export, services as outbound, thresholds
 from outbound.models import JobKey
 
+from .fairness import job_turns
 from .models import TERMINAL, Job
 from .results import execution_result
 from .usage_export import job_usage
@@ -32,6 +34,8 @@ def end_job(job_id: uuid.UUID | str, status: str, *, among: QuerySet[Job] | None
         if not (among if among is not None else Job.objects).move(job_id, status, **fields):
             return False
         job = Job.objects.select_related("function_version").get(pk=job_id)
+        if settings.FAIR_SHARE:
+            job_turns.job_ended(job)
         outbound.record_job_end(owner_id=job.owner_id, job_id=job.pk, status=status,
                                 result=lambda: execution_result(job))
         export.record(lambda: job_usage(job))

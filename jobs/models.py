@@ -241,6 +241,9 @@ class Job(models.Model):
     # When the job's message was handed to the broker: by a relay (JOB_DISPATCH=outbox), or, in direct mode, by the
     # web process as the job was admitted. A queued job without one is waiting in the outbox (jobs/outbox.py).
     dispatched_at = models.DateTimeField(null=True, blank=True)
+    interactive = models.BooleanField(
+        default=False, help_text="Admitted by a synchronous POST /run, whose caller waits: it goes before its owner's "
+                                 "queued asynchronous jobs (jobs.fairness).")
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
     duration_ms = models.PositiveIntegerField(null=True, blank=True)
@@ -277,6 +280,12 @@ class Job(models.Model):
             # The relay's look-up: only the jobs still to send, oldest first.
             models.Index(fields=["created_at"], name="job_outbox",
                          condition=models.Q(status=JobStatus.QUEUED, dispatched_at__isnull=True)),
+            # Fair share's look-ups: each user's jobs still to send on a queue, and the jobs a queue has in flight.
+            models.Index(fields=["queue", "owner", "created_at"], name="job_outbox_by_owner",
+                         condition=models.Q(status=JobStatus.QUEUED, dispatched_at__isnull=True)),
+            models.Index(fields=["queue", "owner"], name="job_in_flight",
+                         condition=models.Q(status=JobStatus.RUNNING)
+                         | models.Q(status=JobStatus.QUEUED, dispatched_at__isnull=False)),
         ]
 
     def __str__(self) -> str:
@@ -465,3 +474,56 @@ class JobEvent(models.Model):
 
     def __str__(self) -> str:
         return f"{self.kind} #{self.seq} of job {self.job_id}"
+
+
+class ServiceCounter(models.Model):
+    """One user's recent service from one pool, the Virtual Token Counter of fair share (jobs.fairness): a queue's
+    workers (`queue:<name>`, charged as jobs end) or a node's call slots (`node:<name>`, charged as calls are
+    granted and end). Both counts decay with half-life FAIR_SHARE_HALF_LIFE_SECONDS from `updated_at`, so that they
+    measure the last minutes; a row is only written under its lock (jobs.fairness.counters.charge)."""
+
+    pool = models.CharField(max_length=110)
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
+    service = models.FloatField(default=0, help_text="Service units at `updated_at` (docs/fair-share.md).")
+    jobs = models.FloatField(default=0, help_text="Jobs (or calls) served, decayed like `service`.")
+    updated_at = models.DateTimeField(default=timezone.now)
+    served_at = models.DateTimeField(null=True, blank=True,
+                                     help_text="When the pool last gave this user a worker (or a call slot).")
+
+    class Meta:
+        ordering = ["pool", "owner_id"]
+        constraints = [models.UniqueConstraint(fields=["pool", "owner"], name="unique_service_counter")]
+
+    def __str__(self) -> str:
+        return f"{self.pool} / {self.owner_id}"
+
+
+class WorkerSeats(models.Model):
+    """How many jobs one worker runs at once from one queue, as its relay last said (every few seconds while it
+    lives): what fair share sends a queue's jobs against (jobs.fairness.seats)."""
+
+    worker = models.CharField(max_length=200)
+    queue = models.CharField(max_length=100)
+    seats = models.PositiveIntegerField()
+    seen_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["queue", "worker"]
+        constraints = [models.UniqueConstraint(fields=["worker", "queue"], name="unique_worker_queue")]
+
+
+class CallTicket(models.Model):
+    """A model call waiting for, or holding, one of its node's call slots (AINode.max_concurrent_calls), shared by
+    every worker of the node (jobs.fairness.call_slots). Granted in fair-share order; deleted when the call ends."""
+
+    node = models.CharField(max_length=100)
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
+    job = models.ForeignKey(Job, on_delete=models.CASCADE, related_name="+")
+    interactive = models.BooleanField(default=False)
+    units = models.FloatField(help_text="The prompt's service units, charged when the slot is granted.")
+    created_at = models.DateTimeField(default=timezone.now)
+    granted_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["created_at"]
+        indexes = [models.Index(fields=["node", "granted_at"])]

@@ -30,8 +30,10 @@ from django.db import DEFAULT_DB_ALIAS, Error, connection, connections, transact
 from django.db.models import DateTimeField, DurationField, ExpressionWrapper, F, Value
 from django.utils import timezone
 
-from .dispatch import OUTBOX_CHANNEL, enqueue_job, fail_unqueued
+from .dispatch import enqueue_job, fail_unqueued
+from .fairness import job_turns, seats
 from .models import Job, JobStatus, LayerStatus
+from .relay_bell import OUTBOX_CHANNEL
 
 if TYPE_CHECKING:
     from psycopg import Connection
@@ -81,6 +83,20 @@ def dispatch_waiting(*, limit: int = BATCH) -> int:
     raise refused
 
 
+def dispatch_fairly() -> int:
+    """With FAIR_SHARE: send each queue's waiting jobs as its workers have room, in fair-share order
+    (jobs.fairness.job_turns); returns how many were sent. When the broker refuses one, the jobs of its queue that
+    have waited JOB_DISPATCH_TIMEOUT seconds are failed with `queue_unavailable`, and the broker's error is raised."""
+    try:
+        return job_turns.send_fairly(enqueue_job)
+    except job_turns.Refused as refused:
+        oldest = timezone.now() - timedelta(seconds=settings.JOB_DISPATCH_TIMEOUT)
+        for job_id in Job.objects.filter(job_turns.WAITING, queue=refused.queue,
+                                         created_at__lt=oldest).values_list("pk", flat=True):
+            fail_unqueued(job_id, refused.cause)
+        raise refused.cause from None
+
+
 def resend_unclaimed(*, limit: int = 100) -> int:
     """Send again the queued jobs sent longer ago than JOB_RESEND_AFTER_SECONDS, and than they had waited before
     being sent (so a job that waits behind a long queue is sent again at most once per doubling of its wait, not
@@ -116,12 +132,15 @@ def resend_unclaimed(*, limit: int = 100) -> int:
 
 class Relay:
     """Sends the outbox from a thread of its own: when it starts (jobs admitted while no relay ran), whenever an
-    admission's NOTIFY arrives, and every JOB_DISPATCH_POLL_SECONDS (a notification lost while it reconnected, a
-    broker that refused)."""
+    admission's (or, with fair share, a job's end's) NOTIFY arrives, and every JOB_DISPATCH_POLL_SECONDS (a
+    notification lost while it reconnected, a broker that refused). It also declares its worker's `seats` (jobs run
+    at once, per queue consumed), which fair share sends jobs against (jobs.fairness.seats)."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, worker: str = "", seats: dict[str, int] | None = None) -> None:
         self._stopping = threading.Event()
         self._resend_looked_at = 0.0
+        self._worker, self._seats = worker, seats or {}
+        self._declared_at = 0.0
         self._thread = threading.Thread(target=self._run, name="outbox-relay", daemon=True)
 
     def start(self) -> Relay:
@@ -131,6 +150,13 @@ class Relay:
     def stop(self) -> None:
         self._stopping.set()
         self._thread.join(timeout=WAIT_SLICE_SECONDS * 4)
+        if self._seats:
+            try:
+                seats.forget(self._worker)
+            except Error as exc:  # the seats go stale by themselves
+                logger.warning("outbox relay: could not forget the seats of %s: %s", self._worker, exc)
+            finally:
+                connection.close()
 
     def _run(self) -> None:
         delay = RETRY_SECONDS
@@ -140,6 +166,7 @@ class Relay:
                 listener.ensure_connection()
                 listener.connection.execute(f"LISTEN {OUTBOX_CHANNEL}")
                 while not self._stopping.is_set():
+                    self._declare_when_due()
                     self._send_all()
                     self._resend_when_due()
                     delay = RETRY_SECONDS
@@ -154,6 +181,9 @@ class Relay:
 
     def _send_all(self) -> None:
         try:
+            if settings.FAIR_SHARE:
+                dispatch_fairly()
+                return
             while dispatch_waiting() == BATCH:
                 pass
         except Error:  # the database's: the caller connects again
@@ -161,6 +191,11 @@ class Relay:
         except Exception as exc:  # the broker refused: the jobs wait for the next look
             logger.warning("outbox relay: the broker refused a job, trying again in %s s: %s",
                            settings.JOB_DISPATCH_POLL_SECONDS, exc)
+
+    def _declare_when_due(self) -> None:
+        if self._seats and time.monotonic() - self._declared_at >= seats.REFRESH_SECONDS:
+            seats.declare(self._worker, self._seats)
+            self._declared_at = time.monotonic()
 
     def _resend_when_due(self) -> None:
         if time.monotonic() - self._resend_looked_at < RESEND_LOOK_SECONDS:

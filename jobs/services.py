@@ -235,8 +235,9 @@ def _budget(value: int | None) -> int | None:
 
 def submit_job(*, owner: User, function: Function, model_id: str | None, input_data: Any,
                token_budget: int | None = None, callback_url: str | None = None,
-               api_key_id: int | None = None) -> Job:
-    """Record a queued job and enqueue it once the row is committed.
+               api_key_id: int | None = None, interactive: bool = False) -> Job:
+    """Record a queued job and enqueue it once the row is committed. An `interactive` job (a synchronous run, whose
+    caller waits) goes before its owner's queued asynchronous jobs (jobs.fairness).
 
     Under a quota, the job is admitted first (billing.quotas.admit): its worst case is held until it ends, and a job
     without a token budget gets the quota's default one. Raises TooLarge (input_too_large), DomainError
@@ -272,6 +273,7 @@ def submit_job(*, owner: User, function: Function, model_id: str | None, input_d
             node=node.name, queue=node.queue, input_data=input_data, memory_mb=function.memory_mb,
             timeout_seconds=function.timeout_seconds, token_budget=budget,
             dispatched_at=timezone.now() if held else dispatched_on_admission(), routes=routes,
+            interactive=interactive,
         )
         if quota is not None:
             may_call = [model, *(target for target, _ in routes.values())]

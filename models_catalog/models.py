@@ -5,6 +5,7 @@ alias a name to a model). It is written only by `services.sync_catalogue` (and t
 routing and the fallback when a node is down all read it.
 """
 from django.conf import settings
+from django.core.validators import MinValueValidator
 from django.db import models
 from django.db.models import Q
 from django.utils import timezone
@@ -37,6 +38,10 @@ class AINode(models.Model):
     queue = models.CharField(max_length=100, default=_default_queue,
                              help_text="The Celery queue of the workers that serve this node's models.")
     enabled = models.BooleanField(default=True, help_text="A disabled node is neither asked nor routed to.")
+    max_concurrent_calls = models.PositiveIntegerField(
+        null=True, blank=True, validators=[MinValueValidator(1)],
+        help_text="Model calls the node serves at once, across all its workers; more wait their turn in fair-share "
+                  "order. Empty: no limit.")
     source = models.CharField(max_length=10, choices=NodeSource.choices, default=NodeSource.ADMIN, editable=False)
     last_seen_at = models.DateTimeField(null=True, blank=True, help_text="When the node last answered a sync.")
     last_error = models.TextField(blank=True, help_text="Why the last sync could not list the node's models.")

@@ -44,6 +44,8 @@ class NodeConfig:
     kind: str
     url: str
     queue: str
+    # Model calls the node serves at once across all its workers (jobs.fairness.call_slots); None: no limit.
+    max_concurrent_calls: int | None = None
     # Set by route_model: the model's id on this node (an alias already resolved); empty otherwise.
     model_id: str = ""
 
@@ -83,19 +85,23 @@ class CatalogAnswer:
 # --- nodes ------------------------------------------------------------------------------------------------------
 
 def configured_nodes() -> list[NodeConfig]:
-    """The nodes from settings: AI_NODES (a JSON list of {name, kind, url, queue}) or the single AI_NODE_URL.
+    """The nodes from settings: AI_NODES (a JSON list of {name, kind, url, queue, max_concurrent_calls}) or the single
+    AI_NODE_URL (with AI_NODE_MAX_CONCURRENT_CALLS).
 
     Raises ImproperlyConfigured when AI_NODES is malformed, names a node twice or gives an unknown kind.
     """
     if not settings.AI_NODES:
         return [NodeConfig(name="default", kind=settings.AI_NODE_KIND, url=settings.AI_NODE_URL,
-                           queue=settings.JOB_QUEUE)]
+                           queue=settings.JOB_QUEUE,
+                           max_concurrent_calls=settings.AI_NODE_MAX_CONCURRENT_CALLS or None)]
     try:
         entries = json.loads(settings.AI_NODES)
         nodes = [NodeConfig(name=str(e["name"]), kind=e.get("kind", NodeKind.OLLAMA), url=str(e["url"]),
-                            queue=str(e.get("queue") or settings.JOB_QUEUE)) for e in entries]
+                            queue=str(e.get("queue") or settings.JOB_QUEUE),
+                            max_concurrent_calls=_call_limit(e.get("max_concurrent_calls"))) for e in entries]
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
-        raise ImproperlyConfigured(f"AI_NODES must be a JSON list of {{name, kind, url, queue}}: {exc}") from None
+        raise ImproperlyConfigured(f"AI_NODES must be a JSON list of {{name, kind, url, queue, "
+                                   f"max_concurrent_calls}}: {exc}") from None
     names = [node.name for node in nodes]
     if len(set(names)) != len(names):
         raise ImproperlyConfigured(f"AI_NODES names a node twice: {names}")
@@ -104,6 +110,15 @@ def configured_nodes() -> list[NodeConfig]:
             raise ImproperlyConfigured(f"AI_NODES: node {node.name!r} has kind {node.kind!r}; "
                                        f"expected one of {NodeKind.values}")
     return nodes
+
+
+def _call_limit(value: object) -> int | None:
+    """A node's `max_concurrent_calls` from AI_NODES: a positive whole number, or absent (no limit)."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"max_concurrent_calls must be a whole number of at least 1, got {value!r}")
+    return value
 
 
 def node_named(name: str) -> NodeConfig | None:
@@ -120,14 +135,15 @@ def node_named(name: str) -> NodeConfig | None:
 def sync_node_rows() -> list[AINode]:
     """Write the nodes from settings into AINode rows; return every enabled node (settings and admin).
 
-    Settings win for kind, URL and queue; `enabled` stays the operator's. A node that left the settings is
+    Settings win for kind, URL, queue and call limit; `enabled` stays the operator's. A node that left the settings is
     deleted with its catalogue rows (aliases survive: they name models, not nodes). Every process (web, worker,
     beat) must therefore see the same AI_NODES.
     """
     configured = configured_nodes()
     existing = {node.name: node for node in AINode.objects.filter(name__in=[c.name for c in configured])}
     for config in configured:
-        wanted = {"kind": config.kind, "url": config.url, "queue": config.queue, "source": NodeSource.SETTINGS}
+        wanted = {"kind": config.kind, "url": config.url, "queue": config.queue,
+                  "max_concurrent_calls": config.max_concurrent_calls, "source": NodeSource.SETTINGS}
         row = existing.get(config.name)
         if row is None:
             AINode.objects.get_or_create(name=config.name, defaults=wanted)
@@ -166,7 +182,8 @@ def set_models_enabled(*, models: QuerySet[ModelCatalog], enabled: bool) -> int:
 
 
 def _config(node: AINode, model_id: str = "") -> NodeConfig:
-    return NodeConfig(name=node.name, kind=node.kind, url=node.url, queue=node.queue, model_id=model_id)
+    return NodeConfig(name=node.name, kind=node.kind, url=node.url, queue=node.queue,
+                      max_concurrent_calls=node.max_concurrent_calls, model_id=model_id)
 
 
 # --- the catalogue ----------------------------------------------------------------------------------------------

@@ -207,7 +207,7 @@ def run(request: Request) -> Response:
         owner=request.user, idempotency_key=idempotency_key(request), body_fingerprint=fingerprint(request.data),
         function=function, model_id=data.get("modelId"), input_data=data.get("inputData"),
         token_budget=data.get("tokenBudget"), callback_url=data.get("callbackUrl"),
-        api_key_id=getattr(request.auth, "pk", None),
+        api_key_id=getattr(request.auth, "pk", None), interactive=not asynchronous(request),
     )
     if not asynchronous(request):
         job = wait_for_job(job.pk, max(wait, 0.0))

@@ -30,6 +30,7 @@ from typing import Any
 
 from nodeclient import Cancellation, Completion, NodeClient, NodeError, Usage, client_for
 
+from ..fairness.call_slots import UNLIMITED, CallSlots, Slot, SlotWaitEnded
 from ..models import LLMCallStatus
 from ..sandbox.result_channel import RESULT_ROUTE, ResultChannel, ResultReport
 from . import wire
@@ -74,6 +75,8 @@ class GatewayConfig:
     # Told of each model call's start and end and of the running totals after it: (kind, data), kinds `llm_call`
     # and `usage` (see jobs.events). Called on the request's thread: it must return at once.
     on_event: Callable[[str, dict[str, Any]], None] | None = None
+    # The slots of the nodes that limit their calls at once (jobs.fairness.call_slots); None: no node does.
+    call_slots: CallSlots | None = None
 
 
 def _status_for(error: NodeError) -> int:
@@ -249,10 +252,18 @@ class JobGateway:
         if dropped:  # nobody waits for the answer any more: the call is never started, and not billed
             self.meter.release(reservation)
             raise GatewayRequestError(503, "call_dropped", "The job ended or the script hung up.")
+        try:
+            slot = self._node_slot(request, route, reservation)
+        except GatewayRequestError:  # it never started: not billed
+            with self._lock:
+                self._in_flight.discard(cancellation)
+            self.meter.release(reservation)
+            raise
         options = {**call.options, "max_tokens": reservation.max_tokens}
         number = next(self._call_numbers)
         described = {"call": number, "model": call.model, "streamed": call.stream, "endpoint": request.route_path}
-        self._tell("llm_call", {"phase": "start", **described, "maxTokens": reservation.max_tokens})
+        self._tell("llm_call", {"phase": "start", **described, "maxTokens": reservation.max_tokens,
+                                **({"slotWaitMs": slot.waited_ms} if slot is not UNLIMITED else {})})
         frames = wire.StreamRenderer(call) if call.stream else None
         started, started_at = time.monotonic(), datetime.now(UTC)
         outcome = Outcome()
@@ -265,7 +276,12 @@ class JobGateway:
         finally:
             with self._lock:
                 self._in_flight.discard(cancellation)
-        usage, estimated, recount = self._usage_of(client, call, reservation, outcome, cancellation)
+        usage = None
+        try:
+            usage, estimated, recount = self._usage_of(client, call, reservation, outcome, cancellation)
+        finally:
+            slot.release(prompt_tokens=(usage and usage.prompt_tokens) or 0,
+                         completion_tokens=(usage and usage.completion_tokens) or 0)
         self.meter.settle(reservation, usage, estimated=estimated)
         completion, error = outcome.completion, outcome.error
         endpoint, duration_ms = request.route_path, round((time.monotonic() - started) * 1000)
@@ -290,6 +306,18 @@ class JobGateway:
         if error is not None:
             return _status_for(error), {"error": error.public_message, "code": error.code}
         return 200, wire.render(call, completion)
+
+    def _node_slot(self, request: Request, route: ModelRoute, reservation: Reservation) -> Slot:
+        """One of the call slots of `route`'s node, when the node limits its calls at once: waits (at most the call
+        timeout) for this call's turn in fair-share order."""
+        if self.config.call_slots is None:
+            return UNLIMITED
+        try:
+            return self.config.call_slots.take(route.node, prompt_tokens=reservation.prompt_tokens,
+                                               wait=self.config.call_timeout,
+                                               abandon=lambda: self.closing or request.peer_gone())
+        except SlotWaitEnded as exc:
+            raise GatewayRequestError(503, exc.code, str(exc)) from None
 
     def _reserve(self, request: Request, call: wire.LLMRequest, client: NodeClient) -> Reservation:
         """Hold room in the budget for the call: its prompt's exact count where the node can tokenize (only asked

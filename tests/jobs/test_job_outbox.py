@@ -14,7 +14,7 @@ from django.conf import settings as django_settings
 from django.db import DEFAULT_DB_ALIAS, connection, connections, transaction
 from django.utils import timezone
 
-from jobs.dispatch import OUTBOX_CHANNEL
+from jobs.relay_bell import OUTBOX_CHANNEL
 from jobs.models import Job
 from jobs.outbox import BATCH, dispatch_waiting
 from tests.support.brokers import broker_messages, filesystem_broker
