@@ -32,7 +32,7 @@ class QuotaAdmin(admin.ModelAdmin):
     """Operators set each user's limits here; the usage dashboard shows where each user stands against them."""
 
     list_display = ("user", "requests_per_minute", "max_concurrent_jobs", "monthly_tokens", "monthly_cost",
-                    "default_token_budget", "updated_at")
+                    "default_token_budget", "share_weight", "updated_at")
     search_fields = ("user__username",)
     autocomplete_fields = ("user",)
     readonly_fields = ("updated_at",)

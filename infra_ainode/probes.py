@@ -216,7 +216,7 @@ def metrics(request: HttpRequest) -> HttpResponse:
     every client look like loopback."""
     if not _may_scrape(request):
         return JsonResponse({"detail": "Metrics need the scrape token.", "code": "not_authenticated"}, status=403)
-    body, content_type = core_metrics.exposition([CatalogSyncAge()], accept=request.headers.get("Accept", ""))
+    body, content_type = core_metrics.exposition([CatalogSyncAge(), FairShare()], accept=request.headers.get("Accept", ""))
     return HttpResponse(body, content_type=content_type)
 
 
@@ -241,3 +241,31 @@ class CatalogSyncAge(Collector):
         for name, seen in AINode.objects.filter(enabled=True).values_list("name", "last_seen_at"):
             family.add_metric([name], (now - seen).total_seconds() if seen else float("inf"))
         yield family
+
+
+class FairShare(Collector):
+    """Fair share as it stands (jobs.fairness.standings), per user labelled by username: each queue's jobs waiting
+    and in flight, each node's calls waiting for a slot and holding one, and each pool's recent service and shares.
+    Read from the database at each scrape, in a few grouped queries."""
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        from jobs.fairness.standings import NODE, QUEUE, pool_standings
+
+        def gauge(name: str, text: str, scope: str) -> GaugeMetricFamily:
+            return GaugeMetricFamily(f"ainode_fair_share_{name}", text, labels=[scope, "user"])
+
+        waiting_jobs = gauge("waiting_jobs", "Jobs waiting to be sent to the queue's workers", "queue")
+        in_flight_jobs = gauge("in_flight_jobs", "Jobs sent to the queue's workers and not ended", "queue")
+        waiting_calls = gauge("waiting_calls", "Model calls waiting for one of the node's call slots", "node")
+        in_flight_calls = gauge("in_flight_calls", "Model calls holding one of the node's call slots", "node")
+        service = gauge("service_units", "Recent service from the pool, in units, decayed to now", "pool")
+        share = gauge("share", "The user's part of the pool's recent service (0 to 1)", "pool")
+        counts = {QUEUE: (waiting_jobs, in_flight_jobs), NODE: (waiting_calls, in_flight_calls)}
+        for pool in pool_standings():
+            waiting, in_flight = counts[pool.kind]
+            for user in pool.users:
+                waiting.add_metric([pool.name, user.username], user.waiting)
+                in_flight.add_metric([pool.name, user.username], user.in_flight)
+                service.add_metric([pool.pool, user.username], user.service)
+                share.add_metric([pool.pool, user.username], user.share)
+        yield from (waiting_jobs, in_flight_jobs, waiting_calls, in_flight_calls, service, share)

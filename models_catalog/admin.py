@@ -23,16 +23,18 @@ def _report_sync(modeladmin: admin.ModelAdmin, request: HttpRequest) -> None:
 
 @admin.register(AINode)
 class AINodeAdmin(admin.ModelAdmin):
-    list_display = ("name", "kind", "url", "queue", "enabled", "source", "last_seen_at", "short_error")
+    list_display = ("name", "kind", "url", "queue", "max_concurrent_calls", "enabled", "source", "last_seen_at",
+                    "short_error")
     list_filter = ("enabled", "kind", "source")
     search_fields = ("name", "url", "queue")
     readonly_fields = ("source", "last_seen_at", "last_error", "created_at")
     actions = ("sync_now", "enable", "disable")
 
     def get_readonly_fields(self, request: HttpRequest, obj: AINode | None = None) -> tuple[str, ...]:
-        # A node from settings is described by settings: editing it here would be undone by the next sync.
+        # A node from settings is described by settings (AI_NODES' max_concurrent_calls, or
+        # AI_NODE_MAX_CONCURRENT_CALLS, for its call limit): editing it here would be undone by the next sync.
         if obj is not None and obj.source == "settings":
-            return ("name", "kind", "url", "queue", *self.readonly_fields)
+            return ("name", "kind", "url", "queue", "max_concurrent_calls", *self.readonly_fields)
         return self.readonly_fields
 
     @admin.display(description="last error")
