@@ -14,7 +14,8 @@ a job's end less its admission, from its row. In order:
 4. A alone submits `--alone` jobs: jobs/s and tokens/s from the first admission to the last end;
 5. fair share off (FAIR_SHARE=false: every job is sent at once, first come first served): 4 again, then 2 again.
 
-Unfinished jobs of a step are cancelled before the next. Figures only; nothing is asserted.
+Each step has users of its own (A and B are new users in each), so that no step starts with service counted in
+an earlier one. Unfinished jobs of a step are cancelled before the next. Figures only; nothing is asserted.
 """
 from __future__ import annotations
 
@@ -100,26 +101,27 @@ class Bench:
 
     # --- the steps ---------------------------------------------------------------------------------------------
 
-    def late_user(self, flood: int, late: int, late_after: float) -> dict:
-        """A floods, B comes `late_after` s later: B's times to result (and B's alone when `flood` is 0)."""
+    def late_user(self, a: str, b: str, flood: int, late: int, late_after: float) -> dict:
+        """User `a` floods, `b` comes `late_after` s later: b's times to result (b's alone when `flood` is 0)."""
         flooded: list[str] = []
-        flooding = threading.Thread(target=lambda: flooded.extend(self.submit("a", flood)))
+        flooding = threading.Thread(target=lambda: flooded.extend(self.submit(a, flood)))
         started = time.monotonic()
         flooding.start()
         time.sleep(max(0.0, late_after - (time.monotonic() - started)) if flood else 0.0)
-        late_ids = self.submit("b", late)
+        late_ids = self.submit(b, late)
         self.wait(late_ids)
         flooding.join()
-        self.cancel_rest("a", flooded)
+        self.cancel_rest(a, flooded)
         return percentiles(self.times_to_result(late_ids))
 
-    def weighted(self, n: int, window: float) -> dict:
+    def weighted(self, a: str, b: str, n: int, window: float) -> dict:
+        """`a` with weight 2 and `b` with weight 1 submit `n` jobs each at once: the tokens each is served."""
         self.stack.manage("shell", "-c", "from accounts.models import Quota; from django.contrib.auth.models import "
-                                         "User; Quota.objects.update_or_create(user=User.objects.get(username='a'), "
-                                         "defaults={'share_weight': 2.0})")
+                                         f"User; Quota.objects.create(user=User.objects.get(username='{a}'), "
+                                         "share_weight=2.0)")
         ids: dict[str, list[str]] = {}
         with ThreadPoolExecutor(2) as pool:
-            for user, submitted in zip("ab", pool.map(lambda user: self.submit(user, n), "ab")):
+            for user, submitted in zip("ab", pool.map(lambda user: self.submit(user, n), (a, b))):
                 ids[user] = submitted
         [(since,)] = self.rows("SELECT max(created_at) FROM jobs_job WHERE id = ANY(%s::uuid[])", ids["a"] + ids["b"])
         time.sleep(WARM_UP_SECONDS + window)
@@ -128,16 +130,15 @@ class Bench:
             "WHERE id = ANY(%s::uuid[]) AND finished_at > %s + make_interval(secs => %s) "
             "AND finished_at <= %s + make_interval(secs => %s)", ids[user], since, WARM_UP_SECONDS, since,
             WARM_UP_SECONDS + window)[0] for user in "ab"}
-        for user in "ab":
-            self.cancel_rest(user, ids[user])
-        self.stack.manage("shell", "-c", "from accounts.models import Quota; Quota.objects.update(share_weight=1.0)")
+        for user, name in zip("ab", (a, b)):
+            self.cancel_rest(name, ids[user])
         left = [user for user in "ab" if tokens[user][1] >= len(ids[user])]
         return {"tokens_a": int(tokens["a"][0]), "tokens_b": int(tokens["b"][0]), "jobs_a": tokens["a"][1],
                 "jobs_b": tokens["b"][1], "ratio": round(int(tokens["a"][0]) / max(int(tokens["b"][0]), 1), 2),
                 "backlog_ran_out": left}
 
-    def alone(self, n: int) -> dict:
-        ids = self.submit("a", n)
+    def alone(self, user: str, n: int) -> dict:
+        ids = self.submit(user, n)
         self.wait(ids)
         return self.throughput(ids)
 
@@ -162,16 +163,18 @@ def main() -> None:
     stack = Stack(folder, worker_processes=args.workers)
     results: dict[str, dict] = {}
     try:
-        bench = Bench(stack, dict(zip("ab", stack.start("a", "b"))))
-        bench.alone(args.workers * 2)  # warm: the pool's containers, the node's cache
+        users = ["warm", "b0", "a1", "b1", "a2", "b2", "a3", "a4", "a5", "b5"]
+        bench = Bench(stack, dict(zip(users, stack.start(*users))))
+        bench.alone("warm", args.workers * 2)  # warm: the pool's containers, the node's cache
         steps = [
-            ("fair: B alone", lambda: bench.late_user(0, args.late, 0)),
-            ("fair: B after A's flood", lambda: bench.late_user(args.flood, args.late, args.late_after)),
-            ("fair: weights 2:1", lambda: bench.weighted(args.weighted, args.window)),
-            ("fair: A alone", lambda: bench.alone(args.alone)),
-            ("FIFO", lambda: (stack.stop_app(), stack.start_app(FAIR_SHARE="false"), bench.alone(args.workers * 2))),
-            ("FIFO: A alone", lambda: bench.alone(args.alone)),
-            ("FIFO: B after A's flood", lambda: bench.late_user(args.flood, args.late, args.late_after)),
+            ("fair: B alone", lambda: bench.late_user("", "b0", 0, args.late, 0)),
+            ("fair: B after A's flood", lambda: bench.late_user("a1", "b1", args.flood, args.late, args.late_after)),
+            ("fair: weights 2:1", lambda: bench.weighted("a2", "b2", args.weighted, args.window)),
+            ("fair: A alone", lambda: bench.alone("a3", args.alone)),
+            ("FIFO", lambda: (stack.stop_app(), stack.start_app(FAIR_SHARE="false"),
+                              bench.alone("warm", args.workers * 2))),
+            ("FIFO: A alone", lambda: bench.alone("a4", args.alone)),
+            ("FIFO: B after A's flood", lambda: bench.late_user("a5", "b5", args.flood, args.late, args.late_after)),
         ]
         for name, step in steps:
             print(f"{name} ...", flush=True)

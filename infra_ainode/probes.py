@@ -216,7 +216,8 @@ def metrics(request: HttpRequest) -> HttpResponse:
     every client look like loopback."""
     if not _may_scrape(request):
         return JsonResponse({"detail": "Metrics need the scrape token.", "code": "not_authenticated"}, status=403)
-    body, content_type = core_metrics.exposition([CatalogSyncAge(), FairShare()], accept=request.headers.get("Accept", ""))
+    body, content_type = core_metrics.exposition([CatalogSyncAge(), FairShare()],
+                                                 accept=request.headers.get("Accept", ""))
     return HttpResponse(body, content_type=content_type)
 
 

@@ -17,14 +17,14 @@ from collections.abc import Iterable
 from datetime import timedelta
 
 from django.conf import settings
-from django.db import transaction
+from django.db import connection, transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
 from billing import job_money
 from core.errors import Conflict
 
-from . import events, results
+from . import events, relay_bell, results
 from .dispatch import enqueue_job, enqueue_layer_build, fail_unqueued
 from .endings import end_job
 from .models import DependencyLayer, DependencyLayerChunk, FunctionVersion, Job, JobStatus, LayerStatus, Runtime
@@ -170,7 +170,12 @@ def fail_build(layer_id: int, *, code: str, log: str) -> None:
 
 def release_held_jobs(layer_id: int) -> int:
     """Send the queued jobs of layer `layer_id`'s versions to the broker (a job sent twice runs once: the worker's
-    claim is conditional); one the broker refuses fails with `queue_unavailable`. Returns how many were sent."""
+    claim is conditional); one the broker refuses fails with `queue_unavailable`. Returns how many were sent. With
+    fair share on PostgreSQL they go back to the outbox instead, and the relays send them in their turn."""
+    if settings.FAIR_SHARE and connection.vendor == "postgresql":
+        released = _held(layer_id).update(dispatched_at=None)
+        relay_bell.ring()
+        return released
     sent = []
     for job_id, queue in _held(layer_id).values_list("pk", "queue"):
         try:

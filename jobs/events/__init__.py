@@ -2,6 +2,8 @@
 
 Kinds, in the order they happen:
 - `status`   {"status", ...}: queued (web), running (worker), then the terminal status.
+- `queue`    {"phase": "sent", "queue", "waitedMs", "heldForFairnessMs"}: with fair share, when a relay sent the job
+  to its queue's workers (jobs.fairness.job_turns).
 - `stdout` / `stderr`  {"text", "truncated"}: whole lines of output, under the same cap as the Job row's.
 - `llm_call` {"phase": "start" | "end", "model", "streamed", "endpoint", ...}: each model call's start and end; the
   end carries the tokens as the ledger recorded them (null when the node did not say) and `estimated`. Then
@@ -10,9 +12,9 @@ Kinds, in the order they happen:
 - `usage`    the job's running totals and what is left of its budget (the gateway's `/_job/usage` shape).
 - `result`   the execution result (`GET /status/{id}`'s body); the stream ends with it.
 
-Producers: the web process (`record_queued`, `record_end`), the worker (an `EventWriter` per job, fed by the
-runner, the Docker backend's output callback and the gateway's event callback). Stores: `store`. Listeners:
-`feed`.
+Producers: the web process (`record_queued`, `record_end`), the relays (`record`), the worker (an `EventWriter`
+per job, fed by the runner, the Docker backend's output callback and the gateway's event callback). Stores:
+`store`. Listeners: `feed`.
 """
 import logging
 from typing import Any
