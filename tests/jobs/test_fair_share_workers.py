@@ -100,8 +100,8 @@ def test_a_lone_user_runs_on_every_worker_at_once(alice, one_call_at_a_time, two
     for job_id in job_ids:
         assert wait_for_status(alice, job_id, timeout=120)["status"] == "succeeded"
     jobs = list(Job.objects.filter(pk__in=job_ids).order_by("started_at"))
-    assert [job.created_at for job in sorted(jobs, key=lambda job: job.dispatched_at)] == sorted(
-        job.created_at for job in jobs), "sent in the order they were submitted"
+    sent = [job.dispatched_at for job in sorted(jobs, key=lambda job: job.created_at)]
+    assert sent == sorted(sent), "sent in the order they were submitted"
     overlapping = [(a, b) for a in jobs for b in jobs
                    if a.worker_id != b.worker_id and a.started_at < b.finished_at - timedelta(seconds=0.5)
                    and b.started_at < a.finished_at - timedelta(seconds=0.5)]
