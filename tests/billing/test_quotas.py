@@ -335,7 +335,7 @@ def test_operators_set_quotas_in_the_admin(operator, alice):
     assert operator.client.get("/admin/accounts/quota/add/").status_code == 200
     response = operator.client.post("/admin/accounts/quota/add/", {
         "user": alice.user.pk, "requests_per_minute": "60", "max_concurrent_jobs": "2", "monthly_tokens": "",
-        "monthly_cost": "12.50", "default_token_budget": ""})
+        "monthly_cost": "12.50", "default_token_budget": "", "share_weight": "1"})
     assert response.status_code == 302, response.content[-2000:]
     quota = Quota.objects.get(user=alice.user)
     assert (quota.requests_per_minute, quota.monthly_cost, quota.monthly_tokens) == (60, Decimal("12.5"), None)
