@@ -8,7 +8,7 @@ import pytest
 
 from jobs.models import DependencyLayer, Job, LayerStatus
 from jobs.runner import run_job
-from tests.support.jobs import submit
+from tests.support.jobs import relay_released_jobs, submit
 from tests.support.layers import SDIST_ONLY, SMALL_SET, build_waiting_layers, deploy_with_requirements, layer_of
 
 pytestmark = pytest.mark.usefixtures("served_models")
@@ -164,6 +164,7 @@ def test_an_async_run_waits_for_the_build_and_then_runs(alice, job_work_root, _i
     assert not [m for m in broker_messages(_isolated_broker) if m["headers"]["task"] == "jobs.run_job"]
 
     build_waiting_layers()
+    relay_released_jobs()
     sent = [m for m in broker_messages(_isolated_broker) if m["headers"]["task"] == "jobs.run_job"]
     assert [job_id in m["headers"]["argsrepr"] for m in sent] == [True]
     run_job(job_id)

@@ -91,3 +91,18 @@ def run_in_thread(job_id: Any) -> threading.Thread:
     thread = threading.Thread(target=target, daemon=True)
     thread.start()
     return thread
+
+
+def relay_released_jobs() -> int:
+    """What a relay does with jobs a dependency build released: on PostgreSQL (fair share) they are back in the
+    outbox, and a relay sends them once their queue has a worker's seat; elsewhere they were sent already. Returns
+    how many the relay sent."""
+    from django.db import connection
+
+    from jobs.fairness import seats
+    from jobs.outbox import dispatch_fairly
+
+    if connection.vendor != "postgresql":
+        return 0
+    seats.declare("a-worker", {"jobs": 1})
+    return dispatch_fairly()
