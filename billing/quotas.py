@@ -51,6 +51,7 @@ class Standing:
     tokens: Limit | None
     concurrent_jobs: Limit | None
     requests_per_minute: int | None
+    share_weight: float
 
 
 def month_start(today: date) -> date:
@@ -107,7 +108,7 @@ def standing(*, owner: User, quota: Quota | None = None) -> Standing | None:
                 if quota.monthly_tokens is not None else None),
         concurrent_jobs=(Limit(quota.max_concurrent_jobs, held["jobs"] or 0, 0)
                          if quota.max_concurrent_jobs is not None else None),
-        requests_per_minute=quota.requests_per_minute,
+        requests_per_minute=quota.requests_per_minute, share_weight=quota.share_weight,
     )
 
 

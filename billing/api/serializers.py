@@ -62,6 +62,8 @@ class QuotaStandingSerializer(serializers.Serializer):
     tokens = CountLimitSerializer(allow_null=True)
     concurrentJobs = CountLimitSerializer(source="concurrent_jobs", allow_null=True)
     requestsPerMinute = serializers.IntegerField(source="requests_per_minute", allow_null=True)
+    shareWeight = serializers.FloatField(source="share_weight",
+                                         help_text="Your weight in fair share of the nodes (docs/fair-share.md).")
 
 
 class UsageRowSchema(FiguresSerializer):

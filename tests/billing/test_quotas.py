@@ -285,6 +285,7 @@ def test_the_usage_api_shows_use_against_the_quota(alice, function):
     assert Decimal(quota["cost"]["remaining"]) == Decimal("1")
     assert quota["concurrentJobs"]["used"] == 1
     assert quota["requestsPerMinute"] == 600
+    assert quota["shareWeight"] == 1.0
 
 
 def test_the_dashboard_shows_each_users_use_against_their_quota(alice, function, operator):
