@@ -14,7 +14,7 @@ the call ends (the thread ends with its connection to the script).
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import timedelta
 
 from django.conf import settings
@@ -24,7 +24,7 @@ from django.utils import timezone
 
 from ..models import CallTicket, JobStatus
 from . import counters
-from .turns import Waiter, turn, waiters
+from .turns import Waiter, take_turn, turn, waiters
 
 logger = logging.getLogger(__name__)
 
@@ -52,7 +52,7 @@ class Slot:
     units: float = 0.0
     waited_ms: int = 0
     limit: int = 0
-    released: bool = field(default=False)
+    released: bool = False
 
     def release(self, *, prompt_tokens: int = 0, completion_tokens: int = 0) -> None:
         """Free the slot and charge what the call cost beyond the prompt charged at its grant. Idempotent."""
@@ -118,9 +118,7 @@ def grant(node: str, limit: int) -> int:
                       .order_by("-interactive", "created_at").first())
             CallTicket.objects.filter(pk=ticket.pk).update(granted_at=now)
             counters.charge(counters.node_pool(node), waiter.owner_id, ticket.units, served=1.0, served_at=now)
-            waiter.served_at, waiter.waiting, waiter.in_flight = now, waiter.waiting - 1, waiter.in_flight + 1
-            if waiter.waiting == 0:
-                del waiters[waiter.owner_id]
+            take_turn(waiters, waiter, now)
             free -= 1
             granted += 1
         if granted and connection.vendor == "postgresql":

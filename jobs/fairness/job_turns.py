@@ -19,7 +19,7 @@ from django.utils import timezone
 from .. import events, relay_bell
 from ..models import Job, JobStatus, LayerStatus
 from . import counters, seats
-from .turns import Waiter, turn, waiters
+from .turns import Waiter, take_turn, turn, waiters
 
 logger = logging.getLogger(__name__)
 
@@ -67,12 +67,8 @@ def fill(queue: str, send: Callable[[uuid.UUID, str], None]) -> int:
                 refused = exc
                 break
             Job.objects.filter(pk=job.pk).update(dispatched_at=now)
-            sent.append((job, _after_turn(waiter, now)))
+            sent.append((job, take_turn(waiters, waiter, now)))
             room -= 1
-            waiter.waiting -= 1
-            waiter.in_flight += 1
-            if waiter.waiting == 0:
-                del waiters[waiter.owner_id]
         if sent:
             _record_turns(queue, sent, turns, now)
     if refused is not None:
@@ -117,13 +113,6 @@ def _head(queue: str, owner_id: int) -> Job | None:
     """`owner_id`'s next job on `queue`: their synchronous runs first, then the oldest."""
     return (Job.objects.select_for_update(skip_locked=True).filter(WAITING, queue=queue, owner_id=owner_id)
             .order_by("-interactive", "created_at").only("pk", "created_at", "owner_id").first())
-
-
-def _after_turn(waiter: Waiter, now: datetime) -> Waiter:
-    """A copy of `waiter` as it was before this turn (for its events), then `waiter` moved on to now."""
-    before = Waiter(**vars(waiter))
-    waiter.served_at = now
-    return before
 
 
 def _record_turns(queue: str, sent: list[tuple[Job, Waiter]], turns: dict[int, datetime], now: datetime) -> None:

@@ -1,6 +1,6 @@
 """Whose turn it is, among the users waiting for a pool (a queue's seats, a node's call slots): the Virtual Token
 Counter's choice, with the bound on how long anyone is passed over (jobs.fairness)."""
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
 from django.conf import settings
@@ -34,12 +34,14 @@ class Waiter:
 def waiters(pool: str, waiting: dict[int, tuple[int, datetime]], in_flight: dict[int, int]) -> dict[int, Waiter]:
     """The users waiting for `pool`: `waiting` gives each one's count and oldest arrival, `in_flight` what the pool
     serves of theirs now."""
-    standing = counters.standings(pool, waiting)
+    standings = counters.standings(pool, waiting)
     weights = share_weights(waiting)
-    return {owner: Waiter(owner_id=owner, waiting=count, oldest=oldest, in_flight=in_flight.get(owner, 0),
-                          standing=standing.get(owner, counters.NOBODY), weight=weights[owner],
-                          served_at=standing.get(owner, counters.NOBODY).served_at)
-            for owner, (count, oldest) in waiting.items()}
+    found = {}
+    for owner, (count, oldest) in waiting.items():
+        standing = standings.get(owner, counters.NOBODY)
+        found[owner] = Waiter(owner_id=owner, waiting=count, oldest=oldest, in_flight=in_flight.get(owner, 0),
+                              standing=standing, weight=weights[owner], served_at=standing.served_at)
+    return found
 
 
 def turn(waiters: list[Waiter], *, now: datetime) -> Waiter:
@@ -50,3 +52,13 @@ def turn(waiters: list[Waiter], *, now: datetime) -> Waiter:
     if late:
         return min(late, key=Waiter.head_since)
     return min(waiters, key=lambda waiter: (waiter.key(), waiter.oldest))
+
+
+def take_turn(waiters: dict[int, Waiter], waiter: Waiter, now: datetime) -> Waiter:
+    """`waiter` had a turn at `now` (one of their jobs, or calls, is served): they are moved on, and left out of
+    `waiters` once nothing of theirs waits. Returns them as they were before the turn."""
+    before = replace(waiter)
+    waiter.served_at, waiter.waiting, waiter.in_flight = now, waiter.waiting - 1, waiter.in_flight + 1
+    if waiter.waiting == 0:
+        del waiters[waiter.owner_id]
+    return before
