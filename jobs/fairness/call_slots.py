@@ -22,6 +22,8 @@ from django.db import connection, transaction
 from django.db.models import Count, Min
 from django.utils import timezone
 
+from core.postgres import lock_until_end, notify_on_commit
+
 from ..models import CallTicket, JobStatus
 from . import counters
 from .turns import Waiter, take_turn, turn, waiters
@@ -106,7 +108,7 @@ class CallSlots:
 def grant(node: str, limit: int) -> int:
     """Grant `node`'s free slots to the waiting calls whose turn it is; returns how many were granted."""
     with transaction.atomic():
-        _lock(node)
+        lock_until_end(f"call_slots:{node}")
         _sweep(node)
         free = limit - CallTicket.objects.filter(node=node, granted_at__isnull=False).count()
         waiters = _waiters(node) if free > 0 else {}
@@ -121,9 +123,8 @@ def grant(node: str, limit: int) -> int:
             take_turn(waiters, waiter, now)
             free -= 1
             granted += 1
-        if granted and connection.vendor == "postgresql":
-            with connection.cursor() as cursor:
-                cursor.execute(f"NOTIFY {CHANNEL}")
+        if granted:
+            notify_on_commit(CHANNEL)
     return granted
 
 
@@ -146,12 +147,6 @@ def _wait_for_grant(slot: Slot, deadline: float, abandon: Callable[[], bool]) ->
             list(connection.connection.notifies(timeout=min(left, LISTEN_SLICE_SECONDS), stop_after=1))
         else:
             time.sleep(min(left, POLL_SECONDS))
-
-
-def _lock(node: str) -> None:
-    if connection.vendor == "postgresql":
-        with connection.cursor() as cursor:
-            cursor.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", [f"call_slots:{node}"])
 
 
 def _sweep(node: str) -> None:

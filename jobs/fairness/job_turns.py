@@ -12,9 +12,11 @@ from collections.abc import Callable
 from datetime import datetime
 
 from django.conf import settings
-from django.db import connection, transaction
+from django.db import transaction
 from django.db.models import Count, Min, Q
 from django.utils import timezone
+
+from core.postgres import lock_until_end
 
 from .. import events, relay_bell
 from ..models import Job, JobStatus, LayerStatus
@@ -50,7 +52,7 @@ def fill(queue: str, send: Callable[[uuid.UUID, str], None]) -> int:
     sent: list[tuple[Job, Waiter]] = []
     refused: Exception | None = None
     with transaction.atomic():
-        _lock(queue)
+        lock_until_end(f"job_turns:{queue}")
         room = room_of(queue)
         waiters = _waiters(queue) if room > 0 else {}
         turns = counters.last_turns(counters.queue_pool(queue)) if waiters else {}
@@ -94,11 +96,6 @@ def room_of(queue: str) -> int:
         return 0
     in_flight = Job.objects.filter(IN_FLIGHT, queue=queue).count()
     return capacity + settings.FAIR_SHARE_AHEAD - in_flight
-
-
-def _lock(queue: str) -> None:
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", [f"job_turns:{queue}"])
 
 
 def _waiters(queue: str) -> dict[int, Waiter]:
