@@ -16,11 +16,11 @@ from pathlib import Path
 
 import boto3
 import pytest
-from django.conf import settings as django_settings
 
 from jobs.models import Job
 from jobs.outbox import dispatch_waiting
 from tests.support.brokers import MOTO_HOST, MOTO_SERVER, moto_answers, sqs_broker
+from tests.support.databases import postgresql_only
 from tests.support.jobs import deploy, submit
 from tests.support.ports import free_port
 from tests.support.waiting import wait_for, wait_for_status
@@ -102,8 +102,7 @@ def test_a_worker_keeps_its_liveness_file_fresh_through_an_sqs_outage(worker, us
         assert time.time() - heartbeat.stat().st_mtime < 5
 
 
-@pytest.mark.skipif(not django_settings.DATABASES["default"]["ENGINE"].endswith("postgresql"),
-                    reason="the relays, which send again, run on PostgreSQL (beat does it on SQLite)")
+@postgresql_only("the relays, which send again, run on PostgreSQL (beat does it on SQLite)")
 def test_a_job_whose_message_a_dead_consumer_holds_is_sent_again_long_before_the_visibility_timeout(
         worker, alice, use_broker, short_tmp, moto, settings):
     broker = use_broker(sqs_broker(short_tmp / "var", (MOTO_HOST, moto.port), visibility_timeout=600))

@@ -4,11 +4,11 @@ build's end is recorded through jobs.dependencies, as the builder records it."""
 from __future__ import annotations
 
 import pytest
-from django.db import connection
 
 from jobs import dependencies
 from jobs.models import DependencyLayer, Job, LayerStatus
 from tests.support.brokers import broker_messages
+from tests.support.databases import on_postgresql
 from tests.support.jobs import relay_released_jobs, submit
 from tests.support.layers import deploy_with_requirements
 
@@ -39,7 +39,7 @@ def test_an_async_run_is_held_until_the_build_ends_then_sent(alice, building, _i
     dependencies.start_build(layer.pk)
     dependencies.finish_build(DependencyLayer.objects.get(pk=layer.pk), chunks=[b"layer"], log="built",
                               archive_bytes=5, archive_sha256="0" * 64)
-    if connection.vendor == "postgresql":  # fair share: the job is back in the outbox, and a relay sends it in turn
+    if on_postgresql():  # fair share: the job is back in the outbox, and a relay sends it in turn
         assert Job.objects.get(pk=job_id).dispatched_at is None
         assert relay_released_jobs() == 1
     assert [job_id in sent for sent in sent_jobs(_isolated_broker)] == [True]

@@ -8,7 +8,6 @@ import threading
 from datetime import timedelta
 
 import pytest
-from django.conf import settings as django_settings
 from django.db import connection
 from django.utils import timezone
 
@@ -19,11 +18,11 @@ from jobs.events.store import event_store
 from jobs.fairness import call_slots, counters, job_turns, seats
 from jobs.fairness.call_slots import CallSlots, SlotWaitEnded
 from jobs.models import CallTicket, Job, JobStatus
+from tests.support.databases import postgresql_only
 from tests.support.threads import run_in_threads
 
 pytestmark = [
-    pytest.mark.skipif(not django_settings.DATABASES["default"]["ENGINE"].endswith("postgresql"),
-                       reason="fair share's relays need PostgreSQL (LISTEN/NOTIFY, advisory locks)"),
+    postgresql_only("fair share's relays need PostgreSQL (LISTEN/NOTIFY, advisory locks)"),
     pytest.mark.django_db(transaction=True),
     pytest.mark.usefixtures("served_models"),
 ]

@@ -8,19 +8,18 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from django.conf import settings as django_settings
 from django.db import connections
 
 from jobs.events.store import event_store
 from jobs.models import CallTicket, Job
 from tests.fixtures.ai_node import ai_node  # noqa: F401  (the session fixture)
 from tests.support.brokers import sqs_broker
+from tests.support.databases import postgresql_only
 from tests.support.jobs import deploy, submit
 from tests.support.waiting import wait_for_status
 
 pytestmark = [
-    pytest.mark.skipif(not django_settings.DATABASES["default"]["ENGINE"].endswith("postgresql"),
-                       reason="fair share's relays need PostgreSQL (LISTEN/NOTIFY, advisory locks)"),
+    postgresql_only("fair share's relays need PostgreSQL (LISTEN/NOTIFY, advisory locks)"),
     pytest.mark.django_db(transaction=True),
 ]
 

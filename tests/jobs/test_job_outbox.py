@@ -10,20 +10,19 @@ from contextlib import contextmanager
 from datetime import timedelta
 
 import pytest
-from django.conf import settings as django_settings
 from django.db import DEFAULT_DB_ALIAS, connection, connections, transaction
 from django.utils import timezone
 
-from jobs.relay_bell import OUTBOX_CHANNEL
 from jobs.models import Job
 from jobs.outbox import BATCH, dispatch_waiting
+from jobs.relay_bell import OUTBOX_CHANNEL
 from tests.support.brokers import broker_messages, filesystem_broker
+from tests.support.databases import postgresql_only
 from tests.support.jobs import deploy, submit
 from tests.support.waiting import wait_for_status
 
 pytestmark = [
-    pytest.mark.skipif(not django_settings.DATABASES["default"]["ENGINE"].endswith("postgresql"),
-                       reason="the outbox needs PostgreSQL (LISTEN/NOTIFY)"),
+    postgresql_only("the outbox needs PostgreSQL (LISTEN/NOTIFY)"),
     pytest.mark.django_db(transaction=True),
     pytest.mark.usefixtures("served_models"),
 ]

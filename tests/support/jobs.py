@@ -97,12 +97,11 @@ def relay_released_jobs() -> int:
     """What a relay does with jobs a dependency build released: on PostgreSQL (fair share) they are back in the
     outbox, and a relay sends them once their queue has a worker's seat; elsewhere they were sent already. Returns
     how many the relay sent."""
-    from django.db import connection
-
     from jobs.fairness import seats
     from jobs.outbox import dispatch_fairly
+    from tests.support.databases import on_postgresql
 
-    if connection.vendor != "postgresql":
+    if not on_postgresql():
         return 0
     seats.declare("a-worker", {"jobs": 1})
     return dispatch_fairly()
