@@ -13,8 +13,6 @@ no figure of its own (bench/gateway_latency.py measures that path).
 from __future__ import annotations
 
 import argparse
-import logging
-import os
 import statistics
 import sys
 import tempfile
@@ -23,21 +21,10 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.local_django import setup_django  # noqa: E402 - the root goes on the path first
 
-def _setup_django(workdir: str) -> None:
-    os.environ["DATABASE_URL"] = f"sqlite:///{workdir}/bench.sqlite3"
-    os.environ["VAR_DIR"] = workdir
-    os.environ["JOB_DISPATCH"] = "direct"
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "infra_ainode.settings")
-    sys.path.insert(0, str(REPO_ROOT))
-    import django
-    from django.core.management import call_command
-
-    django.setup()
-    logging.disable(logging.WARNING)  # figures only
-    call_command("migrate", verbosity=0)
 
 
 def _catalogue(allowed: int) -> list[str]:
@@ -71,7 +58,7 @@ def main() -> None:
     parser.add_argument("--allowed", type=int, default=3, help="other allowed models of the second function")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-money-") as workdir:
-        _setup_django(workdir)
+        setup_django(workdir, JOB_DISPATCH="direct")
         from django.contrib.auth.models import User
 
         from accounts.models import Quota

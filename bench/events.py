@@ -13,7 +13,6 @@ listener; then how many events a job made. It prints figures only.
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import shutil
 import socket
@@ -26,23 +25,15 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.local_django import REPO_ROOT, setup_django  # noqa: E402 - the root goes on the path first
+
 CHATTY = "for n in range({lines}):\n    print(f'line {{n:06d}} of a chatty job', flush=True)\n"
 
 
 def _setup_django(workdir: str, redis_url: str | None) -> None:
-    os.environ["DATABASE_URL"] = f"sqlite:///{workdir}/bench.sqlite3"
-    os.environ["VAR_DIR"] = workdir
-    os.environ["JOB_WORK_ROOT"] = f"{workdir}/jobs"
-    os.environ["REDIS_URL"] = redis_url or ""
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "infra_ainode.settings")
-    sys.path.insert(0, str(REPO_ROOT))
-    import django
-    from django.core.management import call_command
-
-    django.setup()
-    logging.disable(logging.WARNING)  # figures only
-    call_command("migrate", verbosity=0)
+    setup_django(workdir, JOB_WORK_ROOT=f"{workdir}/jobs", REDIS_URL=redis_url or "")
     Path(f"{workdir}/jobs").mkdir()
 
 

@@ -18,8 +18,6 @@ Figures only; never part of the test run.
 from __future__ import annotations
 
 import argparse
-import logging
-import os
 import shutil
 import statistics
 import sys
@@ -31,7 +29,10 @@ from pathlib import Path
 from queue import Empty, SimpleQueue
 from typing import Any
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.local_django import setup_django  # noqa: E402 - the root goes on the path first
+
 CODE = b"def handler(event, context):\n    return {'n': event}\n"
 
 
@@ -50,19 +51,10 @@ class _Accept(BaseHTTPRequestHandler):
 
 
 def _setup_django(workdir: str) -> None:
-    os.environ.update({"DATABASE_URL": f"sqlite:///{workdir}/bench.sqlite3", "VAR_DIR": workdir,
-                       "JOB_WORK_ROOT": f"{workdir}/jobs", "REDIS_URL": "", "CELERY_BROKER_URL": "filesystem://",
-                       "OUTBOUND_ALLOWED_NETWORKS": "127.0.0.1/32", "USAGE_EXPORT_URL": ""})
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "infra_ainode.settings")
-    sys.path.insert(0, str(REPO_ROOT))
-    import django
-    from django.core.management import call_command
-
-    django.setup()
+    setup_django(workdir, JOB_WORK_ROOT=f"{workdir}/jobs", REDIS_URL="", CELERY_BROKER_URL="filesystem://",
+                 OUTBOUND_ALLOWED_NETWORKS="127.0.0.1/32", USAGE_EXPORT_URL="")
     import infra_ainode.celery  # noqa: F401  (the app that publishes, with the broker's folders made)
 
-    logging.disable(logging.WARNING)  # figures only
-    call_command("migrate", verbosity=0)
     Path(f"{workdir}/jobs").mkdir()
 
 
