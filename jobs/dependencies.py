@@ -17,7 +17,7 @@ from collections.abc import Iterable
 from datetime import timedelta
 
 from django.conf import settings
-from django.db import connection, transaction
+from django.db import transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
@@ -27,6 +27,7 @@ from core.errors import Conflict
 from . import events, relay_bell, results
 from .dispatch import enqueue_job, enqueue_layer_build, fail_unqueued
 from .endings import end_job
+from .fairness import job_turns
 from .models import DependencyLayer, DependencyLayerChunk, FunctionVersion, Job, JobStatus, LayerStatus, Runtime
 from .node_packages import NodePackages
 from .requirements import Requirements
@@ -172,7 +173,7 @@ def release_held_jobs(layer_id: int) -> int:
     """Send the queued jobs of layer `layer_id`'s versions to the broker (a job sent twice runs once: the worker's
     claim is conditional); one the broker refuses fails with `queue_unavailable`. Returns how many were sent. With
     fair share on PostgreSQL they go back to the outbox instead, and the relays send them in their turn."""
-    if settings.FAIR_SHARE and connection.vendor == "postgresql":
+    if job_turns.in_force():
         released = _held(layer_id).update(dispatched_at=None)
         relay_bell.ring()
         return released

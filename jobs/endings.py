@@ -7,7 +7,6 @@ import uuid
 from decimal import Decimal
 from typing import Any
 
-from django.conf import settings
 from django.db import transaction
 from django.db.models import QuerySet, Sum
 from django.utils import timezone
@@ -34,7 +33,7 @@ def end_job(job_id: uuid.UUID | str, status: str, *, among: QuerySet[Job] | None
         if not (among if among is not None else Job.objects).move(job_id, status, **fields):
             return False
         job = Job.objects.select_related("function_version").get(pk=job_id)
-        if settings.FAIR_SHARE:
+        if job_turns.in_force():
             job_turns.job_ended(job)
         outbound.record_job_end(owner_id=job.owner_id, job_id=job.pk, status=status,
                                 result=lambda: execution_result(job))

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from datetime import datetime
 
 from django.conf import settings
-from django.db import transaction
+from django.db import connection, transaction
 from django.db.models import Count, Min, Q
 from django.utils import timezone
 
@@ -37,6 +37,11 @@ class Refused(Exception):
     def __init__(self, queue: str, cause: Exception):
         super().__init__(str(cause))
         self.queue, self.cause = queue, cause
+
+
+def in_force() -> bool:
+    """Whether the relays send jobs in fair-share order: FAIR_SHARE on PostgreSQL, where the relays run."""
+    return settings.FAIR_SHARE and connection.vendor == "postgresql"
 
 
 def send_fairly(send: Callable[[uuid.UUID, str], None]) -> int:
